@@ -1,0 +1,333 @@
+"""Boxes, sky positions and clipping modes: the pure geometry of postage stamps.
+
+A :class:`Box` is half-open and 0-based in parent pixels: ``x0 <= x < x1``
+(columns), ``y0 <= y < y1`` (rows), i.e. ``data[y0:y1, x0:x1]``. Clipping
+modes follow :class:`astropy.nddata.Cutout2D`:
+
+``"trim"``
+    clip the box to the image; the stamp is the overlap.
+``"partial"``
+    keep the box's shape; pixels outside the image get ``fill_value``.
+``"strict"``
+    raise :class:`~objbutler.errors.InvalidCutoutError` unless the box lies
+    wholly inside the image.
+
+One deliberate difference from astropy: a box with *no* overlap does not raise
+in ``trim`` or ``partial`` mode (one stray target must not sink a batch of a
+thousand). In ``trim`` it gives an empty ``(0, 0)`` stamp, in ``partial`` a
+stamp made only of ``fill_value``.
+
+Nothing here does I/O: format readers turn :class:`StampPlan` s into reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from copy import deepcopy
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from objbutler.errors import InvalidCutoutError
+
+if TYPE_CHECKING:
+    from astropy.coordinates import SkyCoord
+    from astropy.units import Quantity
+    from astropy.wcs import WCS
+
+__all__ = [
+    "Box",
+    "ClipMode",
+    "Cutout",
+    "StampPlan",
+    "boxes_from_skycoords",
+    "cutout_wcs",
+    "plan_stamp",
+    "plan_stamps",
+]
+
+ClipMode = Literal["trim", "partial", "strict"]
+_MODES = ("trim", "partial", "strict")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Box:
+    """A half-open pixel box ``data[y0:y1, x0:x1]`` in parent-image pixels (0-based).
+
+    Parameters
+    ----------
+    x0, y0 : int
+        First column and row (inclusive); may be negative or past the image.
+    x1, y1 : int
+        One past the last column and row (exclusive); ``x1 >= x0``, ``y1 >= y0``.
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def __post_init__(self) -> None:
+        for name in ("x0", "y0", "x1", "y1"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise InvalidCutoutError(f"Box.{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.x1 < self.x0 or self.y1 < self.y0:
+            raise InvalidCutoutError(f"{self} has negative extent (need x1 >= x0 and y1 >= y0)")
+
+    @property
+    def width(self) -> int:
+        """Number of columns."""
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        """Number of rows."""
+        return self.y1 - self.y0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``, numpy order."""
+        return (self.height, self.width)
+
+    @property
+    def is_empty(self) -> bool:
+        """True for a box with no pixels."""
+        return self.width == 0 or self.height == 0
+
+    def intersection(self, other: Box) -> Box:
+        """The overlap of two boxes (an empty box anchored at a clipped corner if none)."""
+        x0, y0 = max(self.x0, other.x0), max(self.y0, other.y0)
+        return Box(x0, y0, max(x0, min(self.x1, other.x1)), max(y0, min(self.y1, other.y1)))
+
+    def slices(self) -> tuple[slice, slice]:
+        """``(slice(y0, y1), slice(x0, x1))`` for indexing a numpy array."""
+        return (slice(self.y0, self.y1), slice(self.x0, self.x1))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StampPlan:
+    """How one requested box maps onto the image: what to read and where it goes.
+
+    Parameters
+    ----------
+    index : int
+        Position of the request in the caller's list.
+    bbox : Box
+        The stamp's extent in parent pixels (the requested box for ``partial``,
+        the clipped box for ``trim``/``strict``).
+    read : Box
+        The part of the image to read (inside the image; may be empty).
+    """
+
+    index: int
+    bbox: Box
+    read: Box
+
+    @property
+    def destination(self) -> tuple[slice, slice]:
+        """Where the read pixels go inside the stamp array."""
+        return Box(
+            self.read.x0 - self.bbox.x0,
+            self.read.y0 - self.bbox.y0,
+            self.read.x1 - self.bbox.x0,
+            self.read.y1 - self.bbox.y0,
+        ).slices()
+
+
+def plan_stamp(index: int, box: Box, image_shape: tuple[int, int], mode: ClipMode) -> StampPlan:
+    """Clip one box against an image as ``mode`` says.
+
+    Parameters
+    ----------
+    index : int
+        Request position, carried through.
+    box : Box
+        The requested box.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the parent image.
+    mode : {"trim", "partial", "strict"}
+        Clipping mode (see module docstring).
+
+    Returns
+    -------
+    StampPlan
+        The stamp's extent and the part to read.
+
+    Raises
+    ------
+    InvalidCutoutError
+        For an unknown mode, or in strict mode for a box not wholly inside.
+    """
+    if mode not in _MODES:
+        raise InvalidCutoutError(f"mode must be one of {_MODES}, got {mode!r}")
+    image = Box(0, 0, int(image_shape[1]), int(image_shape[0]))
+    read = box.intersection(image)
+    if mode == "strict" and read != box:
+        raise InvalidCutoutError(f"request {index}: {box} is not wholly inside the {image.height}x{image.width} image")
+    if mode == "partial":
+        return StampPlan(index, box, read)
+    return StampPlan(index, read, read)
+
+
+def plan_stamps(boxes: Sequence[Box], image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
+    """Plan every box of a request (see :func:`plan_stamp`)."""
+    return [plan_stamp(i, _as_box(box), image_shape, mode) for i, box in enumerate(boxes)]
+
+
+def _as_box(value: Any) -> Box:
+    if isinstance(value, Box):
+        return value
+    try:
+        x0, y0, x1, y1 = value
+    except (TypeError, ValueError):
+        raise InvalidCutoutError(f"expected a Box or (x0, y0, x1, y1), got {value!r}") from None
+    return Box(x0, y0, x1, y1)
+
+
+def boxes_from_skycoords(
+    skycoords: SkyCoord,
+    wcs: WCS,
+    size: int | tuple[int, int] | Quantity,
+) -> list[Box]:
+    """Turn sky positions into pixel boxes centred on them, exactly as Cutout2D rounds.
+
+    Parameters
+    ----------
+    skycoords : astropy.coordinates.SkyCoord
+        One position or an array of them.
+    wcs : astropy.wcs.WCS
+        The parent image's celestial WCS.
+    size : int, (ny, nx), or Quantity
+        Stamp size in pixels, or an angle (converted with the WCS pixel scale).
+
+    Returns
+    -------
+    list of Box
+        One box per position, ``x0 = ceil(x - nx/2)``, ``x1 = x0 + nx`` (likewise y).
+    """
+    ny, nx = _size_in_pixels(size, wcs)
+    xs, ys = wcs.world_to_pixel(skycoords)
+    xs, ys = np.atleast_1d(xs), np.atleast_1d(ys)
+    boxes = []
+    for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if not (math.isfinite(float(x)) and math.isfinite(float(y))):
+            raise InvalidCutoutError(f"sky position {index} has no pixel position in this WCS")
+        x0 = math.ceil(float(x) - nx / 2.0)
+        y0 = math.ceil(float(y) - ny / 2.0)
+        boxes.append(Box(x0, y0, x0 + nx, y0 + ny))
+    return boxes
+
+
+def _size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS) -> tuple[int, int]:
+    from astropy import units as u
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    if isinstance(size, u.Quantity):
+        sides: u.Quantity = u.Quantity(np.atleast_1d(size))
+        if sides.size == 1:
+            sides = u.Quantity([sides[0], sides[0]])
+        if sides.unit.physical_type == "angle":
+            scales = u.Quantity(proj_plane_pixel_scales(wcs), wcs.wcs.cunit[0])
+            # size is (ny, nx); pixel scales are (x, y)
+            pixels = [
+                int(np.round((sides[0] / scales[1]).decompose())),
+                int(np.round((sides[1] / scales[0]).decompose())),
+            ]
+        elif sides.unit == u.pixel:
+            pixels = [int(np.round(side.value)) for side in sides]
+        else:
+            raise InvalidCutoutError(f"size must be in pixels or an angle, got unit {sides.unit}")
+        return pixels[0], pixels[1]
+    if isinstance(size, tuple | list):
+        ny, nx = (int(v) for v in size)
+    else:
+        ny = nx = int(size)
+    if ny <= 0 or nx <= 0:
+        raise InvalidCutoutError(f"stamp size must be positive, got {size!r}")
+    return ny, nx
+
+
+def cutout_wcs(wcs: WCS | None, bbox: Box) -> WCS | None:
+    """The WCS of a stamp whose pixel (0, 0) is parent pixel ``(bbox.x0, bbox.y0)``.
+
+    Mirrors :class:`astropy.nddata.Cutout2D`: shift CRPIX (and SIP's CRPIX).
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS or None
+        The parent WCS.
+    bbox : Box
+        The stamp's extent in parent pixels.
+
+    Returns
+    -------
+    astropy.wcs.WCS or None
+        A new WCS (the parent is not modified), or None without a parent WCS.
+    """
+    if wcs is None:
+        return None
+    from astropy.wcs import Sip
+
+    shift = np.array([bbox.x0, bbox.y0], dtype=float)
+    stamp_wcs = deepcopy(wcs)
+    stamp_wcs.wcs.crpix -= shift
+    stamp_wcs.array_shape = bbox.shape
+    if wcs.sip is not None:
+        stamp_wcs.sip = Sip(wcs.sip.a, wcs.sip.b, wcs.sip.ap, wcs.sip.bp, wcs.sip.crpix - shift)
+    return stamp_wcs
+
+
+@dataclasses.dataclass(slots=True)
+class Cutout:
+    """One postage stamp.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The pixels, ``shape == bbox.shape``.
+    bbox : Box
+        Where the stamp lies in parent pixels.
+    wcs : astropy.wcs.WCS or None
+        The stamp's own WCS (parent WCS shifted to the stamp's origin).
+    index : int
+        Position of the request this answers.
+    """
+
+    data: np.ndarray
+    bbox: Box
+    wcs: WCS | None = None
+    index: int = 0
+
+
+def new_stamp(plan: StampPlan, dtype: np.dtype[Any], fill_value: float) -> np.ndarray:
+    """Allocate a stamp array for a plan, pre-filled where the image does not reach.
+
+    Parameters
+    ----------
+    plan : StampPlan
+        The stamp's plan.
+    dtype : numpy.dtype
+        Pixel type of the decoded image.
+    fill_value : float
+        Value for pixels outside the image (``partial`` mode). For an integer
+        image and a NaN fill value, the stamp is promoted to float64.
+
+    Returns
+    -------
+    numpy.ndarray
+        An array of ``plan.bbox.shape``.
+    """
+    if plan.read == plan.bbox:
+        return np.empty(plan.bbox.shape, dtype=dtype)
+    out_dtype = np.result_type(dtype, np.min_scalar_type(fill_value)) if _needs_promotion(dtype, fill_value) else dtype
+    return np.full(plan.bbox.shape, fill_value, dtype=out_dtype)
+
+
+def _needs_promotion(dtype: np.dtype[Any], fill_value: float) -> bool:
+    if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating):
+        return False
+    return not float(fill_value).is_integer()

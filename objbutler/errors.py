@@ -1,0 +1,87 @@
+"""The one exception tree of objbutler.
+
+Every error objbutler raises on purpose derives from :class:`ObjButlerError`.
+Where a builtin exception means the same thing, the objbutler error also
+derives from it, so ``except FileNotFoundError`` keeps working::
+
+    ObjButlerError (Exception)
+    ├── NotFoundError (FileNotFoundError)        a key, dataset or repository is missing
+    ├── AlreadyExistsError (FileExistsError)     a create-only write found something there
+    ├── PreconditionFailedError                  a conditional write lost (stale etag)
+    ├── ConflictError                            a registry commit cannot happen as asked
+    │                                            (data ID taken, dataset type mismatch, lost race)
+    ├── FormatError (ValueError)                 stored bytes are not what they claim to be
+    ├── InvalidKeyError (ValueError)             an object key or data ID value is unsafe
+    ├── InvalidCutoutError (ValueError)          a box or sky position cannot be cut as asked
+    ├── NotSupportedError (NotImplementedError)  the backend lacks the primitive asked for
+    ├── OfflineError                             offline mode and the object is not cached
+    └── StoreError                               the backend failed (after retries)
+        └── TransientStoreError                  a retryable failure (5xx, throttling, reset)
+
+The tree is locked by ``tests/test_errors.py``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "ConflictError",
+    "FormatError",
+    "InvalidCutoutError",
+    "InvalidKeyError",
+    "NotFoundError",
+    "NotSupportedError",
+    "ObjButlerError",
+    "OfflineError",
+    "PreconditionFailedError",
+    "StoreError",
+    "TransientStoreError",
+]
+
+
+class ObjButlerError(Exception):
+    """Root of every error objbutler raises on purpose."""
+
+
+class NotFoundError(ObjButlerError, FileNotFoundError):
+    """A key, dataset, dataset type or repository does not exist."""
+
+
+class AlreadyExistsError(ObjButlerError, FileExistsError):
+    """A create-only write found an object (or repository) already there."""
+
+
+class PreconditionFailedError(ObjButlerError):
+    """A conditional write was refused because the object changed (stale etag)."""
+
+
+class ConflictError(ObjButlerError):
+    """A registry commit cannot happen: the data ID is taken, types disagree, or a race was lost."""
+
+
+class FormatError(ObjButlerError, ValueError):
+    """Stored bytes (a dataset, a log entry, a checkpoint) are corrupt or not of the claimed format."""
+
+
+class InvalidKeyError(ObjButlerError, ValueError):
+    """An object key or data ID value is unsafe (``..``, absolute, control characters, ...)."""
+
+
+class InvalidCutoutError(ObjButlerError, ValueError):
+    """A cutout request cannot be served as asked (e.g. a box outside the image in strict mode)."""
+
+
+class NotSupportedError(ObjButlerError, NotImplementedError):
+    """The backend does not have the primitive asked for (e.g. compare-and-swap on Swift)."""
+
+
+class OfflineError(ObjButlerError):
+    """The butler is offline and the object needed is not in the local cache."""
+
+
+class StoreError(ObjButlerError):
+    """The storage backend failed in a way that is not one of the specific errors above."""
+
+
+class TransientStoreError(StoreError):
+    """A failure worth retrying: a 5xx answer, throttling, a reset connection, a timeout."""

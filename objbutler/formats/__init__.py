@@ -1,0 +1,1 @@
+"""File formats: FITS and Zarr images, JSON metadata."""

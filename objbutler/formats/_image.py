@@ -1,0 +1,150 @@
+"""One normalized in-memory image that every format writes and reads.
+
+``put`` accepts a numpy array, an astropy PrimaryHDU/ImageHDU/CompImageHDU or
+HDUList, or an NDData/CCDData. :func:`as_image` turns each into an
+:class:`Image` (pixels, the header cards that are not structural or WCS, and a
+WCS); formats never see the caller's types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import NDData
+from astropy.wcs import WCS
+
+from objbutler.errors import FormatError
+
+__all__ = ["Image", "as_image", "to_nddata", "user_cards"]
+
+# Cards that describe the FITS layout, not the image: formats regenerate them.
+_STRUCTURAL = {
+    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "BSCALE", "BZERO",
+    "BLANK", "END", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX", "ZNAXIS", "ZTILE1", "ZTILE2",
+    "ZCMPTYPE", "ZNAME1", "ZVAL1", "ZNAME2", "ZVAL2", "ZQUANTIZ", "ZDITHER0", "TFIELDS",
+}
+_STRUCTURAL_PREFIXES = ("NAXIS", "ZNAXIS", "ZTILE", "ZNAME", "ZVAL", "TTYPE", "TFORM")
+
+
+@dataclasses.dataclass(slots=True)
+class Image:
+    """Pixels plus metadata, independent of any file format.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The pixels, 2-D (or N-D) in numpy order.
+    header : astropy.io.fits.Header
+        Descriptive cards (no structural cards; WCS cards live in ``wcs``).
+    wcs : astropy.wcs.WCS or None
+        The celestial WCS, if any.
+    """
+
+    data: np.ndarray
+    header: fits.Header
+    wcs: WCS | None
+
+    def full_header(self) -> fits.Header:
+        """Descriptive cards followed by the WCS cards (what a FITS writer emits)."""
+        header = self.header.copy()
+        if self.wcs is not None:
+            header.extend(self.wcs.to_header(relax=True), update=True)
+        return header
+
+
+def user_cards(header: fits.Header) -> fits.Header:
+    """The cards of ``header`` that are neither structural nor part of a WCS.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Any FITS header.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        A new header with only descriptive cards (COMMENT and HISTORY kept).
+    """
+    wcs_keys = set(WCS(header, relax=True).to_header(relax=True).keys()) if _has_wcs(header) else set()
+    kept = fits.Header()
+    for card in header.cards:
+        key = card.keyword
+        if key in _STRUCTURAL or key in wcs_keys or any(
+            key.startswith(prefix) and key[len(prefix):].isdigit() for prefix in _STRUCTURAL_PREFIXES
+        ):
+            continue
+        kept.append(card, end=True)
+    return kept
+
+
+def _has_wcs(header: fits.Header) -> bool:
+    return any(key in header for key in ("CTYPE1", "CRPIX1", "CRVAL1", "CD1_1", "PC1_1"))
+
+
+def _wcs_from(header: fits.Header) -> WCS | None:
+    if not _has_wcs(header):
+        return None
+    return WCS(header, relax=True)
+
+
+def as_image(obj: Any) -> Image:
+    """Normalize anything ``put`` accepts into an :class:`Image`.
+
+    Parameters
+    ----------
+    obj : numpy.ndarray, astropy HDU, HDUList, NDData or CCDData
+        The image to store.
+
+    Returns
+    -------
+    Image
+        The pixels, descriptive header and WCS.
+
+    Raises
+    ------
+    TypeError
+        For anything else, or an HDUList with no image data.
+    """
+    if isinstance(obj, fits.HDUList):
+        for hdu in obj:
+            if isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU) and hdu.data is not None:
+                return as_image(hdu)
+        raise TypeError("the HDUList holds no image data")
+    if isinstance(obj, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
+        if obj.data is None:
+            raise TypeError("the HDU holds no data")
+        header = obj.header
+        return Image(np.asarray(obj.data), user_cards(header), _wcs_from(header))
+    if isinstance(obj, NDData):
+        meta = obj.meta
+        header = fits.Header(meta) if not isinstance(meta, fits.Header) else meta
+        wcs = obj.wcs if isinstance(obj.wcs, WCS) else _wcs_from(header)
+        return Image(np.asarray(obj.data), user_cards(header), wcs)
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf" or obj.ndim == 0:
+            raise TypeError(f"cannot store a {obj.ndim}-D array of dtype {obj.dtype} as an image")
+        return Image(obj, fits.Header(), None)
+    raise TypeError(
+        f"cannot store a {type(obj).__name__} as an image: use a numpy array, an astropy HDU or HDUList, or NDData"
+    )
+
+
+def to_nddata(image: Image) -> NDData:
+    """Return an NDData with ``.data``, ``.wcs`` and ``.meta`` (the full header incl. WCS cards).
+
+    Parameters
+    ----------
+    image : Image
+        A decoded image.
+
+    Returns
+    -------
+    astropy.nddata.NDData
+        The image as astropy users expect it.
+    """
+    if image.data.ndim == 0:
+        raise FormatError("decoded image has no pixels")
+    return NDData(image.data, wcs=image.wcs, meta=image.full_header())

@@ -1,0 +1,80 @@
+"""Find out by test whether a store enforces its conditional writes.
+
+Some S3-compatible gateways accept ``If-None-Match: *`` and ``If-Match`` and
+then ignore them (answering 200). A registry that trusted such a store would
+silently lose commits, so the butler probes a scratch key before trusting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from objbutler.errors import AlreadyExistsError, NotSupportedError, PreconditionFailedError
+from objbutler.stores._base import Store
+
+__all__ = ["PROBE_PREFIX", "ConditionalWriteProbe", "probe_conditional_writes"]
+
+PROBE_PREFIX = ".objbutler-probe/"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConditionalWriteProbe:
+    """What a probe of one store found.
+
+    Parameters
+    ----------
+    create_enforced : bool
+        A second ``put_if_absent`` of the same key was refused.
+    match_enforced : bool or None
+        ``put_if_match`` with a stale etag was refused; None where the store
+        does not offer ``put_if_match`` at all.
+    """
+
+    create_enforced: bool
+    match_enforced: bool | None
+
+    @property
+    def trustworthy(self) -> bool:
+        """True when every conditional write the store offers is enforced."""
+        return self.create_enforced and self.match_enforced is not False
+
+
+def probe_conditional_writes(store: Store) -> ConditionalWriteProbe:
+    """Probe a store's conditional writes on a scratch key, then delete it.
+
+    A probe tests one writer at a time: it shows whether the server *checks*
+    the condition, not whether the check is atomic under concurrency (Swift
+    checks, but not atomically; that is declared in its capabilities).
+
+    Parameters
+    ----------
+    store : Store
+        The store to probe; needs permission to write and delete.
+
+    Returns
+    -------
+    ConditionalWriteProbe
+        Which conditions the server enforced.
+    """
+    key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+    try:
+        store.put_if_absent(key, b"first")
+        try:
+            store.put_if_absent(key, b"second")
+            create_enforced = False
+        except AlreadyExistsError:
+            create_enforced = True
+        match_enforced: bool | None
+        try:
+            current = store.head(key)
+            stale = "0" * 32 if current.etag != "0" * 32 else "1" * 32
+            store.put_if_match(key, b"third", stale)
+            match_enforced = False
+        except PreconditionFailedError:
+            match_enforced = True
+        except NotSupportedError:
+            match_enforced = None
+    finally:
+        store.delete(key)
+    return ConditionalWriteProbe(create_enforced, match_enforced)

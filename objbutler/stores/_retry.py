@@ -1,0 +1,95 @@
+"""Retries with exponential backoff and full jitter, in one place.
+
+Backends translate their native errors into the objbutler tree first; this
+module then retries :class:`~objbutler.errors.TransientStoreError` (5xx,
+throttling, connection resets, timeouts) and nothing else: a 4xx answer is
+final and is never retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from objbutler.errors import TransientStoreError
+
+__all__ = ["RetryPolicy", "call_with_retries"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry transient store failures.
+
+    Parameters
+    ----------
+    attempts : int
+        Total attempts, the first included (1 disables retries).
+    base_delay : float
+        Delay bound in seconds before the second attempt; doubles each time.
+    max_delay : float
+        Upper bound of any one delay, in seconds.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Return the sleep before retry number ``attempt`` (1-based), with full jitter.
+
+        Parameters
+        ----------
+        attempt : int
+            1 for the first retry, 2 for the second, and so on.
+        rng : random.Random, optional
+            Source of randomness (for tests).
+
+        Returns
+        -------
+        float
+            Seconds to sleep, uniform in ``[0, min(max_delay, base_delay * 2**(attempt-1))]``.
+        """
+        bound = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return (rng or random).uniform(0.0, bound)
+
+
+def call_with_retries(
+    operation: Callable[[], T],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``operation``, retrying it on TransientStoreError as ``policy`` says.
+
+    Parameters
+    ----------
+    operation : callable
+        A zero-argument callable that raises objbutler errors (already translated).
+    policy : RetryPolicy
+        Attempts and delays.
+    sleep : callable, optional
+        Injected for tests.
+
+    Returns
+    -------
+    object
+        Whatever ``operation`` returns.
+
+    Raises
+    ------
+    TransientStoreError
+        The last transient failure, once the attempts are used up.
+    """
+    attempt = 1
+    while True:
+        try:
+            return operation()
+        except TransientStoreError:
+            if attempt >= policy.attempts:
+                raise
+            sleep(policy.delay(attempt))
+            attempt += 1

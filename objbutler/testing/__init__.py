@@ -1,0 +1,1 @@
+"""Test helpers that ship with objbutler: the store conformance suite, wrapper stores, servers."""
