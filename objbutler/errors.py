@@ -16,7 +16,9 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── NotSupportedError (NotImplementedError)  the backend lacks the primitive asked for
     ├── OfflineError                             offline mode and the object is not cached
     └── StoreError                               the backend failed (after retries)
-        └── TransientStoreError                  a retryable failure (5xx, throttling, reset)
+        ├── TransientStoreError                  a retryable failure (5xx, throttling, reset)
+        └── CommitOutcomeUnknownError            a commit write failed and its outcome cannot be
+                                                 read back: the data object is kept (fsck tells)
 
 The tree is locked by ``tests/test_errors.py``.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExistsError",
+    "CommitOutcomeUnknownError",
     "ConflictError",
     "FormatError",
     "InvalidCutoutError",
@@ -85,3 +88,11 @@ class StoreError(ObjButlerError):
 
 class TransientStoreError(StoreError):
     """A failure worth retrying: a 5xx answer, throttling, a reset connection, a timeout."""
+
+
+class CommitOutcomeUnknownError(StoreError):
+    """A registry commit write failed and whether it landed cannot be read back.
+
+    The data object is kept (deleting it could leave a dangling entry); ``objbutler fsck``
+    reports it as an orphan if the commit did not land, and ``vacuum`` removes it.
+    """

@@ -1,0 +1,203 @@
+"""Which format stores which object, and the one place that writes and reads datasets.
+
+=========  ========================  =================================  ===============
+kind       python objects            formats                            ``get`` returns
+=========  ========================  =================================  ===============
+image      ndarray, HDU, HDUList,    ``fits`` (also tile-compressed),   NDData
+           NDData, CCDData           ``zarr``
+metadata   dict (JSON-safe)          ``json``                           dict
+table      astropy Table             ``parquet``, ``ecsv``              Table
+=========  ========================  =================================  ===============
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from objbutler.errors import FormatError, NotFoundError
+from objbutler.formats._image import Image, as_image, to_nddata
+from objbutler.stores import Store
+
+__all__ = ["FORMATS", "EncodedDataset", "encode_dataset", "kind_of", "read_dataset", "write_dataset"]
+
+FORMATS = {"fits": "image", "zarr": "image", "json": "metadata", "parquet": "table", "ecsv": "table"}
+DEFAULT_FORMAT = {"metadata": "json", "table": "parquet"}
+
+
+@dataclasses.dataclass(slots=True)
+class EncodedDataset:
+    """A dataset turned into bytes, ready to write.
+
+    Parameters
+    ----------
+    kind : str
+        ``image``, ``metadata`` or ``table``.
+    format : str
+        One of :data:`FORMATS`.
+    objects : dict
+        Relative name -> bytes; ``""`` for single-object formats.
+    checksum : str
+        ``sha256:<hex>`` of the bytes (Zarr: over its sorted per-object digests).
+    """
+
+    kind: str
+    format: str
+    objects: dict[str, bytes]
+    checksum: str
+
+    @property
+    def size(self) -> int:
+        """Total stored bytes."""
+        return sum(len(b) for b in self.objects.values())
+
+
+def kind_of(obj: Any) -> str:
+    """Classify a Python object as ``image``, ``metadata`` or ``table``."""
+    from astropy.table import Table
+
+    if isinstance(obj, dict):
+        return "metadata"
+    if isinstance(obj, Table):
+        return "table"
+    return "image"
+
+
+def encode_dataset(obj: Any, fmt: str | None, default_image_format: str, options: dict[str, Any]) -> EncodedDataset:
+    """Encode ``obj`` in ``fmt`` (or the default for its kind).
+
+    Raises
+    ------
+    FormatError
+        For an object that the format cannot hold or an unknown format.
+    """
+    kind = kind_of(obj)
+    fmt = fmt or (default_image_format if kind == "image" else DEFAULT_FORMAT[kind])
+    if FORMATS.get(fmt) != kind:
+        raise FormatError(f"a {kind} dataset ({type(obj).__name__}) cannot be stored as {fmt!r}; "
+                          f"formats for {kind}: {[f for f, k in FORMATS.items() if k == kind]}")
+    if kind == "image":
+        try:
+            image = as_image(obj)
+        except TypeError as exc:
+            raise FormatError(str(exc)) from None
+        return _encode_image(image, fmt, options)
+    data = _encode_metadata(obj) if kind == "metadata" else _encode_table(obj, fmt)
+    return EncodedDataset(kind, fmt, {"": data}, _sha256(data))
+
+
+def _sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
+    if fmt == "fits":
+        from objbutler.formats.fits import encode_fits
+
+        data = encode_fits(image, **options)
+        return EncodedDataset("image", fmt, {"": data}, _sha256(data))
+    from objbutler.formats.zarr_array import encode_zarr, zarr_checksum
+
+    objects = encode_zarr(image, **options)
+    return EncodedDataset("image", fmt, objects, f"sha256:{zarr_checksum(objects)}")
+
+
+def _encode_metadata(obj: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(obj, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"metadata datasets must be JSON-safe (finite numbers, strings, lists): {exc}") from None
+
+
+def _encode_table(table: Any, fmt: str) -> bytes:
+    if fmt == "ecsv":
+        text = io.StringIO()
+        table.write(text, format="ascii.ecsv")
+        return text.getvalue().encode("utf-8")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.parquet"
+        table.write(path, format="parquet")
+        return path.read_bytes()
+
+
+def write_dataset(store: Store, key: str, encoded: EncodedDataset) -> list[str]:
+    """Write every object of a dataset under ``key``; on failure delete what was written and re-raise.
+
+    Returns
+    -------
+    list of str
+        The keys written.
+    """
+    if encoded.format == "zarr":
+        from objbutler.formats.zarr_array import write_zarr_objects
+
+        return write_zarr_objects(store, key, encoded.objects)
+    try:
+        store.put(key, encoded.objects[""])
+    except Exception:
+        with contextlib.suppress(Exception):
+            store.delete(key)
+        raise
+    return [key]
+
+
+def delete_dataset(store: Store, key: str, fmt: str) -> None:
+    """Delete a dataset's objects (all keys under a Zarr prefix)."""
+    if fmt == "zarr":
+        for meta in list(store.list(key.rstrip("/") + "/")):
+            store.delete(meta.key)
+    else:
+        store.delete(key)
+
+
+def read_dataset(store: Store, key: str, fmt: str) -> Any:
+    """Read a whole dataset back as the Python object its kind returns."""
+    kind = FORMATS.get(fmt)
+    if kind is None:
+        raise FormatError(f"unknown dataset format {fmt!r} for {key}")
+    if fmt == "zarr":
+        from objbutler.formats.zarr_array import read_zarr
+
+        return to_nddata(read_zarr(store, key))
+    data = store.get(key)
+    if fmt == "fits":
+        from objbutler.formats.fits import decode_fits
+
+        return to_nddata(decode_fits(data))
+    if fmt == "json":
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"metadata dataset {key} is corrupt: {exc}") from None
+    return _decode_table(data, fmt, key)
+
+
+def _decode_table(data: bytes, fmt: str, key: str) -> Any:
+    from astropy.table import Table
+
+    try:
+        if fmt == "ecsv":
+            return Table.read(data.decode("utf-8"), format="ascii.ecsv")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "table.parquet"
+            path.write_bytes(data)
+            return Table.read(path, format="parquet")
+    except (ValueError, OSError) as exc:
+        raise FormatError(f"table dataset {key} is corrupt: {exc}") from None
+
+
+def dataset_objects(store: Store, key: str, fmt: str) -> list[str]:
+    """The object keys a stored dataset consists of (NotFoundError if none)."""
+    if fmt != "zarr":
+        store.head(key)
+        return [key]
+    keys = [meta.key for meta in store.list(key.rstrip("/") + "/")]
+    if not keys:
+        raise NotFoundError(f"no Zarr objects under {key}")
+    return keys

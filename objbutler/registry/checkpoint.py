@@ -1,0 +1,186 @@
+"""Checkpoints: a Parquet snapshot of every record up to a log position.
+
+A checkpoint is ``manifest/checkpoints/<position>.parquet``, a plain Parquet
+file that pyarrow, DuckDB or pandas read without objbutler. One row per
+dataset:
+
+===============  ==========================================================
+``id``           dataset UUID (string)
+``dataset_type`` dataset type name (dictionary-encoded string)
+``run``          run name (dictionary-encoded string)
+``format``       ``fits`` / ``zarr`` / ``json`` / ``parquet``
+``key``          object key (or Zarr prefix) relative to the repository
+``size``         stored bytes (int64)
+``checksum``     ``sha256:<hex>``
+``created``      ISO-8601 UTC time of the put
+``data_id``      canonical JSON of the data ID
+``provenance``   JSON, or null
+``dim.<name>``   one column per data ID key (int64 or string), for queries
+===============  ==========================================================
+
+The file's key-value metadata ``objbutler`` holds a JSON document with the
+format version, the log position covered, the dataset types and the
+dimension kinds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from objbutler.errors import FormatError
+from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_id
+
+__all__ = ["CHECKPOINT_PREFIX", "Checkpoint", "decode_checkpoint", "encode_checkpoint", "refs_to_table"]
+
+CHECKPOINT_PREFIX = "manifest/checkpoints/"
+CHECKPOINT_VERSION = 1
+DIM_PREFIX = "dim."
+
+_BASE_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("dataset_type", pa.string()),
+    pa.field("run", pa.string()),
+    pa.field("format", pa.string()),
+    pa.field("key", pa.string()),
+    pa.field("size", pa.int64()),
+    pa.field("checksum", pa.string()),
+    pa.field("created", pa.string()),
+    pa.field("data_id", pa.string()),
+    pa.field("provenance", pa.string()),
+]
+
+
+@dataclasses.dataclass(slots=True)
+class Checkpoint:
+    """A decoded checkpoint.
+
+    Parameters
+    ----------
+    position : str or None
+        The log position it covers (None: the empty repository).
+    table : pyarrow.Table
+        One row per dataset (schema in the module docstring).
+    dataset_types : dict
+        Name -> DatasetType.
+    dimensions : dict
+        Data ID key -> ``"int"`` or ``"str"``.
+    """
+
+    position: str | None
+    table: pa.Table
+    dataset_types: dict[str, DatasetType]
+    dimensions: dict[str, str]
+
+
+def _dim_type(kind: str) -> pa.DataType:
+    return pa.int64() if kind == "int" else pa.string()
+
+
+def schema_for(dimensions: dict[str, str]) -> pa.Schema:
+    """The table schema for a set of dimension kinds."""
+    fields = list(_BASE_FIELDS)
+    fields += [pa.field(f"{DIM_PREFIX}{name}", _dim_type(kind)) for name, kind in sorted(dimensions.items())]
+    return pa.schema(fields)
+
+
+def refs_to_table(refs: Iterable[DatasetRef], dimensions: dict[str, str]) -> pa.Table:
+    """Build the checkpoint table of some refs (used for the log tail, which is small).
+
+    Parameters
+    ----------
+    refs : iterable of DatasetRef
+        The records.
+    dimensions : dict
+        Kinds of every data ID key any ref uses.
+
+    Returns
+    -------
+    pyarrow.Table
+        Rows in the order given.
+    """
+    refs = list(refs)
+    columns: dict[str, list[Any]] = {
+        "id": [r.id for r in refs],
+        "dataset_type": [r.dataset_type for r in refs],
+        "run": [r.run for r in refs],
+        "format": [r.format for r in refs],
+        "key": [r.key for r in refs],
+        "size": [r.size for r in refs],
+        "checksum": [r.checksum for r in refs],
+        "created": [r.created for r in refs],
+        "data_id": [canonical_data_id(r.data_id) for r in refs],
+        "provenance": [None if r.provenance is None else json.dumps(r.provenance, sort_keys=True) for r in refs],
+    }
+    for name in sorted(dimensions):
+        columns[f"{DIM_PREFIX}{name}"] = [r.data_id.get(name) for r in refs]
+    return pa.table(columns, schema=schema_for(dimensions))
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """Write a checkpoint as Parquet bytes (zstd, dictionary-encoded strings)."""
+    table = checkpoint.table.cast(schema_for(checkpoint.dimensions))
+    meta = {
+        "version": CHECKPOINT_VERSION,
+        "position": checkpoint.position,
+        "dataset_types": [t.to_json() for t in checkpoint.dataset_types.values()],
+        "dimensions": checkpoint.dimensions,
+        "rows": table.num_rows,
+    }
+    table = table.replace_schema_metadata({"objbutler": json.dumps(meta)})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", use_dictionary=["dataset_type", "run", "format"])
+    return sink.getvalue()
+
+
+def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
+    """Read a checkpoint; FormatError (naming ``where``) if it is corrupt or foreign."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        raw = (table.schema.metadata or {}).get(b"objbutler")
+        if raw is None:
+            raise FormatError(f"checkpoint {where} has no objbutler metadata")
+        meta = json.loads(raw)
+        if meta.get("version") != CHECKPOINT_VERSION or meta.get("rows") != table.num_rows:
+            raise FormatError(f"checkpoint {where} has an unsupported version or a wrong row count")
+        types = {t["name"]: DatasetType.from_json(t) for t in meta["dataset_types"]}
+        dimensions = {str(k): str(v) for k, v in meta["dimensions"].items()}
+        table = table.cast(schema_for(dimensions))
+    except FormatError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"checkpoint {where} is corrupt or truncated: {exc}") from None
+    return Checkpoint(meta["position"], table.replace_schema_metadata(None), types, dimensions)
+
+
+def empty_checkpoint() -> Checkpoint:
+    """The state of a repository with no commits."""
+    return Checkpoint(None, schema_for({}).empty_table(), {}, {})
+
+
+def rows_to_refs(table: pa.Table, repository: str) -> list[DatasetRef]:
+    """Turn checkpoint rows back into DatasetRefs."""
+    refs = []
+    for row in table.select([f.name for f in _BASE_FIELDS]).to_pylist():
+        refs.append(
+            DatasetRef(
+                id=row["id"],
+                dataset_type=row["dataset_type"],
+                data_id=json.loads(row["data_id"]),
+                run=row["run"],
+                format=row["format"],
+                key=row["key"],
+                size=row["size"],
+                checksum=row["checksum"],
+                created=row["created"],
+                provenance=None if row["provenance"] is None else json.loads(row["provenance"]),
+                repository=repository,
+            )
+        )
+    return refs

@@ -1,0 +1,241 @@
+"""The registry's view at one log position: a checkpoint table plus the commits after it.
+
+Commits are applied in log order and the *first* commit that claims a
+``(dataset type, run, data ID)`` wins; a later claim is ignored by every
+reader alike (that is what makes the Swift protocol agree on one winner).
+A commit that would register a dataset type or dimension kind different from
+the one already registered is ignored in the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from objbutler.errors import ConflictError, InvalidKeyError
+from objbutler.registry.checkpoint import DIM_PREFIX, Checkpoint, refs_to_table, rows_to_refs
+from objbutler.registry.commits import Commit
+from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_id
+
+__all__ = ["RegistryState"]
+
+UniqueKey = tuple[str, str, str]
+
+
+class RegistryState:
+    """Records visible at one position of the log.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The snapshot to start from.
+    repository : str
+        URI stamped on refs.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, repository: str) -> None:
+        self.checkpoint = checkpoint
+        self.repository = repository
+        self.position = checkpoint.position
+        self.dataset_types: dict[str, DatasetType] = dict(checkpoint.dataset_types)
+        self.dimensions: dict[str, str] = dict(checkpoint.dimensions)
+        self.tail: dict[UniqueKey, DatasetRef] = {}
+        self.tail_commits = 0
+        self.winning_commit: dict[str, str] = {}  # dataset id -> commit id, for the tail
+
+    # -- applying commits ------------------------------------------------------
+
+    def _in_checkpoint(self, unique: UniqueKey) -> bool:
+        table = self.checkpoint.table
+        if table.num_rows == 0:
+            return False
+        mask = pc.and_(
+            pc.and_(pc.equal(table["dataset_type"], unique[0]), pc.equal(table["run"], unique[1])),
+            pc.equal(table["data_id"], unique[2]),
+        )
+        return bool(pc.any(mask).as_py())
+
+    def find_unique(self, unique: UniqueKey) -> DatasetRef | None:
+        """The committed dataset with this (type, run, canonical data ID), if any."""
+        if unique in self.tail:
+            return self.tail[unique]
+        if not self._in_checkpoint(unique):
+            return None
+        table = self.checkpoint.table
+        mask = pc.and_(
+            pc.and_(pc.equal(table["dataset_type"], unique[0]), pc.equal(table["run"], unique[1])),
+            pc.equal(table["data_id"], unique[2]),
+        )
+        return rows_to_refs(table.filter(mask), self.repository)[0]
+
+    def check_types(self, types: Iterable[DatasetType], dimensions: Mapping[str, str]) -> None:
+        """Raise ConflictError if a type or a dimension kind disagrees with the registered one."""
+        for dataset_type in types:
+            known = self.dataset_types.get(dataset_type.name)
+            if known is not None:
+                known.check_compatible(dataset_type)
+        for name, kind in dimensions.items():
+            known_kind = self.dimensions.get(name)
+            if known_kind is not None and known_kind != kind:
+                raise ConflictError(
+                    f"data ID key {name!r} holds {known_kind} values in this repository; this put gives a {kind}"
+                )
+
+    def apply(self, commit: Commit, position: str) -> list[DatasetRef]:
+        """Apply one commit in log order; return the datasets it won (losers are ignored)."""
+        self.position = position
+        self.tail_commits += 1
+        try:
+            self.check_types(commit.dataset_types, commit.dimensions)
+        except ConflictError:
+            return []
+        for dataset_type in commit.dataset_types:
+            self.dataset_types.setdefault(dataset_type.name, dataset_type)
+        self.dimensions.update(commit.dimensions)
+        won = []
+        for ref in commit.datasets:
+            unique = ref.unique_key
+            if unique in self.tail or self._in_checkpoint(unique):
+                continue
+            self.tail[unique] = ref
+            self.winning_commit[ref.id] = commit.commit_id
+            won.append(ref)
+        return won
+
+    # -- reading ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.checkpoint.table.num_rows + len(self.tail)
+
+    def to_checkpoint(self) -> Checkpoint:
+        """Fold the tail into a new checkpoint at the current position."""
+        tail = refs_to_table(self.tail.values(), self.dimensions)
+        table = pa.concat_tables([self.checkpoint.table, tail], promote_options="default")
+        return Checkpoint(self.position, table, dict(self.dataset_types), dict(self.dimensions))
+
+    def all_refs(self) -> list[DatasetRef]:
+        """Every visible dataset (checkpoint rows, then the tail in log order)."""
+        return rows_to_refs(self.checkpoint.table, self.repository) + list(self.tail.values())
+
+    def query(
+        self,
+        dataset_type: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        run: str | None = None,
+        dataset_id: str | None = None,
+    ) -> list[DatasetRef]:
+        """Datasets matching every condition given.
+
+        Parameters
+        ----------
+        dataset_type : str, optional
+            Only this type.
+        where : mapping, optional
+            Data ID conditions: a value means equality, a list/tuple/set
+            membership, a ``range`` a half-open interval.
+        run : str, optional
+            Only this run.
+        dataset_id : str, optional
+            Only the dataset with this UUID.
+
+        Returns
+        -------
+        list of DatasetRef
+            Checkpoint matches first, then tail matches in log order.
+        """
+        where = dict(where or {})
+        for key in where:
+            if key not in self.dimensions:
+                return []
+        table = self.checkpoint.table
+        if table.num_rows:
+            mask = _table_mask(table, dataset_type, where, run, dataset_id)
+            matched = rows_to_refs(table.filter(mask) if mask is not None else table, self.repository)
+        else:
+            matched = []
+        for ref in self.tail.values():
+            if _ref_matches(ref, dataset_type, where, run, dataset_id):
+                matched.append(ref)
+        return matched
+
+
+def _condition_values(value: Any) -> tuple[str, Any]:
+    if isinstance(value, range):
+        if value.step != 1:
+            raise InvalidKeyError("a range in 'where' must have step 1")
+        return "range", value
+    if isinstance(value, list | tuple | set | frozenset):
+        return "in", list(value)
+    if isinstance(value, float | bool) or value is None:
+        raise InvalidKeyError(f"data ID conditions take ints, strings, lists or ranges, got {value!r}")
+    return "eq", value
+
+
+def _column_condition(column: pa.ChunkedArray, value: Any) -> pa.ChunkedArray:
+    kind, operand = _condition_values(value)
+    if kind == "range":
+        return pc.and_(pc.greater_equal(column, operand.start), pc.less(column, operand.stop))
+    if kind == "in":
+        values = [v for v in operand if isinstance(v, int) == pa.types.is_integer(column.type)]
+        return pc.is_in(column, value_set=pa.array(values, type=column.type))
+    if isinstance(operand, int) != pa.types.is_integer(column.type):
+        return pc.equal(column, pa.scalar(None, type=column.type))
+    return pc.equal(column, operand)
+
+
+def _table_mask(
+    table: pa.Table, dataset_type: str | None, where: dict[str, Any], run: str | None, dataset_id: str | None
+) -> pa.ChunkedArray | None:
+    conditions: list[Any] = []
+    if dataset_type is not None:
+        conditions.append(pc.equal(table["dataset_type"], dataset_type))
+    if run is not None:
+        conditions.append(pc.equal(table["run"], run))
+    if dataset_id is not None:
+        conditions.append(pc.equal(table["id"], dataset_id))
+    for key, value in where.items():
+        name = f"{DIM_PREFIX}{key}"
+        if name not in table.column_names:
+            return pc.equal(table["id"], "")  # nothing in the checkpoint uses this key
+        conditions.append(_column_condition(table[name], value))
+    if not conditions:
+        return None
+    mask = conditions[0]
+    for condition in conditions[1:]:
+        mask = pc.and_(mask, condition)
+    return pc.fill_null(mask, False)
+
+
+def _value_matches(actual: Any, value: Any) -> bool:
+    kind, operand = _condition_values(value)
+    if kind == "range":
+        return isinstance(actual, int) and actual in operand
+    if kind == "in":
+        return any(type(actual) is type(v) and actual == v for v in operand)
+    return type(actual) is type(operand) and actual == operand
+
+
+def _ref_matches(
+    ref: DatasetRef, dataset_type: str | None, where: dict[str, Any], run: str | None, dataset_id: str | None
+) -> bool:
+    if dataset_type is not None and ref.dataset_type != dataset_type:
+        return False
+    if run is not None and ref.run != run:
+        return False
+    if dataset_id is not None and ref.id != dataset_id:
+        return False
+    return all(key in ref.data_id and _value_matches(ref.data_id[key], value) for key, value in where.items())
+
+
+def unique_key(dataset_type: str, run: str, data_id: Mapping[str, Any]) -> UniqueKey:
+    """``(type, run, canonical data ID)`` for a validated data ID."""
+    return (dataset_type, run, canonical_data_id(dict(data_id)))
+
+
+def parse_json_column(values: Sequence[str | None]) -> list[Any]:
+    """Decode a JSON string column (null stays None)."""
+    return [None if v is None else json.loads(v) for v in values]
