@@ -17,9 +17,9 @@ import dataclasses
 import hashlib
 import io
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from objbutler.errors import FormatError, NotFoundError
 from objbutler.formats._image import Image, as_image, to_nddata
@@ -120,10 +120,58 @@ def _encode_table(table: Any, fmt: str) -> bytes:
         text = io.StringIO()
         table.write(text, format="ascii.ecsv")
         return text.getvalue().encode("utf-8")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "table.parquet"
-        table.write(path, format="parquet")
-        return path.read_bytes()
+    return _table_to_parquet(table)
+
+
+def _table_to_parquet(table: Any) -> bytes:
+    """Parquet with pyarrow alone: units and Time scales in field metadata, table meta as JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.time import Time
+
+    fields, arrays = [], []
+    for name in table.colnames:
+        column = table[name]
+        meta: dict[str, str] = {}
+        if isinstance(column, Time):
+            values = column.mjd
+            meta = {"astropy_time_scale": column.scale, "astropy_time_format": "mjd"}
+        else:
+            values = np.asarray(column)
+            unit = getattr(column, "unit", None)
+            if unit is not None:
+                meta["unit"] = unit.to_string()
+        array = pa.array(values)
+        fields.append(pa.field(name, array.type, metadata=meta or None))
+        arrays.append(array)
+    try:
+        table_meta = json.dumps(dict(table.meta))
+    except (TypeError, ValueError):
+        table_meta = "{}"
+    schema = pa.schema(fields, metadata={"astropy_meta": table_meta})
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def _parquet_to_table(data: bytes) -> Any:
+    import pyarrow.parquet as pq
+    from astropy import units as u
+    from astropy.table import Table
+    from astropy.time import Time
+
+    arrow = pq.read_table(io.BytesIO(data))
+    table = Table(meta=json.loads((arrow.schema.metadata or {}).get(b"astropy_meta", b"{}")))
+    for field, column in zip(arrow.schema, arrow.columns, strict=True):
+        meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+        values = column.to_numpy(zero_copy_only=False)
+        if "astropy_time_scale" in meta:
+            table[field.name] = Time(values, format="mjd", scale=meta["astropy_time_scale"])
+        elif "unit" in meta:
+            table[field.name] = values * u.Unit(meta["unit"])
+        else:
+            table[field.name] = values
+    return table
 
 
 def write_dataset(store: Store, key: str, encoded: EncodedDataset) -> list[str]:
@@ -184,11 +232,8 @@ def _decode_table(data: bytes, fmt: str, key: str) -> Any:
     try:
         if fmt == "ecsv":
             return Table.read(data.decode("utf-8"), format="ascii.ecsv")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "table.parquet"
-            path.write_bytes(data)
-            return Table.read(path, format="parquet")
-    except (ValueError, OSError) as exc:
+        return _parquet_to_table(data)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise FormatError(f"table dataset {key} is corrupt: {exc}") from None
 
 
