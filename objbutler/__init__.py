@@ -5,36 +5,53 @@
 >>> ref = butler.put({"metric": "PA1", "value": 5.1}, "metric", {"visit": 1}, run="run1")
 >>> butler.get(ref)["value"]
 5.1
+
+The names below are imported on first use, so light entry points (the server
+scripts, ``objbutler --help``) do not pay for numpy and astropy.
 """
 
 from __future__ import annotations
 
-from objbutler.butler import Butler
-from objbutler.cutouts import Box, Cutout
-from objbutler.errors import (
-    AlreadyExistsError,
-    ConflictError,
-    FormatError,
-    InvalidCutoutError,
-    NotFoundError,
-    NotSupportedError,
-    ObjButlerError,
-)
-from objbutler.registry.records import DatasetRef
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AlreadyExistsError",
-    "Box",
-    "Butler",
-    "ConflictError",
-    "Cutout",
-    "DatasetRef",
-    "FormatError",
-    "InvalidCutoutError",
-    "NotFoundError",
-    "NotSupportedError",
-    "ObjButlerError",
-    "__version__",
-]
+_EXPORTS = {
+    "Butler": "objbutler.butler",
+    "Box": "objbutler.cutouts",
+    "Cutout": "objbutler.cutouts",
+    "DatasetRef": "objbutler.registry.records",
+    "AlreadyExistsError": "objbutler.errors",
+    "ConflictError": "objbutler.errors",
+    "FormatError": "objbutler.errors",
+    "InvalidCutoutError": "objbutler.errors",
+    "NotFoundError": "objbutler.errors",
+    "NotSupportedError": "objbutler.errors",
+    "ObjButlerError": "objbutler.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from objbutler.butler import Butler
+    from objbutler.cutouts import Box, Cutout
+    from objbutler.errors import (
+        AlreadyExistsError,
+        ConflictError,
+        FormatError,
+        InvalidCutoutError,
+        NotFoundError,
+        NotSupportedError,
+        ObjButlerError,
+    )
+    from objbutler.registry.records import DatasetRef
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'objbutler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -64,6 +64,9 @@ class Butler:
     uri : str
         ``s3://bucket/prefix``, ``swift://container/prefix``, ``file:///path``,
         a plain path, or ``memory://name``.
+    store : Store, optional
+        Use this store object instead of opening ``uri`` (e.g. a wrapper store
+        that counts requests or injects faults); ``uri`` then only names it.
     **store_options
         Passed to :func:`objbutler.stores.open_store` (endpoint, credentials, ...).
 
@@ -73,10 +76,11 @@ class Butler:
         If no repository exists at ``uri``.
     """
 
-    def __init__(self, uri: str, **store_options: Any) -> None:
+    def __init__(self, uri: str, *, store: Store | None = None, **store_options: Any) -> None:
         self.uri = uri
         self._store_options = store_options
-        self.store: Store = open_store(uri, **store_options)
+        self._given_store = store
+        self.store: Store = store if store is not None else open_store(uri, **store_options)
         try:
             raw = self.store.get(CONFIG_KEY)
         except NotFoundError:
@@ -93,7 +97,7 @@ class Butler:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.uri, self._store_options))
+        return (_reopen, (self.uri, self._given_store, self._store_options))
 
     def __repr__(self) -> str:
         return f"Butler({self.uri!r})"
@@ -108,6 +112,7 @@ class Butler:
         default_format: str = "fits",
         checkpoint_interval: int = 100,
         allow_no_atomic_create: bool = False,
+        store: Store | None = None,
         **store_options: Any,
     ) -> Butler:
         """Create a new, empty repository and return a Butler on it.
@@ -128,6 +133,8 @@ class Butler:
             Commits between registry checkpoints.
         allow_no_atomic_create : bool
             Accept a store whose conditional create is not enforced.
+        store : Store, optional
+            Use this store object instead of opening ``uri``.
         **store_options
             Passed to :func:`objbutler.stores.open_store`.
 
@@ -140,7 +147,8 @@ class Butler:
         """
         if FORMATS.get(default_format) != "image":
             raise FormatError(f"default_format must be 'fits' or 'zarr', got {default_format!r}")
-        store = open_store(uri, **store_options)
+        given = store
+        store = store if store is not None else open_store(uri, **store_options)
         protocol = _choose_protocol(store, allow_no_atomic_create)
         config = {
             "format": CONFIG_FORMAT,
@@ -159,7 +167,7 @@ class Butler:
                 store.put(CONFIG_KEY, body)
         except AlreadyExistsError:
             raise AlreadyExistsError(f"a repository already exists at {uri}") from None
-        return cls(uri, **store_options)
+        return cls(uri, store=given, **store_options)
 
     # -- put -------------------------------------------------------------------
 
@@ -401,8 +409,8 @@ class Butler:
         return read_zarr_wcs(self.store, ref.key)
 
 
-def _reopen(uri: str, store_options: dict[str, Any]) -> Butler:
-    return Butler(uri, **store_options)
+def _reopen(uri: str, store: Store | None, store_options: dict[str, Any]) -> Butler:
+    return Butler(uri, store=store, **store_options)
 
 
 def _parse_config(raw: bytes, uri: str) -> dict[str, Any]:

@@ -1,0 +1,615 @@
+"""Zarr v3 images: written with zarr's own API, read and cut out with one batched fetch.
+
+Writing
+    :func:`encode_zarr` builds the array with :func:`zarr.create_array` in an
+    in-memory zarr store and returns its objects (``zarr.json``, ``c/0/0``, ...).
+    :func:`write_zarr_objects` puts them under a prefix, chunks first (a bounded
+    thread pool) and ``zarr.json`` last, so a torn write never looks like an array.
+    Pixels are stored little-endian (zarr's ``bytes`` codec) and read back in
+    native byte order; every chunk is written, even one made only of the fill
+    value.
+
+Reading
+    Planning is pure (:func:`plan_chunks`); I/O is one ``store.get`` of
+    ``zarr.json`` plus one ``store.get_many`` of the chunks every box touches
+    (each chunk once). Decoding always goes through zarr: the fetched bytes are
+    put in a :class:`zarr.storage.MemoryStore` next to the metadata and read
+    back with :func:`zarr.open_array`, so every codec zarr knows works and
+    missing chunks read as the array's fill value. Each touched chunk is decoded
+    once (one zarr read per row of touched chunks) and copied into every stamp
+    it feeds. Arrays written by zarr itself work too (``default`` or ``v2`` chunk keys, any codecs, sharding).
+
+    Arrays not written by objbutler may omit chunks (zarr skips chunks equal to
+    the fill value), so for them the prefix is listed first and only existing
+    chunks are fetched. A sharded array whose only codec is ``sharding_indexed``
+    is read by inner chunk: the prefix is listed (shard sizes), each touched
+    shard's index is read with one range request, then only the touched inner
+    chunks with one ``store.get_ranges`` call per shard. Other sharded layouts
+    (array-to-array codecs before the sharding codec, or compression of whole
+    shards) are read by whole shards.
+
+Attribute schema (in ``zarr.json`` ``attributes``, all strict JSON)
+    ``"objbutler"``: ``{"layout_version": 1, "all_chunks_written": true}``
+        Marks arrays objbutler wrote; readers then skip the listing.
+    ``"fits_header"``: ``[[keyword, value, comment], ...]``
+        The image's descriptive cards (:attr:`Image.header`) in order,
+        COMMENT/HISTORY/blank cards included; HIERARCH keywords without the
+        ``HIERARCH`` prefix, as astropy names them.
+    ``"wcs"``: ``[[keyword, value, comment], ...]`` or ``null``
+        The cards of ``wcs.to_header(relax=True)`` with 17 significant digits
+        (an exact round trip of the numbers; SIP kept, lookup-table
+        distortions are not, as in a FITS header).
+
+    Values are JSON strings, integers, booleans, finite floats or ``null``
+    (an undefined FITS value); anything else is a one-key tagged object:
+    ``{"float": "nan" | "inf" | "-inf"}``, ``{"complex": [re, im]}``
+    (parts encoded the same way) or ``{"bytes": "<base64>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from astropy.io import fits
+from astropy.wcs import WCS, WCSHDO_P17, WCSHDO_all
+from astropy.wcs.wcs import WCSHDO_SIP
+from zarr.abc.codec import BytesBytesCodec
+from zarr.codecs import BloscCodec, ShardingCodec, ShardingCodecIndexLocation
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.core.chunk_key_encodings import ChunkKeyEncoding, DefaultChunkKeyEncoding
+from zarr.core.metadata.v3 import ArrayV3Metadata
+
+from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, cutout_wcs, new_stamp, plan_stamps
+from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError
+from objbutler.formats._image import Image
+from objbutler.stores._base import Store
+from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
+
+__all__ = [
+    "DEFAULT_COMPRESSOR",
+    "ZARR_JSON",
+    "encode_zarr",
+    "header_from_json",
+    "header_to_json",
+    "plan_chunks",
+    "read_zarr",
+    "read_zarr_cutouts",
+    "read_zarr_wcs",
+    "write_zarr",
+    "write_zarr_objects",
+    "zarr_checksum",
+]
+
+ZARR_JSON = "zarr.json"
+DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+"""Blosc-zstd with byte shuffle: a good default for float images."""
+
+_LAYOUT_VERSION = 1
+_WCS_RELAX = WCSHDO_all | WCSHDO_SIP | WCSHDO_P17
+_STANDARD_KEYWORD = re.compile(r"[A-Z0-9_-]{0,8}")
+_DEFAULT_KEYS = DefaultChunkKeyEncoding(separator="/")
+_NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
+
+Chunk = tuple[int, int]
+
+
+# -- header and WCS as JSON -----------------------------------------------------
+
+
+def _value_to_json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, fits.card.Undefined):
+        return None
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, complex):
+        return {"complex": [_value_to_json(value.real), _value_to_json(value.imag)]}
+    if isinstance(value, bytes):
+        return {"bytes": base64.b64encode(value).decode("ascii")}
+    raise FormatError(f"cannot store a header value of type {type(value).__name__}: {value!r}")
+
+
+def _value_from_json(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        raise FormatError(f"not a tagged header value: {value!r}")
+    ((tag, payload),) = value.items()
+    if tag == "float":
+        return float(payload)
+    if tag == "complex":
+        real, imag = (_value_from_json(part) for part in payload)
+        return complex(real, imag)
+    if tag == "bytes":
+        return base64.b64decode(payload)
+    raise FormatError(f"unknown tagged header value {tag!r}")
+
+
+def header_to_json(header: fits.Header) -> list[list[Any]]:
+    """Turn a FITS header into the JSON card list of the attribute schema.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Any header.
+
+    Returns
+    -------
+    list of [keyword, value, comment]
+        Strict-JSON cards in header order (see the module docstring).
+    """
+    return [[card.keyword, _value_to_json(card.value), card.comment] for card in header.cards]
+
+
+def header_from_json(cards: Iterable[Sequence[Any]]) -> fits.Header:
+    """Rebuild a header from :func:`header_to_json` output.
+
+    Parameters
+    ----------
+    cards : iterable of [keyword, value, comment]
+        The stored cards.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        The cards, in order.
+    """
+    header = fits.Header()
+    for keyword, value, comment in cards:
+        name = keyword if _STANDARD_KEYWORD.fullmatch(keyword) else f"HIERARCH {keyword}"
+        header.append(fits.Card(name, _value_from_json(value), comment), end=True)
+    return header
+
+
+def _image_attributes(image: Image) -> dict[str, Any]:
+    wcs_cards = None if image.wcs is None else header_to_json(image.wcs.to_header(relax=_WCS_RELAX))
+    return {
+        "objbutler": {"layout_version": _LAYOUT_VERSION, "all_chunks_written": True},
+        "fits_header": header_to_json(image.header),
+        "wcs": wcs_cards,
+    }
+
+
+def _stored_wcs(metadata: ArrayV3Metadata) -> WCS | None:
+    cards = metadata.attributes.get("wcs")
+    if not cards:
+        return None
+    wcs = WCS(header_from_json(cards), relax=True)
+    if wcs.pixel_n_dim == len(metadata.shape):
+        wcs.array_shape = metadata.shape  # as WCS(header) sets it from NAXISn when reading FITS
+    return wcs
+
+
+# -- writing --------------------------------------------------------------------
+
+
+def _fit_shape(requested: Sequence[int], shape: tuple[int, ...], clip: bool) -> tuple[int, ...]:
+    """Give a 2-D chunk (or shard) shape to an N-D array: 1 along leading axes, clipped if asked."""
+    sides = (1,) * max(0, len(shape) - len(requested)) + tuple(int(side) for side in requested)[-len(shape) :]
+    if any(side < 1 for side in sides):
+        raise ValueError(f"chunk and shard sides must be positive, got {tuple(requested)}")
+    return tuple(min(side, max(n, 1)) for side, n in zip(sides, shape, strict=True)) if clip else sides
+
+
+def encode_zarr(
+    image: Image,
+    chunks: Sequence[int] = (256, 256),
+    compressor: BytesBytesCodec | None = DEFAULT_COMPRESSOR,
+    shards: Sequence[int] | None = None,
+) -> dict[str, bytes]:
+    """Encode an image as the objects of a Zarr v3 array, with zarr's own writer.
+
+    Parameters
+    ----------
+    image : Image
+        Pixels, header and WCS.
+    chunks : sequence of int, default (256, 256)
+        Chunk shape (rows, columns); leading axes of an N-D image get 1.
+        Clipped to the image unless ``shards`` is given.
+    compressor : zarr BytesBytesCodec or None, default blosc-zstd with byte shuffle
+        E.g. ``zarr.codecs.ZstdCodec(level=3)``; None stores raw bytes.
+    shards : sequence of int, optional
+        Shard shape (a multiple of ``chunks``) to use the sharding codec.
+
+    Returns
+    -------
+    dict of str to bytes
+        Relative key (``zarr.json``, ``c/0/0``, ...) -> object bytes.
+    """
+    data = np.asarray(image.data)
+    data = data.astype(data.dtype.newbyteorder("="), copy=False)
+    store_dict: dict[str, Buffer] = {}
+    zarr.create_array(
+        zarr.storage.MemoryStore(store_dict),
+        data=data,
+        chunks=_fit_shape(chunks, data.shape, clip=shards is None),
+        shards=None if shards is None else _fit_shape(shards, data.shape, clip=False),
+        compressors=compressor,
+        attributes=_image_attributes(image),
+        config={"write_empty_chunks": True},
+    )
+    return {key: buffer.to_bytes() for key, buffer in store_dict.items()}
+
+
+def zarr_checksum(objects: Mapping[str, bytes]) -> str:
+    """A content checksum of an encoded array.
+
+    Parameters
+    ----------
+    objects : mapping of str to bytes
+        Relative key -> bytes, as :func:`encode_zarr` returns.
+
+    Returns
+    -------
+    str
+        Hex SHA-256 over the lines ``f"{key}\\0{sha256(bytes).hexdigest()}\\n"``
+        (UTF-8), keys sorted.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(objects):
+        digest.update(f"{key}\0{hashlib.sha256(objects[key]).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix.rstrip('/')}/{key}" if prefix.strip("/") else key
+
+
+def write_zarr_objects(
+    store: Store, prefix: str, objects: Mapping[str, bytes], max_workers: int = DEFAULT_MAX_CONCURRENCY
+) -> list[str]:
+    """Put encoded objects under ``prefix``: chunks concurrently, ``zarr.json`` last.
+
+    On failure every key is deleted (best effort) before the error propagates.
+
+    Parameters
+    ----------
+    store : Store
+        Where to write.
+    prefix : str
+        The array's prefix, e.g. ``data/run/calexp/x-uuid.zarr``.
+    objects : mapping of str to bytes
+        Relative key -> bytes (must hold ``zarr.json``).
+    max_workers : int
+        Upper bound on concurrent puts.
+
+    Returns
+    -------
+    list of str
+        The store keys written, ``zarr.json``'s last.
+    """
+    if ZARR_JSON not in objects:
+        raise FormatError("a Zarr array needs a zarr.json object")
+    chunk_keys = [key for key in objects if key != ZARR_JSON]
+    written = [_join(prefix, key) for key in [*chunk_keys, ZARR_JSON]]
+    try:
+        run_concurrently(lambda key: store.put(_join(prefix, key), objects[key]), chunk_keys, max_workers)
+        store.put(written[-1], objects[ZARR_JSON])
+    except Exception:
+        for key in written:
+            with contextlib.suppress(Exception):
+                store.delete(key)
+        raise
+    return written
+
+
+def write_zarr(store: Store, prefix: str, image: Image, **options: Any) -> list[str]:
+    """Encode an image (:func:`encode_zarr` ``options``) and write it (:func:`write_zarr_objects`).
+
+    Returns
+    -------
+    list of str
+        The store keys written, ``zarr.json``'s last.
+    """
+    return write_zarr_objects(store, prefix, encode_zarr(image, **options))
+
+
+# -- planning (pure) ------------------------------------------------------------
+
+
+def _chunk_span(read: Box, shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> tuple[range, range]:
+    """The chunk rows and columns a box inside the image touches."""
+    if read.is_empty:
+        return range(0), range(0)
+    if read.x0 < 0 or read.y0 < 0 or read.y1 > shape[0] or read.x1 > shape[1]:
+        raise ValueError(f"{read} is not inside the {shape[0]}x{shape[1]} image")
+    rows, cols = chunk_shape
+    return range(read.y0 // rows, (read.y1 - 1) // rows + 1), range(read.x0 // cols, (read.x1 - 1) // cols + 1)
+
+
+def plan_chunks(
+    plans: Sequence[StampPlan],
+    shape: tuple[int, ...],
+    chunk_shape: tuple[int, ...],
+    key_encoding: ChunkKeyEncoding,
+) -> dict[Chunk, str]:
+    """The chunks the stamps' read boxes touch, each once.
+
+    Parameters
+    ----------
+    plans : sequence of StampPlan
+        Clipped stamps (:func:`objbutler.cutouts.plan_stamps`).
+    shape : tuple of int
+        ``(ny, nx)`` of the image.
+    chunk_shape : tuple of int
+        ``(rows, columns)`` of a chunk.
+    key_encoding : zarr ChunkKeyEncoding
+        How chunk coordinates become keys (``c/0/0``, ``0.0``, ...).
+
+    Returns
+    -------
+    dict of (int, int) to str
+        Chunk coordinates -> relative key, sorted by coordinates.
+    """
+    needed: set[Chunk] = set()
+    for plan in plans:
+        rows, cols = _chunk_span(plan.read, shape, chunk_shape)
+        needed.update(itertools.product(rows, cols))
+    return {coords: key_encoding.encode_chunk_key(coords) for coords in sorted(needed)}
+
+
+# -- reading --------------------------------------------------------------------
+
+
+def _load_metadata(store: Store, prefix: str) -> tuple[dict[str, Any], ArrayV3Metadata]:
+    raw = store.get(_join(prefix, ZARR_JSON))
+    try:
+        document = json.loads(raw)
+        if document.get("zarr_format") != 3 or document.get("node_type") != "array":
+            raise ValueError("not a Zarr v3 array")
+        metadata = ArrayV3Metadata.from_dict(document)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FormatError(f"{_join(prefix, ZARR_JSON)} is not Zarr v3 array metadata: {exc}") from exc
+    if not isinstance(metadata.chunk_grid, RegularChunkGrid):
+        raise NotSupportedError(f"only regular chunk grids are supported, got {metadata.chunk_grid}")
+    if metadata.storage_transformers:
+        raise NotSupportedError("Zarr storage transformers are not supported")
+    return document, metadata
+
+
+def _grid_chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
+    """The shape of the objects the chunk grid names (shards, for a sharded array)."""
+    assert isinstance(metadata.chunk_grid, RegularChunkGrid)  # checked by _load_metadata
+    return metadata.chunk_grid.chunk_shape
+
+
+def _all_chunks_written(metadata: ArrayV3Metadata) -> bool:
+    marker = metadata.attributes.get("objbutler")
+    return isinstance(marker, dict) and marker.get("all_chunks_written") is True
+
+
+def _existing(store: Store, prefix: str) -> dict[str, int]:
+    """Relative key -> size of every object under the array's prefix (one listing)."""
+    base = _join(prefix, "")
+    return {meta.key[len(base) :]: meta.size for meta in store.list(base)}
+
+
+def _fetch(store: Store, prefix: str, keys: Iterable[str], listed: bool) -> dict[str, bytes]:
+    """One ``get_many`` of the wanted chunks; with ``listed``, only those that exist."""
+    wanted = list(keys)
+    if listed:
+        present = _existing(store, prefix)
+        wanted = [key for key in wanted if key in present]
+    return dict(zip(wanted, store.get_many([_join(prefix, key) for key in wanted]), strict=True))
+
+
+def _decoder(document: Mapping[str, Any], objects: Mapping[str, bytes]) -> zarr.Array:
+    """A read-only zarr array over in-memory metadata and chunk bytes (missing chunks = fill)."""
+    to_buffer = default_buffer_prototype().buffer.from_bytes
+    contents: dict[str, Buffer] = {ZARR_JSON: to_buffer(json.dumps(document).encode())}
+    contents.update((key, to_buffer(data)) for key, data in objects.items())
+    return zarr.open_array(zarr.storage.MemoryStore(contents, read_only=True), mode="r", zarr_format=3)
+
+
+def _regular(chunk_shape: Sequence[int]) -> dict[str, Any]:
+    return {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}}
+
+
+def read_zarr(store: Store, prefix: str) -> Image:
+    """Read a whole Zarr v3 array: pixels, header and WCS.
+
+    Parameters
+    ----------
+    store : Store
+        Where the array lives.
+    prefix : str
+        The array's prefix (the key of ``zarr.json`` without ``/zarr.json``).
+
+    Returns
+    -------
+    Image
+        Pixels in native byte order, the descriptive header, and the WCS
+        (None when the array carries none, e.g. one not written by objbutler).
+    """
+    document, metadata = _load_metadata(store, prefix)
+    grid = [range(math.ceil(n / side)) for n, side in zip(metadata.shape, _grid_chunk_shape(metadata), strict=True)]
+    keys = [metadata.encode_chunk_key(coords) for coords in itertools.product(*grid)]
+    objects = _fetch(store, prefix, keys, listed=not _all_chunks_written(metadata))
+    data = np.asarray(_decoder(document, objects)[...])
+    return Image(data, header_from_json(metadata.attributes.get("fits_header") or []), _stored_wcs(metadata))
+
+
+def read_zarr_wcs(store: Store, prefix: str) -> WCS | None:
+    """The WCS of a Zarr image, from ``zarr.json`` alone (one small read).
+
+    Parameters
+    ----------
+    store : Store
+        Where the array lives.
+    prefix : str
+        The array's prefix.
+
+    Returns
+    -------
+    astropy.wcs.WCS or None
+        The stored WCS, or None if the array has none.
+    """
+    return _stored_wcs(_load_metadata(store, prefix)[1])
+
+
+def _reads_inner_chunks(metadata: ArrayV3Metadata) -> bool:
+    return len(metadata.codecs) == 1 and isinstance(metadata.codecs[0], ShardingCodec)
+
+
+def _fetch_chunks(
+    store: Store, prefix: str, document: dict[str, Any], metadata: ArrayV3Metadata, plans: Sequence[StampPlan]
+) -> tuple[zarr.Array, tuple[int, ...], list[Chunk]]:
+    """Fetch the (outer) chunks the stamps touch; a decoder, the chunk shape and the chunks."""
+    chunk_shape = _grid_chunk_shape(metadata)
+    needed = plan_chunks(plans, metadata.shape, chunk_shape, metadata.chunk_key_encoding)
+    objects = _fetch(store, prefix, needed.values(), listed=not _all_chunks_written(metadata))
+    return _decoder(document, objects), chunk_shape, list(needed)
+
+
+def _read_shard_indexes(
+    store: Store, prefix: str, codec: ShardingCodec, per_shard: tuple[int, ...], sizes: Mapping[str, int]
+) -> list[np.ndarray]:
+    """Read each shard's index with one range request (concurrently); ``(*per_shard, 2)`` offsets and lengths."""
+    index_size = codec._shard_index_size(per_shard)  # zarr has no public accessor for this
+    at_end = codec.index_location == ShardingCodecIndexLocation.end
+    index_document = {
+        "zarr_format": 3, "node_type": "array", "shape": [*per_shard, 2], "data_type": "uint64",
+        "chunk_grid": _regular([*per_shard, 2]), "chunk_key_encoding": _DEFAULT_KEYS.to_dict(),
+        "fill_value": _NO_CHUNK, "codecs": [c.to_dict() for c in codec.index_codecs],
+    }  # fmt: skip
+    index_key = _DEFAULT_KEYS.encode_chunk_key((0,) * (len(per_shard) + 1))
+
+    def read_index(key: str) -> np.ndarray:
+        start = sizes[key] - index_size if at_end else 0
+        (raw,) = store.get_ranges(_join(prefix, key), [(start, start + index_size)])
+        return np.asarray(_decoder(index_document, {index_key: raw})[...])
+
+    return run_concurrently(read_index, list(sizes), DEFAULT_MAX_CONCURRENCY)
+
+
+def _fetch_inner_chunks(
+    store: Store, prefix: str, document: dict[str, Any], metadata: ArrayV3Metadata, plans: Sequence[StampPlan]
+) -> tuple[zarr.Array, tuple[int, ...], list[Chunk]]:
+    """Fetch only the inner chunks of a sharded array the stamps touch: shard indexes, then byte ranges."""
+    codec = metadata.codecs[0]
+    assert isinstance(codec, ShardingCodec)  # checked by _reads_inner_chunks
+    inner_shape = codec.chunk_shape
+    per_shard = tuple(s // c for s, c in zip(_grid_chunk_shape(metadata), inner_shape, strict=True))
+    needed = plan_chunks(plans, metadata.shape, inner_shape, _DEFAULT_KEYS)
+    by_shard: dict[str, list[Chunk]] = defaultdict(list)
+    for coords in needed:
+        shard = tuple(c // p for c, p in zip(coords, per_shard, strict=True))
+        by_shard[metadata.encode_chunk_key(shard)].append(coords)
+    existing = _existing(store, prefix) if by_shard else {}
+    sizes = {key: existing[key] for key in by_shard if key in existing}  # a missing shard is all fill
+
+    def read_inner(item: tuple[str, np.ndarray]) -> dict[str, bytes]:
+        key, index = item
+        spans = {}
+        for coords in by_shard[key]:
+            offset, length = (int(v) for v in index[tuple(c % p for c, p in zip(coords, per_shard, strict=True))])
+            if offset != _NO_CHUNK:  # else the inner chunk is all fill
+                spans[needed[coords]] = (offset, offset + length)
+        return dict(zip(spans, store.get_ranges(_join(prefix, key), list(spans.values())), strict=True))
+
+    indexes = _read_shard_indexes(store, prefix, codec, per_shard, sizes)
+    objects: dict[str, bytes] = {}
+    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), DEFAULT_MAX_CONCURRENCY):
+        objects.update(found)
+    inner_document = {
+        **document,
+        "chunk_grid": _regular(inner_shape),
+        "chunk_key_encoding": _DEFAULT_KEYS.to_dict(),
+        "codecs": [c.to_dict() for c in codec.codecs],
+        "attributes": {},
+    }
+    return _decoder(inner_document, objects), inner_shape, list(needed)
+
+
+def _relative(box: Box, origin: Box) -> tuple[slice, slice]:
+    """Slices of ``box`` inside an array whose pixel (0, 0) is ``origin``'s corner."""
+    return Box(box.x0 - origin.x0, box.y0 - origin.y0, box.x1 - origin.x0, box.y1 - origin.y0).slices()
+
+
+def _assemble(
+    decoder: zarr.Array,
+    chunk_shape: tuple[int, ...],
+    chunks: Iterable[Chunk],
+    plans: Sequence[StampPlan],
+    stamps: list[np.ndarray],
+) -> None:
+    """Decode each chunk once (a row of touched chunks per zarr call) and copy it into every stamp it feeds."""
+    ny, nx = decoder.shape
+    rows, cols = chunk_shape
+    columns_by_row: dict[int, list[int]] = defaultdict(list)
+    for row, col in chunks:
+        columns_by_row[row].append(col)
+    stamps_by_row: dict[int, list[int]] = defaultdict(list)
+    for position, plan in enumerate(plans):
+        for row in _chunk_span(plan.read, (ny, nx), chunk_shape)[0]:
+            stamps_by_row[row].append(position)
+    for row, touched in columns_by_row.items():
+        band = Box(min(touched) * cols, row * rows, min((max(touched) + 1) * cols, nx), min((row + 1) * rows, ny))
+        pixels = np.asarray(decoder[band.slices()])
+        for position in stamps_by_row[row]:
+            plan = plans[position]
+            overlap = plan.read.intersection(band)
+            if not overlap.is_empty:
+                stamps[position][_relative(overlap, plan.bbox)] = pixels[_relative(overlap, band)]
+
+
+def read_zarr_cutouts(
+    store: Store,
+    prefix: str,
+    boxes: Sequence[Box],
+    mode: ClipMode = "trim",
+    fill_value: float = np.nan,
+) -> list[Cutout]:
+    """Cut many stamps out of a 2-D Zarr v3 array, fetching and decoding each chunk once.
+
+    Parameters
+    ----------
+    store : Store
+        Where the array lives.
+    prefix : str
+        The array's prefix.
+    boxes : sequence of Box or (x0, y0, x1, y1)
+        Half-open pixel boxes in parent pixels.
+    mode : {"trim", "partial", "strict"}
+        Clipping mode (:mod:`objbutler.cutouts`).
+    fill_value : float, default NaN
+        Value of pixels outside the image in ``partial`` mode.
+
+    Returns
+    -------
+    list of Cutout
+        In request order, each with its own WCS (None without a stored WCS).
+
+    Raises
+    ------
+    InvalidCutoutError
+        For a box not wholly inside in strict mode, or an array that is not 2-D.
+    """
+    document, metadata = _load_metadata(store, prefix)
+    if len(metadata.shape) != 2:
+        raise InvalidCutoutError(f"cutouts need a 2-D image, this array has shape {metadata.shape}")
+    plans = plan_stamps(boxes, metadata.shape, mode)
+    fetch = _fetch_inner_chunks if _reads_inner_chunks(metadata) else _fetch_chunks
+    decoder, chunk_shape, chunks = fetch(store, prefix, document, metadata, plans)
+    stamps = [new_stamp(plan, decoder.dtype, fill_value) for plan in plans]
+    _assemble(decoder, chunk_shape, chunks, plans, stamps)
+    wcs = _stored_wcs(metadata)
+    return [
+        Cutout(stamp, plan.bbox, cutout_wcs(wcs, plan.bbox), plan.index)
+        for plan, stamp in zip(plans, stamps, strict=True)
+    ]

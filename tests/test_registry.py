@@ -1,0 +1,228 @@
+"""Registry correctness under concurrency, injected faults, crashes and corruption.
+
+The concurrency tests run real writer processes against a local directory,
+LocalStack S3 and a real Swift node (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import Backend
+
+from objbutler import Butler
+from objbutler.errors import CommitOutcomeUnknownError, ConflictError, FormatError, NotSupportedError, StoreError
+from objbutler.maintenance import fsck, vacuum
+from objbutler.stores import open_store
+from objbutler.testing.faults import FailingWritesStore, IgnoresConditionsStore
+from objbutler.testing.workload import run_writers
+
+WRITERS = 8
+
+
+def _data_objects(butler: Butler) -> list[str]:
+    return sorted(m.key for m in butler.store.list("data/"))
+
+
+def test_many_writers_lose_nothing(backend: Backend) -> None:
+    uri = backend.new_uri()
+    Butler.create(uri, **backend.options)
+    per_writer = 50
+    visits = [range(w * per_writer, (w + 1) * per_writer) for w in range(WRITERS)]
+    results = run_writers(uri, backend.options, "run1", visits)
+    assert [r["errors"] for r in results] == [[]] * WRITERS
+    assert sum(r["conflicts"] for r in results) == 0
+    committed = {ref_id for r in results for ref_id in r["committed"]}
+    assert len(committed) == WRITERS * per_writer
+    reader = Butler(uri, **backend.options)
+    refs = reader.query("metric", run="run1")
+    assert {r.id for r in refs} == committed
+    assert sorted(r.data_id["visit"] for r in refs) == list(range(WRITERS * per_writer))
+    for ref in random.Random(0).sample(refs, 20):
+        assert reader.get(ref)["visit"] == ref.data_id["visit"]
+    report = fsck(reader)
+    assert report.ok and report.orphans == []
+
+
+def test_racing_writers_have_one_winner(backend: Backend) -> None:
+    uri = backend.new_uri()
+    Butler.create(uri, **backend.options)
+    rounds = 3
+    results = run_writers(uri, backend.options, "race", [range(rounds)] * WRITERS)
+    assert [r["errors"] for r in results] == [[]] * WRITERS
+    winners = [ref_id for r in results for ref_id in r["committed"]]
+    assert len(winners) == rounds, f"{len(winners)} winners for {rounds} data IDs"
+    assert sum(r["conflicts"] for r in results) == rounds * (WRITERS - 1)
+    # every reader agrees on the same single winner per data ID, and no loser's data stays
+    views = [{(r.data_id["visit"]): r.id for r in Butler(uri, **backend.options).query("metric")} for _ in range(3)]
+    assert views[0] == views[1] == views[2]
+    assert sorted(views[0].values()) == sorted(winners)
+    butler = Butler(uri, **backend.options)
+    assert _data_objects(butler) == sorted(r.key for r in butler.query())
+    assert fsck(butler).ok
+
+
+# -- fault injection ----------------------------------------------------------
+
+
+def _log_writes(method: str, key: str) -> bool:
+    return key.startswith("manifest/log/")
+
+
+@pytest.mark.parametrize("protocol_store", ["local", "swift-like"])
+def test_failed_commit_deletes_data_and_leaves_registry_unchanged(tmp_path: Path, protocol_store: str) -> None:
+    uri = str(tmp_path / "repo")
+    Butler.create(uri).put({"v": 0}, "metric", {"visit": 0}, run="r")
+    if protocol_store == "swift-like":  # degrade to the timestamped protocol
+        uri = str(tmp_path / "repo2")
+        Butler.create(uri, store=IgnoresConditionsStore(open_store(uri)), allow_no_atomic_create=True).put(
+            {"v": 0}, "metric", {"visit": 0}, run="r")
+    before_log = sorted(m.key for m in open_store(uri).list("manifest/"))
+    failing = FailingWritesStore(open_store(uri), _log_writes)
+    butler = Butler(uri, store=failing)
+    with pytest.raises(StoreError, match="injected"):
+        butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
+    assert failing.failures, "the commit write was attempted"
+    fresh = Butler(uri)
+    assert [r.data_id for r in fresh.query()] == [{"visit": 0}]
+    assert sorted(m.key for m in fresh.store.list("manifest/")) == before_log
+    assert len(_data_objects(fresh)) == 1
+    assert fsck(fresh).orphans == []
+
+
+def test_commit_whose_outcome_is_unknown_keeps_the_data(tmp_path: Path) -> None:
+    uri = str(tmp_path / "repo")
+    Butler.create(uri)
+    store = FailingWritesStore(open_store(uri), _log_writes)
+    butler = Butler(uri, store=store)
+    butler.registry.refresh()
+    original_list = store.inner.list
+
+    def broken_list(prefix: str = "", start_after: str | None = None):  # type: ignore[no-untyped-def]
+        if prefix.startswith("manifest/"):
+            raise StoreError("listing unavailable")
+        return original_list(prefix, start_after)
+
+    store.list = broken_list  # type: ignore[method-assign]
+    with pytest.raises(CommitOutcomeUnknownError):
+        butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
+    fresh = Butler(uri)
+    report = fsck(fresh)
+    assert report.ok and len(report.orphans) == 1  # kept, reported, removable by vacuum
+    assert len(vacuum(fresh, dt.timedelta(0))) == 1
+
+
+def test_store_that_ignores_conditions_is_refused(tmp_path: Path) -> None:
+    uri = str(tmp_path / "repo")
+    lying = IgnoresConditionsStore(open_store(uri))
+    with pytest.raises(NotSupportedError, match="ignores If-None-Match"):
+        Butler.create(uri, store=lying)
+    butler = Butler.create(uri, store=lying, allow_no_atomic_create=True)
+    assert butler.config["commit_protocol"] == "timestamped"
+
+
+def test_lost_races_retry_then_give_up(tmp_path: Path) -> None:
+    uri = str(tmp_path / "repo")
+    Butler.create(uri)
+    butler = Butler(uri)
+    butler.registry.refresh()
+    Butler(uri).put({"v": 0}, "metric", {"visit": 0}, run="r")  # butler's view is now stale
+    ref = butler.put({"v": 1}, "metric", {"visit": 1}, run="r")  # loses seq 1, re-reads, takes seq 2
+    assert {r.id for r in Butler(uri).query()} >= {ref.id}
+    other = Butler(uri)
+    other.registry.refresh()
+    Butler(uri).put({"v": 2}, "metric", {"visit": 2}, run="r")
+    other.registry.max_attempts = 1
+    with pytest.raises(ConflictError, match="gave up"):
+        other.put({"v": 3}, "metric", {"visit": 3}, run="r")
+    assert len(_data_objects(Butler(uri))) == 3
+
+
+# -- crashes ------------------------------------------------------------------
+
+_PUT_FOREVER = textwrap.dedent(
+    """
+    import sys
+    from objbutler import Butler
+    butler = Butler(sys.argv[1])
+    start = int(sys.argv[2])
+    print("ready", flush=True)
+    for visit in range(start, start + 100000):
+        butler.put({"v": visit, "pad": "x" * 20000}, "metric", {"visit": visit}, run="r")
+    """
+)
+
+
+def test_sigkill_during_puts_leaves_no_dangling_entry(tmp_path: Path) -> None:
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, checkpoint_interval=7)
+    rng = random.Random(42)
+    for attempt in range(20):
+        child = subprocess.Popen([sys.executable, "-c", _PUT_FOREVER, uri, str(attempt * 100000)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        report = fsck(Butler(uri))
+        assert report.ok, report.dangling
+    butler = Butler(uri)
+    report = fsck(butler)
+    removed = vacuum(butler, dt.timedelta(0))
+    assert {o.key for o in removed} == {o.key for o in report.orphans}
+    after = fsck(Butler(uri))
+    assert after.ok and after.orphans == []
+    assert after.checked == len(butler.query()) > 0
+
+
+# -- corruption ---------------------------------------------------------------
+
+
+def test_corrupt_log_entry_is_a_format_error_and_nothing_is_rewritten(tmp_path: Path) -> None:
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri)
+    butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
+    store = open_store(uri)
+    for bad in (b'{"format": "objbutler-commit", "version": 1, "commi', b"\x00\xff garbage", b"[]"):
+        store.put("manifest/log/00000000000000000002.json", bad)
+        with pytest.raises(FormatError, match="00000000000000000002"):
+            Butler(uri).query()
+        with pytest.raises(FormatError):
+            Butler(uri).put({"v": 2}, "metric", {"visit": 2}, run="r")
+        assert store.get("manifest/log/00000000000000000002.json") == bad
+        assert store.get("manifest/log/00000000000000000001.json")  # nothing lost
+
+
+def test_corrupt_checkpoint_falls_back_to_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri, checkpoint_interval=5)
+    for visit in range(12):
+        butler.put({"v": visit}, "metric", {"visit": visit}, run="r")
+    store = open_store(uri)
+    newest = sorted(m.key for m in store.list("manifest/checkpoints/"))[-1]
+    data = store.get(newest)
+    store.put(newest, data[: len(data) // 2])
+    refs = Butler(uri).query("metric")
+    assert sorted(r.data_id["visit"] for r in refs) == list(range(12))
+    assert "skipping unreadable checkpoint" in caplog.text
+    assert store.get(newest) == data[: len(data) // 2]
+
+
+def test_checkpoint_retention_keeps_the_newest(tmp_path: Path) -> None:
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri, checkpoint_interval=3)
+    for visit in range(20):
+        butler.put({"v": visit}, "metric", {"visit": visit}, run="r")
+    keys = [m.key.rsplit("/", 1)[1] for m in butler.store.list("manifest/checkpoints/")]
+    assert keys == [f"{n:020d}.parquet" for n in (12, 15, 18)]
+    assert Counter(r.data_id["visit"] for r in Butler(uri).query()) == Counter(range(20))
