@@ -20,6 +20,7 @@ Two commit protocols, chosen from what the store guarantees (never assumed):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -121,12 +122,26 @@ class Registry:
     def _fetch(self, entries: Sequence[LogEntry]) -> list[tuple[LogEntry, Commit]]:
         known = dict(self._bodies)
         missing = [e.key for e in entries if e.key not in known]
-        if missing:
-            for key, body in zip(missing, self.store.get_many(missing), strict=True):
-                known[key] = decode_commit(body, key, self.repository)
+        for key, body in self._get_commits(missing).items():
+            known[key] = decode_commit(body, key, self.repository)
         if not self.log.ordered_by_creation:
             self._bodies = known  # commits are immutable; the rebuild needs them again
-        return [(entry, known[entry.key]) for entry in entries]
+        return [(entry, known[entry.key]) for entry in entries if entry.key in known]
+
+    def _get_commits(self, keys: list[str]) -> dict[str, bytes]:
+        """Fetch commit bodies; on a timestamped log, a commit removed since listing was a loser: skip it."""
+        if not keys:
+            return {}
+        try:
+            return dict(zip(keys, self.store.get_many(keys), strict=True))
+        except NotFoundError:
+            if self.log.ordered_by_creation:
+                raise
+        bodies = {}
+        for key in keys:
+            with contextlib.suppress(NotFoundError):
+                bodies[key] = self.store.get(key)
+        return bodies
 
     def _apply(self, state: RegistryState, commits: Sequence[tuple[LogEntry, Commit]]) -> None:
         for entry, commit in commits:

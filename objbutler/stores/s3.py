@@ -1,0 +1,618 @@
+"""Amazon S3 and S3-compatible servers (LocalStack, moto, MinIO, Ceph, Swift's s3api): ``s3://bucket/prefix``.
+
+Configuration follows the AWS conventions: an explicit constructor option wins;
+anything left unset is read by botocore the usual way, at the moment the client
+is first needed, from ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_PROFILE``, ``AWS_DEFAULT_REGION`` and ``~/.aws/config``. ``AWS_REGION``
+(which botocore itself does not read) is the fallback region, then
+``us-east-1``.
+
+Client choice
+-------------
+One **botocore client per store object**, created lazily and shared by a
+bounded thread pool (:func:`~objbutler.stores._concurrency.run_concurrently`);
+its connection pool is sized to ``max_concurrency``. s3fs/aiobotocore was the
+other candidate. Measured on this machine (2 cores, server on loopback), 4 KiB
+random ranges, 16 in flight, three runs each:
+
+====================================  ==============  ==================  =================
+client, server                        wall per range  client CPU / range  one range, serial
+====================================  ==============  ==================  =================
+botocore + threads, LocalStack 4.13   2.7-3.1 ms      1.4-1.6 ms          3.0-3.1 ms
+s3fs ``cat_ranges``, LocalStack 4.13  2.7-4.4 ms      1.3-1.6 ms          3.4-5.0 ms
+botocore + threads, moto (process)    3.3-4.0 ms      1.9-2.3 ms          4.0-4.9 ms
+s3fs ``cat_ranges``, moto (process)   3.3-3.7 ms      2.1-2.5 ms          5.4-6.4 ms
+====================================  ==============  ==================  =================
+
+Throughput is the same within noise (the server and request signing
+dominate), a single request is 0.4-2 ms faster without the hop to fsspec's
+event-loop thread, and one synchronous client covers every call we need
+(conditional ``PutObject`` with ``If-None-Match``/``If-Match``,
+``ListObjectsV2``), so there is no second client, no fsspec instance or
+listings cache to disable, no event loop to survive ``fork``, and one
+exception family to translate.
+
+botocore's own retries are off: every request runs under
+:func:`~objbutler.stores._retry.call_with_retries`, and every botocore error
+is turned into an objbutler error by :func:`_translate` alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
+
+import botocore.config
+import botocore.exceptions
+import botocore.session
+import urllib3.exceptions
+
+from objbutler.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    ObjButlerError,
+    PreconditionFailedError,
+    StoreError,
+    TransientStoreError,
+)
+from objbutler.stores._base import (
+    ByteRange,
+    ObjectMeta,
+    RangeLike,
+    StoreCapabilities,
+    normalize_ranges,
+    validate_key,
+    validate_prefix,
+)
+from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
+from objbutler.stores._retry import RetryPolicy, call_with_retries
+
+__all__ = ["S3Store"]
+
+T = TypeVar("T")
+
+Action = Literal["read", "write", "create", "match", "delete", "list", "bucket"]
+"""What a request was for; decides what a 409/412 answer means."""
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "BandwidthLimitExceeded",
+        "InternalError",
+        "OperationAborted",
+        "PriorRequestNotComplete",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+    }
+)
+_LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+# Options of botocore's create_client (the rest of **client_options go to botocore.config.Config).
+_CLIENT_ARGS = {"session_token": "aws_session_token", "verify": "verify", "use_ssl": "use_ssl"}
+_SESSION_ARGS = ("profile",)
+
+
+class _NoSuchBucketError(NotFoundError):
+    """The bucket itself is missing (not just the key): deleting a key there is an error."""
+
+
+class _RangeNotSatisfiableError(StoreError):
+    """A 416 answer: the range starts at or after the end of the object."""
+
+
+def _translate(exc: BaseException, *, key: str | None, store: S3Store, action: Action) -> ObjButlerError:
+    """Turn a botocore/urllib3 exception into the objbutler error it means.
+
+    The only place where botocore errors are inspected.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What botocore raised.
+    key : str or None
+        The key (relative to the store) the request was about.
+    store : S3Store
+        The store, for messages.
+    action : str
+        What the request was for: a 412/409 answer to a ``"create"`` means the
+        key exists, to a ``"match"`` that the etag is stale.
+
+    Returns
+    -------
+    ObjButlerError
+        The error to raise (``TransientStoreError`` for what deserves a retry).
+    """
+    what = f"{key!r} in {store.uri}" if key is not None else store.uri
+    if isinstance(exc, botocore.exceptions.ClientError):
+        response: dict[str, Any] = exc.response or {}
+        error = response.get("Error", {}) or {}
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message", "")) or str(exc)
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code == "NoSuchBucket":
+            return _NoSuchBucketError(
+                f"bucket {store.bucket!r} does not exist at {store.endpoint} "
+                f"(create it, or open the store with create_bucket=True)"
+            )
+        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+            return NotFoundError(f"no object {what}")
+        if code == "InvalidRange" or status == 416:
+            return _RangeNotSatisfiableError(f"range not satisfiable for {what}")
+        if status == 412 or code in _LOST_RACE_CODES:
+            if action == "create":
+                return AlreadyExistsError(f"object {what} already exists")
+            if action == "match":
+                return PreconditionFailedError(f"object {what} changed since its etag was read ({code})")
+        if status == 409 and action == "bucket":
+            return AlreadyExistsError(f"bucket {store.bucket!r} already exists ({code})")
+        if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
+            return TransientStoreError(f"S3 {action} of {what} failed: {status} {code}: {message}")
+        if status == 403:
+            return StoreError(f"access denied to {what} ({code}: {message}); check the AWS credentials")
+        return StoreError(f"S3 {action} of {what} failed: {status} {code}: {message}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return StoreError(
+            f"no usable AWS credentials for {store.uri}: pass access_key/secret_key or set "
+            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({exc})"
+        )
+    transient = (
+        botocore.exceptions.ConnectionError,  # endpoint unreachable, connect timeout, proxy
+        botocore.exceptions.HTTPClientError,  # read timeout, connection closed, streaming error
+        botocore.exceptions.IncompleteReadError,
+        urllib3.exceptions.HTTPError,
+        ConnectionError,
+        TimeoutError,
+    )
+    if isinstance(exc, transient):
+        return TransientStoreError(f"S3 {action} of {what} at {store.endpoint} failed: {exc}")
+    return StoreError(f"S3 {action} of {what} failed: {type(exc).__name__}: {exc}")
+
+
+_CAUGHT: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+def _etag(value: object) -> str | None:
+    """An etag without the quotes S3 puts around it."""
+    return str(value).strip('"') if value is not None else None
+
+
+def _utc(value: object) -> dt.datetime | None:
+    return value.astimezone(dt.UTC) if isinstance(value, dt.datetime) else None
+
+
+def _read_body(response: dict[str, Any]) -> bytes:
+    body = response["Body"]
+    try:
+        data: bytes = body.read()
+    finally:
+        body.close()
+    return data
+
+
+class S3Store:
+    """A store in an S3 bucket, keys relative to ``prefix``.
+
+    Parameters
+    ----------
+    bucket : str
+        The bucket name.
+    prefix : str, optional
+        Root of the store inside the bucket (no leading or trailing ``/``).
+    endpoint_url : str, optional
+        S3 endpoint; default ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, else AWS.
+    access_key, secret_key : str, optional
+        Credentials (both or neither); default the AWS credential chain.
+    region : str, optional
+        Region; default ``AWS_DEFAULT_REGION`` (or the profile), ``AWS_REGION``, ``us-east-1``.
+    create_bucket : bool, default False
+        Create the bucket on first use if it does not exist.
+    max_concurrency : int, default 16
+        Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
+    retry : RetryPolicy, optional
+        How transient failures (5xx, throttling, resets, timeouts) are retried.
+    **client_options
+        ``session_token``, ``profile``, ``verify``, ``use_ssl``, or any
+        :class:`botocore.config.Config` option (``connect_timeout``,
+        ``read_timeout``, ``s3={"addressing_style": "path"}``,
+        ``signature_version=botocore.UNSIGNED`` for public buckets, ...).
+
+    Notes
+    -----
+    ``put_if_absent`` sends ``If-None-Match: *`` and ``put_if_match`` sends
+    ``If-Match``: both atomic on AWS S3 and LocalStack. A gateway that ignores
+    them is caught by :func:`objbutler.stores.probe_conditional_writes`.
+    A single ``PUT`` holds at most 5 GiB.
+
+    The store pickles as its constructor arguments (never a client), so it can
+    be shipped to Dask workers; options left unset are then read from the
+    worker's environment.
+    """
+
+    capabilities = StoreCapabilities(
+        atomic_create=True, compare_and_swap=True, conditional_create_header=True, server_timestamps=True
+    )
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str | None = None,
+        create_bucket: bool = False,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, immutable default
+        **client_options: Any,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        if (access_key is None) != (secret_key is None):
+            raise ValueError("pass both access_key and secret_key, or neither (to use the AWS credential chain)")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.create_bucket = create_bucket
+        self.max_concurrency = max_concurrency
+        self.retry = retry
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._client_options = dict(client_options)
+        self._root = f"{prefix}/" if prefix else ""
+        self._lock = threading.Lock()
+        self._client_obj: Any = None
+        self._client_pid: int | None = None
+        # Fail early on options botocore's Config would reject.
+        self._config()
+
+    # -- identity ----------------------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Callable[..., S3Store], tuple[str, str]]:
+        constructor = functools.partial(
+            S3Store,
+            endpoint_url=self.endpoint_url,
+            access_key=self._access_key,
+            secret_key=self._secret_key,
+            region=self.region,
+            create_bucket=self.create_bucket,
+            max_concurrency=self.max_concurrency,
+            retry=self.retry,
+            **self._client_options,
+        )
+        return (constructor, (self.bucket, self.prefix))
+
+    def __repr__(self) -> str:
+        endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
+        return f"S3Store({self.bucket!r}, {self.prefix!r}{endpoint})"
+
+    @property
+    def uri(self) -> str:
+        """``s3://bucket/prefix``."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint in use (the explicit one, else what botocore resolved, else ``"AWS"``)."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        client = self._client_obj
+        return str(client.meta.endpoint_url) if client is not None else "the default AWS endpoint"
+
+    # -- the client ----------------------------------------------------------------------
+
+    def _config(self) -> botocore.config.Config:
+        options = {k: v for k, v in self._client_options.items() if k not in _CLIENT_ARGS and k not in _SESSION_ARGS}
+        user_config = options.pop("config", None)
+        defaults: dict[str, Any] = {
+            "max_pool_connections": max(10, self.max_concurrency),
+            "retries": {"total_max_attempts": 1, "mode": "standard"},  # call_with_retries does it
+            # Plain MD5-free PUTs: S3-compatible gateways often reject the newer CRC trailers.
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+            "connect_timeout": 10,
+            "read_timeout": 60,
+            "tcp_keepalive": True,
+        }
+        try:
+            config = botocore.config.Config(**{**defaults, **options})
+        except TypeError as exc:
+            raise TypeError(f"unknown S3Store option: {exc}") from None
+        if user_config is not None:
+            config = config.merge(user_config)
+        return config
+
+    def _client(self) -> Any:
+        """The botocore client of this store (and process), created on first use."""
+        client = self._client_obj
+        if client is not None and self._client_pid == os.getpid():
+            return client
+        with self._lock:
+            if self._client_obj is None or self._client_pid != os.getpid():
+                self._client_obj = self._make_client()
+                self._client_pid = os.getpid()
+                if self.create_bucket:
+                    self._ensure_bucket(self._client_obj)
+            return self._client_obj
+
+    def _make_client(self) -> Any:
+        session = botocore.session.Session(profile=self._client_options.get("profile"))
+        region = self.region or session.get_config_variable("region") or os.environ.get("AWS_REGION") or "us-east-1"
+        kwargs: dict[str, Any] = {
+            "region_name": region,
+            "config": self._config(),
+            "aws_access_key_id": self._access_key,
+            "aws_secret_access_key": self._secret_key,
+        }
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        for option, argument in _CLIENT_ARGS.items():
+            if option in self._client_options:
+                kwargs[argument] = self._client_options[option]
+        return session.create_client("s3", **kwargs)
+
+    def _ensure_bucket(self, client: Any) -> None:
+        """Create the bucket unless it exists (``create_bucket=True``)."""
+
+        def retried(request: Callable[[], object]) -> None:
+            call_with_retries(lambda: self._attempt(request, None, "bucket"), self.retry)
+
+        try:
+            retried(lambda: client.head_bucket(Bucket=self.bucket))
+            return
+        except NotFoundError:
+            pass
+        region = str(client.meta.region_name or "us-east-1")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with contextlib.suppress(AlreadyExistsError):  # created meanwhile (or already ours)
+            retried(lambda: client.create_bucket(**kwargs))
+
+    # -- request plumbing ---------------------------------------------------------------
+
+    def _attempt(self, request: Callable[[], T], key: str | None, action: Action) -> T:
+        """Run one request, translating what botocore raises."""
+        try:
+            return request()
+        except _CAUGHT as exc:
+            raise _translate(exc, key=key, store=self, action=action) from exc
+
+    def _call(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
+        """Run ``request(client)`` with translation and retries."""
+        client = self._client()
+        return call_with_retries(lambda: self._attempt(lambda: request(client), key, action), self.retry)
+
+    def _full(self, key: str) -> str:
+        return self._root + validate_key(key)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        """Return the whole object.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bytes
+            Its content.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such object (or no such bucket).
+        """
+        full = self._full(key)
+        return self._call(lambda c: _read_body(c.get_object(Bucket=self.bucket, Key=full)), key, "read")
+
+    def _get_range(self, key: str, full: str, byte_range: ByteRange) -> bytes:
+        def request(client: Any) -> bytes:
+            response = client.get_object(
+                Bucket=self.bucket, Key=full, Range=f"bytes={byte_range.start}-{byte_range.stop - 1}"
+            )
+            data = _read_body(response)
+            if response.get("ContentRange") is None and response["ResponseMetadata"]["HTTPStatusCode"] == 200:
+                # A server that ignores Range sent the whole object: keep the slice asked for.
+                data = data[byte_range.start : byte_range.stop]
+            return data
+
+        try:
+            return self._call(request, key, "read")
+        except _RangeNotSatisfiableError:
+            return b""
+
+    def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes]:
+        """Return the bytes of each half-open range, in request order.
+
+        One ranged ``GET`` per distinct non-empty range, at most
+        ``max_concurrency`` at a time. The server clips a range to the object's
+        size; a range that starts at or past the end (a 416 answer) gives ``b""``,
+        and an empty range gives ``b""`` without a request. When every range is
+        empty, one ``HEAD`` still checks that the object exists.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        ranges : sequence of ByteRange or (start, stop)
+            Half-open byte ranges.
+
+        Returns
+        -------
+        list of bytes
+            One entry per range, in order.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such object.
+        """
+        wanted = normalize_ranges(ranges)
+        full = self._full(key)
+        distinct = sorted({r for r in wanted if r.length}, key=lambda r: (r.start, r.stop))
+        if not distinct:
+            self.head(key)
+            return [b""] * len(wanted)
+        fetched = run_concurrently(lambda r: self._get_range(key, full, r), distinct, self.max_concurrency)
+        by_range = dict(zip(distinct, fetched, strict=True))
+        return [by_range[r] if r.length else b"" for r in wanted]
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        """Return several whole objects, in request order, at most ``max_concurrency`` at a time."""
+        for key in keys:
+            validate_key(key)
+        return run_concurrently(self.get, list(keys), self.max_concurrency)
+
+    def head(self, key: str) -> ObjectMeta:
+        """Return an object's size, etag (without quotes) and server ``Last-Modified`` (UTC).
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such object (or no such bucket).
+        """
+        full = self._full(key)
+        response: dict[str, Any] = self._call(lambda c: c.head_object(Bucket=self.bucket, Key=full), key, "read")
+        return ObjectMeta(
+            key, int(response["ContentLength"]), _etag(response.get("ETag")), _utc(response.get("LastModified"))
+        )
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _put(self, key: str, data: bytes, action: Action, **conditions: str) -> ObjectMeta:
+        full = self._full(key)
+        body = bytes(data)
+        retried_after_transient = False
+
+        def attempt(client: Any) -> dict[str, Any]:
+            nonlocal retried_after_transient
+            try:
+                response: dict[str, Any] = self._attempt(
+                    lambda: client.put_object(Bucket=self.bucket, Key=full, Body=body, **conditions), key, action
+                )
+            except TransientStoreError:
+                retried_after_transient = True
+                raise
+            return response
+
+        client = self._client()
+        try:
+            response = call_with_retries(lambda: attempt(client), self.retry)
+        except (AlreadyExistsError, PreconditionFailedError):
+            # An earlier attempt may have been written although its answer was lost:
+            # then the object now holds exactly our bytes (S3's etag of a single PUT is their MD5).
+            if retried_after_transient:
+                current = self.head(key)
+                if current.etag == hashlib.md5(body, usedforsecurity=False).hexdigest():
+                    return current
+            raise
+        return ObjectMeta(key, len(body), _etag(response.get("ETag")), None)
+
+    def put(self, key: str, data: bytes) -> ObjectMeta:
+        """Write (or replace) an object with one ``PUT``.
+
+        Returns
+        -------
+        ObjectMeta
+            Size and etag of what was written (``last_modified`` is None: S3's
+            answer to a ``PUT`` does not carry it; :meth:`head` does).
+        """
+        return self._put(key, data, "write")
+
+    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
+        """Create an object only if the key is free (``If-None-Match: *``; atomic).
+
+        Raises
+        ------
+        AlreadyExistsError
+            If the object exists (412), or a concurrent create won (409).
+        """
+        return self._put(key, data, "create", IfNoneMatch="*")
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
+        """Replace an object only if its etag is still ``etag`` (``If-Match``; atomic).
+
+        Raises
+        ------
+        PreconditionFailedError
+            If the object has another etag now (412), or a concurrent write won (409).
+        NotFoundError
+            If there is no such object.
+        """
+        quoted = '"' + etag.strip('"') + '"'
+        return self._put(key, data, "match", IfMatch=quoted)
+
+    def delete(self, key: str) -> None:
+        """Delete an object; a missing key is not an error (a missing bucket is)."""
+        full = self._full(key)
+        try:
+            self._call(lambda c: c.delete_object(Bucket=self.bucket, Key=full), key, "delete")
+        except _NoSuchBucketError:
+            raise
+        except NotFoundError:
+            pass
+
+    # -- listing --------------------------------------------------------------------------
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
+        """Yield the objects whose key starts with ``prefix``, sorted by key.
+
+        Pages through ``ListObjectsV2`` (1,000 keys a request); each page is
+        fetched (and retried) when the previous one is used up.
+
+        Parameters
+        ----------
+        prefix : str, optional
+            Key prefix relative to the store's root.
+        start_after : str, optional
+            Skip every key ``<=`` this one.
+
+        Yields
+        ------
+        ObjectMeta
+            Key, size, etag and server modification time of each object.
+        """
+        validate_prefix(prefix)
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._root + prefix}
+        if start_after is not None:
+            request["StartAfter"] = self._root + start_after
+        while True:
+            page: dict[str, Any] = self._call(lambda c: c.list_objects_v2(**request), prefix or None, "list")
+            for item in page.get("Contents", ()):
+                full = str(item["Key"])
+                key = full[len(self._root) :]
+                if not full.startswith(self._root) or not key or key.endswith("/"):
+                    continue  # outside the root, or a "directory" marker object
+                yield ObjectMeta(key, int(item["Size"]), _etag(item.get("ETag")), _utc(item.get("LastModified")))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
