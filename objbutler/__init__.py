@@ -31,7 +31,20 @@ _EXPORTS = {
     "ObjButlerError": "objbutler.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AlreadyExistsError",
+    "Box",
+    "Butler",
+    "ConflictError",
+    "Cutout",
+    "DatasetRef",
+    "FormatError",
+    "InvalidCutoutError",
+    "NotFoundError",
+    "NotSupportedError",
+    "ObjButlerError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from objbutler.butler import Butler

@@ -383,6 +383,41 @@ class Butler:
             return read_zarr_cutouts(self.store, ref.key, boxes, mode, fill_value)
         raise NotSupportedError(f"cutouts need an image dataset; {ref.dataset_type} is {ref.format}")
 
+    def get_cutouts_many(
+        self,
+        requests: Mapping[DatasetRef, Any],
+        *,
+        mode: ClipMode = "trim",
+        fill_value: float = np.nan,
+        size: Any = None,
+        max_images_in_flight: int = 4,
+    ) -> dict[DatasetRef, list[Cutout]]:
+        """Cut stamps out of many images, running the per-image plans concurrently.
+
+        Parameters
+        ----------
+        requests : mapping of DatasetRef to boxes or SkyCoord
+            Per image, what :meth:`get_cutouts` takes.
+        mode, fill_value, size
+            As for :meth:`get_cutouts`.
+        max_images_in_flight : int
+            Images processed at once (each already reads its blocks concurrently).
+
+        Returns
+        -------
+        dict of DatasetRef to list of Cutout
+            Stamps per image, each list in request order.
+        """
+        from objbutler.stores._concurrency import run_concurrently
+
+        refs = list(requests)
+        stamps = run_concurrently(
+            lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size),
+            refs,
+            max_images_in_flight,
+        )
+        return dict(zip(refs, stamps, strict=True))
+
     def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any) -> list[Box]:
         from astropy.coordinates import SkyCoord
 
