@@ -418,6 +418,18 @@ class Butler:
         )
         return dict(zip(refs, stamps, strict=True))
 
+    def get_wcs(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
+                run: str | None = None) -> Any:
+        """An image's WCS, read from its header alone (no pixels), or None if it has none.
+
+        Used to turn sky positions into the pixel boxes :meth:`get_cutouts` would cut
+        (:func:`objbutler.cutouts.boxes_from_skycoords`), e.g. when each position has its own size.
+        """
+        ref = self._resolve(ref_or_type, data_id, run)
+        if FORMATS.get(ref.format) != "image":
+            raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
+        return self._image_wcs(ref)
+
     def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any) -> list[Box]:
         from astropy.coordinates import SkyCoord
 

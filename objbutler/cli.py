@@ -187,6 +187,72 @@ def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
 
 
 @main.command()
+@click.argument("uri")
+@click.argument("dataset_type")
+@data_id_option
+@run_option
+@click.option("--boxes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with columns x0,y0,x1,y1 (half-open, 0-based pixels).")
+@click.option("--radec", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with columns ra,dec in degrees (then --size).")
+@click.option("--size", default=None, help="Stamp size for --radec: pixels, or an angle like 10arcsec.")
+@click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="A directory for one FITS file per stamp, or a file ending in .npz for all stamps.")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a contact sheet of the stamps to this PNG.")
+def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, boxes: Path | None,
+           radec: Path | None, size: str | None, mode: str, out: Path | None, png: Path | None) -> None:
+    """Cut postage stamps out of one image with a few coalesced range reads."""
+    import time
+
+    from objbutler.butler import Butler
+    from objbutler.stamps_io import (
+        read_boxes_csv,
+        read_radec_csv,
+        write_contact_sheet,
+        write_fits_stamps,
+        write_npz,
+    )
+
+    if (boxes is None) == (radec is None):
+        raise click.UsageError("give exactly one of --boxes and --radec")
+    if radec is not None and size is None:
+        raise click.UsageError("--radec needs --size")
+    butler = Butler(uri)
+    ref = butler.find(dataset_type, parse_data_id(data_id), run)
+    requests = read_boxes_csv(boxes) if boxes is not None else read_radec_csv(radec)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    stamps = butler.get_cutouts(ref, requests, mode=mode,  # type: ignore[arg-type]
+                                size=_parse_size(size) if radec is not None else None)
+    click.echo(f"{len(stamps)} stamps in {time.perf_counter() - start:.3f} s")
+    if out is not None:
+        if out.suffix == ".npz":
+            write_npz(stamps, out)
+        else:
+            write_fits_stamps(stamps, out)
+        click.echo(f"wrote {out}")
+    if png is not None:
+        write_contact_sheet(stamps, png, title=f"{dataset_type} {json.dumps(ref.data_id)}")
+        click.echo(f"wrote {png}")
+
+
+def _parse_size(text: str | None) -> Any:
+    from astropy import units as u
+
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return u.Quantity(text)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"cannot read {text!r} as pixels or an angle", param_hint="--size") from None
+
+
+@main.command()
 @click.option("--repo", default="./objbutler-demo", show_default=True, help="Where the demo repository goes.")
 @click.option("--stamps", default=1000, show_default=True, help="Number of postage stamps to cut.")
 @click.option("--size", default=4096, show_default=True, help="Side of the synthetic PVI in pixels.")

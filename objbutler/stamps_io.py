@@ -1,0 +1,100 @@
+"""Read cutout requests from CSV and write stamps out: FITS files, one .npz, a PNG contact sheet."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from objbutler.cutouts import Box, Cutout
+from objbutler.errors import InvalidCutoutError
+
+__all__ = ["read_boxes_csv", "read_radec_csv", "write_contact_sheet", "write_fits_stamps", "write_npz"]
+
+
+def _rows(path: Path, columns: Sequence[str]) -> list[list[float]]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidCutoutError(f"{path}: needs a header with columns {list(columns)}; missing {missing}")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            try:
+                rows.append([float(row[c]) for c in columns])
+            except (TypeError, ValueError):
+                raise InvalidCutoutError(f"{path}:{number}: not a number in {[row.get(c) for c in columns]}") from None
+    return rows
+
+
+def read_boxes_csv(path: Path) -> list[Box]:
+    """Boxes from a CSV with columns ``x0,y0,x1,y1`` (half-open, 0-based pixels)."""
+    boxes = []
+    for values in _rows(path, ("x0", "y0", "x1", "y1")):
+        if not all(v.is_integer() for v in values):
+            raise InvalidCutoutError(f"{path}: box corners must be whole pixels, got {values}")
+        boxes.append(Box(*(int(v) for v in values)))
+    return boxes
+
+
+def read_radec_csv(path: Path) -> object:
+    """Sky positions from a CSV with columns ``ra,dec`` in degrees (ICRS), as a SkyCoord."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    rows = np.array(_rows(path, ("ra", "dec")), dtype=float).reshape(-1, 2)
+    return SkyCoord(rows[:, 0] * u.deg, rows[:, 1] * u.deg)
+
+
+def write_fits_stamps(stamps: Sequence[Cutout], directory: Path, stem: str = "stamp") -> list[Path]:
+    """One FITS file per stamp, with its WCS and its box in parent pixels (``BBOX_X0``...)."""
+    from astropy.io import fits
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stamp in stamps:
+        header = stamp.wcs.to_header() if stamp.wcs is not None else fits.Header()
+        for name in ("x0", "y0", "x1", "y1"):
+            header[f"BBOX_{name.upper()}"] = (getattr(stamp.bbox, name), f"{name} of the stamp in parent pixels")
+        path = directory / f"{stem}-{stamp.index:05d}.fits"
+        fits.PrimaryHDU(stamp.data, header=header).writeto(path, overwrite=True)
+        paths.append(path)
+    return paths
+
+
+def write_npz(stamps: Sequence[Cutout], path: Path) -> None:
+    """All stamps in one .npz: ``stamp_00000`` ... and ``bbox`` (N x 4: x0, y0, x1, y1)."""
+    bboxes = np.array([[s.bbox.x0, s.bbox.y0, s.bbox.x1, s.bbox.y1] for s in stamps], dtype=np.int64)
+    arrays: dict[str, Any] = {"bbox": bboxes.reshape(-1, 4)}
+    arrays.update({f"stamp_{s.index:05d}": s.data for s in stamps})
+    np.savez_compressed(path, **arrays)
+
+
+def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 64, title: str = "") -> None:
+    """A PNG grid of the first stamps, each scaled by its own robust percentiles, so a person can look."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [s for s in stamps if s.data.size][:max_stamps]
+    if not shown:
+        raise InvalidCutoutError("no non-empty stamps to draw")
+    columns = int(np.ceil(np.sqrt(len(shown))))
+    rows = int(np.ceil(len(shown) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.4 + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, stamp in zip(axes.flat, shown, strict=False):
+        finite = stamp.data[np.isfinite(stamp.data)]
+        low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
+        axis.imshow(stamp.data, origin="lower", cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        axis.set_title(f"#{stamp.index}", fontsize=6)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
