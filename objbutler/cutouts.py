@@ -14,8 +14,9 @@ modes follow :class:`astropy.nddata.Cutout2D`:
 
 One deliberate difference from astropy: a box with *no* overlap does not raise
 in ``trim`` or ``partial`` mode (one stray target must not sink a batch of a
-thousand). In ``trim`` it gives an empty ``(0, 0)`` stamp, in ``partial`` a
-stamp made only of ``fill_value``.
+thousand). In ``trim`` it gives an empty stamp (what clamped numpy slicing
+gives: ``(h, 0)``, ``(0, w)`` or ``(0, 0)``), in ``partial`` a stamp made only
+of ``fill_value``.
 
 Nothing here does I/O: format readers turn :class:`StampPlan` s into reads.
 """
@@ -281,7 +282,6 @@ def cutout_wcs(wcs: WCS | None, bbox: Box) -> WCS | None:
     return stamp_wcs
 
 
-@dataclasses.dataclass(slots=True)
 class Cutout:
     """One postage stamp.
 
@@ -297,10 +297,39 @@ class Cutout:
         Position of the request this answers.
     """
 
-    data: np.ndarray
-    bbox: Box
-    wcs: WCS | None = None
-    index: int = 0
+    __slots__ = ("_parent_wcs", "_wcs", "bbox", "data", "index")
+
+    def __init__(self, data: np.ndarray, bbox: Box, wcs: WCS | None = None, index: int = 0) -> None:
+        self.data = data
+        self.bbox = bbox
+        self.index = index
+        self._wcs = wcs
+        self._parent_wcs: WCS | None = None
+
+    @classmethod
+    def from_parent(cls, data: np.ndarray, bbox: Box, parent_wcs: WCS | None, index: int) -> Cutout:
+        """A stamp whose WCS is derived from the parent's only when first asked for.
+
+        Copying a WCS costs ~0.1 ms; a thousand stamps whose WCS nobody reads should not pay it.
+        """
+        stamp = cls(data, bbox, None, index)
+        stamp._parent_wcs = parent_wcs
+        return stamp
+
+    @property
+    def wcs(self) -> WCS | None:
+        """The stamp's own WCS (None when the parent has none)."""
+        if self._wcs is None and self._parent_wcs is not None:
+            self._wcs = cutout_wcs(self._parent_wcs, self.bbox)
+            self._parent_wcs = None
+        return self._wcs
+
+    @wcs.setter
+    def wcs(self, value: WCS | None) -> None:
+        self._wcs, self._parent_wcs = value, None
+
+    def __repr__(self) -> str:
+        return f"Cutout(index={self.index}, bbox={self.bbox}, shape={self.data.shape}, dtype={self.data.dtype})"
 
 
 def new_stamp(plan: StampPlan, dtype: np.dtype[Any], fill_value: float) -> np.ndarray:
@@ -313,8 +342,9 @@ def new_stamp(plan: StampPlan, dtype: np.dtype[Any], fill_value: float) -> np.nd
     dtype : numpy.dtype
         Pixel type of the decoded image.
     fill_value : float
-        Value for pixels outside the image (``partial`` mode). For an integer
-        image and a NaN fill value, the stamp is promoted to float64.
+        Value for pixels outside the image (``partial`` mode). An integer image
+        whose type cannot hold it is promoted: to float64 for NaN, infinities
+        or fractions, else to the smallest integer type that holds both.
 
     Returns
     -------
@@ -323,11 +353,23 @@ def new_stamp(plan: StampPlan, dtype: np.dtype[Any], fill_value: float) -> np.nd
     """
     if plan.read == plan.bbox:
         return np.empty(plan.bbox.shape, dtype=dtype)
-    out_dtype = np.result_type(dtype, np.min_scalar_type(fill_value)) if _needs_promotion(dtype, fill_value) else dtype
-    return np.full(plan.bbox.shape, fill_value, dtype=out_dtype)
+    return np.full(plan.bbox.shape, fill_value, dtype=stamp_dtype(dtype, fill_value))
 
 
-def _needs_promotion(dtype: np.dtype[Any], fill_value: float) -> bool:
-    if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating):
-        return False
-    return not float(fill_value).is_integer()
+def stamp_dtype(dtype: np.dtype[Any], fill_value: float) -> np.dtype[Any]:
+    """The dtype of a padded stamp: the image's, unless it cannot hold ``fill_value``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iub":
+        return dtype
+    value = float(fill_value)
+    if not value.is_integer():
+        return np.dtype(np.float64)
+    info = np.iinfo(dtype) if dtype.kind != "b" else np.iinfo(np.uint8)
+    if info.min <= value <= info.max and dtype.kind != "b":
+        return dtype
+    low, high = min(value, info.min), max(value, info.max)
+    for candidate in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64):
+        bounds = np.iinfo(candidate)
+        if bounds.min <= low and high <= bounds.max:
+            return np.dtype(candidate)
+    return np.dtype(np.float64)

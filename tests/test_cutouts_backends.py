@@ -139,3 +139,13 @@ def test_get_cutouts_many(local_backend: Backend, hdu: fits.PrimaryHDU) -> None:
     for ref in refs:
         assert [s.data.shape for s in result[ref]] == [(50, 40), (50, 20)]
         np.testing.assert_array_equal(result[ref][0].data, hdu.data[10:60, 10:50])
+
+
+def test_partial_fill_that_the_dtype_cannot_hold_promotes() -> None:
+    from objbutler.cutouts import stamp_dtype
+
+    assert stamp_dtype(np.dtype(np.int16), np.nan) == np.float64
+    assert stamp_dtype(np.dtype(np.uint8), -1) == np.int16
+    assert stamp_dtype(np.dtype(np.uint8), 7) == np.uint8
+    assert stamp_dtype(np.dtype(np.float32), np.nan) == np.float32
+    assert stamp_dtype(np.dtype(np.int32), 2**40) == np.int64

@@ -141,7 +141,7 @@ def expected_stamp(data: np.ndarray, box: Box, mode: ClipMode, fill_value: float
     if mode != "partial" or inside.shape == box.shape:
         return inside
     promote = not float(fill_value).is_integer() and data.dtype.kind != "f"
-    dtype = np.result_type(data.dtype, np.min_scalar_type(fill_value)) if promote else data.dtype
+    dtype = np.dtype(np.float64) if promote else data.dtype  # NaN fill on an integer image: float64
     out = np.full(box.shape, fill_value, dtype=dtype)
     out[y0 - box.y0 : y1 - box.y0, x0 - box.x0 : x1 - box.x0] = inside
     return out

@@ -16,7 +16,8 @@ whole object:
    fetch the heap bytes of only the tiles the stamps touch (one
    ``get_ranges`` call), rebuild a small in-memory FITS file holding just those
    tiles (every other tile left empty, row numbers kept so dithering matches),
-   and let astropy's own ``CompImageHDU.section`` decompress each tile once.
+   and let astropy's own ``CompImageHDU.section`` decompress each needed tile
+   once (rectangles of neighbouring tiles per call).
 
 Compression and loss (:func:`encode_fits`): every algorithm is lossless for
 integer images. Floating-point images are lossless with ``GZIP_1`` and
@@ -41,7 +42,7 @@ from astropy.io.fits.hdu.compressed import DITHER_SEED_CHECKSUM, SUBTRACTIVE_DIT
 from astropy.io.fits.verify import VerifyError
 from astropy.wcs import WCS
 
-from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, cutout_wcs, new_stamp, plan_stamps
+from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError
 from objbutler.formats._image import Image, _wcs_from, as_image
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
@@ -573,7 +574,7 @@ def _image_cutouts(
             first = int(_row_starts(read, nx, itemsize, info.data_start)[0])
             raw = _gather_rows(plan, fetched, first, nx * itemsize, (read.height, read.width * itemsize))
             data[stamp_plan.destination] = scaling.decode(raw.view(scaling.raw_dtype))
-        stamps.append(Cutout(data, stamp_plan.bbox, cutout_wcs(wcs, stamp_plan.bbox), stamp_plan.index))
+        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index))
     return stamps
 
 
@@ -706,7 +707,7 @@ def _compressed_cutouts(
                 part = stamp_plan.read.intersection(region)
                 stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, region)]
         wcs = _wcs_from(compressed.header)
-    return [Cutout(stamps[p.index], p.bbox, cutout_wcs(wcs, p.bbox), p.index) for p in plans]
+    return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.chunk_key_encodings import ChunkKeyEncoding, DefaultChunkKeyEncoding
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, cutout_wcs, new_stamp, plan_stamps
+from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError
 from objbutler.formats._image import Image
 from objbutler.stores._base import Store
@@ -610,6 +610,6 @@ def read_zarr_cutouts(
     _assemble(decoder, chunk_shape, chunks, plans, stamps)
     wcs = _stored_wcs(metadata)
     return [
-        Cutout(stamp, plan.bbox, cutout_wcs(wcs, plan.bbox), plan.index)
+        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index)
         for plan, stamp in zip(plans, stamps, strict=True)
     ]
