@@ -245,9 +245,18 @@ class DatasetRef:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (without ``repository``, which the reader knows)."""
-        raw = dataclasses.asdict(self)
-        raw.pop("repository")
-        return raw
+        return {
+            "id": self.id,
+            "dataset_type": self.dataset_type,
+            "data_id": dict(self.data_id),
+            "run": self.run,
+            "format": self.format,
+            "key": self.key,
+            "size": self.size,
+            "checksum": self.checksum,
+            "created": self.created,
+            "provenance": self.provenance,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], repository: str = "") -> DatasetRef:

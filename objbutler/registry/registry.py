@@ -144,10 +144,9 @@ class Registry:
         return bodies
 
     def _apply(self, state: RegistryState, commits: Sequence[tuple[LogEntry, Commit]]) -> None:
-        for entry, commit in commits:
-            state.apply(commit, entry.position)
-            if not self.log.ordered_by_creation:
-                self._tail.append((entry, commit))
+        state.apply_many([(entry.position, commit) for entry, commit in commits])
+        if not self.log.ordered_by_creation:
+            self._tail.extend(commits)
 
     def _latest_checkpoint(self) -> Checkpoint:
         candidates = sorted((m.key for m in self.store.list(CHECKPOINT_PREFIX) if m.key.endswith(".parquet")),
@@ -186,11 +185,14 @@ class Registry:
     def _check(state: RegistryState, types: list[DatasetType], dimensions: dict[str, str],
                refs: list[DatasetRef]) -> None:
         state.check_types(types, dimensions)
+        in_checkpoint = state.checkpoint_members(ref.unique_key for ref in refs)
         for ref in refs:
-            holder = state.find_unique(ref.unique_key)
-            if holder is not None and holder.id != ref.id:
+            unique = ref.unique_key
+            if unique in in_checkpoint or (unique in state.tail and state.tail[unique].id != ref.id):
+                holder = state.find_unique(unique)
                 raise ConflictError(
-                    f"{ref.dataset_type} {ref.data_id} already exists in run {ref.run!r} (dataset {holder.id})"
+                    f"{ref.dataset_type} {ref.data_id} already exists in run {ref.run!r} "
+                    f"(dataset {holder.id if holder else '?'})"
                 )
 
     def _landed(self, refs: list[DatasetRef]) -> bool:
@@ -272,8 +274,7 @@ class Registry:
         if len(settled) < self.checkpoint_interval // 2:
             return
         state = RegistryState(self.state.checkpoint, self.repository)
-        for entry, commit in settled:
-            state.apply(commit, entry.position)
+        state.apply_many([(entry.position, commit) for entry, commit in settled])
         self._write_checkpoint(state.to_checkpoint(), settled[-1][0].position.split("|", 1)[0])
 
     def write_checkpoint(self) -> None:

@@ -9,7 +9,6 @@ the one already registered is ignored in the same way.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_i
 __all__ = ["RegistryState"]
 
 UniqueKey = tuple[str, str, str]
+_SEPARATOR = "\x1f"  # cannot occur in a type name, a run or canonical JSON of a validated data ID
 
 
 class RegistryState:
@@ -46,31 +46,37 @@ class RegistryState:
         self.tail: dict[UniqueKey, DatasetRef] = {}
         self.tail_commits = 0
         self.winning_commit: dict[str, str] = {}  # dataset id -> commit id, for the tail
+        self._joined: pa.ChunkedArray | None = None
 
     # -- applying commits ------------------------------------------------------
 
-    def _in_checkpoint(self, unique: UniqueKey) -> bool:
-        table = self.checkpoint.table
-        if table.num_rows == 0:
-            return False
-        mask = pc.and_(
-            pc.and_(pc.equal(table["dataset_type"], unique[0]), pc.equal(table["run"], unique[1])),
-            pc.equal(table["data_id"], unique[2]),
-        )
-        return bool(pc.any(mask).as_py())
+    def _joined_keys(self) -> pa.ChunkedArray:
+        """``type \x1f run \x1f data ID`` per checkpoint row, computed once per checkpoint (vectorized)."""
+        if self._joined is None:
+            table = self.checkpoint.table
+            self._joined = pc.binary_join_element_wise(
+                table["dataset_type"], table["run"], table["data_id"], _SEPARATOR
+            )
+        return self._joined
+
+    def checkpoint_members(self, uniques: Iterable[UniqueKey]) -> set[UniqueKey]:
+        """Which of these (type, run, data ID) keys the checkpoint holds: one vectorized lookup."""
+        wanted = {_SEPARATOR.join(unique): unique for unique in uniques}
+        if not wanted or self.checkpoint.table.num_rows == 0:
+            return set()
+        joined = self._joined_keys()
+        found = pc.filter(joined, pc.is_in(joined, value_set=pa.array(list(wanted), pa.string())))
+        return {wanted[text] for text in found.to_pylist()}
 
     def find_unique(self, unique: UniqueKey) -> DatasetRef | None:
         """The committed dataset with this (type, run, canonical data ID), if any."""
         if unique in self.tail:
             return self.tail[unique]
-        if not self._in_checkpoint(unique):
+        if not self.checkpoint_members([unique]):
             return None
         table = self.checkpoint.table
-        mask = pc.and_(
-            pc.and_(pc.equal(table["dataset_type"], unique[0]), pc.equal(table["run"], unique[1])),
-            pc.equal(table["data_id"], unique[2]),
-        )
-        return rows_to_refs(table.filter(mask), self.repository)[0]
+        rows = table.filter(pc.equal(self._joined_keys(), _SEPARATOR.join(unique)))
+        return rows_to_refs(rows, self.repository)[0]
 
     def check_types(self, types: Iterable[DatasetType], dimensions: Mapping[str, str]) -> None:
         """Raise ConflictError if a type or a dimension kind disagrees with the registered one."""
@@ -85,8 +91,12 @@ class RegistryState:
                     f"data ID key {name!r} holds {known_kind} values in this repository; this put gives a {kind}"
                 )
 
-    def apply(self, commit: Commit, position: str) -> list[DatasetRef]:
-        """Apply one commit in log order; return the datasets it won (losers are ignored)."""
+    def apply(self, commit: Commit, position: str, in_checkpoint: set[UniqueKey] | None = None) -> list[DatasetRef]:
+        """Apply one commit in log order; return the datasets it won (losers are ignored).
+
+        ``in_checkpoint`` may carry the result of :meth:`checkpoint_members` for a batch of
+        commits, so that applying a long tail costs one vectorized lookup, not one per dataset.
+        """
         self.position = position
         self.tail_commits += 1
         try:
@@ -96,15 +106,23 @@ class RegistryState:
         for dataset_type in commit.dataset_types:
             self.dataset_types.setdefault(dataset_type.name, dataset_type)
         self.dimensions.update(commit.dimensions)
+        if in_checkpoint is None:
+            in_checkpoint = self.checkpoint_members(ref.unique_key for ref in commit.datasets)
         won = []
         for ref in commit.datasets:
             unique = ref.unique_key
-            if unique in self.tail or self._in_checkpoint(unique):
+            if unique in self.tail or unique in in_checkpoint:
                 continue
             self.tail[unique] = ref
             self.winning_commit[ref.id] = commit.commit_id
             won.append(ref)
         return won
+
+    def apply_many(self, commits: Sequence[tuple[str, Commit]]) -> None:
+        """Apply ``(position, commit)`` pairs in order with one checkpoint lookup for all of them."""
+        present = self.checkpoint_members(ref.unique_key for _, commit in commits for ref in commit.datasets)
+        for position, commit in commits:
+            self.apply(commit, position, present)
 
     # -- reading ---------------------------------------------------------------
 
@@ -234,8 +252,3 @@ def _ref_matches(
 def unique_key(dataset_type: str, run: str, data_id: Mapping[str, Any]) -> UniqueKey:
     """``(type, run, canonical data ID)`` for a validated data ID."""
     return (dataset_type, run, canonical_data_id(dict(data_id)))
-
-
-def parse_json_column(values: Sequence[str | None]) -> list[Any]:
-    """Decode a JSON string column (null stays None)."""
-    return [None if v is None else json.loads(v) for v in values]
