@@ -29,9 +29,13 @@ _EXPORTS = {
     "NotFoundError": "objbutler.errors",
     "NotSupportedError": "objbutler.errors",
     "ObjButlerError": "objbutler.errors",
+    "Activity": "objbutler.provenance",
+    "RepoPutResult": "objbutler.multi",
+    "put_many_repos": "objbutler.multi",
 }
 
 __all__ = [
+    "Activity",
     "AlreadyExistsError",
     "Box",
     "Butler",
@@ -43,7 +47,9 @@ __all__ = [
     "NotFoundError",
     "NotSupportedError",
     "ObjButlerError",
+    "RepoPutResult",
     "__version__",
+    "put_many_repos",
 ]
 
 if TYPE_CHECKING:
@@ -58,6 +64,8 @@ if TYPE_CHECKING:
         NotSupportedError,
         ObjButlerError,
     )
+    from objbutler.multi import RepoPutResult, put_many_repos
+    from objbutler.provenance import Activity
     from objbutler.registry.records import DatasetRef
 
 

@@ -11,9 +11,11 @@ from a stale view.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,16 @@ from objbutler.formats.dispatch import (
     read_dataset,
     write_dataset,
 )
+from objbutler.provenance import (
+    Activity,
+    LineageGraph,
+    activity_scope,
+    current_activity,
+    provenance_record,
+    stamp_fits_cards,
+    walk_downstream,
+    walk_upstream,
+)
 from objbutler.registry.commits import utc_now
 from objbutler.registry.records import (
     DatasetRef,
@@ -47,7 +59,8 @@ from objbutler.registry.records import (
     validate_run,
 )
 from objbutler.registry.registry import Registry
-from objbutler.stores import Store, open_store, probe_conditional_writes
+from objbutler.stores import Store, open_store, probe_conditional_writes, validate_key
+from objbutler.stores.cache import CachingStore, cache_settings
 
 __all__ = ["CONFIG_KEY", "Butler"]
 
@@ -67,6 +80,14 @@ class Butler:
     store : Store, optional
         Use this store object instead of opening ``uri`` (e.g. a wrapper store
         that counts requests or injects faults); ``uri`` then only names it.
+    cache : str, Path or bool, optional
+        Keep immutable objects (data, checkpoints, log entries) in this local
+        directory (a :class:`~objbutler.stores.cache.CachingStore`); ``True`` for
+        ``~/.cache/objbutler``, ``False`` for none. Default: ``OBJBUTLER_CACHE``
+        when ``store`` is not given.
+    offline : bool, optional
+        Never contact the server: answer from the cache, or raise OfflineError.
+        Default: ``OBJBUTLER_OFFLINE=1``.
     **store_options
         Passed to :func:`objbutler.stores.open_store` (endpoint, credentials, ...).
 
@@ -76,11 +97,18 @@ class Butler:
         If no repository exists at ``uri``.
     """
 
-    def __init__(self, uri: str, *, store: Store | None = None, **store_options: Any) -> None:
+    def __init__(self, uri: str, *, store: Store | None = None, cache: str | os.PathLike[str] | bool | None = None,
+                 offline: bool | None = None, **store_options: Any) -> None:
         self.uri = uri
         self._store_options = store_options
         self._given_store = store
+        self._cache_options = (cache, offline)
+        self._activities: list[Activity] = []  # open ``activity()`` blocks, innermost last
         self.store: Store = store if store is not None else open_store(uri, **store_options)
+        if store is None or cache is not None or offline is not None:  # the environment applies to URIs only
+            cache_dir, offline, max_bytes = cache_settings(cache, offline)
+            if cache_dir is not None:
+                self.store = CachingStore(self.store, cache_dir, max_bytes, offline)
         try:
             raw = self.store.get(CONFIG_KEY)
         except NotFoundError:
@@ -95,9 +123,11 @@ class Butler:
             checkpoint_interval=int(self.config.get("checkpoint_interval", 100)),
             settle_seconds=float(self.config.get("settle_seconds", 0.5)),
         )
+        if isinstance(self.store, CachingStore) and not self.store.offline:
+            self.registry.refresh()  # read the manifest through the cache now, so it is there offline
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.uri, self._given_store, self._store_options))
+        return (_reopen, (self.uri, self._given_store, self._store_options, self._cache_options))
 
     def __repr__(self) -> str:
         return f"Butler({self.uri!r})"
@@ -182,6 +212,7 @@ class Butler:
         inputs: Sequence[DatasetRef] | None = None,
         derived_from: Sequence[DatasetRef] | None = None,
         format_options: Mapping[str, Any] | None = None,
+        activity: Activity | None = None,
     ) -> DatasetRef:
         """Store a dataset and commit it; blocks until both have landed.
 
@@ -204,6 +235,9 @@ class Butler:
             ``json`` for dicts, ``parquet``/``ecsv`` for tables.
         inputs, derived_from : sequence of DatasetRef, optional
             Provenance: every contributing input, and the subset actually used.
+            FITS images also get bounded ``PROV*`` header cards.
+        activity : Activity, optional
+            The step that made it (default: the innermost open :meth:`activity` block).
         format_options : mapping, optional
             Passed to the encoder (e.g. ``{"chunks": (512, 512)}`` for Zarr,
             ``{"compression": "RICE_1"}`` for FITS).
@@ -225,8 +259,10 @@ class Butler:
         dataset_type = validate_dataset_type_name(dataset_type)
         clean_id = validate_data_id(data_id)
         run = validate_run(run)
+        activity = activity if activity is not None else current_activity(self)
+        provenance = provenance_record(inputs, derived_from, activity)
+        obj = stamp_fits_cards(obj, provenance, format or self.config["default_format"])
         encoded = encode_dataset(obj, format, self.config["default_format"], dict(format_options or {}))
-        provenance = _provenance_record(inputs, derived_from)
         kinds = dimension_kinds(clean_id)
         new_type = DatasetType(dataset_type, tuple(clean_id), encoded.kind)
         state = self.registry.state
@@ -250,7 +286,107 @@ class Butler:
             with contextlib.suppress(Exception):
                 delete_dataset(self.store, key, encoded.format)
             raise
+        if activity is not None:
+            activity.outputs.append(ref.id)
         return ref
+
+    # -- provenance --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def activity(self, name: str, config: Mapping[str, Any] | None = None, *,
+                 software: Mapping[str, str] | None = None) -> Iterator[Activity]:
+        """Stamp an :class:`~objbutler.provenance.Activity` on every put through this Butler in the block.
+
+        Examples
+        --------
+        >>> with butler.activity("make_coadd", config={"clip": 3.0}) as act:  # doctest: +SKIP
+        ...     butler.put(coadd, "deepCoadd", {"tract": 1}, run="coadds", inputs=calexps)
+        """
+        activity = Activity(name, dict(config or {}), dict(software or {}))
+        with activity_scope(self, activity):
+            yield activity
+
+    def provenance(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
+                   run: str | None = None, *, depth: int | None = None,
+                   repositories: Iterable[Butler] = ()) -> LineageGraph:
+        """The upstream lineage of a dataset (inputs, recursively, across repositories).
+
+        ``depth`` limits the generations followed (None: all); ``repositories``
+        supplies Butlers for other repositories' URIs (see
+        :func:`objbutler.provenance.walk_upstream`).
+        """
+        return walk_upstream(self, self._resolve(ref_or_type, data_id, run), depth, repositories)
+
+    def descendants(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
+                    run: str | None = None, *, depth: int | None = None) -> LineageGraph:
+        """Datasets in this repository made from a dataset, recursively (one registry scan)."""
+        ref = ref_or_type if isinstance(ref_or_type, DatasetRef) else self._resolve(ref_or_type, data_id, run)
+        return walk_downstream(self, ref, depth)
+
+    def ingest_refs(self, refs: Sequence[DatasetRef], *, verify_checksums: bool = False) -> list[DatasetRef]:
+        """Commit datasets whose data is already in place under each ``ref.key``, keeping their ids.
+
+        What :func:`objbutler.clone.clone` uses: it writes a dataset's objects
+        under the same key as in the source, then commits the same refs here.
+        A ref already committed with the same id is skipped (a rerun after an
+        interruption commits only what is missing); the new ones go in one
+        commit. The caller owns the data: if this raises (except
+        CommitOutcomeUnknownError), it deletes what it wrote, so the ingest stays atomic.
+
+        Parameters
+        ----------
+        refs : sequence of DatasetRef
+            Complete refs (id, key, size, checksum, provenance), e.g. from another repository.
+        verify_checksums : bool
+            Also read the data back and compare checksums (sizes are always checked).
+
+        Returns
+        -------
+        list of DatasetRef
+            The refs as this repository holds them, in order.
+
+        Raises
+        ------
+        ConflictError
+            Another dataset holds a data ID in its run, or a dataset type disagrees.
+        FormatError
+            A dataset's data is missing, has the wrong size or (when verified) checksum.
+        InvalidKeyError
+            A bad dataset type name, data ID, run, format or key.
+        """
+        from objbutler.maintenance import dataset_problem
+
+        state = self.registry.refresh()
+        types: dict[str, DatasetType] = {}
+        kinds: dict[str, str] = {}
+        out: list[DatasetRef] = []
+        new: dict[tuple[str, str, str], DatasetRef] = {}
+        for given in refs:
+            ref = dataclasses.replace(given, data_id=validate_data_id(given.data_id), repository=self.uri)
+            validate_dataset_type_name(ref.dataset_type)
+            validate_run(ref.run)
+            if ref.format not in FORMATS or not validate_key(ref.key).startswith("data/"):
+                raise InvalidKeyError(f"dataset {ref.id}: format {ref.format!r} or key {ref.key!r} is not ingestible")
+            holder = state.find_unique(ref.unique_key) or new.get(ref.unique_key)
+            if holder is not None:
+                if holder.id != ref.id:
+                    raise ConflictError(f"{ref.dataset_type} {ref.data_id} already exists in run {ref.run!r} "
+                                        f"(dataset {holder.id})")
+                out.append(holder)
+                continue
+            dataset_type = DatasetType(ref.dataset_type, tuple(ref.data_id), FORMATS[ref.format])
+            types.setdefault(ref.dataset_type, dataset_type).check_compatible(dataset_type)
+            for name, kind in dimension_kinds(ref.data_id).items():
+                if kinds.setdefault(name, kind) != kind:
+                    raise ConflictError(f"data ID key {name!r} holds both int and str values in this ingest")
+            problem = dataset_problem(self, ref, verify_checksums)
+            if problem:
+                raise FormatError(f"cannot ingest {ref.dataset_type} {ref.data_id} ({ref.key}): {problem}")
+            new[ref.unique_key] = ref
+            out.append(ref)
+        if new:
+            self.registry.commit(list(types.values()), kinds, list(new.values()))
+        return out
 
     # -- finding ---------------------------------------------------------------
 
@@ -317,7 +453,7 @@ class Butler:
     # -- get -------------------------------------------------------------------
 
     def get(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
-            run: str | None = None) -> Any:
+            run: str | None = None, *, efd: Any = False) -> Any:
         """Read a whole dataset.
 
         Parameters
@@ -328,6 +464,9 @@ class Butler:
             With a dataset type name.
         run : str, optional
             With a dataset type name; needed when several runs hold the data ID.
+        efd : bool, "require" or objbutler.efd.EfdOptions
+            Add EFD summary cards for the exposure to the returned image's
+            ``meta`` (the stored file is not changed); see :mod:`objbutler.efd`.
 
         Returns
         -------
@@ -335,7 +474,12 @@ class Butler:
             Images come back as NDData with ``.data``, ``.wcs`` and ``.meta``.
         """
         ref = self._resolve(ref_or_type, data_id, run)
-        return read_dataset(self.store, ref.key, ref.format)
+        obj = read_dataset(self.store, ref.key, ref.format)
+        if efd is not False and efd is not None:
+            from objbutler.efd import attach_efd
+
+            attach_efd(self, obj, efd)
+        return obj
 
     def get_cutouts(
         self,
@@ -456,8 +600,8 @@ class Butler:
         return read_zarr_wcs(self.store, ref.key)
 
 
-def _reopen(uri: str, store: Store | None, store_options: dict[str, Any]) -> Butler:
-    return Butler(uri, store=store, **store_options)
+def _reopen(uri: str, store: Store | None, store_options: dict[str, Any], cache: Any = (None, None)) -> Butler:
+    return Butler(uri, store=store, cache=cache[0], offline=cache[1], **store_options)
 
 
 def _parse_config(raw: bytes, uri: str) -> dict[str, Any]:
@@ -488,24 +632,3 @@ def _choose_protocol(store: Store, allow_no_atomic_create: bool) -> str:
         "could be lost. Use a store that enforces conditional writes, or pass allow_no_atomic_create=True "
         "to use the slower timestamped commit protocol."
     )
-
-
-def _provenance_record(
-    inputs: Sequence[DatasetRef] | None, derived_from: Sequence[DatasetRef] | None
-) -> dict[str, Any] | None:
-    if not inputs and not derived_from:
-        return None
-    inputs = list(inputs or [])
-    derived = list(derived_from or [])
-    input_ids = {ref.id for ref in inputs}
-    stray = [ref.id for ref in derived if ref.id not in input_ids]
-    if stray:
-        raise ValueError(f"derived_from must be a subset of inputs; not in inputs: {stray}")
-    return {"inputs": _ref_links(inputs), "derived_from": _ref_links(derived)}
-
-
-def _ref_links(refs: Iterable[DatasetRef]) -> list[dict[str, Any]]:
-    return [
-        {"id": r.id, "repository": r.repository, "dataset_type": r.dataset_type, "data_id": r.data_id, "run": r.run}
-        for r in refs
-    ]

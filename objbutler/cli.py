@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,74 @@ def _split_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
 @run_option
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the dataset (FITS for images, JSON for metadata, ECSV for tables).")
-def get(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, out: Path) -> None:
+@click.option("--efd", is_flag=True, help="Add EFD summary cards for the exposure to the image header.")
+@click.option("--efd-run", default=None, help="Only EFD extracts in this run (default: any).")
+@click.option("--efd-type", default="efd_extract", show_default=True, help="Dataset type of the EFD extracts.")
+def get(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, out: Path, efd: bool,
+        efd_run: str | None, efd_type: str) -> None:
     """Read one dataset and write it to a local file."""
     from objbutler.butler import Butler
     from objbutler.ingest import write_local
 
-    obj = Butler(uri).get(dataset_type, parse_data_id(data_id), run)
+    efd_options: Any = False
+    if efd:
+        from objbutler.efd import EfdOptions
+
+        efd_options = EfdOptions(dataset_type=efd_type, run=efd_run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        obj = Butler(uri).get(dataset_type, parse_data_id(data_id), run, efd=efd_options)
+    for warning in caught:
+        click.echo(f"warning: {warning.category.__name__}: {warning.message}", err=True)
     write_local(obj, out)
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("uri")
+@click.argument("dataset_type")
+@data_id_option
+@run_option
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="Generations to follow (default: all).")
+@click.option("--format", "fmt", type=click.Choice(["tree", "prov-json"]), default="tree", show_default=True)
+@click.option("--descendants", is_flag=True, help="Datasets made from this one (in URI) instead of its inputs.")
+def provenance(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, depth: int | None, fmt: str,
+               descendants: bool) -> None:
+    """Show a dataset's lineage as a tree, or export it as W3C PROV-JSON."""
+    from objbutler.butler import Butler
+
+    butler = Butler(uri)
+    walk = butler.descendants if descendants else butler.provenance
+    graph = walk(dataset_type, parse_data_id(data_id), run, depth=depth)
+    click.echo(json.dumps(graph.to_prov_json(), indent=2) if fmt == "prov-json" else graph.to_tree_text())
+
+
+@main.command(name="put-many")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dataset_type")
+@click.option("--to", "targets", multiple=True, required=True, metavar="URI[:FORMAT]",
+              help="A repository and its format, e.g. s3://b/repo:zarr (repeatable; no format: its default).")
+@data_id_option
+@run_option
+@click.option("--hdu", default=None, help="HDU to read (index or name); default: the first with image data.")
+def put_many(file: Path, dataset_type: str, targets: tuple[str, ...], data_id: tuple[str, ...], run: str | None,
+             hdu: str | None) -> None:
+    """Put one FITS FILE into several repositories, each in its own format (exit 1 if any failed)."""
+    from astropy.io import fits
+
+    from objbutler.butler import Butler
+    from objbutler.multi import put_many_repos, split_target
+
+    if run is None:
+        raise click.BadParameter("a run is required", param_hint="--run")
+    butlers = [(Butler(target_uri), target_fmt) for target_uri, target_fmt in map(split_target, targets)]
+    with fits.open(file, memmap=False) as hdul:
+        image = hdul if hdu is None else hdul[int(hdu) if hdu.isdigit() else hdu]
+        results = put_many_repos(butlers, image, dataset_type, parse_data_id(data_id), run=run)
+    for result in results:
+        click.echo(str(result))
+    if not all(result.ok for result in results):
+        sys.exit(1)
 
 
 @main.command()
@@ -201,9 +262,14 @@ def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
               help="A directory for one FITS file per stamp, or a file ending in .npz for all stamps.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a contact sheet of the stamps to this PNG.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Cut on this running Dask scheduler (tcp://host:8786) instead of in this process.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Cut on a local Dask cluster of N worker processes (127.0.0.1, no dashboard).")
 def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, boxes: Path | None,
-           radec: Path | None, size: str | None, mode: str, out: Path | None, png: Path | None) -> None:
-    """Cut postage stamps out of one image with a few coalesced range reads."""
+           radec: Path | None, size: str | None, mode: str, out: Path | None, png: Path | None,
+           scheduler: str | None, workers: int | None) -> None:
+    """Cut postage stamps out of one image with a few coalesced range reads (optionally on Dask)."""
     import time
 
     from objbutler.butler import Butler
@@ -219,12 +285,20 @@ def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | Non
         raise click.UsageError("give exactly one of --boxes and --radec")
     if radec is not None and size is None:
         raise click.UsageError("--radec needs --size")
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("give --scheduler or --workers, not both")
     butler = Butler(uri)
     ref = butler.find(dataset_type, parse_data_id(data_id), run)
     requests = read_boxes_csv(boxes) if boxes is not None else read_radec_csv(radec)  # type: ignore[arg-type]
     start = time.perf_counter()
-    stamps = butler.get_cutouts(ref, requests, mode=mode,  # type: ignore[arg-type]
-                                size=_parse_size(size) if radec is not None else None)
+    stamp_size = _parse_size(size) if radec is not None else None
+    if scheduler is not None or workers is not None:
+        from objbutler.dask import run_cutout_job
+
+        stamps = run_cutout_job(uri, ref, requests, scheduler=scheduler, workers=workers,
+                                mode=mode, size=stamp_size)  # type: ignore[arg-type]
+    else:
+        stamps = butler.get_cutouts(ref, requests, mode=mode, size=stamp_size)  # type: ignore[arg-type]
     click.echo(f"{len(stamps)} stamps in {time.perf_counter() - start:.3f} s")
     if out is not None:
         if out.suffix == ".npz":
@@ -262,6 +336,56 @@ def demo(repo: str, stamps: int, size: int, png: str | None) -> None:
     from objbutler.demo import run_demo
 
     run_demo(repo, n_stamps=stamps, image_size=size, png=png, echo=click.echo)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--type", "dataset_type", default=None, help="Only datasets of this type.")
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Data ID condition (repeatable).")
+@run_option
+@click.option("--with-inputs", is_flag=True, help="Also copy provenance inputs, recursively within SRC.")
+@click.option("--jobs", default=8, show_default=True, help="Datasets copied at once.")
+@click.option("--batch-size", default=32, show_default=True, help="Datasets per registry commit.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], run: str | None,
+          with_inputs: bool, jobs: int, batch_size: int, no_progress: bool) -> None:
+    """Copy datasets (data and registry entries) from SRC into DST, creating DST if needed.
+
+    Checksums are verified; rerunning an interrupted clone copies only what is missing.
+    """
+    from objbutler.clone import clone as run_clone
+
+    report = run_clone(src, dst, dataset_type=dataset_type, where=parse_data_id(where), run=run,
+                       with_inputs=with_inputs, progress=not no_progress, jobs=jobs, batch_size=batch_size)
+    for ref, reason in report.failed:
+        click.echo(f"error: {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run}: {reason}", err=True)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("suite", type=click.Choice(["cutouts", "registry", "all"]))
+@click.option("--target", default="localstack", show_default=True,
+              help="localstack, moto, swift, local, an s3:// URI (AWS_* variables) or a directory.")
+@click.option("--quick", is_flag=True, help="Short run (under 3 minutes; slow baselines on a few stamps, labelled ~).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows here.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write README.md and PNG plots into this directory.")
+@click.option("--image-size", type=click.IntRange(64), default=None, help="Side of the cutouts image [default: 4096].")
+@click.option("--smoke", is_flag=True, hidden=True, help="Tiny registry suite (for the unit test).")
+def bench(suite: str, target: str, quick: bool, json_path: Path | None, report_dir: Path | None,
+          image_size: int | None, smoke: bool) -> None:
+    """Benchmark objbutler against what users do today (runs from a source checkout: benchmarks/)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise click.ClickException(f"objbutler bench needs the source checkout's benchmarks/ next to {root}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run import main as run_benchmarks
+
+    sys.exit(run_benchmarks(suite, target, quick=quick, json_path=json_path, report_dir=report_dir,
+                            image_size=image_size, smoke=smoke))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ import dataclasses
 import datetime as dt
 import hashlib
 from collections import defaultdict
+from collections.abc import Mapping
 
 from objbutler.butler import Butler
+from objbutler.errors import NotFoundError
 from objbutler.formats.zarr_array import zarr_checksum
 from objbutler.registry.records import DatasetRef
 from objbutler.stores import ObjectMeta
 
-__all__ = ["FsckReport", "Orphan", "fsck", "parse_age", "vacuum"]
+__all__ = ["FsckReport", "Orphan", "content_checksum", "dataset_problem", "fsck", "parse_age", "vacuum"]
 
 DATA_PREFIX = "data/"
 
@@ -96,16 +98,59 @@ def _problem(butler: Butler, ref: DatasetRef, objects: list[ObjectMeta] | None, 
     if size != ref.size:
         return f"size is {size} bytes, the registry recorded {ref.size}"
     if verify:
-        if ref.format == "zarr":
-            keys = [m.key for m in objects]
-            bodies = butler.store.get_many(keys)
-            relative = {k[len(ref.key) + 1 :]: b for k, b in zip(keys, bodies, strict=True)}
-            digest = f"sha256:{zarr_checksum(relative)}"
-        else:
-            digest = f"sha256:{hashlib.sha256(butler.store.get(ref.key)).hexdigest()}"
+        keys = [m.key for m in objects]
+        digest = content_checksum(ref, dict(zip(keys, butler.store.get_many(keys), strict=True)))
         if digest != ref.checksum:
             return f"checksum is {digest}, the registry recorded {ref.checksum}"
     return None
+
+
+def content_checksum(ref: DatasetRef, objects: Mapping[str, bytes]) -> str:
+    """The checksum of a dataset's stored bytes, computed as the registry records it.
+
+    Parameters
+    ----------
+    ref : DatasetRef
+        The dataset (its format and key).
+    objects : mapping of str to bytes
+        Store key -> bytes of every object it consists of (one, except for Zarr).
+
+    Returns
+    -------
+    str
+        ``sha256:<hex>`` (Zarr: :func:`~objbutler.formats.zarr_array.zarr_checksum` over relative keys).
+    """
+    if ref.format == "zarr":
+        base = len(ref.key.rstrip("/")) + 1
+        return f"sha256:{zarr_checksum({key[base:]: data for key, data in objects.items()})}"
+    return f"sha256:{hashlib.sha256(objects[ref.key]).hexdigest()}"
+
+
+def dataset_problem(butler: Butler, ref: DatasetRef, verify_checksums: bool = False) -> str | None:
+    """Why one registry entry's data is missing or corrupt, or None when it is in place.
+
+    Parameters
+    ----------
+    butler : Butler
+        The repository.
+    ref : DatasetRef
+        The entry.
+    verify_checksums : bool
+        Also read the data and compare checksums (sizes are always compared).
+
+    Returns
+    -------
+    str or None
+        The problem, as fsck reports it.
+    """
+    if ref.format == "zarr":
+        objects = list(butler.store.list(ref.key.rstrip("/") + "/"))
+    else:
+        try:
+            objects = [butler.store.head(ref.key)]
+        except NotFoundError:
+            objects = []
+    return _problem(butler, ref, objects, verify_checksums)
 
 
 def fsck(butler: Butler, verify_checksums: bool = False) -> FsckReport:

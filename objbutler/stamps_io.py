@@ -56,7 +56,7 @@ def write_fits_stamps(stamps: Sequence[Cutout], directory: Path, stem: str = "st
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for stamp in stamps:
-        header = stamp.wcs.to_header() if stamp.wcs is not None else fits.Header()
+        header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
         for name in ("x0", "y0", "x1", "y1"):
             header[f"BBOX_{name.upper()}"] = (getattr(stamp.bbox, name), f"{name} of the stamp in parent pixels")
         path = directory / f"{stem}-{stamp.index:05d}.fits"

@@ -134,13 +134,16 @@ def _table_to_parquet(table: Any) -> bytes:
         column = table[name]
         meta: dict[str, str] = {}
         if isinstance(column, Time):
-            values = column.mjd
-            meta = {"astropy_time_scale": column.scale, "astropy_time_format": "mjd"}
+            values = column.mjd  # float64 MJD: about 1 microsecond resolution at present epochs
+            meta = {"astropy_time_scale": column.scale, "astropy_time_format": "mjd",
+                    "astropy_time_shown_as": column.format}
         else:
             values = np.asarray(column)
             unit = getattr(column, "unit", None)
             if unit is not None:
                 meta["unit"] = unit.to_string()
+        if column.info.description:
+            meta["description"] = str(column.info.description)
         array = pa.array(values)
         fields.append(pa.field(name, array.type, metadata=meta or None))
         arrays.append(array)
@@ -155,6 +158,7 @@ def _table_to_parquet(table: Any) -> bytes:
 
 
 def _parquet_to_table(data: bytes) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from astropy import units as u
     from astropy.table import Table
@@ -165,12 +169,17 @@ def _parquet_to_table(data: bytes) -> Any:
     for field, column in zip(arrow.schema, arrow.columns, strict=True):
         meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
         values = column.to_numpy(zero_copy_only=False)
+        if (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) and column.null_count == 0:
+            values = values.astype(str)
         if "astropy_time_scale" in meta:
             table[field.name] = Time(values, format="mjd", scale=meta["astropy_time_scale"])
+            with contextlib.suppress(ValueError):
+                table[field.name].format = meta.get("astropy_time_shown_as", "mjd")
         elif "unit" in meta:
             table[field.name] = values * u.Unit(meta["unit"])
         else:
             table[field.name] = values
+        table[field.name].info.description = meta.get("description")
     return table
 
 
