@@ -148,6 +148,23 @@ def test_settings_from_arguments_and_environment(tmp_path: Path) -> None:
     assert parse_size("500M") == 500 * 2**20 and parse_size("1GiB") == 2**30 and parse_size("1234") == 1234
 
 
+def test_a_repository_recreated_at_the_same_uri_is_not_served_stale(tmp_path: Path) -> None:
+    import shutil
+
+    old = Butler.create(str(tmp_path / "repo"))
+    old_ref = old.put({"generation": 1}, "metric", {"visit": 1}, run="r")
+    cached = Butler(str(tmp_path / "repo"), cache=tmp_path / "cache")
+    assert cached.get(old_ref) == {"generation": 1}
+    shutil.rmtree(tmp_path / "repo")
+    new = Butler.create(str(tmp_path / "repo"))  # same URI, same log entry names, other bytes
+    new_ref = new.put({"generation": 2}, "metric", {"visit": 1}, run="r")
+    again = Butler(str(tmp_path / "repo"), cache=tmp_path / "cache")
+    assert [r.id for r in again.query()] == [new_ref.id]
+    assert again.get("metric", {"visit": 1}, run="r") == {"generation": 2}
+    offline = Butler(str(tmp_path / "repo"), cache=tmp_path / "cache", offline=True)
+    assert [r.id for r in offline.query()] == [new_ref.id]
+
+
 # -- the Butler with a cache ---------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ PAGES = {
     "howto/s3.md": "localstack",
     "howto/swift.md": "swift",
     "howto/offline.md": "localstack",
+    "howto/dask.md": None,
 }
 
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -30,6 +30,9 @@ Layout and sharing
     file or none. A file's modification time is the server's
     ``last_modified`` (offline listings report it, which the timestamped
     Swift log orders by); its access time, set on every hit, drives the LRU.
+    "Immutable" holds for one repository's lifetime: when an online read
+    finds the repository's ``objbutler.json`` changed (deleted and created
+    again under the same URI), everything cached for it is dropped.
 
 Size bound
     ``max_bytes`` bounds the whole cache (every namespace). A process that
@@ -54,12 +57,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -211,6 +217,11 @@ class CachingStore:
         Switch to offline mode when the server is unreachable.
     reconnect_after : float
         Seconds an automatic switch lasts before the server is tried again.
+    identity_key : str or None
+        An object written once when the repository is created (its config).
+        If an online read finds it changed, the repository was deleted and
+        recreated under the same URI, and every object cached for it is
+        dropped (its "immutable" keys, such as log entry 1, now name other bytes).
     """
 
     def __init__(
@@ -224,9 +235,16 @@ class CachingStore:
         fill_on_range_read: bool = False,
         auto_offline: bool = True,
         reconnect_after: float = 60.0,
+        identity_key: str | None = "objbutler.json",
     ) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self._init_args: dict[str, Any] = {
+            "max_bytes": max_bytes, "offline": offline, "immutable_prefixes": tuple(immutable_prefixes),
+            "fill_on_range_read": fill_on_range_read, "auto_offline": auto_offline,
+            "reconnect_after": reconnect_after, "identity_key": identity_key,
+        }
+        self.identity_key = identity_key
         self.inner = inner
         self.cache_dir = Path(cache_dir).expanduser().absolute()
         self.max_bytes = max_bytes
@@ -241,21 +259,20 @@ class CachingStore:
         namespace, identity = _namespace(inner)
         self.root = self._top / namespace
         self._local = LocalStore(self.root / "o", durable=False)
-        self._write_identity(identity)
+        self._describe_namespace(identity)
         self._lock = threading.Lock()
         self._timestamps: dict[str, dt.datetime] = {}  # server last_modified of listed registry keys
         self._usage: int | None = None
         self._measured_at = 0.0
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.inner, self.cache_dir, self.max_bytes, self._forced_offline, self.immutable_prefixes,
-                           self.fill_on_range_read, self.auto_offline, self.reconnect_after))
+        return (functools.partial(CachingStore, **self._init_args), (self.inner, self.cache_dir))
 
     def __repr__(self) -> str:
         mode = ", offline=True" if self.offline else ""
         return f"CachingStore({self.inner!r}, {str(self.cache_dir)!r}{mode})"
 
-    def _write_identity(self, identity: dict[str, str]) -> None:
+    def _describe_namespace(self, identity: dict[str, str]) -> None:
         marker = self.root / "store.json"
         if not marker.exists():
             with contextlib.suppress(OSError):
@@ -339,6 +356,20 @@ class CachingStore:
             return
         self._account(len(data))
 
+    def _check_identity(self, data: bytes) -> None:
+        """Forget every cached object if the repository was recreated since it was cached."""
+        assert self.identity_key is not None
+        cached = self._cached_get(self.identity_key)
+        if cached is None or cached == data:
+            return
+        log.warning("%s was recreated since it was cached: dropping its cached objects", self.uri)
+        doomed = self.root / f"{_TMP_PREFIX}dropped-{uuid.uuid4().hex}"
+        with contextlib.suppress(OSError):
+            os.replace(self._local.root, doomed)  # atomic: readers see the old files or none
+        (self.root / REGISTRY_SEEN).unlink(missing_ok=True)
+        shutil.rmtree(doomed, ignore_errors=True)
+        self._local.root.mkdir(parents=True, exist_ok=True)
+
     def _discard(self, key: str) -> None:
         with contextlib.suppress(OSError, ObjButlerError):
             self._local.delete(key)
@@ -362,6 +393,8 @@ class CachingStore:
             data = self._remote(lambda: self.inner.get(key))
         except _WentOfflineError:
             return self.get(key)
+        if key == self.identity_key:
+            self._check_identity(data)
         self._fill(key, data)
         return data
 
@@ -586,8 +619,3 @@ class CachingStore:
                 path.parent.rmdir()
         return removed, total
 
-
-def _rebuild(inner: Store, cache_dir: Path, max_bytes: int, offline: bool, prefixes: tuple[str, ...],
-             fill: bool, auto: bool, reconnect: float) -> CachingStore:
-    return CachingStore(inner, cache_dir, max_bytes, offline, immutable_prefixes=prefixes, fill_on_range_read=fill,
-                        auto_offline=auto, reconnect_after=reconnect)
