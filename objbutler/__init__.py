@@ -28,6 +28,7 @@ _EXPORTS = {
     "InvalidCutoutError": "objbutler.errors",
     "NotFoundError": "objbutler.errors",
     "NotSupportedError": "objbutler.errors",
+    "OfflineError": "objbutler.errors",
     "ObjButlerError": "objbutler.errors",
     "Activity": "objbutler.provenance",
     "RepoPutResult": "objbutler.multi",
@@ -47,6 +48,7 @@ __all__ = [
     "NotFoundError",
     "NotSupportedError",
     "ObjButlerError",
+    "OfflineError",
     "RepoPutResult",
     "__version__",
     "put_many_repos",
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
         NotFoundError,
         NotSupportedError,
         ObjButlerError,
+        OfflineError,
     )
     from objbutler.multi import RepoPutResult, put_many_repos
     from objbutler.provenance import Activity
