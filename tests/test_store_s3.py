@@ -1,27 +1,26 @@
 """S3Store: the conformance suite on moto and LocalStack, plus S3-specific behaviour.
 
 Error translation and retries are tested against a tiny scripted HTTP server
-on 127.0.0.1 that answers what each test tells it to (503 then 200, 403, 409,
-...), so the real botocore client, the real translation and the real retry
-loop run end to end. Range reads are checked through a byte-counting TCP proxy
-in front of moto.
+on 127.0.0.1 (:class:`remote_store_helpers.ScriptedServer`) that answers what
+each test tells it to (503 then 200, 403, 409, ...), so the real botocore
+client, the real translation and the real retry loop run end to end. Range
+reads are checked through a byte-counting TCP proxy in front of moto.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import os
-import pickle
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import remote_store_helpers as remote
+from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer
 
 from objbutler.errors import (
     AlreadyExistsError,
@@ -34,8 +33,6 @@ from objbutler.stores import RetryPolicy, open_store
 from objbutler.stores.s3 import S3Store
 from objbutler.testing.conformance import StoreConformanceTests
 from objbutler.testing.servers import ServerInfo
-
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0)
 
 
 def _store_for(server: ServerInfo, bucket: str, prefix: str, **options: object) -> S3Store:
@@ -90,100 +87,25 @@ class TestS3StoreLocalStack(StoreConformanceTests):
 # -- a scripted S3 endpoint -----------------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    """One scripted HTTP answer."""
-
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
 def s3_error(status: int, code: str, message: str = "scripted") -> Answer:
     body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
     return Answer(status, body, {"Content-Type": "application/xml"})
 
 
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
+class ScriptedS3(ScriptedServer):
+    """The scripted server as an S3 endpoint, bucket ``bkt``."""
 
-
-class ScriptedS3:
-    """A threaded HTTP server on 127.0.0.1 that answers from a script (or a default)."""
-
-    def __init__(self) -> None:
-        self.script: list[Answer] = []
-        self.default: Callable[[Seen], Answer] = lambda seen: Answer(200, b"")
-        self.seen: list[Seen] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                with outer._lock:
-                    outer.seen.append(seen)
-                    answer = outer.script.pop(0) if outer.script else outer.default(seen)
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                try:
-                    time.sleep(answer.delay)
-                    self.send_response(answer.status)
-                    for name, value in answer.headers.items():
-                        self.send_header(name, value)
-                    if "Content-Length" not in answer.headers:
-                        self.send_header("Content-Length", str(len(answer.body)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(answer.body)
-                finally:
-                    with outer._lock:
-                        outer.in_flight -= 1
-
-            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _serve  # noqa: N815
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def store(self, **options: object) -> S3Store:
-        opts: dict[str, object] = {"retry": FAST_RETRY, **options}
+    def store(self, **options: Any) -> S3Store:
+        opts: dict[str, Any] = {"retry": FAST_RETRY, **options}
         return S3Store(
-            "bkt",
-            "pre",
-            endpoint_url=self.endpoint,
-            access_key="a",
-            secret_key="b",
-            region="us-east-1",
-            **opts,  # type: ignore[arg-type]
+            "bkt", "pre", endpoint_url=self.endpoint, access_key="a", secret_key="b", region="us-east-1", **opts
         )
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
 def scripted() -> Iterator[ScriptedS3]:
-    server = ScriptedS3()
-    yield server
-    server.close()
+    with ScriptedS3() as server:
+        yield server
 
 
 # -- error translation and retries ----------------------------------------------------------
@@ -206,10 +128,7 @@ def test_503_then_200_is_retried(scripted: ScriptedS3) -> None:
     ],
 )
 def test_transient_answers_exhaust_the_retry_policy(scripted: ScriptedS3, answer: Answer) -> None:
-    scripted.default = lambda seen: answer
-    with pytest.raises(TransientStoreError):
-        scripted.store().get("k")
-    assert len(scripted.seen) == FAST_RETRY.attempts
+    remote.assert_retried_until_exhausted(scripted, answer, lambda store: store.get("k"))
 
 
 @pytest.mark.parametrize(
@@ -217,17 +136,11 @@ def test_transient_answers_exhaust_the_retry_policy(scripted: ScriptedS3, answer
     [s3_error(403, "AccessDenied"), s3_error(400, "InvalidArgument"), s3_error(403, "SignatureDoesNotMatch")],
 )
 def test_4xx_is_final_and_not_retried(scripted: ScriptedS3, answer: Answer) -> None:
-    scripted.default = lambda seen: answer
-    with pytest.raises(StoreError) as info:
-        scripted.store().get("k")
-    assert not isinstance(info.value, TransientStoreError)
-    assert len(scripted.seen) == 1
+    remote.assert_not_retried(scripted, answer, lambda store: store.get("k"))
 
 
 def test_unreachable_endpoint_is_transient() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    port = remote.closed_port()
     store = S3Store(
         "bkt",
         endpoint_url=f"http://127.0.0.1:{port}",
@@ -287,14 +200,11 @@ def test_lost_answer_to_a_create_that_landed(scripted: ScriptedS3) -> None:
     # The object then holds our bytes (etag == MD5), so the create succeeded.
     data = b"log entry 7"
     md5 = hashlib.md5(data).hexdigest()
-    scripted.script = [
-        s3_error(503, "SlowDown"),
-        s3_error(412, "PreconditionFailed"),
-        Answer(200, headers={"ETag": f'"{md5}"', "Content-Length": str(len(data))}),
-    ]
-    meta = scripted.store().put_if_absent("log/7", data)
+    head = Answer(200, headers={"ETag": f'"{md5}"', "Content-Length": str(len(data))})
+    meta = remote.assert_lost_create_recovered(
+        scripted, "log/7", data, s3_error(503, "SlowDown"), s3_error(412, "PreconditionFailed"), head
+    )
     assert meta.etag == md5
-    assert [s.method for s in scripted.seen] == ["PUT", "PUT", "HEAD"]
 
 
 def test_lost_answer_and_someone_else_won(scripted: ScriptedS3) -> None:
@@ -377,17 +287,9 @@ def test_create_bucket_option(moto_server: ServerInfo) -> None:
 def test_pickle_round_trip_without_client(moto_store: S3Store) -> None:
     moto_store.put("p", b"payload")
     assert moto_store._client_obj is not None
-    payload = pickle.dumps(moto_store)
-    assert b"botocore" not in payload
-    clone = pickle.loads(payload)
-    assert isinstance(clone, S3Store)
+    clone = remote.assert_pickles_as_arguments(moto_store, b"botocore")
     assert clone._client_obj is None
-    assert (clone.uri, clone.endpoint_url, clone.max_concurrency, clone.retry) == (
-        moto_store.uri,
-        moto_store.endpoint_url,
-        moto_store.max_concurrency,
-        moto_store.retry,
-    )
+    assert clone.endpoint_url == moto_store.endpoint_url
     assert clone.get("p") == b"payload"
     assert clone._client() is not moto_store._client()
 
@@ -407,9 +309,7 @@ def test_open_store_uri(moto_server: ServerInfo, moto_bucket: str) -> None:
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> pytest.MonkeyPatch:
     """An environment with no AWS configuration but what each test sets."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
+    remote.clear_environment(monkeypatch, "AWS_")
     monkeypatch.setenv("AWS_CONFIG_FILE", os.path.join(tmp_path, "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.path.join(tmp_path, "no-credentials"))
     return monkeypatch

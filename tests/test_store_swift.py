@@ -1,26 +1,23 @@
 """SwiftStore: the conformance suite on a real single-node Swift, plus Swift-specific behaviour.
 
 Error translation, retries and connection handling are tested against a tiny
-scripted HTTP server on 127.0.0.1 that speaks v1 auth and then answers what
-each test tells it to, so the real swiftclient, the real translation and the
-real retry loop run end to end.
+scripted HTTP server on 127.0.0.1 (:class:`remote_store_helpers.ScriptedServer`)
+that speaks v1 auth and then answers what each test tells it to, so the real
+swiftclient, the real translation and the real retry loop run end to end.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import http.server
-import os
-import pickle
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import remote_store_helpers as remote
+from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer, Seen
 
 from objbutler.errors import (
     AlreadyExistsError,
@@ -33,8 +30,6 @@ from objbutler.stores import RetryPolicy, open_store
 from objbutler.stores.swift import SwiftStore, _timestamp
 from objbutler.testing.conformance import StoreConformanceTests, race
 from objbutler.testing.servers import ServerInfo
-
-FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0)
 
 
 def _store_for(server: ServerInfo, container: str, prefix: str, **options: object) -> SwiftStore:
@@ -132,16 +127,8 @@ def test_swift_ignores_if_match_so_the_store_refuses(swift_store: SwiftStore) ->
 def test_pickle_round_trip_without_connections(swift_store: SwiftStore) -> None:
     swift_store.put("p", b"payload")
     assert swift_store._idle
-    payload = pickle.dumps(swift_store)
-    assert b"swiftclient" not in payload
-    clone = pickle.loads(payload)
-    assert isinstance(clone, SwiftStore)
+    clone = remote.assert_pickles_as_arguments(swift_store, b"swiftclient")
     assert clone._idle == [] and clone._token is None
-    assert (clone.uri, clone.max_concurrency, clone.retry) == (
-        swift_store.uri,
-        swift_store.max_concurrency,
-        swift_store.retry,
-    )
     assert clone.get("p") == b"payload"
 
 
@@ -166,10 +153,7 @@ def test_bad_credentials_are_not_retried(swift_server: ServerInfo) -> None:
 @pytest.fixture
 def swift_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """An environment with no Swift or OpenStack variables but what each test sets."""
-    for name in list(os.environ):
-        if name.startswith(("ST_", "OS_")):
-            monkeypatch.delenv(name)
-    return monkeypatch
+    return remote.clear_environment(monkeypatch, "ST_", "OS_")
 
 
 @pytest.mark.servers
@@ -249,100 +233,30 @@ def test_no_credentials_is_a_clear_error(swift_env: pytest.MonkeyPatch) -> None:
 # -- a scripted Swift endpoint ---------------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    """One scripted HTTP answer."""
-
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class ScriptedSwift:
-    """A threaded HTTP server on 127.0.0.1: v1 auth, then answers from a script (or a default)."""
+class ScriptedSwift(ScriptedServer):
+    """The scripted server as a Swift proxy with v1 auth (``auths`` counts the authentications)."""
 
     def __init__(self) -> None:
-        self.script: list[Answer] = []
-        self.default: Callable[[Seen], Answer] = lambda seen: Answer(200, b"")
-        self.seen: list[Seen] = []
         self.auths = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        outer = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def unscripted(self, seen: Seen) -> Answer | None:
+        if seen.path != "/auth/v1.0":
+            return None
+        with self._lock:
+            self.auths += 1
+        time.sleep(0.01)
+        return Answer(200, headers={"X-Storage-Url": f"{self.endpoint}/v1/AUTH_test", "X-Auth-Token": "AUTH_tk1"})
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _answer(self, answer: Answer) -> None:
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                if "Content-Length" not in answer.headers:
-                    self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(answer.body)
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if self.path == "/auth/v1.0":
-                    with outer._lock:
-                        outer.auths += 1
-                    time.sleep(0.01)
-                    self._answer(
-                        Answer(
-                            200, headers={"X-Storage-Url": f"{outer.endpoint}/v1/AUTH_test", "X-Auth-Token": "AUTH_tk1"}
-                        )
-                    )
-                    return
-                seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                with outer._lock:
-                    outer.seen.append(seen)
-                    answer = outer.script.pop(0) if outer.script else outer.default(seen)
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                try:
-                    time.sleep(answer.delay)
-                    self._answer(answer)
-                finally:
-                    with outer._lock:
-                        outer.in_flight -= 1
-
-            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _serve  # noqa: N815
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
-
-    def store(self, **options: object) -> SwiftStore:
-        opts: dict[str, object] = {"retry": FAST_RETRY, **options}
-        return SwiftStore("cont", "pre", auth_url=f"{self.endpoint}/auth/v1.0", user="t:t", key="k", **opts)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def store(self, **options: Any) -> SwiftStore:
+        opts: dict[str, Any] = {"retry": FAST_RETRY, **options}
+        return SwiftStore("cont", "pre", auth_url=f"{self.endpoint}/auth/v1.0", user="t:t", key="k", **opts)
 
 
 @pytest.fixture
 def scripted() -> Iterator[ScriptedSwift]:
-    server = ScriptedSwift()
-    yield server
-    server.close()
+    with ScriptedSwift() as server:
+        yield server
 
 
 def test_503_then_200_is_retried(scripted: ScriptedSwift) -> None:
@@ -354,19 +268,12 @@ def test_503_then_200_is_retried(scripted: ScriptedSwift) -> None:
 
 @pytest.mark.parametrize("status", [500, 503, 507, 408, 422])
 def test_transient_answers_exhaust_the_retry_policy(scripted: ScriptedSwift, status: int) -> None:
-    scripted.default = lambda seen: Answer(status)
-    with pytest.raises(TransientStoreError):
-        scripted.store().put("k", b"x")
-    assert len(scripted.seen) == FAST_RETRY.attempts
+    remote.assert_retried_until_exhausted(scripted, Answer(status), lambda store: store.put("k", b"x"))
 
 
 @pytest.mark.parametrize("status", [400, 403, 405])
 def test_4xx_is_final_and_not_retried(scripted: ScriptedSwift, status: int) -> None:
-    scripted.default = lambda seen: Answer(status)
-    with pytest.raises(StoreError) as info:
-        scripted.store().get("k")
-    assert not isinstance(info.value, TransientStoreError)
-    assert len(scripted.seen) == 1
+    remote.assert_not_retried(scripted, Answer(status), lambda store: store.get("k"))
 
 
 def test_expired_token_reauthenticates_once(scripted: ScriptedSwift) -> None:
@@ -377,9 +284,7 @@ def test_expired_token_reauthenticates_once(scripted: ScriptedSwift) -> None:
 
 
 def test_unreachable_endpoint_is_transient() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = remote.closed_port()
     store = SwiftStore(
         "c",
         auth_url=f"http://127.0.0.1:{port}/auth/v1.0",
@@ -406,15 +311,10 @@ def test_create_sends_if_none_match_and_412_means_exists(scripted: ScriptedSwift
 def test_lost_answer_to_a_create_that_landed(scripted: ScriptedSwift) -> None:
     data = b"commit 12"
     digest = hashlib.md5(data).hexdigest()
-    scripted.script = [
-        Answer(503),
-        Answer(412),
-        Answer(200, headers={"Etag": digest, "Content-Length": str(len(data)), "X-Timestamp": "1795667952.15510"}),
-    ]
-    meta = scripted.store().put_if_absent("log/12", data)
+    head = Answer(200, headers={"Etag": digest, "Content-Length": str(len(data)), "X-Timestamp": "1795667952.15510"})
+    meta = remote.assert_lost_create_recovered(scripted, "log/12", data, Answer(503), Answer(412), head)
     assert (meta.etag, meta.size) == (digest, len(data))
     assert meta.last_modified == _timestamp("1795667952.15510")
-    assert [s.method for s in scripted.seen] == ["PUT", "PUT", "HEAD"]
 
 
 def test_put_if_match_sends_nothing(scripted: ScriptedSwift) -> None:

@@ -35,24 +35,24 @@ exception family to translate.
 
 botocore's own retries are off: every request runs under
 :func:`~objbutler.stores._retry.call_with_retries`, and every botocore error
-is turned into an objbutler error by :func:`_translate` alone.
+is turned into an objbutler error by :meth:`S3Store._translate` alone.
+Only what is S3's own lives here (the client, its configuration, the native
+calls and error codes); the request plumbing that S3 and Swift share is
+:class:`~objbutler.stores._remote.RemoteStore`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import botocore.config
 import botocore.exceptions
 import botocore.session
-import urllib3.exceptions
 
 from objbutler.errors import (
     AlreadyExistsError,
@@ -62,24 +62,14 @@ from objbutler.errors import (
     StoreError,
     TransientStoreError,
 )
-from objbutler.stores._base import (
-    ByteRange,
-    ObjectMeta,
-    RangeLike,
-    StoreCapabilities,
-    normalize_ranges,
-    validate_key,
-    validate_prefix,
-)
-from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
-from objbutler.stores._retry import RetryPolicy, call_with_retries
+from objbutler.stores._base import ByteRange, ObjectMeta, StoreCapabilities
+from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
+from objbutler.stores._remote import NETWORK_ERRORS, Action, RangeNotSatisfiableError, RemoteStore, range_header
+from objbutler.stores._retry import RetryPolicy
 
 __all__ = ["S3Store"]
 
 T = TypeVar("T")
-
-Action = Literal["read", "write", "create", "match", "delete", "list", "bucket"]
-"""What a request was for; decides what a 409/412 answer means."""
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -109,83 +99,11 @@ class _NoSuchBucketError(NotFoundError):
     """The bucket itself is missing (not just the key): deleting a key there is an error."""
 
 
-class _RangeNotSatisfiableError(StoreError):
-    """A 416 answer: the range starts at or after the end of the object."""
-
-
-def _translate(exc: BaseException, *, key: str | None, store: S3Store, action: Action) -> ObjButlerError:
-    """Turn a botocore/urllib3 exception into the objbutler error it means.
-
-    The only place where botocore errors are inspected.
-
-    Parameters
-    ----------
-    exc : BaseException
-        What botocore raised.
-    key : str or None
-        The key (relative to the store) the request was about.
-    store : S3Store
-        The store, for messages.
-    action : str
-        What the request was for: a 412/409 answer to a ``"create"`` means the
-        key exists, to a ``"match"`` that the etag is stale.
-
-    Returns
-    -------
-    ObjButlerError
-        The error to raise (``TransientStoreError`` for what deserves a retry).
-    """
-    what = f"{key!r} in {store.uri}" if key is not None else store.uri
-    if isinstance(exc, botocore.exceptions.ClientError):
-        response: dict[str, Any] = exc.response or {}
-        error = response.get("Error", {}) or {}
-        code = str(error.get("Code", ""))
-        message = str(error.get("Message", "")) or str(exc)
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code == "NoSuchBucket":
-            return _NoSuchBucketError(
-                f"bucket {store.bucket!r} does not exist at {store.endpoint} "
-                f"(create it, or open the store with create_bucket=True)"
-            )
-        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
-            return NotFoundError(f"no object {what}")
-        if code == "InvalidRange" or status == 416:
-            return _RangeNotSatisfiableError(f"range not satisfiable for {what}")
-        if status == 412 or code in _LOST_RACE_CODES:
-            if action == "create":
-                return AlreadyExistsError(f"object {what} already exists")
-            if action == "match":
-                return PreconditionFailedError(f"object {what} changed since its etag was read ({code})")
-        if status == 409 and action == "bucket":
-            return AlreadyExistsError(f"bucket {store.bucket!r} already exists ({code})")
-        if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
-            return TransientStoreError(f"S3 {action} of {what} failed: {status} {code}: {message}")
-        if status == 403:
-            return StoreError(f"access denied to {what} ({code}: {message}); check the AWS credentials")
-        return StoreError(f"S3 {action} of {what} failed: {status} {code}: {message}")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
-        return StoreError(
-            f"no usable AWS credentials for {store.uri}: pass access_key/secret_key or set "
-            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({exc})"
-        )
-    transient = (
-        botocore.exceptions.ConnectionError,  # endpoint unreachable, connect timeout, proxy
-        botocore.exceptions.HTTPClientError,  # read timeout, connection closed, streaming error
-        botocore.exceptions.IncompleteReadError,
-        urllib3.exceptions.HTTPError,
-        ConnectionError,
-        TimeoutError,
-    )
-    if isinstance(exc, transient):
-        return TransientStoreError(f"S3 {action} of {what} at {store.endpoint} failed: {exc}")
-    return StoreError(f"S3 {action} of {what} failed: {type(exc).__name__}: {exc}")
-
-
-_CAUGHT: tuple[type[BaseException], ...] = (
-    botocore.exceptions.ClientError,
-    botocore.exceptions.BotoCoreError,
-    urllib3.exceptions.HTTPError,
-    OSError,
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ConnectionError,  # endpoint unreachable, connect timeout, proxy
+    botocore.exceptions.HTTPClientError,  # read timeout, connection closed, streaming error
+    botocore.exceptions.IncompleteReadError,
+    *NETWORK_ERRORS,
 )
 
 
@@ -207,7 +125,7 @@ def _read_body(response: dict[str, Any]) -> bytes:
     return data
 
 
-class S3Store:
+class S3Store(RemoteStore):
     """A store in an S3 bucket, keys relative to ``prefix``.
 
     Parameters
@@ -249,6 +167,8 @@ class S3Store:
     capabilities = StoreCapabilities(
         atomic_create=True, compare_and_swap=True, conditional_create_header=True, server_timestamps=True
     )
+    _scheme = "s3"
+    _native_errors = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 
     def __init__(
         self,
@@ -268,22 +188,14 @@ class S3Store:
             raise ValueError(f"invalid S3 bucket name {bucket!r}")
         if (access_key is None) != (secret_key is None):
             raise ValueError("pass both access_key and secret_key, or neither (to use the AWS credential chain)")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        prefix = prefix.strip("/")
-        if prefix:
-            validate_key(prefix)
+        super().__init__(bucket, prefix, max_concurrency, retry)
         self.bucket = bucket
-        self.prefix = prefix
         self.endpoint_url = endpoint_url
         self.region = region
         self.create_bucket = create_bucket
-        self.max_concurrency = max_concurrency
-        self.retry = retry
         self._access_key = access_key
         self._secret_key = secret_key
         self._client_options = dict(client_options)
-        self._root = f"{prefix}/" if prefix else ""
         self._lock = threading.Lock()
         self._client_obj: Any = None
         self._client_pid: int | None = None
@@ -292,28 +204,19 @@ class S3Store:
 
     # -- identity ----------------------------------------------------------------------
 
-    def __reduce__(self) -> tuple[Callable[..., S3Store], tuple[str, str]]:
-        constructor = functools.partial(
-            S3Store,
-            endpoint_url=self.endpoint_url,
-            access_key=self._access_key,
-            secret_key=self._secret_key,
-            region=self.region,
-            create_bucket=self.create_bucket,
-            max_concurrency=self.max_concurrency,
-            retry=self.retry,
+    def _options(self) -> dict[str, Any]:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "access_key": self._access_key,
+            "secret_key": self._secret_key,
+            "region": self.region,
+            "create_bucket": self.create_bucket,
             **self._client_options,
-        )
-        return (constructor, (self.bucket, self.prefix))
+        }
 
     def __repr__(self) -> str:
         endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
         return f"S3Store({self.bucket!r}, {self.prefix!r}{endpoint})"
-
-    @property
-    def uri(self) -> str:
-        """``s3://bucket/prefix``."""
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     @property
     def endpoint(self) -> str:
@@ -377,12 +280,8 @@ class S3Store:
 
     def _ensure_bucket(self, client: Any) -> None:
         """Create the bucket unless it exists (``create_bucket=True``)."""
-
-        def retried(request: Callable[[], object]) -> None:
-            call_with_retries(lambda: self._attempt(request, None, "bucket"), self.retry)
-
         try:
-            retried(lambda: client.head_bucket(Bucket=self.bucket))
+            self._retried(lambda: client.head_bucket(Bucket=self.bucket), None, "bucket")
             return
         except NotFoundError:
             pass
@@ -391,150 +290,86 @@ class S3Store:
         if region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         with contextlib.suppress(AlreadyExistsError):  # created meanwhile (or already ours)
-            retried(lambda: client.create_bucket(**kwargs))
+            self._retried(lambda: client.create_bucket(**kwargs), None, "bucket")
 
     # -- request plumbing ---------------------------------------------------------------
 
-    def _attempt(self, request: Callable[[], T], key: str | None, action: Action) -> T:
-        """Run one request, translating what botocore raises."""
-        try:
-            return request()
-        except _CAUGHT as exc:
-            raise _translate(exc, key=key, store=self, action=action) from exc
+    def _ready(self) -> None:
+        self._client()  # created (with its bucket) once, before any retries
 
-    def _call(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
-        """Run ``request(client)`` with translation and retries."""
+    def _attempt(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
         client = self._client()
-        return call_with_retries(lambda: self._attempt(lambda: request(client), key, action), self.retry)
+        return self._translated(lambda: request(client), key, action)
 
-    def _full(self, key: str) -> str:
-        return self._root + validate_key(key)
+    def _translate(self, exc: BaseException, key: str | None, action: Action) -> ObjButlerError:
+        """Turn a botocore/urllib3 exception into the objbutler error it means.
+
+        The only place where botocore errors are inspected. A 412 (or 409)
+        answer to a ``"create"`` means the key exists, to a ``"match"`` that
+        the etag is stale.
+        """
+        what = self._describe(key)
+        if isinstance(exc, botocore.exceptions.ClientError):
+            response: dict[str, Any] = exc.response or {}
+            error = response.get("Error", {}) or {}
+            code = str(error.get("Code", ""))
+            message = str(error.get("Message", "")) or str(exc)
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code == "NoSuchBucket":
+                return _NoSuchBucketError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint} "
+                    f"(create it, or open the store with create_bucket=True)"
+                )
+            if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+                return NotFoundError(f"no object {what}")
+            if code == "InvalidRange" or status == 416:
+                return RangeNotSatisfiableError(f"range not satisfiable for {what}")
+            if status == 412 or code in _LOST_RACE_CODES:
+                if action == "create":
+                    return AlreadyExistsError(f"object {what} already exists")
+                if action == "match":
+                    return PreconditionFailedError(f"object {what} changed since its etag was read ({code})")
+            if status == 409 and action == "bucket":
+                return AlreadyExistsError(f"bucket {self.bucket!r} already exists ({code})")
+            if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
+                return TransientStoreError(f"S3 {action} of {what} failed: {status} {code}: {message}")
+            if status == 403:
+                return StoreError(f"access denied to {what} ({code}: {message}); check the AWS credentials")
+            return StoreError(f"S3 {action} of {what} failed: {status} {code}: {message}")
+        if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+            return StoreError(
+                f"no usable AWS credentials for {self.uri}: pass access_key/secret_key or set "
+                f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({exc})"
+            )
+        if isinstance(exc, _TRANSIENT_ERRORS):
+            return TransientStoreError(f"S3 {action} of {what} at {self.endpoint} failed: {exc}")
+        return StoreError(f"S3 {action} of {what} failed: {type(exc).__name__}: {exc}")
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes:
-        """Return the whole object.
+    def _get_raw(self, client: Any, full: str) -> bytes:
+        return _read_body(client.get_object(Bucket=self.bucket, Key=full))
 
-        Parameters
-        ----------
-        key : str
-            The object's key.
+    def _get_range_raw(self, client: Any, full: str, byte_range: ByteRange) -> bytes:
+        response = client.get_object(Bucket=self.bucket, Key=full, Range=range_header(byte_range))
+        data = _read_body(response)
+        if response.get("ContentRange") is None and response["ResponseMetadata"]["HTTPStatusCode"] == 200:
+            # A server that ignores Range sent the whole object: keep the slice asked for.
+            data = data[byte_range.start : byte_range.stop]
+        return data
 
-        Returns
-        -------
-        bytes
-            Its content.
-
-        Raises
-        ------
-        NotFoundError
-            If there is no such object (or no such bucket).
-        """
-        full = self._full(key)
-        return self._call(lambda c: _read_body(c.get_object(Bucket=self.bucket, Key=full)), key, "read")
-
-    def _get_range(self, key: str, full: str, byte_range: ByteRange) -> bytes:
-        def request(client: Any) -> bytes:
-            response = client.get_object(
-                Bucket=self.bucket, Key=full, Range=f"bytes={byte_range.start}-{byte_range.stop - 1}"
-            )
-            data = _read_body(response)
-            if response.get("ContentRange") is None and response["ResponseMetadata"]["HTTPStatusCode"] == 200:
-                # A server that ignores Range sent the whole object: keep the slice asked for.
-                data = data[byte_range.start : byte_range.stop]
-            return data
-
-        try:
-            return self._call(request, key, "read")
-        except _RangeNotSatisfiableError:
-            return b""
-
-    def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes]:
-        """Return the bytes of each half-open range, in request order.
-
-        One ranged ``GET`` per distinct non-empty range, at most
-        ``max_concurrency`` at a time. The server clips a range to the object's
-        size; a range that starts at or past the end (a 416 answer) gives ``b""``,
-        and an empty range gives ``b""`` without a request. When every range is
-        empty, one ``HEAD`` still checks that the object exists.
-
-        Parameters
-        ----------
-        key : str
-            The object's key.
-        ranges : sequence of ByteRange or (start, stop)
-            Half-open byte ranges.
-
-        Returns
-        -------
-        list of bytes
-            One entry per range, in order.
-
-        Raises
-        ------
-        NotFoundError
-            If there is no such object.
-        """
-        wanted = normalize_ranges(ranges)
-        full = self._full(key)
-        distinct = sorted({r for r in wanted if r.length}, key=lambda r: (r.start, r.stop))
-        if not distinct:
-            self.head(key)
-            return [b""] * len(wanted)
-        fetched = run_concurrently(lambda r: self._get_range(key, full, r), distinct, self.max_concurrency)
-        by_range = dict(zip(distinct, fetched, strict=True))
-        return [by_range[r] if r.length else b"" for r in wanted]
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes]:
-        """Return several whole objects, in request order, at most ``max_concurrency`` at a time."""
-        for key in keys:
-            validate_key(key)
-        return run_concurrently(self.get, list(keys), self.max_concurrency)
-
-    def head(self, key: str) -> ObjectMeta:
-        """Return an object's size, etag (without quotes) and server ``Last-Modified`` (UTC).
-
-        Raises
-        ------
-        NotFoundError
-            If there is no such object (or no such bucket).
-        """
-        full = self._full(key)
-        response: dict[str, Any] = self._call(lambda c: c.head_object(Bucket=self.bucket, Key=full), key, "read")
+    def _head_raw(self, client: Any, key: str, full: str) -> ObjectMeta:
+        """``HEAD`` the object: its size, etag (without quotes) and server ``Last-Modified`` (UTC)."""
+        response: dict[str, Any] = client.head_object(Bucket=self.bucket, Key=full)
         return ObjectMeta(
             key, int(response["ContentLength"]), _etag(response.get("ETag")), _utc(response.get("LastModified"))
         )
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _put(self, key: str, data: bytes, action: Action, **conditions: str) -> ObjectMeta:
-        full = self._full(key)
-        body = bytes(data)
-        retried_after_transient = False
-
-        def attempt(client: Any) -> dict[str, Any]:
-            nonlocal retried_after_transient
-            try:
-                response: dict[str, Any] = self._attempt(
-                    lambda: client.put_object(Bucket=self.bucket, Key=full, Body=body, **conditions), key, action
-                )
-            except TransientStoreError:
-                retried_after_transient = True
-                raise
-            return response
-
-        client = self._client()
-        try:
-            response = call_with_retries(lambda: attempt(client), self.retry)
-        except (AlreadyExistsError, PreconditionFailedError):
-            # An earlier attempt may have been written although its answer was lost:
-            # then the object now holds exactly our bytes (S3's etag of a single PUT is their MD5).
-            if retried_after_transient:
-                current = self.head(key)
-                if current.etag == hashlib.md5(body, usedforsecurity=False).hexdigest():
-                    return current
-            raise
-        return ObjectMeta(key, len(body), _etag(response.get("ETag")), None)
+    def _put_raw(self, client: Any, full: str, body: bytes, conditions: Mapping[str, str]) -> str | None:
+        response = client.put_object(Bucket=self.bucket, Key=full, Body=body, **conditions)
+        return _etag(response.get("ETag"))
 
     def put(self, key: str, data: bytes) -> ObjectMeta:
         """Write (or replace) an object with one ``PUT``.
@@ -545,7 +380,7 @@ class S3Store:
             Size and etag of what was written (``last_modified`` is None: S3's
             answer to a ``PUT`` does not carry it; :meth:`head` does).
         """
-        return self._put(key, data, "write")
+        return self._put(key, data, "write", {})
 
     def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
         """Create an object only if the key is free (``If-None-Match: *``; atomic).
@@ -555,7 +390,7 @@ class S3Store:
         AlreadyExistsError
             If the object exists (412), or a concurrent create won (409).
         """
-        return self._put(key, data, "create", IfNoneMatch="*")
+        return self._put(key, data, "create", {"IfNoneMatch": "*"})
 
     def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
         """Replace an object only if its etag is still ``etag`` (``If-Match``; atomic).
@@ -568,7 +403,7 @@ class S3Store:
             If there is no such object.
         """
         quoted = '"' + etag.strip('"') + '"'
-        return self._put(key, data, "match", IfMatch=quoted)
+        return self._put(key, data, "match", {"IfMatch": quoted})
 
     def delete(self, key: str) -> None:
         """Delete an object; a missing key is not an error (a missing bucket is)."""
@@ -582,36 +417,18 @@ class S3Store:
 
     # -- listing --------------------------------------------------------------------------
 
-    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
-        """Yield the objects whose key starts with ``prefix``, sorted by key.
-
-        Pages through ``ListObjectsV2`` (1,000 keys a request); each page is
-        fetched (and retried) when the previous one is used up.
-
-        Parameters
-        ----------
-        prefix : str, optional
-            Key prefix relative to the store's root.
-        start_after : str, optional
-            Skip every key ``<=`` this one.
-
-        Yields
-        ------
-        ObjectMeta
-            Key, size, etag and server modification time of each object.
-        """
-        validate_prefix(prefix)
-        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._root + prefix}
+    def _server_listing(self, prefix: str, start_after: str | None) -> Iterator[ObjectMeta]:
+        """Page through ``ListObjectsV2`` (1,000 keys a request)."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after is not None:
-            request["StartAfter"] = self._root + start_after
+            request["StartAfter"] = start_after
+        named = prefix[len(self._root) :] or None  # the prefix the caller asked for, in messages
         while True:
-            page: dict[str, Any] = self._call(lambda c: c.list_objects_v2(**request), prefix or None, "list")
+            page: dict[str, Any] = self._call(lambda c: c.list_objects_v2(**request), named, "list")
             for item in page.get("Contents", ()):
-                full = str(item["Key"])
-                key = full[len(self._root) :]
-                if not full.startswith(self._root) or not key or key.endswith("/"):
-                    continue  # outside the root, or a "directory" marker object
-                yield ObjectMeta(key, int(item["Size"]), _etag(item.get("ETag")), _utc(item.get("LastModified")))
+                yield ObjectMeta(
+                    str(item["Key"]), int(item["Size"]), _etag(item.get("ETag")), _utc(item.get("LastModified"))
+                )
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

@@ -9,48 +9,23 @@ OpenStack variables ``OS_AUTH_URL``, ``OS_USERNAME``, ``OS_PASSWORD``,
 ``OS_AUTH_VERSION``/``OS_IDENTITY_API_VERSION`` says otherwise), or a
 pre-authenticated ``OS_STORAGE_URL`` + ``OS_AUTH_TOKEN``.
 
-What Swift promises (measured on a single-node Swift 2.38.3 on loopback):
-
-* ``If-None-Match: *`` on a PUT is honoured (412) against writers that come one
-  at a time, but **not atomically**: 16 concurrent creates of one key gave 1-4
-  winners. So ``capabilities.atomic_create`` is False and
-  ``conditional_create_header`` is True.
-* ``If-Match`` on a PUT is ignored, so there is no compare-and-swap:
-  :meth:`SwiftStore.put_if_match` raises NotSupportedError (it is never faked
-  with a HEAD and a PUT).
-* Every object carries the proxy's ``X-Timestamp`` (seconds with 5 decimals);
-  :meth:`SwiftStore.head` and :meth:`SwiftStore.list` report it exactly (the
-  listing's ``last_modified`` is the same instant with 6 decimals), so readers
-  can order objects by it.
-
-A swiftclient ``Connection`` is not thread-safe. Each store object keeps its
-own small pool of connections: a worker checks one out for the duration of a
-request, so no two threads ever share one, and connections (with their auth
-token and keep-alive socket) are reused across calls instead of
-re-authenticating for every thread of every call. The token obtained by the
-first connection is handed to the connections made after it, so one store
-authenticates once; a connection whose token expires re-authenticates itself.
-
-swiftclient's own retries are off: every request runs under
-:func:`~objbutler.stores._retry.call_with_retries`, and every swiftclient
-error is turned into an objbutler error by :func:`_translate` alone.
+The connection pool, the native calls and the status codes are Swift's own;
+retries, range reads and listings come from
+:class:`~objbutler.stores._remote.RemoteStore`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import requests.exceptions
 import swiftclient.client
 import swiftclient.exceptions
-import urllib3.exceptions
 
 from objbutler.errors import (
     AlreadyExistsError,
@@ -60,24 +35,21 @@ from objbutler.errors import (
     StoreError,
     TransientStoreError,
 )
-from objbutler.stores._base import (
-    ByteRange,
-    ObjectMeta,
-    RangeLike,
-    StoreCapabilities,
-    normalize_ranges,
-    validate_key,
-    validate_prefix,
+from objbutler.stores._base import ByteRange, ObjectMeta, StoreCapabilities
+from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
+from objbutler.stores._remote import (
+    NETWORK_ERRORS,
+    Action,
+    RangeNotSatisfiableError,
+    RemoteStore,
+    md5_hex,
+    range_header,
 )
-from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
 from objbutler.stores._retry import RetryPolicy, call_with_retries
 
 __all__ = ["SwiftStore"]
 
 T = TypeVar("T")
-
-Action = Literal["read", "write", "create", "delete", "list", "container", "auth"]
-"""What a request was for; decides what a 404/409/412 answer means."""
 
 # OS_* variable -> os_options key, as swiftclient's command line maps them.
 _OS_OPTIONS = {
@@ -102,74 +74,11 @@ _Listing = list[dict[str, Any]]
 _TRANSIENT_STATUSES = frozenset({408, 422, 429, 498, 499})  # 422: body does not match the sent MD5
 
 
-class _RangeNotSatisfiableError(StoreError):
-    """A 416 answer: the range starts at or after the end of the object."""
-
-
-def _translate(exc: BaseException, *, key: str | None, store: SwiftStore, action: Action) -> ObjButlerError:
-    """Turn a swiftclient/requests exception into the objbutler error it means.
-
-    The only place where swiftclient errors are inspected.
-
-    Parameters
-    ----------
-    exc : BaseException
-        What swiftclient raised.
-    key : str or None
-        The key (relative to the store) the request was about.
-    store : SwiftStore
-        The store, for messages.
-    action : str
-        What the request was for: a 412 (or 409) answer to a ``"create"``
-        means the key exists.
-
-    Returns
-    -------
-    ObjButlerError
-        The error to raise (``TransientStoreError`` for what deserves a retry).
-    """
-    what = f"{key!r} in {store.uri}" if key is not None else store.uri
-    if isinstance(exc, swiftclient.exceptions.ClientException):
-        status: int | None = exc.http_status
-        reason = f"{status} {exc.http_reason or ''}".strip() if status else str(exc.msg)
-        if status is None:
-            return StoreError(f"Swift {action} of {what} failed: {exc}")
-        if status == 404:
-            if action in ("list", "container"):
-                return NotFoundError(
-                    f"container {store.container!r} does not exist "
-                    f"(create it, or open the store with create_container=True)"
-                )
-            return NotFoundError(f"no object {what}")
-        if status == 416:
-            return _RangeNotSatisfiableError(f"range not satisfiable for {what}")
-        if status in (409, 412) and action == "create":
-            return AlreadyExistsError(f"object {what} already exists")
-        if status in (401, 403):
-            if action == "auth":
-                return StoreError(f"Swift authentication for {store.uri} failed ({reason}); check the credentials")
-            return StoreError(f"Swift refused {action} of {what} ({reason}); check the credentials")
-        if status >= 500 or status in _TRANSIENT_STATUSES or (status == 409 and action == "write"):
-            return TransientStoreError(f"Swift {action} of {what} failed: {reason}")
-        return StoreError(f"Swift {action} of {what} failed: {reason}")
-    transient = (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-        urllib3.exceptions.HTTPError,
-        ConnectionError,
-        TimeoutError,
-    )
-    if isinstance(exc, transient):
-        return TransientStoreError(f"Swift {action} of {what} failed: {type(exc).__name__}: {exc}")
-    return StoreError(f"Swift {action} of {what} failed: {type(exc).__name__}: {exc}")
-
-
-_CAUGHT: tuple[type[BaseException], ...] = (
-    swiftclient.exceptions.ClientException,
-    requests.exceptions.RequestException,
-    urllib3.exceptions.HTTPError,
-    OSError,
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    *NETWORK_ERRORS,
 )
 
 
@@ -186,11 +95,7 @@ def _listing_time(value: str) -> dt.datetime:
     return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-class SwiftStore:
+class SwiftStore(RemoteStore):
     """A store in a Swift container, keys relative to ``prefix``.
 
     Parameters
@@ -232,6 +137,8 @@ class SwiftStore:
     capabilities = StoreCapabilities(
         atomic_create=False, compare_and_swap=False, conditional_create_header=True, server_timestamps=True
     )
+    _scheme = "swift"
+    _native_errors = (swiftclient.exceptions.ClientException, requests.exceptions.RequestException)
 
     def __init__(
         self,
@@ -250,25 +157,17 @@ class SwiftStore:
     ) -> None:
         if not container or "/" in container:
             raise ValueError(f"invalid Swift container name {container!r}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if "retries" in connection_options:
             raise TypeError("SwiftStore retries through its retry policy: pass retry=RetryPolicy(...)")
-        prefix = prefix.strip("/")
-        if prefix:
-            validate_key(prefix)
+        super().__init__(container, prefix, max_concurrency, retry)
         self.container = container
-        self.prefix = prefix
         self.auth_url = auth_url
         self.user = user
         self.auth_version = auth_version
         self.os_options = dict(os_options) if os_options is not None else None
         self.create_container = create_container
-        self.max_concurrency = max_concurrency
-        self.retry = retry
         self._key = key
         self._connection_options = dict(connection_options)
-        self._root = f"{prefix}/" if prefix else ""
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._idle: list[Any] = []
@@ -278,28 +177,19 @@ class SwiftStore:
 
     # -- identity ----------------------------------------------------------------------
 
-    def __reduce__(self) -> tuple[Callable[..., SwiftStore], tuple[str, str]]:
-        constructor = functools.partial(
-            SwiftStore,
-            auth_url=self.auth_url,
-            user=self.user,
-            key=self._key,
-            auth_version=self.auth_version,
-            os_options=self.os_options,
-            create_container=self.create_container,
-            max_concurrency=self.max_concurrency,
-            retry=self.retry,
+    def _options(self) -> dict[str, Any]:
+        return {
+            "auth_url": self.auth_url,
+            "user": self.user,
+            "key": self._key,
+            "auth_version": self.auth_version,
+            "os_options": self.os_options,
+            "create_container": self.create_container,
             **self._connection_options,
-        )
-        return (constructor, (self.container, self.prefix))
+        }
 
     def __repr__(self) -> str:
         return f"SwiftStore({self.container!r}, {self.prefix!r})"
-
-    @property
-    def uri(self) -> str:
-        """``swift://container/prefix``."""
-        return f"swift://{self.container}/{self.prefix}" if self.prefix else f"swift://{self.container}"
 
     # -- connections -------------------------------------------------------------------
 
@@ -356,7 +246,7 @@ class SwiftStore:
             if token is None:
                 connection = swiftclient.client.Connection(**settings)
                 if not (connection.url and connection.token):  # not pre-authenticated
-                    call_with_retries(lambda: self._translated(lambda: connection.get_auth(), None, "auth"), self.retry)
+                    self._retried(connection.get_auth, None, "auth")
                 self._token = (str(connection.url), str(connection.token))
                 return connection
         settings["preauthurl"], settings["preauthtoken"] = token
@@ -383,13 +273,6 @@ class SwiftStore:
                 return
         connection.close()
 
-    def _translated(self, request: Callable[[], T], key: str | None, action: Action) -> T:
-        """Run ``request()``, turning what swiftclient raises into objbutler errors."""
-        try:
-            return request()
-        except _CAUGHT as exc:
-            raise _translate(exc, key=key, store=self, action=action) from exc
-
     def _attempt(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
         """Run one request on a pooled connection (checked out for this request only)."""
         connection = self._checkout()
@@ -402,11 +285,9 @@ class SwiftStore:
         finally:
             self._checkin(connection, healthy)
 
-    def _call(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
-        """Run ``request(connection)`` with translation and retries."""
+    def _ready(self) -> None:
         if self.create_container and not self._container_checked:
             self._ensure_container()
-        return call_with_retries(lambda: self._attempt(request, key, action), self.retry)
 
     def _ensure_container(self) -> None:
         def head(connection: Any) -> None:
@@ -420,87 +301,62 @@ class SwiftStore:
             )
         self._container_checked = True
 
-    def _full(self, key: str) -> str:
-        return self._root + validate_key(key)
+    def _translate(self, exc: BaseException, key: str | None, action: Action) -> ObjButlerError:
+        """Turn a swiftclient/requests exception into the objbutler error it means.
+
+        The only place where swiftclient errors are inspected. A 412 (or 409)
+        answer to a ``"create"`` means the key exists; a 404 to a listing, that
+        the container does not.
+        """
+        what = self._describe(key)
+        if isinstance(exc, swiftclient.exceptions.ClientException):
+            status: int | None = exc.http_status
+            reason = f"{status} {exc.http_reason or ''}".strip() if status else str(exc.msg)
+            if status is None:
+                return StoreError(f"Swift {action} of {what} failed: {exc}")
+            if status == 404:
+                if action in ("list", "container"):
+                    return NotFoundError(
+                        f"container {self.container!r} does not exist "
+                        f"(create it, or open the store with create_container=True)"
+                    )
+                return NotFoundError(f"no object {what}")
+            if status == 416:
+                return RangeNotSatisfiableError(f"range not satisfiable for {what}")
+            if status in (409, 412) and action == "create":
+                return AlreadyExistsError(f"object {what} already exists")
+            if status in (401, 403):
+                if action == "auth":
+                    return StoreError(f"Swift authentication for {self.uri} failed ({reason}); check the credentials")
+                return StoreError(f"Swift refused {action} of {what} ({reason}); check the credentials")
+            if status >= 500 or status in _TRANSIENT_STATUSES or (status == 409 and action == "write"):
+                return TransientStoreError(f"Swift {action} of {what} failed: {reason}")
+            return StoreError(f"Swift {action} of {what} failed: {reason}")
+        if isinstance(exc, _TRANSIENT_ERRORS):
+            return TransientStoreError(f"Swift {action} of {what} failed: {type(exc).__name__}: {exc}")
+        return StoreError(f"Swift {action} of {what} failed: {type(exc).__name__}: {exc}")
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes:
-        """Return the whole object.
+    def _get_raw(self, client: Any, full: str) -> bytes:
+        headers, body = client.get_object(self.container, full)
+        data = bytes(body)
+        expected = headers.get("content-length")
+        if expected is not None and int(expected) != len(data):
+            raise ConnectionError(f"short read: {len(data)} of {expected} bytes")
+        return data
 
-        Raises
-        ------
-        NotFoundError
-            If there is no such object (or no such container).
-        """
-        full = self._full(key)
+    def _get_range_raw(self, client: Any, full: str, byte_range: ByteRange) -> bytes:
+        headers, body = client.get_object(self.container, full, headers={"Range": range_header(byte_range)})
+        data = bytes(body)
+        if "content-range" not in headers:
+            # The whole object came back (e.g. a server that ignores Range): keep the slice asked for.
+            data = data[byte_range.start : byte_range.stop]
+        return data
 
-        def request(connection: Any) -> bytes:
-            headers, body = connection.get_object(self.container, full)
-            data = bytes(body)
-            expected = headers.get("content-length")
-            if expected is not None and int(expected) != len(data):
-                raise ConnectionError(f"short read: {len(data)} of {expected} bytes")
-            return data
-
-        return self._call(request, key, "read")
-
-    def _get_range(self, key: str, full: str, byte_range: ByteRange) -> bytes:
-        def request(connection: Any) -> bytes:
-            headers, body = connection.get_object(
-                self.container, full, headers={"Range": f"bytes={byte_range.start}-{byte_range.stop - 1}"}
-            )
-            data = bytes(body)
-            if "content-range" not in headers:
-                # The whole object came back (e.g. a server that ignores Range): keep the slice asked for.
-                data = data[byte_range.start : byte_range.stop]
-            return data
-
-        try:
-            return self._call(request, key, "read")
-        except _RangeNotSatisfiableError:
-            return b""
-
-    def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes]:
-        """Return the bytes of each half-open range, in request order.
-
-        One ``GET`` with a ``Range: bytes=a-b`` header per distinct non-empty
-        range, at most ``max_concurrency`` at a time. The server clips a range
-        to the object's size; a range starting at or past the end (416) gives
-        ``b""``, and an empty range gives ``b""`` without a request. When
-        every range is empty, one ``HEAD`` still checks that the object exists.
-
-        Raises
-        ------
-        NotFoundError
-            If there is no such object.
-        """
-        wanted = normalize_ranges(ranges)
-        full = self._full(key)
-        distinct = sorted({r for r in wanted if r.length}, key=lambda r: (r.start, r.stop))
-        if not distinct:
-            self.head(key)
-            return [b""] * len(wanted)
-        fetched = run_concurrently(lambda r: self._get_range(key, full, r), distinct, self.max_concurrency)
-        by_range = dict(zip(distinct, fetched, strict=True))
-        return [by_range[r] if r.length else b"" for r in wanted]
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes]:
-        """Return several whole objects, in request order, at most ``max_concurrency`` at a time."""
-        for key in keys:
-            validate_key(key)
-        return run_concurrently(self.get, list(keys), self.max_concurrency)
-
-    def head(self, key: str) -> ObjectMeta:
-        """Return an object's size, etag and exact server timestamp (``X-Timestamp``, UTC).
-
-        Raises
-        ------
-        NotFoundError
-            If there is no such object (or no such container).
-        """
-        full = self._full(key)
-        headers: dict[str, str] = self._call(lambda c: c.head_object(self.container, full), key, "read")
+    def _head_raw(self, client: Any, key: str, full: str) -> ObjectMeta:
+        """``HEAD`` the object: its size, etag and exact server timestamp (``X-Timestamp``, UTC)."""
+        headers: dict[str, str] = client.head_object(self.container, full)
         stamp = headers.get("x-timestamp")
         return ObjectMeta(
             key,
@@ -511,45 +367,18 @@ class SwiftStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _put(self, key: str, data: bytes, action: Action, headers: dict[str, str]) -> ObjectMeta:
-        full = self._full(key)
-        body = bytes(data)
-        digest = _md5(body)  # sent as ETag: Swift refuses a body that arrives corrupted (422)
-        retried_after_transient = False
-
-        def request(connection: Any) -> str:
-            etag: str = connection.put_object(
-                self.container,
-                full,
-                body,
-                content_length=len(body),
-                etag=digest,
-                content_type="application/octet-stream",
-                headers=dict(headers),
-            )
-            return etag
-
-        def attempt() -> str:
-            nonlocal retried_after_transient
-            try:
-                return self._attempt(request, key, action)
-            except TransientStoreError:
-                retried_after_transient = True
-                raise
-
-        if self.create_container and not self._container_checked:
-            self._ensure_container()
-        try:
-            etag = call_with_retries(attempt, self.retry)
-        except AlreadyExistsError:
-            # An earlier attempt may have been stored although its answer was lost:
-            # then the object holds exactly our bytes (its etag is their MD5).
-            if retried_after_transient:
-                current = self.head(key)
-                if current.etag == digest:
-                    return current
-            raise
-        return ObjectMeta(key, len(body), str(etag).strip('"') or digest, None)
+    def _put_raw(self, client: Any, full: str, body: bytes, conditions: Mapping[str, str]) -> str | None:
+        digest = md5_hex(body)  # sent as ETag: Swift refuses a body that arrives corrupted (422)
+        etag: str = client.put_object(
+            self.container,
+            full,
+            body,
+            content_length=len(body),
+            etag=digest,
+            content_type="application/octet-stream",
+            headers=dict(conditions),
+        )
+        return str(etag).strip('"') or digest
 
     def put(self, key: str, data: bytes) -> ObjectMeta:
         """Write (or replace) an object with one ``PUT`` (its MD5 sent for the server to verify).
@@ -596,46 +425,18 @@ class SwiftStore:
 
     # -- listing --------------------------------------------------------------------------
 
-    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
-        """Yield the objects whose key starts with ``prefix``, sorted by key.
-
-        Pages through the container listing with ``prefix`` and ``marker``
-        (the server's page size, 10,000 by default); each page is fetched (and
-        retried) when the previous one is used up.
-
-        Parameters
-        ----------
-        prefix : str, optional
-            Key prefix relative to the store's root.
-        start_after : str, optional
-            Skip every key ``<=`` this one.
-
-        Yields
-        ------
-        ObjectMeta
-            Key, size, etag and exact server timestamp of each object.
-
-        Raises
-        ------
-        NotFoundError
-            If the container does not exist.
-        """
-        validate_prefix(prefix)
-        full_prefix = self._root + prefix
-        marker = self._root + start_after if start_after is not None else ""
+    def _server_listing(self, prefix: str, start_after: str | None) -> Iterator[ObjectMeta]:
+        """Page through the container listing with ``prefix`` and ``marker`` (10,000 names a page by default)."""
+        marker = start_after or ""
         while True:
-            items = self._list_page(full_prefix, marker)
+            items = self._list_page(prefix, marker)
             if not items:
                 return
             for item in items:
-                name = str(item["name"])
-                marker = name
-                key = name[len(self._root) :]
-                if not key or key.endswith("/"):
-                    continue  # a "directory" marker object
+                marker = str(item["name"])
                 stamp = item.get("last_modified")
                 yield ObjectMeta(
-                    key,
+                    marker,
                     int(item["bytes"]),
                     str(item.get("hash", "")).strip('"') or None,
                     _listing_time(str(stamp)) if stamp else None,

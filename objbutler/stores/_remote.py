@@ -1,0 +1,429 @@
+"""What the network stores (S3, Swift) share: the request plumbing and the template methods.
+
+:class:`RemoteStore` holds the logic that does not depend on the wire
+protocol: keys joined to the store's root, every request run under
+:func:`~objbutler.stores._retry.call_with_retries` with the backend's errors
+translated first, concurrent range and multi-object reads, the check that
+recognises a conditional write whose answer was lost, listings kept inside
+the root, and pickling as constructor arguments. A backend subclasses it and
+supplies the primitives: one attempt of a request on a client
+(:meth:`RemoteStore._attempt`), the native error translation
+(:meth:`RemoteStore._translate`), the native calls that read and write one
+object (:meth:`RemoteStore._get_raw`, :meth:`RemoteStore._get_range_raw`,
+:meth:`RemoteStore._head_raw`, :meth:`RemoteStore._put_raw`) and the paging
+of the server's listing (:meth:`RemoteStore._server_listing`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Self, TypeVar
+
+import urllib3.exceptions
+
+from objbutler.errors import (
+    AlreadyExistsError,
+    ObjButlerError,
+    PreconditionFailedError,
+    StoreError,
+    TransientStoreError,
+)
+from objbutler.stores._base import ByteRange, ObjectMeta, RangeLike, normalize_ranges, validate_key, validate_prefix
+from objbutler.stores._concurrency import run_concurrently
+from objbutler.stores._retry import RetryPolicy, call_with_retries
+
+__all__ = ["NETWORK_ERRORS", "Action", "RangeNotSatisfiableError", "RemoteStore", "md5_hex", "range_header"]
+
+T = TypeVar("T")
+
+Action = Literal["read", "write", "create", "match", "delete", "list", "bucket", "container", "auth"]
+"""What a request was for; decides what a 404/409/412 answer means."""
+
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+"""Failures of the connection under either client (resets, timeouts, broken reads): worth a retry."""
+
+
+class RangeNotSatisfiableError(StoreError):
+    """A 416 answer: the range starts at or after the end of the object."""
+
+
+def md5_hex(data: bytes) -> str:
+    """Return the hex MD5 of ``data``: the etag S3 and Swift give an object written by one ``PUT``.
+
+    Parameters
+    ----------
+    data : bytes
+        The object's content.
+
+    Returns
+    -------
+    str
+        32 lowercase hex digits.
+    """
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def range_header(byte_range: ByteRange) -> str:
+    """Return the HTTP ``Range`` value of a non-empty half-open range (HTTP's bounds are inclusive).
+
+    Parameters
+    ----------
+    byte_range : ByteRange
+        The range, ``length >= 1``.
+
+    Returns
+    -------
+    str
+        ``"bytes=start-last"``.
+    """
+    return f"bytes={byte_range.start}-{byte_range.stop - 1}"
+
+
+class RemoteStore(abc.ABC):
+    """Base of the stores that talk to an object server: ``scheme://container/prefix``.
+
+    Parameters
+    ----------
+    container : str
+        The bucket or container the store lives in.
+    prefix : str
+        Root of the store inside it (leading and trailing ``/`` are dropped).
+    max_concurrency : int
+        Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
+    retry : RetryPolicy
+        How transient failures are retried.
+
+    Notes
+    -----
+    A subclass sets ``_scheme`` and ``_native_errors`` and implements the
+    abstract methods; the writes whose promises differ per backend (``put``,
+    ``put_if_absent``, ``put_if_match``, ``delete``) are implemented there,
+    on top of :meth:`_put` and :meth:`_call`.
+    """
+
+    _scheme: ClassVar[str]
+    """The URI scheme (``"s3"``, ``"swift"``)."""
+    _native_errors: ClassVar[tuple[type[BaseException], ...]]
+    """What the backend's client raises; these, urllib3's errors and OSError are translated, nothing else."""
+
+    def __init__(self, container: str, prefix: str, max_concurrency: int, retry: RetryPolicy) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        self._container = container
+        self.prefix = prefix
+        self.max_concurrency = max_concurrency
+        self.retry = retry
+        self._root = f"{prefix}/" if prefix else ""
+
+    # -- identity ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _options(self) -> dict[str, Any]:
+        """Return the constructor's keyword arguments other than ``max_concurrency`` and ``retry``."""
+
+    def __reduce__(self) -> tuple[Callable[..., Self], tuple[str, str]]:
+        constructor = functools.partial(
+            type(self), max_concurrency=self.max_concurrency, retry=self.retry, **self._options()
+        )
+        return (constructor, (self._container, self.prefix))
+
+    @property
+    def uri(self) -> str:
+        """``scheme://container/prefix``, which :func:`~objbutler.stores.open_store` reopens."""
+        base = f"{self._scheme}://{self._container}"
+        return f"{base}/{self.prefix}" if self.prefix else base
+
+    def _describe(self, key: str | None) -> str:
+        """Name a key (or, for None, the store) in an error message."""
+        return f"{key!r} in {self.uri}" if key is not None else self.uri
+
+    def _full(self, key: str) -> str:
+        return self._root + validate_key(key)
+
+    # -- request plumbing ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _translate(self, exc: BaseException, key: str | None, action: Action) -> ObjButlerError:
+        """Turn what the client raised into the objbutler error it means.
+
+        Parameters
+        ----------
+        exc : BaseException
+            One of ``_native_errors``, a urllib3 error or an OSError.
+        key : str or None
+            The key (relative to the store) the request was about.
+        action : str
+            What the request was for.
+
+        Returns
+        -------
+        ObjButlerError
+            The error to raise (``TransientStoreError`` for what deserves a retry).
+        """
+
+    @abc.abstractmethod
+    def _attempt(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
+        """Run ``request(client)`` once on a client of this store, translating what it raises."""
+
+    @abc.abstractmethod
+    def _ready(self) -> None:
+        """Do the store's one-time set-up (its client, its bucket or container) before a request's retries."""
+
+    def _translated(self, request: Callable[[], T], key: str | None, action: Action) -> T:
+        """Run ``request()``, turning what the client raises into objbutler errors."""
+        caught: tuple[type[BaseException], ...] = (*self._native_errors, urllib3.exceptions.HTTPError, OSError)
+        try:
+            return request()
+        except caught as exc:
+            raise self._translate(exc, key, action) from exc
+
+    def _retried(self, request: Callable[[], T], key: str | None, action: Action) -> T:
+        """Run ``request()`` (which brings its own client) with translation and retries."""
+        return call_with_retries(lambda: self._translated(request, key, action), self.retry)
+
+    def _call(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
+        """Run ``request(client)`` with translation and retries."""
+        self._ready()
+        return call_with_retries(lambda: self._attempt(request, key, action), self.retry)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _get_raw(self, client: Any, full: str) -> bytes:
+        """Read the whole object ``full`` on ``client`` (one native call, no translation)."""
+
+    @abc.abstractmethod
+    def _get_range_raw(self, client: Any, full: str, byte_range: ByteRange) -> bytes:
+        """Read one non-empty range of the object ``full`` (a ``Range`` header) on ``client``.
+
+        Must return only the range's bytes, also from a server that ignores
+        ``Range`` and sends the whole object.
+        """
+
+    @abc.abstractmethod
+    def _head_raw(self, client: Any, key: str, full: str) -> ObjectMeta:
+        """Read the metadata of the object ``full`` (named ``key`` in the answer) on ``client``."""
+
+    def get(self, key: str) -> bytes:
+        """Return the whole object.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bytes
+            Its content.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such object (or no such bucket or container).
+        """
+        full = self._full(key)
+        return self._call(lambda client: self._get_raw(client, full), key, "read")
+
+    def head(self, key: str) -> ObjectMeta:
+        """Return an object's size, etag (without quotes) and server modification time (UTC).
+
+        The time is the backend's most exact one (see its ``_head_raw``).
+
+        Raises
+        ------
+        NotFoundError
+            If the object, or its bucket or container, does not exist.
+        """
+        full = self._full(key)
+        return self._call(lambda client: self._head_raw(client, key, full), key, "read")
+
+    def _get_range(self, key: str, full: str, byte_range: ByteRange) -> bytes:
+        try:
+            return self._call(lambda client: self._get_range_raw(client, full, byte_range), key, "read")
+        except RangeNotSatisfiableError:
+            return b""
+
+    def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes]:
+        """Return the bytes of each half-open range, in request order.
+
+        One ``GET`` with a ``Range: bytes=a-b`` header per distinct non-empty
+        range, at most ``max_concurrency`` at a time. The server clips a range
+        to the object's size; a range that starts at or past the end (a 416
+        answer) gives ``b""``, and an empty range gives ``b""`` without a
+        request. When every range is empty, one ``HEAD`` still checks that the
+        object exists.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        ranges : sequence of ByteRange or (start, stop)
+            Half-open byte ranges.
+
+        Returns
+        -------
+        list of bytes
+            One entry per range, in order.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such object.
+        """
+        wanted = normalize_ranges(ranges)
+        full = self._full(key)
+        distinct = sorted({r for r in wanted if r.length}, key=lambda r: (r.start, r.stop))
+        if not distinct:
+            self.head(key)
+            return [b""] * len(wanted)
+        fetched = run_concurrently(lambda r: self._get_range(key, full, r), distinct, self.max_concurrency)
+        by_range = dict(zip(distinct, fetched, strict=True))
+        return [by_range[r] if r.length else b"" for r in wanted]
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        """Return several whole objects, in request order, at most ``max_concurrency`` at a time."""
+        for key in keys:
+            validate_key(key)
+        return run_concurrently(self.get, list(keys), self.max_concurrency)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _put_raw(self, client: Any, full: str, body: bytes, conditions: Mapping[str, str]) -> str | None:
+        """Write ``body`` to the object ``full`` with one ``PUT`` on ``client``.
+
+        Parameters
+        ----------
+        client : object
+            The backend's client (or connection).
+        full : str
+            The object's name in its bucket or container.
+        body : bytes
+            The content.
+        conditions : mapping
+            The backend's conditional-request arguments (empty for a plain write).
+
+        Returns
+        -------
+        str or None
+            The etag of what was written, without quotes, where the answer has one.
+        """
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> ObjectMeta:
+        """Write (or replace) an object."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
+        """Create an object only if the key is free; else raise AlreadyExistsError."""
+
+    @abc.abstractmethod
+    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
+        """Replace an object only if its etag is still ``etag`` (or raise NotSupportedError)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete an object; a missing key is not an error."""
+
+    def _put(self, key: str, data: bytes, action: Action, conditions: Mapping[str, str]) -> ObjectMeta:
+        """Write an object with retries, recognising a conditional write whose answer was lost.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            The content.
+        action : str
+            ``"write"``, ``"create"`` or ``"match"``: what a refusal means.
+        conditions : mapping
+            Passed to :meth:`_put_raw`.
+
+        Returns
+        -------
+        ObjectMeta
+            Size and etag of what was written (``last_modified`` is None).
+        """
+        full = self._full(key)
+        body = bytes(data)
+        retried_after_transient = False
+
+        def attempt() -> str | None:
+            nonlocal retried_after_transient
+            try:
+                return self._attempt(lambda client: self._put_raw(client, full, body, conditions), key, action)
+            except TransientStoreError:
+                retried_after_transient = True
+                raise
+
+        self._ready()
+        try:
+            etag = call_with_retries(attempt, self.retry)
+        except (AlreadyExistsError, PreconditionFailedError):
+            # An earlier attempt may have been stored although its answer was lost: then the
+            # object now holds exactly our bytes (the etag of a single PUT is their MD5).
+            if retried_after_transient:
+                current = self.head(key)
+                if current.etag == md5_hex(body):
+                    return current
+            raise
+        return ObjectMeta(key, len(body), etag, None)
+
+    # -- listing --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _server_listing(self, prefix: str, start_after: str | None) -> Iterator[ObjectMeta]:
+        """Yield the server's listing of the names that start with ``prefix``, a page (one :meth:`_call`) at a time.
+
+        Parameters
+        ----------
+        prefix : str
+            Name prefix in the bucket or container (the root included).
+        start_after : str or None
+            Skip every name ``<=`` this one.
+
+        Yields
+        ------
+        ObjectMeta
+            One per object, ``key`` being its full name.
+        """
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
+        """Yield the objects whose key starts with ``prefix``, sorted by key.
+
+        Pages through the server's listing; each page is fetched (and retried)
+        when the previous one is used up. "Directory" marker objects (names
+        ending in ``/``) are left out.
+
+        Parameters
+        ----------
+        prefix : str, optional
+            Key prefix relative to the store's root.
+        start_after : str, optional
+            Skip every key ``<=`` this one.
+
+        Yields
+        ------
+        ObjectMeta
+            Key, size, etag and server modification time of each object.
+
+        Raises
+        ------
+        NotFoundError
+            If the bucket or container does not exist.
+        """
+        validate_prefix(prefix)
+        after = self._root + start_after if start_after is not None else None
+        for meta in self._server_listing(self._root + prefix, after):
+            key = meta.key[len(self._root) :]
+            if not meta.key.startswith(self._root) or not key or key.endswith("/"):
+                continue  # outside the root, or a "directory" marker object
+            yield dataclasses.replace(meta, key=key)
