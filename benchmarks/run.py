@@ -1,0 +1,138 @@
+"""Entry point of ``objbutler bench``: start the target, run the suites, print, write JSON and the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import Row
+
+__all__ = ["SUITES", "format_table", "main"]
+
+SUITES = ("cutouts", "registry", "all")
+
+
+def _logger(started: float) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {line}", flush=True)
+
+    return log
+
+
+def _fmt_seconds(row: Row) -> str:
+    if row.seconds is None:
+        return "failed" if row.error else "-"
+    mark = "~" if row.extrapolated_from else ""
+    return f"{mark}{row.seconds:.4g}"
+
+
+def format_table(rows: list[Row]) -> list[str]:
+    """A plain-text table of the rows, grouped by suite, format and workload."""
+    from benchmarks.report import human_bytes
+
+    header = f"{'suite':<13} {'format':<9} {'workload':<24} {'method':<22} {'seconds':>10} {'min':>9} {'max':>9} " \
+             f"{'requests':>9} {'bytes':>9} {'ratio':>8}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        ratio = "-" if row.ratio_vs_objbutler is None else f"{row.ratio_vs_objbutler:.3g}x"
+        requests = "-" if row.requests is None else f"{row.requests:g}"
+        lines.append(
+            f"{row.suite:<13} {row.extra.get('format', '')!s:<9} {row.workload:<24} {row.method:<22} "
+            f"{_fmt_seconds(row):>10} {'' if row.min is None else f'{row.min:.4g}':>9} "
+            f"{'' if row.max is None else f'{row.max:.4g}':>9} {requests:>9} {human_bytes(row.bytes):>9} {ratio:>8}"
+        )
+    return lines
+
+
+def main(
+    suite: str = "all",
+    target: str = "localstack",
+    quick: bool = False,
+    json_path: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    image_size: int | None = None,
+    smoke: bool = False,
+) -> int:
+    """Run the benchmark suites on a target; print the table and headlines.
+
+    Parameters
+    ----------
+    suite : {"cutouts", "registry", "all"}
+        What to run.
+    target : str
+        ``localstack`` (default), ``moto``, ``swift``, ``local``, an ``s3://`` URI or a path.
+    quick : bool
+        The short run (under 3 minutes on 2 cores; per-stamp baselines measured
+        on a subset of stamps and extrapolated, labelled ``~``).
+    json_path : path, optional
+        Write the rows here (a JSON list).
+    report_dir : path, optional
+        Write README.md and PNG plots here.
+    image_size : int, optional
+        Side of the cutouts image (default 4096; the smoke test uses a tiny one).
+    smoke : bool
+        Shrink the registry suite to seconds (for the unit test; numbers meaningless).
+
+    Returns
+    -------
+    int
+        Exit status (0 when every suite ran; failed methods are reported in rows).
+    """
+    from benchmarks import machine
+    from benchmarks.targets import open_target
+    from benchmarks.verdicts import cutout_headlines, verdicts
+
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    started = time.perf_counter()
+    log = _logger(started)
+    rows: list[Row] = []
+    notes: list[str] = []
+    with open_target(target, log=log) as where:
+        if suite in ("cutouts", "all"):
+            from benchmarks.cutouts import run_cutouts, settings_for
+
+            rows += run_cutouts(where, settings_for(quick, image_size), log)
+        if suite in ("registry", "all"):
+            from benchmarks.registry import registry_settings, run_registry
+
+            registry_rows, registry_notes = run_registry(where, registry_settings(quick, smoke), log)
+            rows += registry_rows
+            notes += registry_notes
+    elapsed = time.perf_counter() - started
+    meta: dict[str, Any] = {
+        "suite": suite, "target": target, "quick": quick, "image_size": image_size or 4096,
+        "elapsed_seconds": round(elapsed, 1), "machine": machine.describe(), "notes": notes,
+    }
+    print()
+    for line in format_table(rows):
+        print(line)
+    print()
+    for note in notes:
+        print(f"NOTE {note}")
+    headlines = cutout_headlines(rows)
+    for line in headlines:
+        print(line)
+    checks = verdicts(rows, meta)
+    print()
+    for verdict in checks:
+        print(f"TARGET issue {verdict.issue} [{verdict.status}] {verdict.target}: {verdict.measured}")
+    print(f"\nfinished in {elapsed / 60:.1f} min")
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps([row.to_json() for row in rows], indent=1) + "\n")
+        print(f"wrote {json_path}")
+    if report_dir is not None:
+        from benchmarks.report import write_report
+
+        write_report(Path(report_dir), rows, meta, headlines, checks)
+        print(f"wrote the report to {report_dir}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m benchmarks.run SUITE [options]: the same as objbutler bench
+    from objbutler.cli import bench
+
+    bench()

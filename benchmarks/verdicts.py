@@ -1,0 +1,187 @@
+"""Headline ratios and the met / not met verdict of every target of issues 3, 4 and 5.
+
+Everything here reads rows; nothing measures. A target whose rows are
+missing (a suite not run, a method that failed) is ``not measured``, never met.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from benchmarks.measure import Row
+
+__all__ = ["Verdict", "cutout_headlines", "verdicts"]
+
+MB = 1_000_000
+
+
+@dataclasses.dataclass
+class Verdict:
+    """One target: what it asks, what was measured, and whether it holds."""
+
+    issue: int
+    target: str
+    measured: str
+    status: str  # "met", "not met", "not measured"
+
+    def to_json(self) -> dict[str, Any]:
+        """As a JSON object."""
+        return dataclasses.asdict(self)
+
+
+def _find(rows: Iterable[Row], suite: str, workload: str, method: str, fmt: str | None = None) -> Row | None:
+    for row in rows:
+        if (row.suite, row.workload, row.method) == (suite, workload, method) and row.seconds is not None and (
+            fmt is None or row.extra.get("format") == fmt
+        ):
+            return row
+    return None
+
+
+def _label(row: Row) -> str:
+    return f"~{row.seconds:.3g} s (extrapolated from {row.extrapolated_from})" if row.extrapolated_from else (
+        f"{row.seconds:.3g} s")
+
+
+def _speedup(rows: list[Row], workload: str, method: str, fmt: str) -> tuple[float | None, str]:
+    ours = _find(rows, "cutouts", workload, "objbutler", fmt)
+    theirs = _find(rows, "cutouts", workload, method, fmt)
+    if ours is None or theirs is None or not ours.seconds or theirs.seconds is None:
+        return None, "not measured"
+    ratio = theirs.seconds / ours.seconds
+    return ratio, f"{ratio:.1f}x ({method} {_label(theirs)} vs objbutler {ours.seconds:.3g} s)"
+
+
+def _largest(rows: list[Row]) -> str | None:
+    counts = sorted({r.n for r in rows if r.suite == "cutouts" and r.workload.startswith("random-")})
+    return f"random-{counts[-1]}" if counts else None
+
+
+def cutout_headlines(rows: list[Row]) -> list[str]:
+    """The lines printed after a cutouts run: objbutler's speed-ups and the planner verdict."""
+    largest = _largest(rows)
+    if largest is None:
+        return []
+    lines = []
+    for fmt in ("fits", "fits-rice"):
+        _, text = _speedup(rows, largest, "astropy-fsspec", fmt)
+        lines.append(f"HEADLINE {fmt} {largest}: objbutler vs astropy fits.open(use_fsspec)+.section: {text}")
+    _, text = _speedup(rows, largest, "zarr-per-stamp", "zarr")
+    lines.append(f"HEADLINE zarr {largest}: objbutler vs zarr per-stamp slicing: {text}")
+    for fmt in ("fits", "fits-rice", "zarr"):
+        _, text = _speedup(rows, "random-1", "whole-download", fmt)
+        lines.append(f"HEADLINE {fmt} random-1: objbutler vs whole download: {text}")
+    worst = _planner_cells(rows)
+    if worst:
+        misses = [c for c in worst if c[3] > 1.3]
+        verdict = "met" if not misses else f"NOT met in {len(misses)} of {len(worst)} cells"
+        lines.append(f"HEADLINE planner within 1.3x of the best fixed strategy in every cell: {verdict}"
+                     f" (worst {max(c[3] for c in worst):.2f}x: {max(worst, key=lambda c: c[3])[:3]})")
+    return lines
+
+
+def _planner_cells(rows: list[Row]) -> list[tuple[str, str, str, float]]:
+    """Per cell (suite, format, workload): objbutler's time over the best fixed strategy's."""
+    cells: dict[tuple[str, str, str], dict[str, float]] = {}
+    for row in rows:
+        measured = row.kind == "objbutler" or row.extrapolated_from is None  # extrapolated strategies never count
+        if row.suite.startswith("cutouts") and row.seconds is not None and row.kind in ("objbutler", "fixed") and \
+                measured:
+            key = (row.suite, str(row.extra.get("format")), row.workload)
+            cells.setdefault(key, {})[row.method if row.kind == "fixed" else "objbutler"] = row.seconds
+    out = []
+    for key, times in cells.items():
+        fixed = [t for m, t in times.items() if m != "objbutler"]
+        if "objbutler" in times and fixed:
+            out.append((*key, times["objbutler"] / min(fixed)))
+    return sorted(out)
+
+
+def verdicts(rows: list[Row], meta: dict[str, Any]) -> list[Verdict]:
+    """Every target of issues 3, 4 and 5 with its status."""
+    out: list[Verdict] = []
+    largest = _largest(rows) or "random-1000"
+
+    def judge(issue: int, target: str, value: float | None, text: str, ok: bool | None) -> None:
+        status = "not measured" if value is None or ok is None else ("met" if ok else "not met")
+        out.append(Verdict(issue, target, text, status))
+
+    # issue 4: cutouts
+    for fmt in ("fits", "fits-rice"):
+        ratio, text = _speedup(rows, largest, "astropy-fsspec", fmt)
+        judge(4, f"{fmt}, N=1000: >= 50x faster than astropy use_fsspec + .section", ratio, text,
+              None if ratio is None else ratio >= 50)
+    ratio, text = _speedup(rows, largest, "zarr-per-stamp", "zarr")
+    judge(4, "zarr, N=1000: >= 10x faster than zarr per-stamp slicing", ratio, text,
+          None if ratio is None else ratio >= 10)
+    for fmt in ("fits", "fits-rice", "zarr"):
+        ratio, text = _speedup(rows, "random-1", "whole-download", fmt)
+        judge(4, f"{fmt}, N=1: >= 20x faster than downloading the whole object", ratio, text,
+              None if ratio is None else ratio >= 20)
+    cells = _planner_cells(rows)
+    if cells:
+        misses = [c for c in cells if c[3] > 1.3]
+        worst = max(cells, key=lambda c: c[3])
+        text = (f"worst {worst[3]:.2f}x ({worst[0]} {worst[1]} {worst[2]}); {len(misses)} of {len(cells)} cells over "
+                f"1.3x" + (": " + "; ".join(f"{c[1]} {c[2]} {c[3]:.2f}x" for c in misses[:8]) if misses else ""))
+        judge(4, "every cell within 1.3x of the best fixed strategy (whole / exact / merged)", 1.0, text, not misses)
+    else:
+        judge(4, "every cell within 1.3x of the best fixed strategy (whole / exact / merged)", None, "not measured",
+              None)
+    one = _find(rows, "cutouts", "random-1", "objbutler", "fits")
+    if one is not None and one.requests is not None and one.bytes is not None:
+        judge(4, f"1 stamp from the {one.extra.get('image_size')} px float32 FITS: <= 3 requests and < 2 MB moved", 1,
+              f"{one.requests:g} requests, {one.bytes / MB:.2f} MB", one.requests <= 3 and one.bytes < 2 * MB)
+    else:
+        judge(4, "1 stamp from the 4096 px float32 FITS: <= 3 requests and < 2 MB moved", None, "not measured", None)
+    many = _find(rows, "cutouts", largest, "objbutler", "fits")
+    if many is not None and many.bytes is not None:
+        limit = int(many.extra.get("object_bytes", 0)) + MB
+        judge(4, "1000 random stamps move no more than the image + 1 MB", 1, f"{many.bytes / MB:.1f} MB moved, "
+              f"limit {limit / MB:.1f} MB", many.bytes <= limit)
+    else:
+        judge(4, "1000 random stamps move no more than the image + 1 MB", None, "not measured", None)
+    out += _registry_verdicts(rows)
+    # issue 5: the harness itself
+    quick = meta.get("quick")
+    elapsed = meta.get("elapsed_seconds")
+    if elapsed is not None:
+        limit = 180 if quick else 45 * 60
+        judge(5, f"{'--quick' if quick else 'full'} run under {limit // 60} minutes on 2 cores", elapsed,
+              f"{elapsed / 60:.1f} min ({meta.get('suite')} suite, target {meta.get('target')})", elapsed < limit)
+    return out
+
+
+def _registry_verdicts(rows: list[Row]) -> list[Verdict]:
+    out: list[Verdict] = []
+
+    def judge(target: str, row: Row | None, text: str, ok: bool | None) -> None:
+        status = "not measured" if row is None or ok is None else ("met" if ok else "not met")
+        out.append(Verdict(3, target, text if row is not None else "not measured", status))
+
+    for where in ("local", "s3"):
+        put = _find(rows, "registry", f"put-small {where}", "objbutler")
+        judge(f"a put costs <= 3 requests + the data upload without contention ({where})", put,
+              "" if put is None or put.requests is None else
+              f"{put.requests:g} requests per put incl. the data upload "
+              f"({put.extra.get('requests_without_upload', '?')} without it)",
+              None if put is None or put.requests is None else put.requests <= 4)
+    local = _find(rows, "registry", "put-small local", "objbutler")
+    local_seconds = None if local is None else local.seconds
+    judge("local-path put faster than 5 ms", local,
+          "" if local_seconds is None else f"{local_seconds * 1000:.2f} ms per put",
+          None if local_seconds is None else local_seconds < 0.005)
+    for mode, limit in (("cold", 2.0), ("warm", 0.1)):
+        row = _find(rows, "registry", f"open+query {mode} 1000000", "objbutler")
+        seconds = None if row is None else row.seconds
+        judge(f"open + equality query at 1M datasets under {limit:g} s {mode}", row,
+              "" if seconds is None else f"{seconds:.3f} s", None if seconds is None else seconds < limit)
+    for row in rows:
+        if row.suite == "registry" and row.workload.startswith("writers") and row.method == "objbutler":
+            expected, committed = row.extra.get("expected"), row.extra.get("committed")
+            judge(f"{row.workload}: every put committed, none lost", row,
+                  f"{committed} of {expected} committed, {row.extra.get('errors', 0)} errors",
+                  committed == expected and not row.extra.get("errors"))
+    return out

@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark harness: a tiny quick run on a local target, so the harness cannot rot.
+
+No timing assertions: only that the command runs and the rows, the report and
+the plots come out with sane fields.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from objbutler.cli import main
+
+pytest.importorskip("matplotlib")
+
+ROW_FIELDS = {"suite", "workload", "method", "n", "seconds", "requests", "bytes", "ratio_vs_objbutler", "min", "max"}
+
+
+@pytest.mark.slow
+def test_bench_quick_local_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    report = tmp_path / "report"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "all", "--target", "local", "--quick", "--image-size", "128", "--smoke",
+         "--json", str(out), "--report", str(report)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "HEADLINE" in result.output
+    rows = json.loads(out.read_text())
+    assert rows
+    for row in rows:
+        assert set(row) >= ROW_FIELDS, row
+        assert row["suite"] in ("cutouts", "cutouts-size", "registry")
+        assert isinstance(row["n"], int) and row["n"] >= 1
+        if row["seconds"] is not None:
+            assert row["seconds"] > 0 and row["min"] <= row["seconds"] <= row["max"]
+    methods = {(r["suite"], r["method"]) for r in rows if r["seconds"] is not None}
+    for method in ("objbutler", "whole-download", "exact-ranges", "merged-64KiB", "astropy-fsspec", "zarr-per-stamp"):
+        assert ("cutouts", method) in methods, method
+    assert ("registry", "objbutler") in methods
+    objbutler = [r for r in rows if r["method"] == "objbutler" and r["suite"] == "cutouts"]
+    assert all(r["ratio_vs_objbutler"] == 1.0 for r in objbutler)
+    assert all(r["requests"] and r["bytes"] for r in objbutler)  # counted by the CountingStore on a local target
+    assert (report / "README.md").read_text().startswith("# objbutler benchmarks")
+    assert (report / "cutouts_time.png").stat().st_size > 0
+    assert (report / "registry.png").stat().st_size > 0
+
+
+def test_bench_rejects_unknown_suite() -> None:
+    result = CliRunner().invoke(main, ["bench", "everything"])
+    assert result.exit_code != 0
