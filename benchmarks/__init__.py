@@ -1,0 +1,1 @@
+"""objbutler benchmarks: run them with ``objbutler bench`` (see README.md here)."""

@@ -131,7 +131,7 @@ def _latency_rows(label: str, uri: str, options: dict[str, Any], where: Target,
     for row in put_rows:
         if row.requests is not None:
             row.extra["requests_without_upload"] = row.requests - 1  # one data object per JSON dataset
-    get_rows = rows_for("registry", f"get-small {label}", cases[1:], extra)
+    get_rows = [row for case in cases[1:] for row in rows_for("registry", f"get-small {label}", [case], extra)]
     return put_rows + get_rows
 
 

@@ -52,9 +52,11 @@ def _table(rows: list[Row], first: str = "workload") -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         note = f" (from {row.extrapolated_from})" if row.extrapolated_from else ""
-        requests = "-" if row.requests is None else f"{'~' if row.extrapolated_from else ''}{row.requests:g}"
-        lines.append(f"| {row.workload} | {row.method}{note} | {_seconds(row)} | {requests} | "
-                     f"{human_bytes(row.bytes)} | {_ratio(row)} | {row.reps} |")
+        mark = "~" if row.extrapolated_from else ""
+        requests = "-" if row.requests is None else f"{mark}{row.requests:g}"
+        nbytes = human_bytes(row.bytes) if row.bytes is None else f"{mark}{human_bytes(row.bytes)}"
+        lines.append(f"| {row.workload} | {row.method}{note} | {_seconds(row)} | {requests} | {nbytes} | "
+                     f"{_ratio(row)} | {row.reps} |")
     return lines
 
 

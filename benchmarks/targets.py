@@ -2,8 +2,9 @@
 
 ``localstack`` (the default and the one the committed report uses), ``moto``
 (quick fixtures only: it re-reads whole objects per ranged GET, so never
-quote its numbers), ``swift`` (a real single-node Swift, reached through its
-``s3api`` so every client speaks S3 to it), ``local`` (a temporary directory,
+quote its numbers), ``swift`` (a real single-node Swift: objbutler uses its
+native API, ``swift://``, the S3 clients of the other methods its ``s3api``,
+both through the proxy), ``local`` (a temporary directory,
 counted with a CountingStore), or a URI: ``s3://bucket/prefix`` (endpoint and
 keys from the usual ``AWS_*`` variables) or a local path.
 
@@ -57,31 +58,32 @@ class Target:
     proxy: ProxyProcess | None = None
     server_endpoint: str | None = None
 
+    s3_keys: tuple[str, str] | None = None
+
     @property
     def is_local(self) -> bool:
         """True for a local directory (no HTTP)."""
-        return not self.base.startswith("s3://")
+        return not self.base.startswith(("s3://", "swift://"))
 
     def new_uri(self, label: str) -> str:
         """A fresh repository location under :attr:`base`."""
         return f"{self.base}/{label}-{uuid.uuid4().hex[:8]}"
 
     def object_url(self, repo_uri: str, key: str) -> str:
-        """The URL (or path) a non-objbutler client opens for ``key`` of a repository."""
-        return f"{repo_uri}/{key}"
+        """The URL (or path) a non-objbutler client opens for ``key`` of a repository (Swift: its s3api)."""
+        return f"{repo_uri}/{key}".replace("swift://", "s3://", 1)
 
     @property
     def fsspec_options(self) -> dict[str, Any]:
         """s3fs storage options that reach the server through the proxy."""
         if self.is_local:
             return {}
+        key, secret = self.s3_keys or (self.store_options.get("access_key"), self.store_options.get("secret_key"))
+        endpoint = self.proxy.endpoint if self.proxy is not None else self.store_options.get("endpoint_url")
         return {
-            "key": self.store_options.get("access_key"),
-            "secret": self.store_options.get("secret_key"),
-            "client_kwargs": {
-                "endpoint_url": self.store_options.get("endpoint_url"),
-                "region_name": self.store_options.get("region", "us-east-1"),
-            },
+            "key": key,
+            "secret": secret,
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": self.store_options.get("region", "us-east-1")},
         }
 
     def counter(self, store: Any = None) -> Counter:
@@ -116,6 +118,19 @@ def _s3_target(name: str, bucket_uri: str, endpoint: str, access_key: str, secre
             proxy.stop()
 
 
+def _swift_target(info: Any, log: Any) -> Iterator[Target]:
+    from objbutler.stores.swift import SwiftStore
+
+    log(f"swift is up at {info.endpoint}")
+    with ProxyProcess(info.endpoint) as proxy:
+        # tempauth hands out a storage URL on the host the client asked: the proxy's
+        options = {"auth_url": f"{proxy.endpoint}/auth/v1.0", "user": info.env["ST_USER"], "key": info.env["ST_KEY"]}
+        list(SwiftStore("objbutler-bench", create_container=True, **options).list("none/"))
+        keys = (info.s3_env["AWS_ACCESS_KEY_ID"], info.s3_env["AWS_SECRET_ACCESS_KEY"])
+        yield Target("swift", f"swift://objbutler-bench/bench-{uuid.uuid4().hex[:8]}", options, proxy, info.endpoint,
+                     s3_keys=keys)
+
+
 def _is_loopback(endpoint: str) -> bool:
     host = urllib.parse.urlsplit(endpoint).hostname or ""
     return host == "localhost" or host.startswith("127.")
@@ -138,7 +153,13 @@ def open_target(name: str, log: Any = print) -> Iterator[Target]:
     """
     from objbutler.testing import servers
 
-    if name in ("localstack", "moto", "swift"):
+    if name == "swift":
+        log("starting swift on 127.0.0.1 ...")
+        with servers.start_server(name) as server:
+            yield from _swift_target(server.info, log)
+        log("stopped swift")
+        return
+    if name in ("localstack", "moto"):
         log(f"starting {name} on 127.0.0.1 ...")
         with servers.start_server(name) as server:
             info = server.info

@@ -125,7 +125,7 @@ def verdicts(rows: list[Row], meta: dict[str, Any]) -> list[Verdict]:
         misses = [c for c in cells if c[3] > 1.3]
         worst = max(cells, key=lambda c: c[3])
         text = (f"worst {worst[3]:.2f}x ({worst[0]} {worst[1]} {worst[2]}); {len(misses)} of {len(cells)} cells over "
-                f"1.3x" + (": " + "; ".join(f"{c[1]} {c[2]} {c[3]:.2f}x" for c in misses[:8]) if misses else ""))
+                f"1.3x" + (": " + "; ".join(f"{c[1]} {c[2]} {c[3]:.2f}x" for c in misses) if misses else ""))
         judge(4, "every cell within 1.3x of the best fixed strategy (whole / exact / merged)", 1.0, text, not misses)
     else:
         judge(4, "every cell within 1.3x of the best fixed strategy (whole / exact / merged)", None, "not measured",
