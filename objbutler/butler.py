@@ -623,12 +623,16 @@ def _choose_protocol(store: Store, allow_no_atomic_create: bool) -> str:
             raise NotSupportedError(f"{store.uri} has neither an atomic create nor server timestamps")
         return "timestamped"
     probe = probe_conditional_writes(store)
-    if probe.create_enforced:
+    if probe.create_enforced and (probe.match_enforced or not caps.compare_and_swap):
         return "sequenced"
     if allow_no_atomic_create:
         return "timestamped"
+    if not probe.create_enforced:
+        problem = "accepted a second create-only write of one key: it ignores If-None-Match"
+    else:  # e.g. Swift's s3api: checks If-None-Match one writer at a time, answers 501 to If-Match
+        problem = ("claims conditional writes but does not support If-Match: a gateway whose create-only "
+                   "writes are unlikely to be atomic under concurrent writers")
     raise NotSupportedError(
-        f"{store.uri} accepted a second create-only write of one key: it ignores If-None-Match, so commits "
-        "could be lost. Use a store that enforces conditional writes, or pass allow_no_atomic_create=True "
-        "to use the slower timestamped commit protocol."
+        f"{store.uri} {problem}, so commits could be lost. Use a store that enforces conditional writes, or "
+        "pass allow_no_atomic_create=True to use the slower timestamped commit protocol."
     )

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +43,7 @@ __all__ = [
     "Box",
     "ClipMode",
     "Cutout",
+    "ParentWCS",
     "StampPlan",
     "boxes_from_skycoords",
     "cutout_wcs",
@@ -282,6 +284,33 @@ def cutout_wcs(wcs: WCS | None, bbox: Box) -> WCS | None:
     return stamp_wcs
 
 
+class ParentWCS:
+    """A parent image's WCS that is built (from its header) only when a stamp's WCS is first read.
+
+    Building an astropy WCS from a header costs several milliseconds: as much as cutting a
+    single stamp. A caller that only wants pixels should not pay for it.
+
+    Parameters
+    ----------
+    build : callable
+        Returns the WCS (or None); called at most once.
+    """
+
+    __slots__ = ("_build", "_lock", "_value")
+
+    def __init__(self, build: Callable[[], WCS | None]) -> None:
+        self._build: Callable[[], WCS | None] | None = build
+        self._value: WCS | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> WCS | None:
+        """The WCS, built on the first call."""
+        with self._lock:
+            if self._build is not None:
+                self._value, self._build = self._build(), None
+            return self._value
+
+
 class Cutout:
     """One postage stamp.
 
@@ -304,13 +333,14 @@ class Cutout:
         self.bbox = bbox
         self.index = index
         self._wcs = wcs
-        self._parent_wcs: WCS | None = None
+        self._parent_wcs: WCS | ParentWCS | None = None
 
     @classmethod
-    def from_parent(cls, data: np.ndarray, bbox: Box, parent_wcs: WCS | None, index: int) -> Cutout:
+    def from_parent(cls, data: np.ndarray, bbox: Box, parent_wcs: WCS | ParentWCS | None, index: int) -> Cutout:
         """A stamp whose WCS is derived from the parent's only when first asked for.
 
         Copying a WCS costs ~0.1 ms; a thousand stamps whose WCS nobody reads should not pay it.
+        ``parent_wcs`` may be a :class:`ParentWCS`, so that not even the parent is built until then.
         """
         stamp = cls(data, bbox, None, index)
         stamp._parent_wcs = parent_wcs
@@ -320,7 +350,8 @@ class Cutout:
     def wcs(self) -> WCS | None:
         """The stamp's own WCS (None when the parent has none)."""
         if self._wcs is None and self._parent_wcs is not None:
-            self._wcs = cutout_wcs(self._parent_wcs, self.bbox)
+            parent = self._parent_wcs.get() if isinstance(self._parent_wcs, ParentWCS) else self._parent_wcs
+            self._wcs = cutout_wcs(parent, self.bbox)
             self._parent_wcs = None
         return self._wcs
 

@@ -226,3 +226,22 @@ def test_checkpoint_retention_keeps_the_newest(tmp_path: Path) -> None:
     keys = [m.key.rsplit("/", 1)[1] for m in butler.store.list("manifest/checkpoints/")]
     assert keys == [f"{n:020d}.parquet" for n in (12, 15, 18)]
     assert Counter(r.data_id["visit"] for r in Butler(uri).query()) == Counter(range(20))
+
+
+def test_swift_s3api_gateway_is_refused_then_degrades(swift_server: object) -> None:
+    """Swift's s3api checks If-None-Match only one writer at a time and answers 501 to If-Match."""
+    import uuid
+
+    from objbutler.stores.s3 import S3Store
+
+    env = swift_server.s3_env  # type: ignore[attr-defined]
+    options = {"endpoint_url": env["AWS_ENDPOINT_URL"], "access_key": env["AWS_ACCESS_KEY_ID"],
+               "secret_key": env["AWS_SECRET_ACCESS_KEY"], "region": env.get("AWS_DEFAULT_REGION", "us-east-1")}
+    bucket = f"gw-{uuid.uuid4().hex[:8]}"
+    list(S3Store(bucket, create_bucket=True, **options).list())
+    with pytest.raises(NotSupportedError, match="If-Match"):
+        Butler.create(f"s3://{bucket}/repo", **options)
+    butler = Butler.create(f"s3://{bucket}/repo", allow_no_atomic_create=True, **options)
+    assert butler.config["commit_protocol"] == "timestamped"
+    butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
+    assert Butler(f"s3://{bucket}/repo", **options).get("metric", {"visit": 1}) == {"v": 1}

@@ -42,7 +42,7 @@ from astropy.io.fits.hdu.compressed import DITHER_SEED_CHECKSUM, SUBTRACTIVE_DIT
 from astropy.io.fits.verify import VerifyError
 from astropy.wcs import WCS
 
-from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, new_stamp, plan_stamps
+from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError
 from objbutler.formats._image import Image, _wcs_from, as_image
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
@@ -564,7 +564,7 @@ def _image_cutouts(
     nx = info.image_shape[1]
     plan = plan_reads(row_ranges([p.read for p in plans], nx, itemsize, info.data_start), cost)
     fetched = reader.fetch(plan)
-    wcs = _wcs_from(info.header)
+    wcs = ParentWCS(lambda: _wcs_from(info.header))
     dtype = scaling.dtype
     stamps = []
     for stamp_plan in plans:
@@ -706,7 +706,8 @@ def _compressed_cutouts(
             for stamp_plan in stamp_plans:
                 part = stamp_plan.read.intersection(region)
                 stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, region)]
-        wcs = _wcs_from(compressed.header)
+        header = compressed.header
+    wcs = ParentWCS(lambda: _wcs_from(header))
     return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
 
 

@@ -71,7 +71,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.chunk_key_encodings import ChunkKeyEncoding, DefaultChunkKeyEncoding
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from objbutler.cutouts import Box, ClipMode, Cutout, StampPlan, new_stamp, plan_stamps
+from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError
 from objbutler.formats._image import Image
 from objbutler.stores._base import Store
@@ -608,7 +608,7 @@ def read_zarr_cutouts(
     decoder, chunk_shape, chunks = fetch(store, prefix, document, metadata, plans)
     stamps = [new_stamp(plan, decoder.dtype, fill_value) for plan in plans]
     _assemble(decoder, chunk_shape, chunks, plans, stamps)
-    wcs = _stored_wcs(metadata)
+    wcs = ParentWCS(lambda: _stored_wcs(metadata))
     return [
         Cutout.from_parent(stamp, plan.bbox, wcs, plan.index)
         for plan, stamp in zip(plans, stamps, strict=True)

@@ -59,6 +59,7 @@ import botocore.session
 from objbutler.errors import (
     AlreadyExistsError,
     NotFoundError,
+    NotSupportedError,
     ObjButlerError,
     PreconditionFailedError,
     StoreError,
@@ -342,6 +343,9 @@ class S3Store(RemoteStore):
                     return AlreadyExistsError(f"object {what} already exists")
                 if action == "match":
                     return PreconditionFailedError(f"object {what} changed since its etag was read ({code})")
+            if status == 501 or code == "NotImplemented":
+                # e.g. Swift's s3api answers 501 to a conditional PUT with If-Match: not transient
+                return NotSupportedError(f"the server does not support this S3 {action} of {what}: {message}")
             if status == 409 and action == "bucket":
                 return AlreadyExistsError(f"bucket {self.bucket!r} already exists ({code})")
             if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
