@@ -505,7 +505,7 @@ def read_fits_cutouts(
         else the first image extension (plain or tile-compressed).
     cost : CostModel, optional
         Store cost model for the range planner; by default chosen from the
-        store's URI (:meth:`CostModel.for_uri`).
+        store (:meth:`CostModel.for_store`).
 
     Returns
     -------
@@ -525,7 +525,7 @@ def read_fits_cutouts(
         raise FormatError(f"HDU {info.index} of {key!r} is {len(info.image_shape)}-D; cutouts need a 2-D image")
     shape = (info.image_shape[0], info.image_shape[1])
     plans = plan_stamps(boxes, shape, mode)
-    cost = cost or CostModel.for_uri(store.uri)
+    cost = cost or CostModel.for_store(store)
     if info.kind == "compressed":
         return _compressed_cutouts(reader, info, plans, fill_value, cost)
     return _image_cutouts(reader, info, plans, fill_value, cost)
@@ -552,7 +552,7 @@ def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | N
     info = _locate(reader, hdu)
     if info.kind != "compressed":
         return _wcs_from(info.header)
-    with _open_tiles(reader, info, [], CostModel.for_uri(store.uri)) as compressed:
+    with _open_tiles(reader, info, [], CostModel.for_store(store)) as compressed:
         return _wcs_from(compressed.header)
 
 

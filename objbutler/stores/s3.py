@@ -48,6 +48,7 @@ import datetime as dt
 import functools
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -238,6 +239,11 @@ class S3Store(RemoteStore):
             return self.endpoint_url
         client = self._client_obj
         return str(client.meta.endpoint_url) if client is not None else "the default AWS endpoint"
+
+    @property
+    def server_host(self) -> str | None:
+        """Host name of the explicit endpoint (None for AWS), for choosing a read cost model."""
+        return urllib.parse.urlsplit(self.endpoint_url).hostname if self.endpoint_url else None
 
     # -- the client ----------------------------------------------------------------------
 

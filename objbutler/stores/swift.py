@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -187,6 +188,12 @@ class SwiftStore(RemoteStore):
             "create_container": self.create_container,
             **self._connection_options,
         }
+
+    @property
+    def server_host(self) -> str | None:
+        """Host name of the auth URL (explicit or from ST_AUTH/OS_AUTH_URL), for choosing a read cost model."""
+        url = self.auth_url or os.environ.get("ST_AUTH") or os.environ.get("OS_AUTH_URL")
+        return urllib.parse.urlsplit(url).hostname if url else None
 
     def __repr__(self) -> str:
         return f"SwiftStore({self.container!r}, {self.prefix!r})"
