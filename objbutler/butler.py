@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from objbutler.cutouts import Box, ClipMode, Cutout
+from objbutler.cutouts import Box, ClipMode, Cutout, as_box
 from objbutler.errors import (
     AlreadyExistsError,
     CommitOutcomeUnknownError,
@@ -51,7 +51,6 @@ from objbutler.registry.commits import utc_now
 from objbutler.registry.records import (
     DatasetRef,
     DatasetType,
-    canonical_data_id,
     data_id_slug,
     dimension_kinds,
     validate_data_id,
@@ -265,11 +264,6 @@ class Butler:
         encoded = encode_dataset(obj, format, self.config["default_format"], dict(format_options or {}))
         kinds = dimension_kinds(clean_id)
         new_type = DatasetType(dataset_type, tuple(clean_id), encoded.kind)
-        state = self.registry.state
-        state.check_types([new_type], kinds)
-        holder = state.find_unique((dataset_type, run, canonical_data_id(clean_id)))
-        if holder is not None:
-            raise ConflictError(f"{dataset_type} {clean_id} already exists in run {run!r} (dataset {holder.id})")
         ref_id = str(uuid.uuid4())
         key = f"data/{run}/{dataset_type}/{data_id_slug(clean_id)}-{ref_id[:8]}{EXTENSIONS[encoded.format]}"
         ref = DatasetRef(
@@ -277,6 +271,7 @@ class Butler:
             size=encoded.size, checksum=encoded.checksum, created=utc_now(), provenance=provenance,
             repository=self.uri,
         )
+        self.registry.check([new_type], kinds, [ref])  # fail before uploading when the view already says no
         write_dataset(self.store, key, encoded)
         try:
             self.registry.commit([new_type], kinds, [ref])
@@ -580,7 +575,7 @@ class Butler:
         if not isinstance(boxes_or_coords, SkyCoord):
             if size is not None:
                 raise InvalidKeyError("size= goes with sky positions; pixel boxes carry their own size")
-            return [b if isinstance(b, Box) else Box(*b) for b in boxes_or_coords]
+            return [as_box(b) for b in boxes_or_coords]
         if size is None:
             raise InvalidKeyError("cutouts at sky positions need size= (pixels or an angle)")
         from objbutler.cutouts import boxes_from_skycoords

@@ -44,6 +44,7 @@ __all__ = [
     "ClipMode",
     "Cutout",
     "ParentWCS",
+    "as_box",
     "StampPlan",
     "boxes_from_skycoords",
     "cutout_wcs",
@@ -178,17 +179,26 @@ def plan_stamp(index: int, box: Box, image_shape: tuple[int, int], mode: ClipMod
 
 def plan_stamps(boxes: Sequence[Box], image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
     """Plan every box of a request (see :func:`plan_stamp`)."""
-    return [plan_stamp(i, _as_box(box), image_shape, mode) for i, box in enumerate(boxes)]
+    return [plan_stamp(i, as_box(box), image_shape, mode) for i, box in enumerate(boxes)]
 
 
-def _as_box(value: Any) -> Box:
+def as_box(value: Any) -> Box:
+    """A Box from a Box or four whole-pixel corners ``(x0, y0, x1, y1)`` (ints or whole floats).
+
+    Raises
+    ------
+    InvalidCutoutError
+        For anything else, naming the value.
+    """
     if isinstance(value, Box):
         return value
     try:
-        x0, y0, x1, y1 = value
+        corners = [float(v) for v in value]
     except (TypeError, ValueError):
-        raise InvalidCutoutError(f"expected a Box or (x0, y0, x1, y1), got {value!r}") from None
-    return Box(x0, y0, x1, y1)
+        raise InvalidCutoutError(f"a box needs four numbers x0, y0, x1, y1, got {value!r}") from None
+    if len(corners) != 4 or not all(c.is_integer() for c in corners):
+        raise InvalidCutoutError(f"a box needs four whole-pixel corners x0, y0, x1, y1, got {value!r}")
+    return Box(*(int(c) for c in corners))
 
 
 def boxes_from_skycoords(

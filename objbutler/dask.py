@@ -60,7 +60,7 @@ from astropy.wcs.wcs import WCSHDO_SIP
 
 from objbutler import errors as _errors
 from objbutler.butler import Butler
-from objbutler.cutouts import Box, ClipMode, Cutout, boxes_from_skycoords
+from objbutler.cutouts import Box, ClipMode, Cutout, as_box, boxes_from_skycoords
 from objbutler.errors import InvalidCutoutError, InvalidKeyError, NotFoundError, NotSupportedError, ObjButlerError
 from objbutler.registry.records import DatasetRef, canonical_data_id, validate_data_id
 from objbutler.stores._concurrency import run_concurrently
@@ -236,7 +236,7 @@ def _request_from_row(
         data_id=data_id or None,
         run=values.get("run") or run,
         dataset_id=str(dataset_id) if dataset_id is not None else None,
-        box=_as_box(box) if box is not None else None,
+        box=as_box(box) if box is not None else None,
         ra=values.get("ra"),
         dec=values.get("dec"),
         size=values.get("size"),
@@ -244,16 +244,6 @@ def _request_from_row(
     )
 
 
-def _as_box(value: Any) -> Box:
-    if isinstance(value, Box):
-        return value
-    try:
-        corners = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise InvalidCutoutError(f"a box needs four numbers x0, y0, x1, y1, got {value!r}") from None
-    if len(corners) != 4 or not all(c.is_integer() for c in corners):
-        raise InvalidCutoutError(f"a box needs four whole-pixel corners x0, y0, x1, y1, got {value!r}")
-    return Box(*(int(c) for c in corners))
 
 
 def _check_request(request: CutoutRequest, default_size: Any) -> None:
@@ -1061,7 +1051,7 @@ def run_cutout_job(
         ras, decs = np.atleast_1d(icrs.ra.deg), np.atleast_1d(icrs.dec.deg)
         rows = [CutoutRequest(dataset_id=ref.id, ra=float(r), dec=float(d)) for r, d in zip(ras, decs, strict=True)]
     else:
-        rows = [CutoutRequest(dataset_id=ref.id, box=_as_box(box)) for box in boxes_or_coords]
+        rows = [CutoutRequest(dataset_id=ref.id, box=as_box(box)) for box in boxes_or_coords]
     with connect(scheduler, workers) as client:
         results = cutouts(uri, rows, client=client, store_options=store_options, mode=mode, fill_value=fill_value,
                           size=size)

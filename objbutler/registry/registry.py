@@ -181,6 +181,14 @@ class Registry:
             for ref in refs:  # one commit per dataset: a loser can then roll back alone
                 self._commit_timestamped(dataset_types, dimensions, ref)
 
+    def check(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
+        """Raise ConflictError now if the last refreshed view already rules these datasets out.
+
+        A cheap early check (no request) so that a put fails before uploading its data; the
+        commit checks again against the state it commits on.
+        """
+        self._check(self.state, types, dimensions, refs)
+
     @staticmethod
     def _check(state: RegistryState, types: list[DatasetType], dimensions: dict[str, str],
                refs: list[DatasetRef]) -> None:
@@ -196,10 +204,7 @@ class Registry:
                 )
 
     def _landed(self, refs: list[DatasetRef]) -> bool:
-        state = self.refresh()
-        return all(
-            (holder := state.find_unique(ref.unique_key)) is not None and holder.id == ref.id for ref in refs
-        )
+        return self._holds_all(self.refresh(), refs)
 
     def _commit_sequenced(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
         state = self.state
