@@ -74,11 +74,12 @@ class Box:
     y1: int
 
     def __post_init__(self) -> None:
-        for name in ("x0", "y0", "x1", "y1"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise InvalidCutoutError(f"Box.{name} must be an integer, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        if not (type(self.x0) is int and type(self.y0) is int and type(self.x1) is int and type(self.y1) is int):
+            for name in ("x0", "y0", "x1", "y1"):  # the slow path: numpy integers, or bad input
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                    raise InvalidCutoutError(f"Box.{name} must be an integer, got {value!r}")
+                object.__setattr__(self, name, int(value))
         if self.x1 < self.x0 or self.y1 < self.y0:
             raise InvalidCutoutError(f"{self} has negative extent (need x1 >= x0 and y1 >= y0)")
 
@@ -134,12 +135,8 @@ class StampPlan:
     @property
     def destination(self) -> tuple[slice, slice]:
         """Where the read pixels go inside the stamp array."""
-        return Box(
-            self.read.x0 - self.bbox.x0,
-            self.read.y0 - self.bbox.y0,
-            self.read.x1 - self.bbox.x0,
-            self.read.y1 - self.bbox.y0,
-        ).slices()
+        read, bbox = self.read, self.bbox
+        return (slice(read.y0 - bbox.y0, read.y1 - bbox.y0), slice(read.x0 - bbox.x0, read.x1 - bbox.x0))
 
 
 def plan_stamp(index: int, box: Box, image_shape: tuple[int, int], mode: ClipMode) -> StampPlan:
@@ -168,7 +165,10 @@ def plan_stamp(index: int, box: Box, image_shape: tuple[int, int], mode: ClipMod
     """
     if mode not in _MODES:
         raise InvalidCutoutError(f"mode must be one of {_MODES}, got {mode!r}")
-    image = Box(0, 0, int(image_shape[1]), int(image_shape[0]))
+    return _plan_stamp(index, box, Box(0, 0, int(image_shape[1]), int(image_shape[0])), mode)
+
+
+def _plan_stamp(index: int, box: Box, image: Box, mode: ClipMode) -> StampPlan:
     read = box.intersection(image)
     if mode == "strict" and read != box:
         raise InvalidCutoutError(f"request {index}: {box} is not wholly inside the {image.height}x{image.width} image")
@@ -179,7 +179,10 @@ def plan_stamp(index: int, box: Box, image_shape: tuple[int, int], mode: ClipMod
 
 def plan_stamps(boxes: Sequence[Box], image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
     """Plan every box of a request (see :func:`plan_stamp`)."""
-    return [plan_stamp(i, as_box(box), image_shape, mode) for i, box in enumerate(boxes)]
+    if mode not in _MODES:
+        raise InvalidCutoutError(f"mode must be one of {_MODES}, got {mode!r}")
+    image = Box(0, 0, int(image_shape[1]), int(image_shape[0]))
+    return [_plan_stamp(i, as_box(box), image, mode) for i, box in enumerate(boxes)]
 
 
 def as_box(value: Any) -> Box:

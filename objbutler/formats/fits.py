@@ -4,20 +4,22 @@ Writing (:func:`encode_fits`) and whole reads (:func:`decode_fits`) go through
 astropy. The cutout reader (:func:`read_fits_cutouts`) never downloads the
 whole object:
 
-1. read the header with small range reads (11,520 bytes first, doubled until
-   the END card shows up), walking HDU headers by their data sizes when the
-   image is not the first HDU;
+1. read the header with one range read of up to ~64 KiB (the cost model's
+   break-even size, at least 11,520 bytes: reading ahead is cheaper than
+   another request), doubled until the END card shows up, walking HDU headers
+   by their data sizes when the image is not the first HDU;
 2. plain image HDU: turn each stamp into one byte range per row
    (``data start + (y * NAXIS1 + x0) * bytes per pixel``), let
    :func:`objbutler.ranges.plan_reads` merge them, fetch every block with one
    ``store.get_ranges`` call and decode exactly as astropy's ``.data`` and
-   ``.section`` do (:class:`PixelScaling`);
-3. tile-compressed HDU (a BINTABLE with ``ZIMAGE = T``): read the tile table,
-   fetch the heap bytes of only the tiles the stamps touch (one
-   ``get_ranges`` call), rebuild a small in-memory FITS file holding just those
-   tiles (every other tile left empty, row numbers kept so dithering matches),
-   and let astropy's own ``CompImageHDU.section`` decompress each needed tile
-   once (rectangles of neighbouring tiles per call).
+   ``.section`` do (:class:`PixelScaling`), straight from a strided view of
+   the fetched block into the stamp (one copy per stamp);
+3. tile-compressed HDU (a BINTABLE with ``ZIMAGE = T``): parse the tile table
+   (usually inside the first read), fetch the heap bytes of only the tiles
+   the stamps touch (one ``get_ranges`` call) and decode each tile once, on
+   one thread per CPU, with astropy's own codecs
+   (:mod:`objbutler.formats.fits_tiles`); one stamp from a file objbutler
+   wrote costs two requests.
 
 Compression and loss (:func:`encode_fits`): every algorithm is lossless for
 integer images. Floating-point images are lossless with ``GZIP_1`` and
@@ -28,12 +30,11 @@ each tile's noise, ``SUBTRACTIVE_DITHER_2`` so exact zeros survive): **lossy**.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import math
-import re
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,10 @@ from astropy.wcs import WCS
 from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError
 from objbutler.formats._image import Image, _wcs_from, as_image
+from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
 from objbutler.stores._base import Store
+from objbutler.stores._concurrency import run_concurrently
 
 __all__ = [
     "COMPRESSION_TYPES",
@@ -61,7 +64,8 @@ __all__ = [
 
 BLOCK = 2880
 _CARD = 80
-_FIRST_READ = 4 * BLOCK
+_MIN_FIRST_READ = 4 * BLOCK
+_MAX_FIRST_READ = 23 * BLOCK  # 66,240 bytes: a primary header, an extension header and a tile table of ~2,000 tiles
 COMPRESSION_TYPES = ("RICE_1", "GZIP_1", "GZIP_2", "HCOMPRESS_1")
 _LOSSLESS_FLOAT = ("GZIP_1", "GZIP_2")
 _BITPIX_DTYPES = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
@@ -224,6 +228,11 @@ class PixelScaling:
             return np.dtype("float32")
         return None
 
+    @property
+    def is_plain(self) -> bool:
+        """True when values are the raw pixels (no BSCALE, BZERO or BLANK): decoding is a byte swap."""
+        return self.bzero == 0 and self.bscale == 1 and self.blank is None
+
     def decode(self, raw: np.ndarray) -> np.ndarray:
         """Turn raw big-endian pixels into values: a new native-endian array.
 
@@ -238,7 +247,7 @@ class PixelScaling:
             Bit for bit what astropy's ``.data``/``.section`` give, in native byte order.
         """
         unscaled = self.bzero == 0 and self.bscale == 1
-        if unscaled and self.blank is None:
+        if self.is_plain:
             return raw.astype(raw.dtype.newbyteorder("="))
         target = self._scaled_dtype()
         if not unscaled and target is not None and target.kind == "u":
@@ -319,9 +328,11 @@ class HduInfo:
 class _Reader:
     """Range reads of one object that keep (and extend) the last bytes read: headers, tile tables."""
 
-    def __init__(self, store: Store, key: str) -> None:
+    def __init__(self, store: Store, key: str, cost: CostModel) -> None:
         self.store, self.key = store, key
         self.start, self.buffer, self.at_end = 0, b"", False
+        # Reading ahead is cheaper than another request while the extra bytes take less time than its latency.
+        self.first_read = max(_MIN_FIRST_READ, min(_MAX_FIRST_READ, cost.break_even_bytes // BLOCK * BLOCK))
 
     def read(self, start: int, stop: int) -> memoryview:
         """Bytes ``[start, stop)`` (fewer past the end of the object); one request unless buffered."""
@@ -350,7 +361,7 @@ class _Reader:
     def header_at(self, offset: int, index: int) -> HduInfo | None:
         """HDU ``index``'s header, starting at ``offset`` (None past the last HDU); reads only what is not buffered."""
         buffered = self.start + len(self.buffer) - offset if self.start <= offset else 0
-        size = buffered if buffered >= BLOCK else _FIRST_READ
+        size = buffered if buffered >= BLOCK else self.first_read
         while True:
             raw = self.read(offset, offset + size)
             if bytes(raw[:9]) != (b"SIMPLE  =" if offset == 0 else b"XTENSION="):
@@ -362,7 +373,7 @@ class _Reader:
                 break
             if len(raw) < size:
                 raise FormatError(f"{self.key!r}: the header at byte {offset} is truncated (no END card)")
-            size = max(2 * size, _FIRST_READ)
+            size = max(2 * size, self.first_read)
         try:
             header = fits.Header.fromstring(bytes(raw[:end]).decode("ascii"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -406,12 +417,6 @@ def _matches(info: HduInfo, selector: HduSelector) -> bool:
 # --------------------------------------------------------------------- stamp planning (pure)
 
 
-def _row_starts(box: Box, nx: int, itemsize: int, data_start: int) -> np.ndarray:
-    """Byte offset of the first pixel of each row of ``box``."""
-    rows = np.arange(box.y0, box.y1, dtype=np.int64)
-    return data_start + (rows * nx + box.x0) * itemsize
-
-
 def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) -> np.ndarray:
     """The byte ranges of every row of every box of an uncompressed 2-D image.
 
@@ -429,47 +434,48 @@ def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) ->
     Returns
     -------
     numpy.ndarray
-        ``(n, 2)`` int64 array of half-open ``(start, stop)`` offsets.
+        ``(n, 2)`` int64 array of half-open ``(start, stop)`` offsets, box by box, row by row.
     """
-    starts = [_row_starts(box, nx, itemsize, data_start) for box in reads if not box.is_empty]
-    widths = [np.full(box.height, box.width * itemsize, dtype=np.int64) for box in reads if not box.is_empty]
-    if not starts:
-        return np.empty((0, 2), dtype=np.int64)
-    first = np.concatenate(starts)
-    return np.stack([first, first + np.concatenate(widths)], axis=1)
+    corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in reads if not b.is_empty], dtype=np.int64).reshape(-1, 4)
+    heights = corners[:, 3] - corners[:, 1]
+    row_in_box = np.arange(int(heights.sum()), dtype=np.int64) - np.repeat(np.cumsum(heights) - heights, heights)
+    rows = np.repeat(corners[:, 1], heights) + row_in_box
+    starts = data_start + (rows * nx + np.repeat(corners[:, 0], heights)) * itemsize
+    return np.stack([starts, starts + np.repeat((corners[:, 2] - corners[:, 0]) * itemsize, heights)], axis=1)
 
 
-def _gather_rows(
-    plan: ReadPlan, fetched: Sequence[bytes | memoryview], first: int, stride: int, shape: tuple[int, int]
+def _raw_rows(
+    plan: ReadPlan, fetched: Sequence[bytes | memoryview], first: int, stride: int, shape: tuple[int, int],
+    dtype: np.dtype[Any],
 ) -> np.ndarray:
-    """Copy ``shape[0]`` rows of ``shape[1]`` bytes, ``stride`` apart from ``first``, out of the blocks.
+    """``shape[0]`` rows of ``shape[1]`` pixels, ``stride`` bytes apart from byte ``first``, out of the blocks.
 
-    Rows inside one block are copied through a zero-copy strided view; a row
-    that crosses two blocks goes through :func:`extract`.
+    A zero-copy strided view when one block holds every row (the usual case);
+    otherwise a copy, row by row, of rows that may cross blocks.
     """
-    nrows, row_bytes = shape
-    out = np.empty(shape, dtype=np.uint8)
+    nrows, width = shape
+    row_bytes = width * dtype.itemsize
+    out: np.ndarray | None = None
     row = 0
     while row < nrows:
         offset = first + row * stride
         index = plan.block_index(offset)
-        inside = 0
-        if index >= 0:
-            room = plan.blocks[index].stop - offset - row_bytes
-            inside = min(nrows - row, room // stride + 1) if room >= 0 else 0
+        room = plan.blocks[index].stop - offset - row_bytes if index >= 0 else -1
+        inside = min(nrows - row, room // stride + 1) if room >= 0 else 0
+        if inside == nrows:
+            start = offset - plan.blocks[index].start
+            return np.ndarray(shape, dtype, buffer=fetched[index], offset=start, strides=(stride, dtype.itemsize))
+        if out is None:
+            out = np.empty(shape, dtype=dtype)
         if inside:
-            view = np.ndarray(
-                (inside, row_bytes),
-                np.uint8,
-                buffer=fetched[index],
-                offset=offset - plan.blocks[index].start,
-                strides=(stride, 1),
-            )
-            out[row : row + inside] = view
+            start = offset - plan.blocks[index].start
+            strides = (stride, dtype.itemsize)
+            out[row : row + inside] = np.ndarray((inside, width), dtype, fetched[index], start, strides)
             row += inside
-        else:
-            out[row] = np.frombuffer(extract(plan, fetched, (offset, offset + row_bytes)), np.uint8)
+        else:  # a row that crosses two blocks
+            out[row] = np.frombuffer(extract(plan, fetched, (offset, offset + row_bytes)), dtype)
             row += 1
+    assert out is not None
     return out
 
 
@@ -519,13 +525,13 @@ def read_fits_cutouts(
     InvalidCutoutError
         In strict mode, for a box not wholly inside the image.
     """
-    reader = _Reader(store, key)
+    cost = cost or CostModel.for_store(store)
+    reader = _Reader(store, key, cost)
     info = _locate(reader, hdu)
     if len(info.image_shape) != 2:
         raise FormatError(f"HDU {info.index} of {key!r} is {len(info.image_shape)}-D; cutouts need a 2-D image")
     shape = (info.image_shape[0], info.image_shape[1])
     plans = plan_stamps(boxes, shape, mode)
-    cost = cost or CostModel.for_store(store)
     if info.kind == "compressed":
         return _compressed_cutouts(reader, info, plans, fill_value, cost)
     return _image_cutouts(reader, info, plans, fill_value, cost)
@@ -548,12 +554,8 @@ def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | N
     astropy.wcs.WCS or None
         The image's WCS, or None if its header has none.
     """
-    reader = _Reader(store, key)
-    info = _locate(reader, hdu)
-    if info.kind != "compressed":
-        return _wcs_from(info.header)
-    with _open_tiles(reader, info, [], CostModel.for_store(store)) as compressed:
-        return _wcs_from(compressed.header)
+    info = _locate(_Reader(store, key, CostModel.for_store(store)), hdu)
+    return _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header)
 
 
 def _image_cutouts(
@@ -567,196 +569,79 @@ def _image_cutouts(
     wcs = ParentWCS(lambda: _wcs_from(info.header))
     dtype = scaling.dtype
     stamps = []
+    raw_dtype, stride = scaling.raw_dtype, nx * itemsize
+    plain = scaling.is_plain
     for stamp_plan in plans:
         data = new_stamp(stamp_plan, dtype, fill_value)
         read = stamp_plan.read
-        if not read.is_empty:
-            first = int(_row_starts(read, nx, itemsize, info.data_start)[0])
-            raw = _gather_rows(plan, fetched, first, nx * itemsize, (read.height, read.width * itemsize))
-            data[stamp_plan.destination] = scaling.decode(raw.view(scaling.raw_dtype))
+        if read.x1 > read.x0 and read.y1 > read.y0:
+            first = info.data_start + (read.y0 * nx + read.x0) * itemsize
+            raw = _raw_rows(plan, fetched, first, stride, read.shape, raw_dtype)
+            data[stamp_plan.destination] = raw if plain else scaling.decode(raw)  # plain: one byte-swapping copy
         stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index))
     return stamps
 
 
 # --------------------------------------------------------------------- tile-compressed images
 
-_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])([LXBIJKAEDCM]?)")
-_TFORM_BYTES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16, "P": 8, "Q": 16}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _HeapColumn:
-    """A variable-length column of the tile table: where its descriptors sit in a row."""
-
-    offset: int
-    descriptor: str  # ">i4" (P) or ">i8" (Q)
-    item_bytes: int
-
-
-def _heap_columns(header: fits.Header) -> list[_HeapColumn]:
-    """The variable-length columns of a BINTABLE (COMPRESSED_DATA, GZIP_COMPRESSED_DATA, ...)."""
-    columns, offset = [], 0
-    for number in range(1, header.get("TFIELDS", 0) + 1):
-        match = _TFORM.match(str(header.get(f"TFORM{number}", "")))
-        if match is None:
-            raise FormatError(f"unreadable TFORM{number} = {header.get(f'TFORM{number}')!r}")
-        repeat = int(match.group(1) or 1)
-        code, element = match.group(2), match.group(3)
-        if code in "PQ":
-            columns.append(_HeapColumn(offset, ">i4" if code == "P" else ">i8", _TFORM_BYTES.get(element, 1)))
-        offset += -(-repeat // 8) if code == "X" else repeat * _TFORM_BYTES[code]
-    if offset != header["NAXIS1"]:
-        raise FormatError(f"the tile table's columns take {offset} bytes, NAXIS1 says {header['NAXIS1']}")
-    return columns
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _TileGrid:
-    """The tiles of a 2-D compressed image, numbered in table-row order (x fastest)."""
-
-    shape: tuple[int, int]
-    tile: tuple[int, int]
-
-    @classmethod
-    def from_header(cls, header: fits.Header) -> _TileGrid:
-        nx, ny = header["ZNAXIS1"], header["ZNAXIS2"]
-        return cls((ny, nx), (header.get("ZTILE2", 1), header.get("ZTILE1", nx)))
-
-    @property
-    def columns(self) -> int:
-        return -(-self.shape[1] // self.tile[1])
-
-    def box(self, row: int) -> Box:
-        ty, tx = divmod(row, self.columns)
-        y0, x0 = ty * self.tile[0], tx * self.tile[1]
-        return Box(x0, y0, min(x0 + self.tile[1], self.shape[1]), min(y0 + self.tile[0], self.shape[0]))
-
-    def rows(self, read: Box) -> list[int]:
-        """Table rows of the tiles a box touches."""
-        if read.is_empty:
-            return []
-        ty = range(read.y0 // self.tile[0], (read.y1 - 1) // self.tile[0] + 1)
-        tx = range(read.x0 // self.tile[1], (read.x1 - 1) // self.tile[1] + 1)
-        return [y * self.columns + x for y in ty for x in tx]
-
-    def regions(self, rows: Sequence[int], max_pixels: int) -> dict[Box, list[int]]:
-        """Group tiles into rectangles of whole tiles, each decompressed by one astropy call.
-
-        Runs of neighbouring tiles along x in each tile row, stacked while the
-        same run repeats in the next tile row and the rectangle stays under
-        ``max_pixels`` (one call per tile would cost astropy a pass over the
-        whole tile table each).
-
-        Returns
-        -------
-        dict
-            Each rectangle (in pixels) and the table rows of its tiles.
-        """
-        runs: dict[int, list[list[int]]] = {}  # tile row -> [[first, stop) tile columns, ...]
-        for row in sorted(rows):
-            ty, tx = divmod(row, self.columns)
-            line = runs.setdefault(ty, [])
-            if line and line[-1][1] == tx:
-                line[-1][1] += 1
-            else:
-                line.append([tx, tx + 1])
-        stacks: dict[tuple[int, int], list[int]] = {}  # run -> [first, stop) tile rows, still growing
-        closed: list[tuple[int, int, int, int]] = []
-        for ty, line in sorted(runs.items()):
-            for tx0, tx1 in line:
-                stack = stacks.get((tx0, tx1))
-                pixels = (ty + 1 - stack[0]) * (tx1 - tx0) * self.tile[0] * self.tile[1] if stack else 0
-                if stack and stack[1] == ty and pixels <= max_pixels:
-                    stack[1] = ty + 1
-                    continue
-                if stack:
-                    closed.append((stack[0], stack[1], tx0, tx1))
-                stacks[(tx0, tx1)] = [ty, ty + 1]
-        closed += [(ty0, ty1, tx0, tx1) for (tx0, tx1), (ty0, ty1) in stacks.items()]
-        return {
-            Box(
-                tx0 * self.tile[1],
-                ty0 * self.tile[0],
-                min(tx1 * self.tile[1], self.shape[1]),
-                min(ty1 * self.tile[0], self.shape[0]),
-            ): [y * self.columns + x for y in range(ty0, ty1) for x in range(tx0, tx1)]
-            for ty0, ty1, tx0, tx1 in closed
-        }
-
-
-_MAX_REGION_PIXELS = 4 * 1024 * 1024
-
 
 def _compressed_cutouts(
     reader: _Reader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel
 ) -> list[Cutout]:
-    grid = _TileGrid.from_header(info.header)
-    tiles = {p.index: grid.rows(p.read) for p in plans}
-    regions = grid.regions(sorted({row for rows in tiles.values() for row in rows}), _MAX_REGION_PIXELS)
-    region_of = {row: region for region, rows in regions.items() for row in rows}
-    users: dict[Box, list[StampPlan]] = {region: [] for region in regions}
+    """Stamps from a tile-compressed image: fetch the tiles they touch (one call), decode each once.
+
+    Tiles are decoded on up to one thread per CPU (astropy's codecs release the
+    GIL); each tile is pasted into its stamps as soon as it is decoded and then
+    dropped, so at most one decoded tile per thread is alive beside the stamps.
+    """
+    table = _tile_table(reader, info)
+    users: dict[int, list[StampPlan]] = {}
     for stamp_plan in plans:
-        for region in dict.fromkeys(region_of[row] for row in tiles[stamp_plan.index]):
-            users[region].append(stamp_plan)
-    with _open_tiles(reader, info, sorted(region_of), cost) as compressed:
-        dtype = PixelScaling.from_header(compressed.header).dtype
-        stamps = {p.index: new_stamp(p, dtype, fill_value) for p in plans}
-        for region, stamp_plans in users.items():
-            pixels = compressed.section[region.slices()]
-            for stamp_plan in stamp_plans:
-                part = stamp_plan.read.intersection(region)
-                stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, region)]
-        header = compressed.header
-    wcs = ParentWCS(lambda: _wcs_from(header))
+        for tile in table.grid.rows(stamp_plan.read):
+            users.setdefault(tile, []).append(stamp_plan)
+    tiles = sorted(users)
+    plan = plan_reads(table.heap_ranges(tiles), cost)
+    fetched = reader.fetch(plan)
+    scaling = PixelScaling.from_header(info.header, "ZBITPIX")
+    dtype = scaling.dtype
+    stamps = {p.index: new_stamp(p, dtype, fill_value) for p in plans}
+
+    def read_heap(start: int, stop: int) -> memoryview | bytes:
+        return extract(plan, fetched, (start, stop))
+
+    def decode_and_paste(tile: int) -> None:
+        pixels = table.decode(tile, read_heap)
+        if not scaling.is_plain:
+            pixels = scaling.decode(pixels)
+        frame = table.grid.box(tile)
+        for stamp_plan in users[tile]:
+            part = stamp_plan.read.intersection(frame)
+            stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, frame)]
+
+    if tiles:
+        decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
+    workers = _decode_threads() if table.algorithm in THREAD_SAFE_ALGORITHMS else 1
+    run_concurrently(decode_and_paste, tiles[1:], workers)
+    header = info.header
+    wcs = ParentWCS(lambda: _wcs_from(image_header(header)))
     return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
 
 
-@contextlib.contextmanager
-def _open_tiles(reader: _Reader, info: HduInfo, rows: list[int], cost: CostModel) -> Iterator[fits.CompImageHDU]:
-    """Open, with astropy, a small FITS file holding only the tiles ``rows`` of a compressed HDU."""
-    with fits.open(io.BytesIO(_tile_subset(reader, info, rows, cost))) as hdus:
-        compressed = hdus[1]
-        if not isinstance(compressed, fits.CompImageHDU):
-            raise FormatError(f"HDU {info.index} of {reader.key!r} is not a readable tile-compressed image")
-        yield compressed
+def _tile_table(reader: _Reader, info: HduInfo) -> TileTable:
+    """The tile table of a compressed HDU (usually already in the first header read)."""
+    size = info.header["NAXIS1"] * info.header["NAXIS2"]
+    table = reader.read(info.data_start, info.data_start + size)
+    if len(table) != size:
+        raise FormatError(f"{reader.key!r} is truncated inside the tile table of HDU {info.index}")
+    return TileTable.parse(info.header, table, info.data_start)
+
+
+def _decode_threads() -> int:
+    """CPUs this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
 def _within(box: Box, frame: Box) -> tuple[slice, slice]:
     """Slices of ``box`` in an array whose pixel (0, 0) is ``frame``'s corner."""
-    return Box(box.x0 - frame.x0, box.y0 - frame.y0, box.x1 - frame.x0, box.y1 - frame.y0).slices()
-
-
-def _tile_subset(reader: _Reader, info: HduInfo, rows: list[int], cost: CostModel) -> bytes:
-    """A small FITS file: the tile table, with only ``rows`` pointing at heap bytes (fetched in one call)."""
-    header = info.header
-    row_bytes, nrows = header["NAXIS1"], header["NAXIS2"]
-    table = np.frombuffer(reader.read(info.data_start, info.data_start + row_bytes * nrows), np.uint8)
-    if table.size != row_bytes * nrows:
-        raise FormatError(f"{reader.key!r} is truncated inside the tile table of HDU {info.index}")
-    table = table.reshape(nrows, row_bytes).copy()
-    heap_start = info.data_start + header.get("THEAP", row_bytes * nrows)
-    unused = np.setdiff1d(np.arange(nrows), rows)
-    spans = []  # (descriptor array, table row, first heap byte, stop)
-    for column in _heap_columns(header):
-        width = 2 * np.dtype(column.descriptor).itemsize
-        descriptors = table[:, column.offset : column.offset + width].view(column.descriptor)
-        for row in rows:
-            count, offset = int(descriptors[row, 0]), heap_start + int(descriptors[row, 1])
-            spans.append((descriptors, row, offset, offset + count * column.item_bytes))
-        descriptors[unused] = 0
-    plan = plan_reads([(start, stop) for _, _, start, stop in spans], cost)
-    fetched = reader.fetch(plan)
-    heap: list[bytes | memoryview] = []
-    heap_size = 0
-    for descriptors, row, start, stop in spans:
-        descriptors[row, 1] = heap_size
-        heap.append(extract(plan, fetched, (start, stop)))
-        heap_size += stop - start
-    subset = header.copy()
-    subset["PCOUNT"] = heap_size
-    for keyword in ("THEAP", "CHECKSUM", "DATASUM"):
-        subset.remove(keyword, ignore_missing=True)
-    primary = fits.Header([("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True)])
-    padding = b"\0" * (-(table.nbytes + heap_size) % BLOCK)
-    head = primary.tostring().encode("ascii") + subset.tostring().encode("ascii")
-    return b"".join([head, table.tobytes(), *heap, padding])
+    return (slice(box.y0 - frame.y0, box.y1 - frame.y0), slice(box.x0 - frame.x0, box.x1 - frame.x0))
