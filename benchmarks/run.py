@@ -47,6 +47,25 @@ def format_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _cost_model_note(where: Any, log: Callable[[str], None]) -> str:
+    """Measure the target's latency, bandwidth and concurrency, and say which model the planner uses there."""
+    from benchmarks.calibrate import measure_cost_model
+    from objbutler.ranges import CostModel
+    from objbutler.stores import open_store
+
+    store = open_store(where.new_uri("calibrate"), **where.store_options)
+    measured = measure_cost_model(store, "scratch.bin")
+    used = CostModel.for_store(store)
+    note = (
+        f"read cost model measured on the target: {measured.latency * 1e3:.1f} ms per request, "
+        f"{measured.bandwidth / 1e6:.0f} MB/s, {measured.concurrency} request(s) served at once; "
+        f"the planner's default for it: {used.latency * 1e3:.1f} ms, {used.bandwidth / 1e6:.0f} MB/s, "
+        f"{used.concurrency} at once"
+    )
+    log(note)
+    return note
+
+
 def main(
     suite: str = "all",
     target: str = "localstack",
@@ -95,6 +114,7 @@ def main(
         if suite in ("cutouts", "all"):
             from benchmarks.cutouts import run_cutouts, settings_for
 
+            notes.append(_cost_model_note(where, log))
             rows += run_cutouts(where, settings_for(quick, image_size), log)
         if suite in ("registry", "all"):
             from benchmarks.registry import registry_settings, run_registry

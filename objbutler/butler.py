@@ -269,7 +269,7 @@ class Butler:
         ref = DatasetRef(
             id=ref_id, dataset_type=dataset_type, data_id=clean_id, run=run, format=encoded.format, key=key,
             size=encoded.size, checksum=encoded.checksum, created=utc_now(), provenance=provenance,
-            repository=self.uri,
+            repository=self.uri, layout=encoded.layout,
         )
         self.registry.check([new_type], kinds, [ref])  # fail before uploading when the view already says no
         write_dataset(self.store, key, encoded)
@@ -511,11 +511,12 @@ class Butler:
             In request order.
         """
         ref = self._resolve(ref_or_type, data_id, run)
-        boxes = self._boxes_for(ref, boxes_or_coords, size)
+        boxes, wcs = self._boxes_for(ref, boxes_or_coords, size)
         if ref.format == "fits":
             from objbutler.formats.fits import read_fits_cutouts
 
-            return read_fits_cutouts(self.store, ref.key, boxes, mode, fill_value, cost=cost)
+            return read_fits_cutouts(self.store, ref.key, boxes, mode, fill_value, cost=cost, layout=ref.layout,
+                                     object_size=ref.size, parent_wcs=wcs)
         if ref.format == "zarr":
             from objbutler.formats.zarr_array import read_zarr_cutouts
 
@@ -569,13 +570,14 @@ class Butler:
             raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
         return self._image_wcs(ref)
 
-    def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any) -> list[Box]:
+    def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any) -> tuple[list[Box], Any]:
+        """Pixel boxes, and the image's WCS when it had to be read to make them (sky positions)."""
         from astropy.coordinates import SkyCoord
 
         if not isinstance(boxes_or_coords, SkyCoord):
             if size is not None:
                 raise InvalidKeyError("size= goes with sky positions; pixel boxes carry their own size")
-            return [as_box(b) for b in boxes_or_coords]
+            return [as_box(b) for b in boxes_or_coords], None
         if size is None:
             raise InvalidKeyError("cutouts at sky positions need size= (pixels or an angle)")
         from objbutler.cutouts import boxes_from_skycoords
@@ -583,7 +585,7 @@ class Butler:
         wcs = self._image_wcs(ref)
         if wcs is None:
             raise NotSupportedError(f"{ref.dataset_type} {ref.data_id} has no WCS: use pixel boxes")
-        return boxes_from_skycoords(boxes_or_coords, wcs, size)
+        return boxes_from_skycoords(boxes_or_coords, wcs, size), wcs
 
     def _image_wcs(self, ref: DatasetRef) -> Any:
         if ref.format == "fits":

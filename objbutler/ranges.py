@@ -99,9 +99,12 @@ class CostModel:
 
     @classmethod
     def loopback(cls) -> CostModel:
-        """A server on this machine (LocalStack, a test Swift): it shares the CPUs with the client,
-        so requests are cheap to start but few run truly in parallel: 5 ms, 250 MB/s, 2 at once."""
-        return cls(latency=0.005, bandwidth=250e6, concurrency=2)
+        """A server on this machine (LocalStack, a test Swift): 7 ms, 280 MB/s, one at a time.
+
+        Measured against LocalStack on two cores (``benchmarks/calibrate.py``): four concurrent
+        requests take four times as long as one, because the server shares the client's CPUs.
+        """
+        return cls(latency=0.007, bandwidth=280e6, concurrency=1)
 
     @classmethod
     def for_store(cls, store: object) -> CostModel:

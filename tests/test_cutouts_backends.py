@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy import units as u
@@ -113,7 +115,8 @@ def test_one_stamp_is_cheap_and_a_thousand_read_each_byte_once(local_backend: Ba
     counting.reset()
     [stamp] = butler.get_cutouts(ref, [Box(1000, 2000, 1064, 2064)])
     np.testing.assert_array_equal(stamp.data, big[2000:2064, 1000:1064])
-    assert counting.requests <= 3 and counting.bytes_read < 2_000_000
+    assert ref.layout == {"hdu": 0, "data_start": 2880, "shape": [4096, 4096], "bitpix": -32}
+    assert counting.requests == 1 and counting.bytes_read < 2_000_000  # the registry's layout: no header read
     counting.reset()
     rng = np.random.default_rng(9)
     corners = rng.integers(0, 4096 - 64, (1000, 2))
@@ -122,6 +125,35 @@ def test_one_stamp_is_cheap_and_a_thousand_read_each_byte_once(local_backend: Ba
     assert counting.bytes_read <= big.nbytes + 1_000_000
     for box, stamp in list(zip(boxes, stamps, strict=True))[:50]:
         np.testing.assert_array_equal(stamp.data, big[box.slices()])
+
+
+def test_the_registry_layout_saves_the_header_read_and_bad_layouts_are_ignored(
+    local_backend: Backend, hdu: fits.PrimaryHDU
+) -> None:
+    uri = local_backend.new_uri()
+    ref = Butler.create(uri).put(hdu, "calexp", {"visit": 1}, run="r", format="fits")
+    counting = CountingStore(Butler(uri).store)
+    butler = Butler(uri, store=counting)
+    box = Box(100, 200, 140, 260)
+    expected = Cutout2D(hdu.data, (120 - 0.5, 230 - 0.5), (60, 40), wcs=WCS(hdu.header))
+    counting.reset()
+    [stamp] = butler.get_cutouts(ref, [box])
+    assert counting.requests == 1
+    np.testing.assert_array_equal(stamp.data, expected.data)
+    np.testing.assert_allclose(stamp.wcs.wcs.crpix, expected.wcs.wcs.crpix)  # the header, read only now
+    assert counting.requests == 2
+    coords = WCS(hdu.header).pixel_to_world([50.0, 300.0], [60.0, 70.0])  # close rows: one block
+    counting.reset()
+    stamps = butler.get_cutouts(ref, coords, size=21)
+    assert counting.requests == 2  # the header once (for the WCS), then the pixels
+    assert [s.wcs is not None for s in stamps] == [True, True] and counting.requests == 2
+    assert ref.layout is not None
+    wrong = [{**ref.layout, "shape": [70000, 520]}, {**ref.layout, "bitpix": 7}, {"hdu": 0}, {**ref.layout, "hdu": 1}]
+    for layout in wrong:  # does not fit the object, or malformed: the header is read instead
+        [stamp] = butler.get_cutouts(dataclasses.replace(ref, layout=layout), [box])
+        np.testing.assert_array_equal(stamp.data, expected.data)
+    rice = butler.put(hdu, "calexp", {"visit": 2}, run="r", format="fits", format_options={"compression": "RICE_1"})
+    assert rice.layout is None and butler.find("calexp", {"visit": 1}).layout == ref.layout
 
 
 def test_cutouts_need_an_image(local_backend: Backend) -> None:

@@ -45,12 +45,15 @@ class EncodedDataset:
         Relative name -> bytes; ``""`` for single-object formats.
     checksum : str
         ``sha256:<hex>`` of the bytes (Zarr: over its sorted per-object digests).
+    layout : dict or None
+        Where the pixels lie (see :attr:`objbutler.registry.records.DatasetRef.layout`).
     """
 
     kind: str
     format: str
     objects: dict[str, bytes]
     checksum: str
+    layout: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -98,10 +101,10 @@ def _sha256(data: bytes) -> str:
 
 def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
     if fmt == "fits":
-        from objbutler.formats.fits import encode_fits
+        from objbutler.formats.fits import encode_fits, fits_layout
 
         data = encode_fits(image, **options)
-        return EncodedDataset("image", fmt, {"": data}, _sha256(data))
+        return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data))
     from objbutler.formats.zarr_array import encode_zarr, zarr_checksum
 
     objects = encode_zarr(image, **options)

@@ -35,7 +35,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from astropy.io import fits
@@ -48,7 +48,7 @@ from objbutler.errors import FormatError
 from objbutler.formats._image import Image, _wcs_from, as_image
 from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
-from objbutler.stores._base import Store
+from objbutler.stores._base import RangeLike, Store, normalize_ranges
 from objbutler.stores._concurrency import run_concurrently
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "PixelScaling",
     "decode_fits",
     "encode_fits",
+    "fits_layout",
     "read_fits_cutouts",
     "read_fits_wcs",
     "row_ranges",
@@ -118,6 +119,65 @@ def _compressed_hdu(
     elif data.dtype.kind == "f":
         options = {"quantize_method": SUBTRACTIVE_DITHER_2, "dither_seed": DITHER_SEED_CHECKSUM}  # lossy
     return fits.CompImageHDU(data=data, header=header, compression_type=compression, tile_shape=tiles, **options)
+
+
+_LAYOUT_SCALING = ("BSCALE", "BZERO", "BLANK")
+
+
+def fits_layout(data: bytes) -> dict[str, Any] | None:
+    """Where the pixels of an uncompressed 2-D primary image lie in FITS bytes, for the registry.
+
+    With it a cutout reader plans its reads without fetching the header first
+    (see :func:`read_fits_cutouts`).
+
+    Parameters
+    ----------
+    data : bytes
+        A FITS file (as :func:`encode_fits` writes it).
+
+    Returns
+    -------
+    dict or None
+        ``{"hdu": 0, "data_start", "shape": [ny, nx], "bitpix"}`` plus any of
+        BSCALE, BZERO, BLANK (lower-case keys), or None when the image is
+        tile-compressed, not 2-D, or not in the primary HDU.
+    """
+    info = _Reader(_BytesSource(data), "", CostModel.local()).header_at(0, 0)
+    if info is None or info.kind != "image" or len(info.image_shape) != 2 or not info.has_data:
+        return None
+    layout: dict[str, Any] = {
+        "hdu": 0, "data_start": info.data_start, "shape": list(info.image_shape), "bitpix": info.header["BITPIX"],
+    }
+    layout.update({key.lower(): info.header[key] for key in _LAYOUT_SCALING if key in info.header})
+    return layout
+
+
+def _layout_info(layout: Any, size: int | None) -> HduInfo | None:
+    """The HduInfo a registry layout describes (None if it is malformed or does not fit the object)."""
+    try:
+        ny, nx = (int(n) for n in layout["shape"])
+        header = fits.Header([("SIMPLE", True), ("BITPIX", int(layout["bitpix"])), ("NAXIS", 2),
+                              ("NAXIS1", nx), ("NAXIS2", ny)])
+        for key in _LAYOUT_SCALING:
+            if key.lower() in layout:
+                header[key] = layout[key.lower()]
+        info = HduInfo(0, header, int(layout["data_start"]))
+        end = info.data_start + nx * ny * abs(int(layout["bitpix"])) // 8
+    except (KeyError, TypeError, ValueError):
+        return None
+    if layout.get("hdu") != 0 or int(layout["bitpix"]) not in _BITPIX_DTYPES or (size is not None and end > size):
+        return None
+    return info
+
+
+class _BytesSource:
+    """The one store method :class:`_Reader` needs, over bytes in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes | memoryview]:
+        return [memoryview(self.data)[r.start : r.stop] for r in normalize_ranges(ranges)]
 
 
 # --------------------------------------------------------------------- whole reads
@@ -325,10 +385,16 @@ class HduInfo:
         return str(self.header.get("EXTNAME", "PRIMARY" if self.index == 0 else "")).strip().upper()
 
 
+class _RangeSource(Protocol):
+    """What :class:`_Reader` needs of a store."""
+
+    def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> Sequence[bytes | memoryview]: ...
+
+
 class _Reader:
     """Range reads of one object that keep (and extend) the last bytes read: headers, tile tables."""
 
-    def __init__(self, store: Store, key: str, cost: CostModel) -> None:
+    def __init__(self, store: _RangeSource, key: str, cost: CostModel) -> None:
         self.store, self.key = store, key
         self.start, self.buffer, self.at_end = 0, b"", False
         # Reading ahead is cheaper than another request while the extra bytes take less time than its latency.
@@ -491,6 +557,9 @@ def read_fits_cutouts(
     *,
     hdu: HduSelector = None,
     cost: CostModel | None = None,
+    layout: Any = None,
+    object_size: int | None = None,
+    parent_wcs: WCS | None = None,
 ) -> list[Cutout]:
     """Cut many stamps out of one FITS image in a store with a few range reads.
 
@@ -512,6 +581,14 @@ def read_fits_cutouts(
     cost : CostModel, optional
         Store cost model for the range planner; by default chosen from the
         store (:meth:`CostModel.for_store`).
+    layout : dict, optional
+        The registry's :func:`fits_layout` of the object: the header is then
+        not read unless a stamp's WCS is asked for (ignored with ``hdu``, or
+        if it does not fit ``object_size``).
+    object_size : int, optional
+        The object's size in bytes, to check ``layout`` against.
+    parent_wcs : astropy.wcs.WCS, optional
+        The image's WCS when the caller already read it (sky positions).
 
     Returns
     -------
@@ -527,14 +604,21 @@ def read_fits_cutouts(
     """
     cost = cost or CostModel.for_store(store)
     reader = _Reader(store, key, cost)
-    info = _locate(reader, hdu)
+    hinted = _layout_info(layout, object_size) if layout is not None and hdu is None else None
+    info = hinted or _locate(reader, hdu)
     if len(info.image_shape) != 2:
         raise FormatError(f"HDU {info.index} of {key!r} is {len(info.image_shape)}-D; cutouts need a 2-D image")
     shape = (info.image_shape[0], info.image_shape[1])
     plans = plan_stamps(boxes, shape, mode)
+    if parent_wcs is not None:
+        wcs = ParentWCS(lambda: parent_wcs)
+    elif hinted is not None:
+        wcs = ParentWCS(lambda: read_fits_wcs(store, key))
+    else:
+        wcs = ParentWCS(lambda: _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header))
     if info.kind == "compressed":
-        return _compressed_cutouts(reader, info, plans, fill_value, cost)
-    return _image_cutouts(reader, info, plans, fill_value, cost)
+        return _compressed_cutouts(reader, info, plans, fill_value, cost, wcs)
+    return _image_cutouts(reader, info, plans, fill_value, cost, wcs)
 
 
 def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | None:
@@ -559,14 +643,13 @@ def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | N
 
 
 def _image_cutouts(
-    reader: _Reader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel
+    reader: _Reader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel, wcs: ParentWCS
 ) -> list[Cutout]:
     scaling = PixelScaling.from_header(info.header)
     itemsize = scaling.raw_dtype.itemsize
     nx = info.image_shape[1]
     plan = plan_reads(row_ranges([p.read for p in plans], nx, itemsize, info.data_start), cost)
     fetched = reader.fetch(plan)
-    wcs = ParentWCS(lambda: _wcs_from(info.header))
     dtype = scaling.dtype
     stamps = []
     raw_dtype, stride = scaling.raw_dtype, nx * itemsize
@@ -586,7 +669,7 @@ def _image_cutouts(
 
 
 def _compressed_cutouts(
-    reader: _Reader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel
+    reader: _Reader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel, wcs: ParentWCS
 ) -> list[Cutout]:
     """Stamps from a tile-compressed image: fetch the tiles they touch (one call), decode each once.
 
@@ -622,8 +705,6 @@ def _compressed_cutouts(
         decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
     workers = _decode_threads() if table.algorithm in THREAD_SAFE_ALGORITHMS else 1
     run_concurrently(decode_and_paste, tiles[1:], workers)
-    header = info.header
-    wcs = ParentWCS(lambda: _wcs_from(image_header(header)))
     return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
 
 

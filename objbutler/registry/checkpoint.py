@@ -15,6 +15,7 @@ dataset:
 ``created``      ISO-8601 UTC time of the put
 ``data_id``      canonical JSON of the data ID
 ``provenance``   JSON, or null
+``layout``       JSON, or null: where an image's pixels lie in its object
 ``dim.<name>``   one column per data ID key (int64 or string), for queries
 ===============  ==========================================================
 
@@ -54,6 +55,7 @@ _BASE_FIELDS = [
     pa.field("created", pa.string()),
     pa.field("data_id", pa.string()),
     pa.field("provenance", pa.string()),
+    pa.field("layout", pa.string()),
 ]
 
 
@@ -117,6 +119,7 @@ def refs_to_table(refs: Iterable[DatasetRef], dimensions: dict[str, str]) -> pa.
         "created": [r.created for r in refs],
         "data_id": [canonical_data_id(r.data_id) for r in refs],
         "provenance": [None if r.provenance is None else json.dumps(r.provenance, sort_keys=True) for r in refs],
+        "layout": [None if r.layout is None else json.dumps(r.layout, sort_keys=True) for r in refs],
     }
     for name in sorted(dimensions):
         columns[f"{DIM_PREFIX}{name}"] = [r.data_id.get(name) for r in refs]
@@ -151,7 +154,10 @@ def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
             raise FormatError(f"checkpoint {where} has an unsupported version or a wrong row count")
         types = {t["name"]: DatasetType.from_json(t) for t in meta["dataset_types"]}
         dimensions = {str(k): str(v) for k, v in meta["dimensions"].items()}
-        table = table.cast(schema_for(dimensions))
+        if "layout" not in table.column_names:  # written before image layouts were recorded
+            table = table.append_column("layout", pa.nulls(table.num_rows, pa.string()))
+        schema = schema_for(dimensions)
+        table = table.select(schema.names).cast(schema)
     except FormatError:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
@@ -181,6 +187,7 @@ def rows_to_refs(table: pa.Table, repository: str) -> list[DatasetRef]:
                 created=row["created"],
                 provenance=None if row["provenance"] is None else json.loads(row["provenance"]),
                 repository=repository,
+                layout=None if row["layout"] is None else json.loads(row["layout"]),
             )
         )
     return refs

@@ -218,6 +218,10 @@ class DatasetRef:
         Inputs, derived_from and activity (see :mod:`objbutler.provenance`).
     repository : str
         URI of the repository that holds it.
+    layout : dict or None
+        Where the pixels of an image objbutler wrote lie in its object (FITS:
+        :func:`objbutler.formats.fits.fits_layout`), so cutouts skip the header
+        read; None for other datasets and for files ingested as they are.
     """
 
     id: str
@@ -231,6 +235,7 @@ class DatasetRef:
     created: str
     provenance: dict[str, Any] | None = None
     repository: str = ""
+    layout: dict[str, Any] | None = None
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -256,6 +261,7 @@ class DatasetRef:
             "checksum": self.checksum,
             "created": self.created,
             "provenance": self.provenance,
+            **({"layout": self.layout} if self.layout is not None else {}),
         }
 
     @classmethod
@@ -273,4 +279,5 @@ class DatasetRef:
             created=str(raw["created"]),
             provenance=raw.get("provenance"),
             repository=repository,
+            layout=raw.get("layout"),
         )
