@@ -655,12 +655,17 @@ def _image_cutouts(
     raw_dtype, stride = scaling.raw_dtype, nx * itemsize
     plain = scaling.is_plain
     for stamp_plan in plans:
-        data = new_stamp(stamp_plan, dtype, fill_value)
         read = stamp_plan.read
         if read.x1 > read.x0 and read.y1 > read.y0:
             first = info.data_start + (read.y0 * nx + read.x0) * itemsize
-            raw = _raw_rows(plan, fetched, first, stride, read.shape, raw_dtype)
-            data[stamp_plan.destination] = raw if plain else scaling.decode(raw)  # plain: one byte-swapping copy
+            raw = _raw_rows(plan, fetched, first, stride, (read.y1 - read.y0, read.x1 - read.x0), raw_dtype)
+            if plain and read is stamp_plan.bbox:
+                data = raw.astype(dtype)  # the usual stamp: one byte-swapping copy, straight out of the block
+            else:
+                data = new_stamp(stamp_plan, dtype, fill_value)
+                data[stamp_plan.destination] = raw if plain else scaling.decode(raw)
+        else:
+            data = new_stamp(stamp_plan, dtype, fill_value)
         stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index))
     return stamps
 
