@@ -11,6 +11,10 @@ clustered ones (four clusters); methods:
 ``astrocut``           ``astrocut.FITSCutout`` per stamp (it reopens the file each time)
 ``zarr-per-stamp``     ``zarr.open_array(FsspecStore)`` then ``array[y0:y1, x0:x1]`` per stamp
 ``exact-ranges`` ...   the fixed strategies of :mod:`benchmarks.strategies` (``exact-tiles`` ... when compressed)
+``floor: ...``         compressed only, lower bounds rather than methods: ``GET only`` downloads the object and
+                       decodes nothing (what any method that needs every tile spends on moving bytes);
+                       ``2 round trips`` makes two dependent 100-byte range reads (what reading one tile costs a
+                       reader that must read the tile table first)
 
 plus a sweep of image size (1k, 2k, 4k, 8k square FITS) for objbutler and
 the fixed strategies. Per-stamp methods can be capped to a subset of the
@@ -240,6 +244,9 @@ def cases_for(image: StoredImage, workload: str, boxes: list[Box], target: Targe
             case("whole-download", lambda b: strategies.fits_whole(store, key, b), kind="fixed"),
             case("exact-tiles", lambda b: strategies.compressed_fixed(store, key, b, None), kind="fixed"),
             case("merged-tiles-4MiB", lambda b: strategies.compressed_fixed(store, key, b, 4 * MiB), kind="fixed"),
+            # floors, not strategies: what any reader of every tile / of one tile without an index must spend
+            case("floor: GET only", lambda b: store.get(key), kind="floor"),
+            case("floor: 2 round trips", lambda b: strategies.two_round_trips(store, key), kind="floor"),
         ]
     else:
         cases.append(case("whole-download", lambda b: zarr_whole(url, options, b), kind="fixed", counted=http))

@@ -42,10 +42,11 @@ __all__ = [
     "fits_whole",
     "merge_ranges",
     "parse_primary_header",
+    "two_round_trips",
 ]
 
 HEADER_READ = 4 * 2880
-"""Bytes of the first header read (objbutler's reader starts with the same size)."""
+"""Bytes of the fixed strategies' header read (objbutler's reader reads up to ~64 KiB at once)."""
 
 
 def parse_primary_header(head: bytes) -> tuple[fits.Header, int]:
@@ -139,3 +140,9 @@ def compressed_fixed(store: Any, key: str, boxes: Sequence[Box], gap: int | None
     latency = 0.0 if gap is None else gap / bandwidth
     cost = CostModel(latency=latency, bandwidth=bandwidth, concurrency=1)
     return read_fits_cutouts(store, key, boxes, "trim", cost=cost)
+
+
+def two_round_trips(store: Any, key: str) -> None:
+    """Two dependent 100-byte range reads: the latency floor of reading one tile after its tile table."""
+    first = store.get_ranges(key, [(0, 100)])[0]
+    store.get_ranges(key, [(len(first), len(first) + 100)])

@@ -525,6 +525,20 @@ def test_tiles_decoded_on_threads_equal_astropy_every_time(compression: str) -> 
         assert_identical(whole.data, reference)
 
 
+@pytest.mark.parametrize("compression", ["RICE_1", "GZIP_1"])
+def test_a_corrupt_tile_is_a_format_error(compression: str) -> None:
+    image = make_image("int32", shape=(128, 128), seed=2)
+    data = bytearray(encode_fits(image, compression, tile_shape=(32, 32)))
+    with fits.open(io.BytesIO(bytes(data))) as hdus:
+        heap = hdus[1]._bintable._data_offset + hdus[1]._bintable._theap
+    data[heap + 5 : heap + 400] = bytes(395)  # zero the start of the first tiles
+    store = MemoryStore()
+    key = put(store, bytes(data))
+    with pytest.raises(FormatError, match="does not decode"):
+        read_fits_cutouts(store, key, [Box(0, 0, 128, 128)])
+    assert store.get(key) == bytes(data)
+
+
 def test_compressed_reads_fetch_only_the_tiles_touched(store: Store) -> None:
     image = make_image("int32", shape=(512, 512), seed=4)
     data = encode_fits(image, "RICE_1", tile_shape=(64, 64))

@@ -233,7 +233,20 @@ class TileTable:
         numpy.ndarray
             ``grid.box(tile).shape`` pixels: integers for integer images (nulls
             hold ZBLANK/BLANK), floats for float images (nulls are NaN).
+
+        Raises
+        ------
+        FormatError
+            If the tile's bytes do not decode (a corrupt or truncated heap).
         """
+        try:
+            return self._decode(tile, read_heap)
+        except FormatError:
+            raise
+        except Exception as exc:  # the codecs raise CfitsioException, zlib.error, ValueError, ...
+            raise FormatError(f"tile {tile} ({self.algorithm}) does not decode: {exc}") from exc
+
+    def _decode(self, tile: int, read_heap: Any) -> np.ndarray:
         header, rows = self.header, self.rows
         shape = self.grid.box(tile).shape
         algorithm = self.algorithm
