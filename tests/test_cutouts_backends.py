@@ -148,7 +148,8 @@ def test_the_registry_layout_saves_the_header_read_and_bad_layouts_are_ignored(
     assert counting.requests == 2  # the header once (for the WCS), then the pixels
     assert [s.wcs is not None for s in stamps] == [True, True] and counting.requests == 2
     assert ref.layout is not None
-    wrong = [{**ref.layout, "shape": [70000, 520]}, {**ref.layout, "bitpix": 7}, {"hdu": 0}, {**ref.layout, "hdu": 1}]
+    wrong = [{**ref.layout, "shape": [70000, 520]}, {**ref.layout, "bitpix": 7}, {"hdu": 0}, {**ref.layout, "hdu": 1},
+             {**ref.layout, "shape": [-700, -520]}, {**ref.layout, "data_start": 100}, {**ref.layout, "shape": "x"}]
     for layout in wrong:  # does not fit the object, or malformed: the header is read instead
         [stamp] = butler.get_cutouts(dataclasses.replace(ref, layout=layout), [box])
         np.testing.assert_array_equal(stamp.data, expected.data)

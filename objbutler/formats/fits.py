@@ -165,7 +165,9 @@ def _layout_info(layout: Any, size: int | None) -> HduInfo | None:
         end = info.data_start + nx * ny * abs(int(layout["bitpix"])) // 8
     except (KeyError, TypeError, ValueError):
         return None
-    if layout.get("hdu") != 0 or int(layout["bitpix"]) not in _BITPIX_DTYPES or (size is not None and end > size):
+    sane = nx > 0 and ny > 0 and info.data_start > 0 and info.data_start % BLOCK == 0
+    if not sane or layout.get("hdu") != 0 or int(layout["bitpix"]) not in _BITPIX_DTYPES or (
+            size is not None and end > size):
         return None
     return info
 
