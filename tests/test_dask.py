@@ -26,13 +26,12 @@ from objbutler.dask import (
     ErrorRecord,
     RepositoryOutput,
     _auto_task_size,
-    _ImageGroup,
-    _Item,
     _pack,
     cutouts,
     ingest,
     parse_requests,
 )
+from objbutler.dask.tasks import ImageGroup, Item
 from objbutler.errors import InvalidKeyError
 
 distributed = pytest.importorskip("distributed")
@@ -268,9 +267,9 @@ def test_malformed_rows_raise_before_anything_runs(row: dict[str, Any]) -> None:
 
 
 def test_packing_keeps_images_whole_and_splits_big_ones() -> None:
-    def group(n: int) -> _ImageGroup:
+    def group(n: int) -> ImageGroup:
         ref = DatasetRef(str(uuid.uuid4()), "calexp", {"visit": n}, "r", "fits", "k", 0, "", "")
-        return _ImageGroup(ref, tuple(_Item(i, Box(0, 0, 1, 1), None, None, None, None) for i in range(n)))
+        return ImageGroup(ref, tuple(Item(i, Box(0, 0, 1, 1), None, None, None, None) for i in range(n)))
 
     tasks = _pack([group(50), group(50), group(50), group(500)], target=125)
     sizes = [[len(g.items) for g in task] for task in tasks]
