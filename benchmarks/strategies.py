@@ -32,7 +32,8 @@ import numpy as np
 from astropy.io import fits
 
 from objbutler.cutouts import Box, plan_stamps
-from objbutler.formats.fits import PixelScaling, read_fits_cutouts, row_ranges
+from objbutler.formats.fits_cutouts import read_fits_cutouts, row_ranges
+from objbutler.formats.fits_headers import PixelScaling
 from objbutler.ranges import ByteRange, CostModel, ReadPlan, extract
 
 __all__ = [

@@ -513,7 +513,7 @@ class Butler:
         ref = self._resolve(ref_or_type, data_id, run)
         boxes, wcs = self._boxes_for(ref, boxes_or_coords, size)
         if ref.format == "fits":
-            from objbutler.formats.fits import read_fits_cutouts
+            from objbutler.formats.fits_cutouts import read_fits_cutouts
 
             return read_fits_cutouts(self.store, ref.key, boxes, mode, fill_value, cost=cost, layout=ref.layout,
                                      object_size=ref.size, parent_wcs=wcs)
@@ -589,7 +589,7 @@ class Butler:
 
     def _image_wcs(self, ref: DatasetRef) -> Any:
         if ref.format == "fits":
-            from objbutler.formats.fits import read_fits_wcs
+            from objbutler.formats.fits_cutouts import read_fits_wcs
 
             return read_fits_wcs(self.store, ref.key)
         from objbutler.formats.zarr_array import read_zarr_wcs

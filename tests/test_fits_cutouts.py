@@ -1,4 +1,4 @@
-"""FITS writing, reading and the vectorized cutout reader against astropy (objbutler.formats.fits)."""
+"""FITS writing, reading and the vectorized cutout reader against astropy (objbutler.formats.fits*)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,9 @@ from hypothesis import strategies as st
 from objbutler.cutouts import Box, ClipMode, Cutout, plan_stamp
 from objbutler.errors import FormatError, InvalidCutoutError
 from objbutler.formats._image import Image
-from objbutler.formats.fits import (
-    PixelScaling,
-    decode_fits,
-    encode_fits,
-    read_fits_cutouts,
-    read_fits_wcs,
-    row_ranges,
-)
+from objbutler.formats.fits import decode_fits, encode_fits
+from objbutler.formats.fits_cutouts import read_fits_cutouts, read_fits_wcs, row_ranges
+from objbutler.formats.fits_headers import PixelScaling
 from objbutler.formats.fits_tiles import TileGrid
 from objbutler.ranges import CostModel, plan_reads
 from objbutler.stores._base import Store

@@ -101,7 +101,8 @@ def _sha256(data: bytes) -> str:
 
 def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
     if fmt == "fits":
-        from objbutler.formats.fits import encode_fits, fits_layout
+        from objbutler.formats.fits import encode_fits
+        from objbutler.formats.fits_headers import fits_layout
 
         data = encode_fits(image, **options)
         return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data))

@@ -220,7 +220,7 @@ class DatasetRef:
         URI of the repository that holds it.
     layout : dict or None
         Where the pixels of an image objbutler wrote lie in its object (FITS:
-        :func:`objbutler.formats.fits.fits_layout`), so cutouts skip the header
+        :func:`objbutler.formats.fits_headers.fits_layout`), so cutouts skip the header
         read; None for other datasets and for files ingested as they are.
     """
 

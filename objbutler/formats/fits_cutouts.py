@@ -1,0 +1,290 @@
+"""Many stamps out of one FITS image in a store, with a few range reads: never the whole object.
+
+1. find the image: from the registry's layout when objbutler wrote it (no
+   read at all), else by reading its header (:mod:`objbutler.formats.fits_headers`);
+2. plain image HDU: turn each stamp into one byte range per row
+   (``data start + (y * NAXIS1 + x0) * bytes per pixel``), let
+   :func:`objbutler.ranges.plan_reads` merge them, fetch every block with one
+   ``store.get_ranges`` call and decode exactly as astropy's ``.data`` and
+   ``.section`` do (:class:`~objbutler.formats.fits_headers.PixelScaling`),
+   straight from a strided view of the fetched block into the stamp (one
+   copy per stamp);
+3. tile-compressed HDU (a BINTABLE with ``ZIMAGE = T``): parse the tile table
+   (usually inside the first read), fetch the heap bytes of only the tiles
+   the stamps touch (one ``get_ranges`` call) and decode each tile once, on
+   one thread per CPU, with astropy's own codecs
+   (:mod:`objbutler.formats.fits_tiles`); one stamp costs two requests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from astropy.wcs import WCS
+
+from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
+from objbutler.errors import FormatError
+from objbutler.formats._image import _wcs_from
+from objbutler.formats.fits_headers import HduInfo, HduSelector, HeaderReader, PixelScaling, layout_info, locate
+from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
+from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
+from objbutler.stores._base import Store
+from objbutler.stores._concurrency import run_concurrently
+
+__all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges"]
+
+
+# --------------------------------------------------------------------- stamp planning (pure)
+
+
+def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) -> np.ndarray:
+    """The byte ranges of every row of every box of an uncompressed 2-D image.
+
+    Parameters
+    ----------
+    reads : sequence of Box
+        Boxes inside the image (empty boxes contribute nothing).
+    nx : int
+        NAXIS1, pixels per image row.
+    itemsize : int
+        Bytes per pixel (``abs(BITPIX) // 8``).
+    data_start : int
+        Byte offset of the image data.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 2)`` int64 array of half-open ``(start, stop)`` offsets, box by box, row by row.
+    """
+    corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in reads if not b.is_empty], dtype=np.int64).reshape(-1, 4)
+    heights = corners[:, 3] - corners[:, 1]
+    row_in_box = np.arange(int(heights.sum()), dtype=np.int64) - np.repeat(np.cumsum(heights) - heights, heights)
+    rows = np.repeat(corners[:, 1], heights) + row_in_box
+    starts = data_start + (rows * nx + np.repeat(corners[:, 0], heights)) * itemsize
+    return np.stack([starts, starts + np.repeat((corners[:, 2] - corners[:, 0]) * itemsize, heights)], axis=1)
+
+
+def _raw_rows(
+    plan: ReadPlan, fetched: Sequence[bytes | memoryview], first: int, stride: int, shape: tuple[int, int],
+    dtype: np.dtype[Any],
+) -> np.ndarray:
+    """``shape[0]`` rows of ``shape[1]`` pixels, ``stride`` bytes apart from byte ``first``, out of the blocks.
+
+    A zero-copy strided view when one block holds every row (the usual case);
+    otherwise a copy, row by row, of rows that may cross blocks.
+    """
+    nrows, width = shape
+    row_bytes = width * dtype.itemsize
+    out: np.ndarray | None = None
+    row = 0
+    while row < nrows:
+        offset = first + row * stride
+        index = plan.block_index(offset)
+        room = plan.blocks[index].stop - offset - row_bytes if index >= 0 else -1
+        inside = min(nrows - row, room // stride + 1) if room >= 0 else 0
+        if inside == nrows:
+            start = offset - plan.blocks[index].start
+            return np.ndarray(shape, dtype, buffer=fetched[index], offset=start, strides=(stride, dtype.itemsize))
+        if out is None:
+            out = np.empty(shape, dtype=dtype)
+        if inside:
+            start = offset - plan.blocks[index].start
+            strides = (stride, dtype.itemsize)
+            out[row : row + inside] = np.ndarray((inside, width), dtype, fetched[index], start, strides)
+            row += inside
+        else:  # a row that crosses two blocks
+            out[row] = np.frombuffer(extract(plan, fetched, (offset, offset + row_bytes)), dtype)
+            row += 1
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------- cutouts
+
+
+def read_fits_cutouts(
+    store: Store,
+    key: str,
+    boxes: Sequence[Box],
+    mode: ClipMode = "trim",
+    fill_value: float = np.nan,
+    *,
+    hdu: HduSelector = None,
+    cost: CostModel | None = None,
+    layout: Any = None,
+    object_size: int | None = None,
+    parent_wcs: WCS | None = None,
+) -> list[Cutout]:
+    """Cut many stamps out of one FITS image in a store with a few range reads.
+
+    Parameters
+    ----------
+    store : Store
+        Where the object is.
+    key : str
+        The FITS object's key.
+    boxes : sequence of Box
+        Half-open pixel boxes ``data[y0:y1, x0:x1]``, in any order.
+    mode : {"trim", "partial", "strict"}
+        Clipping mode (see :mod:`objbutler.cutouts`).
+    fill_value : float, default NaN
+        Value of pixels outside the image in ``partial`` mode.
+    hdu : int, str or None
+        HDU index or EXTNAME; by default the primary HDU if it holds data,
+        else the first image extension (plain or tile-compressed).
+    cost : CostModel, optional
+        Store cost model for the range planner; by default chosen from the
+        store (:meth:`CostModel.for_store`).
+    layout : dict, optional
+        The registry's :func:`fits_layout` of the object: the header is then
+        not read unless a stamp's WCS is asked for (ignored with ``hdu``, or
+        if it does not fit ``object_size``).
+    object_size : int, optional
+        The object's size in bytes, to check ``layout`` against.
+    parent_wcs : astropy.wcs.WCS, optional
+        The image's WCS when the caller already read it (sky positions).
+
+    Returns
+    -------
+    list of Cutout
+        In request order, each with its own WCS.
+
+    Raises
+    ------
+    FormatError
+        Not FITS, a truncated header or data, a non-image HDU, or not 2-D.
+    InvalidCutoutError
+        In strict mode, for a box not wholly inside the image.
+    """
+    cost = cost or CostModel.for_store(store)
+    reader = HeaderReader(store, key, cost)
+    hinted = layout_info(layout, object_size) if layout is not None and hdu is None else None
+    info = hinted or locate(reader, hdu)
+    if len(info.image_shape) != 2:
+        raise FormatError(f"HDU {info.index} of {key!r} is {len(info.image_shape)}-D; cutouts need a 2-D image")
+    shape = (info.image_shape[0], info.image_shape[1])
+    plans = plan_stamps(boxes, shape, mode)
+    if parent_wcs is not None:
+        wcs = ParentWCS(lambda: parent_wcs)
+    elif hinted is not None:
+        wcs = ParentWCS(lambda: read_fits_wcs(store, key))
+    else:
+        wcs = ParentWCS(lambda: _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header))
+    if info.kind == "compressed":
+        return _compressed_cutouts(reader, info, plans, fill_value, cost, wcs)
+    return _image_cutouts(reader, info, plans, fill_value, cost, wcs)
+
+
+def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | None:
+    """The WCS of a FITS image in a store, from its header alone (a few small range reads).
+
+    Parameters
+    ----------
+    store : Store
+        Where the object is.
+    key : str
+        The FITS object's key.
+    hdu : int, str or None
+        HDU index or EXTNAME, chosen as in :func:`read_fits_cutouts`.
+
+    Returns
+    -------
+    astropy.wcs.WCS or None
+        The image's WCS, or None if its header has none.
+    """
+    info = locate(HeaderReader(store, key, CostModel.for_store(store)), hdu)
+    return _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header)
+
+
+def _image_cutouts(
+    reader: HeaderReader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel, wcs: ParentWCS
+) -> list[Cutout]:
+    scaling = PixelScaling.from_header(info.header)
+    itemsize = scaling.raw_dtype.itemsize
+    nx = info.image_shape[1]
+    plan = plan_reads(row_ranges([p.read for p in plans], nx, itemsize, info.data_start), cost)
+    fetched = reader.fetch(plan)
+    dtype = scaling.dtype
+    stamps = []
+    raw_dtype, stride = scaling.raw_dtype, nx * itemsize
+    plain = scaling.is_plain
+    for stamp_plan in plans:
+        read = stamp_plan.read
+        if read.x1 > read.x0 and read.y1 > read.y0:
+            first = info.data_start + (read.y0 * nx + read.x0) * itemsize
+            raw = _raw_rows(plan, fetched, first, stride, (read.y1 - read.y0, read.x1 - read.x0), raw_dtype)
+            if plain and read is stamp_plan.bbox:
+                data = raw.astype(dtype)  # the usual stamp: one byte-swapping copy, straight out of the block
+            else:
+                data = new_stamp(stamp_plan, dtype, fill_value)
+                data[stamp_plan.destination] = raw if plain else scaling.decode(raw)
+        else:
+            data = new_stamp(stamp_plan, dtype, fill_value)
+        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index))
+    return stamps
+
+
+# --------------------------------------------------------------------- tile-compressed images
+
+
+def _compressed_cutouts(
+    reader: HeaderReader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel, wcs: ParentWCS
+) -> list[Cutout]:
+    """Stamps from a tile-compressed image: fetch the tiles they touch (one call), decode each once.
+
+    Tiles are decoded on up to one thread per CPU (astropy's codecs release the
+    GIL); each tile is pasted into its stamps as soon as it is decoded and then
+    dropped, so at most one decoded tile per thread is alive beside the stamps.
+    """
+    table = _tile_table(reader, info)
+    users: dict[int, list[StampPlan]] = {}
+    for stamp_plan in plans:
+        for tile in table.grid.rows(stamp_plan.read):
+            users.setdefault(tile, []).append(stamp_plan)
+    tiles = sorted(users)
+    plan = plan_reads(table.heap_ranges(tiles), cost)
+    fetched = reader.fetch(plan)
+    scaling = PixelScaling.from_header(info.header, "ZBITPIX")
+    dtype = scaling.dtype
+    stamps = {p.index: new_stamp(p, dtype, fill_value) for p in plans}
+
+    def read_heap(start: int, stop: int) -> memoryview | bytes:
+        return extract(plan, fetched, (start, stop))
+
+    def decode_and_paste(tile: int) -> None:
+        pixels = table.decode(tile, read_heap)
+        if not scaling.is_plain:
+            pixels = scaling.decode(pixels)
+        frame = table.grid.box(tile)
+        for stamp_plan in users[tile]:
+            part = stamp_plan.read.intersection(frame)
+            stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, frame)]
+
+    if tiles:
+        decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
+    workers = _decode_threads() if table.algorithm in THREAD_SAFE_ALGORITHMS else 1
+    run_concurrently(decode_and_paste, tiles[1:], workers)
+    return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
+
+
+def _tile_table(reader: HeaderReader, info: HduInfo) -> TileTable:
+    """The tile table of a compressed HDU (usually already in the first header read)."""
+    size = info.header["NAXIS1"] * info.header["NAXIS2"]
+    table = reader.read(info.data_start, info.data_start + size)
+    if len(table) != size:
+        raise FormatError(f"{reader.key!r} is truncated inside the tile table of HDU {info.index}")
+    return TileTable.parse(info.header, table, info.data_start)
+
+
+def _decode_threads() -> int:
+    """CPUs this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
+def _within(box: Box, frame: Box) -> tuple[slice, slice]:
+    """Slices of ``box`` in an array whose pixel (0, 0) is ``frame``'s corner."""
+    return (slice(box.y0 - frame.y0, box.y1 - frame.y0), slice(box.x0 - frame.x0, box.x1 - frame.x0))
