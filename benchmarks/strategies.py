@@ -32,9 +32,9 @@ import numpy as np
 from astropy.io import fits
 
 from objbutler.cutouts import Box, plan_stamps
-from objbutler.formats.fits_cutouts import read_fits_cutouts, row_ranges
+from objbutler.formats.fits_cutouts import read_fits_cutouts, row_ranges, stamp_rows
 from objbutler.formats.fits_headers import PixelScaling
-from objbutler.ranges import ByteRange, CostModel, ReadPlan, extract
+from objbutler.ranges import ByteRange, CostModel, ReadPlan
 
 __all__ = [
     "HEADER_READ",
@@ -69,19 +69,6 @@ def merge_ranges(ranges: np.ndarray, gap: int) -> list[ByteRange]:
     starts = ranges[np.concatenate(([0], cut)), 0]
     stops = ends[np.concatenate((cut - 1, [len(ranges) - 1]))]
     return [ByteRange(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
-
-
-def _stamp_rows(plan: ReadPlan, fetched: Sequence[Any], first: int, stride: int, nrows: int, width: int) -> np.ndarray:
-    """The raw bytes of a stamp: a strided view when one block holds it all, else row by row."""
-    index = plan.block_index(first)
-    last = first + (nrows - 1) * stride + width
-    if index >= 0 and last <= plan.blocks[index].stop:
-        block = np.frombuffer(fetched[index], np.uint8)
-        start = first - plan.blocks[index].start
-        return np.lib.stride_tricks.as_strided(block[start:], shape=(nrows, width), strides=(stride, 1))
-    rows = [np.frombuffer(extract(plan, fetched, (first + r * stride, first + r * stride + width)), np.uint8)
-            for r in range(nrows)]
-    return np.stack(rows)
 
 
 def fits_ranges(store: Any, key: str, boxes: Sequence[Box], gap: int | None) -> list[np.ndarray]:
@@ -121,8 +108,7 @@ def fits_ranges(store: Any, key: str, boxes: Sequence[Box], gap: int | None) -> 
             stamps.append(np.empty((0, 0), scaling.dtype))
             continue
         first = data_start + (read.y0 * nx + read.x0) * itemsize
-        raw = _stamp_rows(plan, fetched, first, stride, read.height, read.width * itemsize)
-        stamps.append(scaling.decode(np.ascontiguousarray(raw).view(scaling.raw_dtype)))
+        stamps.append(scaling.decode(stamp_rows(plan, fetched, first, stride, read.shape, scaling.raw_dtype)))
     return stamps
 
 

@@ -34,7 +34,7 @@ from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
 from objbutler.stores._base import Store
 from objbutler.stores._concurrency import run_concurrently
 
-__all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges"]
+__all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
 
 
 # --------------------------------------------------------------------- stamp planning (pure)
@@ -67,14 +67,33 @@ def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) ->
     return np.stack([starts, starts + np.repeat((corners[:, 2] - corners[:, 0]) * itemsize, heights)], axis=1)
 
 
-def _raw_rows(
+def stamp_rows(
     plan: ReadPlan, fetched: Sequence[bytes | memoryview], first: int, stride: int, shape: tuple[int, int],
     dtype: np.dtype[Any],
 ) -> np.ndarray:
-    """``shape[0]`` rows of ``shape[1]`` pixels, ``stride`` bytes apart from byte ``first``, out of the blocks.
+    """The raw pixels of one stamp, out of the blocks a plan fetched.
 
-    A zero-copy strided view when one block holds every row (the usual case);
-    otherwise a copy, row by row, of rows that may cross blocks.
+    Parameters
+    ----------
+    plan : ReadPlan
+        The plan the blocks were fetched by.
+    fetched : sequence of bytes or memoryview
+        One buffer per block of ``plan``.
+    first : int
+        Object offset of the stamp's first pixel.
+    stride : int
+        Bytes from one image row to the next.
+    shape : tuple of int
+        ``(rows, pixels per row)`` of the stamp.
+    dtype : numpy.dtype
+        The stored (big-endian) pixel type.
+
+    Returns
+    -------
+    numpy.ndarray
+        A zero-copy strided view when one block holds every row (the usual
+        case); otherwise a copy, a run of rows per block, through
+        :func:`objbutler.ranges.extract` for a row that crosses two blocks.
     """
     nrows, width = shape
     row_bytes = width * dtype.itemsize
@@ -215,7 +234,7 @@ def _image_cutouts(
         read = stamp_plan.read
         if read.x1 > read.x0 and read.y1 > read.y0:
             first = info.data_start + (read.y0 * nx + read.x0) * itemsize
-            raw = _raw_rows(plan, fetched, first, stride, (read.y1 - read.y0, read.x1 - read.x0), raw_dtype)
+            raw = stamp_rows(plan, fetched, first, stride, (read.y1 - read.y0, read.x1 - read.x0), raw_dtype)
             if plain and read is stamp_plan.bbox:
                 data = raw.astype(dtype)  # the usual stamp: one byte-swapping copy, straight out of the block
             else:

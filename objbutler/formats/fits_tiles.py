@@ -135,6 +135,20 @@ def image_header(bintable_header: fits.Header) -> fits.Header:
     return _bintable_header_to_image_header(bintable_header)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Codec:
+    """What decoding any tile of one image needs from its header, read once."""
+
+    settings: dict[str, Any]
+    zbitpix: int
+    blank: Any
+    dither_method: int
+    dither_seed: int
+    elements: dict[str, np.dtype[Any]]  # heap column -> dtype of the items it points at
+    quantized: bool
+    blank_column: bool
+
+
 @dataclasses.dataclass(frozen=True)
 class TileTable:
     """The parsed tile table of one tile-compressed image HDU.
@@ -147,26 +161,46 @@ class TileTable:
         The table, one structured row per tile.
     heap_start : int
         Byte offset of the heap in the object.
+
+    Attributes
+    ----------
+    grid : TileGrid
+        Where each tile lies in the image.
+    algorithm : str
+        ZCMPTYPE, e.g. ``"RICE_1"``.
     """
 
     header: fits.Header
     rows: np.ndarray
     heap_start: int
     grid: TileGrid = dataclasses.field(init=False)
-    _settings: dict[str, Any] = dataclasses.field(init=False, repr=False)
+    algorithm: str = dataclasses.field(init=False)
+    _codec: _Codec = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         header = self.header
-        if header.get("ZCMPTYPE") is None or "COMPRESSED_DATA" not in (self.rows.dtype.names or ()):
+        names = self.rows.dtype.names or ()
+        if header.get("ZCMPTYPE") is None or "COMPRESSED_DATA" not in names:
             raise FormatError("not a tile-compressed image: no ZCMPTYPE or COMPRESSED_DATA column")
         if header.get("ZNAXIS") != 2:
             raise FormatError(f"a {header.get('ZNAXIS')}-D compressed image; cutouts need a 2-D image")
-        object.__setattr__(self, "grid", TileGrid.from_header(header))
         try:
             settings = _header_to_settings(header)
         except (KeyError, ValueError) as exc:
             raise FormatError(f"unreadable compression settings: {exc}") from exc
-        object.__setattr__(self, "_settings", settings)
+        object.__setattr__(self, "grid", TileGrid.from_header(header))
+        object.__setattr__(self, "algorithm", str(header["ZCMPTYPE"]).strip())
+        codec = _Codec(  # header cards read once here, not per tile (a card lookup costs microseconds)
+            settings=settings,
+            zbitpix=header["ZBITPIX"],
+            blank=header.get("ZBLANK", header.get("BLANK")),
+            dither_method=DITHER_METHODS[header.get("ZQUANTIZ", "NO_DITHER")],
+            dither_seed=header.get("ZDITHER0", 0),
+            elements={name: _heap_element(header, name) for name in _HEAP_COLUMNS if name in names},
+            quantized="ZSCALE" in names,
+            blank_column="ZBLANK" in names,
+        )
+        object.__setattr__(self, "_codec", codec)
 
     @classmethod
     def parse(cls, header: fits.Header, table: bytes | memoryview, data_start: int) -> TileTable:
@@ -192,18 +226,11 @@ class TileTable:
         rows = np.frombuffer(table, dtype)
         return cls(header, rows, data_start + header.get("THEAP", dtype.itemsize * header["NAXIS2"]))
 
-    @property
-    def algorithm(self) -> str:
-        """ZCMPTYPE, e.g. ``"RICE_1"``."""
-        return str(self.header["ZCMPTYPE"]).strip()
-
     def heap_ranges(self, tiles: Sequence[int]) -> list[tuple[int, int]]:
         """The heap byte ranges ``(start, stop)`` (object offsets) that decoding ``tiles`` reads."""
         ranges = []
-        for name in _HEAP_COLUMNS:
-            if name not in (self.rows.dtype.names or ()):
-                continue
-            itemsize = _heap_element(self.header, name).itemsize
+        for name, element in self._codec.elements.items():
+            itemsize = element.itemsize
             descriptors = self.rows[name][np.asarray(tiles, dtype=np.int64)]
             for count, offset in descriptors.tolist():
                 if count:
@@ -214,7 +241,7 @@ class TileTable:
     def heap_span(self, tile: int, name: str) -> tuple[int, int, np.dtype[Any]]:
         """``(start, stop, item dtype)`` of one tile's bytes in a heap column."""
         count, offset = (int(v) for v in self.rows[name][tile])
-        itemsize = (dtype := _heap_element(self.header, name)).itemsize
+        itemsize = (dtype := self._codec.elements[name]).itemsize
         return self.heap_start + offset, self.heap_start + offset + count * itemsize, dtype
 
     def decode(self, tile: int, read_heap: Any) -> np.ndarray:
@@ -247,47 +274,43 @@ class TileTable:
             raise FormatError(f"tile {tile} ({self.algorithm}) does not decode: {exc}") from exc
 
     def _decode(self, tile: int, read_heap: Any) -> np.ndarray:
-        header, rows = self.header, self.rows
+        codec, rows, algorithm = self._codec, self.rows, self.algorithm
         shape = self.grid.box(tile).shape
-        algorithm = self.algorithm
-        zbitpix = header["ZBITPIX"]
-        names = rows.dtype.names or ()
-        quantized = "ZSCALE" in names
         start, stop, dtype = self.heap_span(tile, "COMPRESSED_DATA")
         if stop == start:
             return self._decode_fallback(tile, shape, read_heap)
         cdata = np.frombuffer(read_heap(start, stop), dtype)
-        settings = _update_tile_settings(dict(self._settings), algorithm, shape)
+        settings = _update_tile_settings(dict(codec.settings), algorithm, shape)
         if algorithm == "GZIP_2":
             settings["itemsize"] = np.asarray(_decompress_tile(cdata, algorithm="GZIP_1")).size // prod(shape)
         buffer = _decompress_tile(cdata, algorithm=algorithm, **settings)
-        data = _finalize_array(buffer, bitpix=zbitpix, tile_shape=shape, algorithm=algorithm, lossless=not quantized)
-        blank_header = header.get("ZBLANK", header.get("BLANK"))
-        zblank = rows["ZBLANK"][tile] if "ZBLANK" in names else blank_header
+        data = _finalize_array(
+            buffer, bitpix=codec.zbitpix, tile_shape=shape, algorithm=algorithm, lossless=not codec.quantized
+        )
+        zblank = rows["ZBLANK"][tile] if codec.blank_column else codec.blank
         blank_mask = data == zblank if zblank is not None else None
-        if quantized:
-            method = DITHER_METHODS[header.get("ZQUANTIZ", "NO_DITHER")]
+        if codec.quantized:
             quantizer = Quantize(
-                row=(tile + header.get("ZDITHER0", 0)) if method != -1 else 0,
-                dither_method=method, quantize_level=None, bitpix=zbitpix,
+                row=(tile + codec.dither_seed) if codec.dither_method != -1 else 0,
+                dither_method=codec.dither_method, quantize_level=None, bitpix=codec.zbitpix,
             )
             unquantized = quantizer.decode_quantized(data, rows["ZSCALE"][tile], rows["ZZERO"][tile])
             data = np.asarray(unquantized).reshape(shape)
         if blank_mask is not None:
             if not data.flags.writeable:
                 data = data.copy()
-            data[blank_mask] = blank_header if zbitpix > 0 else np.nan
+            data[blank_mask] = codec.blank if codec.zbitpix > 0 else np.nan
         return data
 
     def _decode_fallback(self, tile: int, shape: tuple[int, int], read_heap: Any) -> np.ndarray:
         """A float tile stored losslessly because it would not quantize (GZIP_1 or raw bytes)."""
-        names = self.rows.dtype.names or ()
-        if "GZIP_COMPRESSED_DATA" in names:
+        elements = self._codec.elements
+        if "GZIP_COMPRESSED_DATA" in elements:
             start, stop, dtype = self.heap_span(tile, "GZIP_COMPRESSED_DATA")
             buffer = _decompress_tile(np.frombuffer(read_heap(start, stop), dtype), algorithm="GZIP_1")
-            bitpix = self.header["ZBITPIX"]
+            bitpix = self._codec.zbitpix
             return _finalize_array(buffer, bitpix=bitpix, tile_shape=shape, algorithm="GZIP_1", lossless=True)
-        if "UNCOMPRESSED_DATA" in names:
+        if "UNCOMPRESSED_DATA" in elements:
             start, stop, dtype = self.heap_span(tile, "UNCOMPRESSED_DATA")
             return np.frombuffer(read_heap(start, stop), dtype).reshape(shape)
         raise FormatError(f"tile {tile} has no data: COMPRESSED_DATA is empty and there is no fallback column")
