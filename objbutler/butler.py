@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from objbutler.config import CONFIG_KEY, RepositoryConfig, parse_config
 from objbutler.cutouts import Box, ClipMode, Cutout, as_box
 from objbutler.errors import (
     AlreadyExistsError,
@@ -29,6 +29,7 @@ from objbutler.errors import (
     InvalidKeyError,
     NotFoundError,
     NotSupportedError,
+    ObjButlerError,
 )
 from objbutler.formats.dispatch import (
     FORMATS,
@@ -57,14 +58,18 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.registry.registry import Registry
-from objbutler.stores import Store, open_store, probe_conditional_writes, validate_key
+from objbutler.registry.registry import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, Registry
+from objbutler.stores import (
+    Store,
+    open_store,
+    probe_conditional_writes,
+    probe_timestamp_resolution,
+    validate_key,
+)
 from objbutler.stores.cache import CachingStore, cache_settings
 
 __all__ = ["CONFIG_KEY", "Butler"]
 
-CONFIG_KEY = "objbutler.json"
-CONFIG_FORMAT = "objbutler-repository"
 EXTENSIONS = {"fits": ".fits", "zarr": ".zarr", "json": ".json", "parquet": ".parquet", "ecsv": ".ecsv"}
 
 
@@ -114,13 +119,14 @@ class Butler:
             raise NotFoundError(
                 f"no objbutler repository at {uri} (no {CONFIG_KEY}); create one with Butler.create({uri!r})"
             ) from None
-        self.config = _parse_config(raw, uri)
+        self.config: RepositoryConfig = parse_config(raw, uri)
         self.registry = Registry(
             self.store,
-            self.config["commit_protocol"],
+            self.config.commit_protocol,
             uri,
-            checkpoint_interval=int(self.config.get("checkpoint_interval", 100)),
-            settle_seconds=float(self.config.get("settle_seconds", 0.5)),
+            checkpoint_interval=self.config.checkpoint_interval,
+            settle_seconds=self.config.settle_seconds,
+            timestamp_resolution=self.config.timestamp_resolution,
         )
         if isinstance(self.store, CachingStore) and not self.store.offline:
             self.registry.refresh()  # read the manifest through the cache now, so it is there offline
@@ -139,7 +145,7 @@ class Butler:
         uri: str,
         *,
         default_format: str = "fits",
-        checkpoint_interval: int = 100,
+        checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
         allow_no_atomic_create: bool = False,
         store: Store | None = None,
         **store_options: Any,
@@ -159,7 +165,7 @@ class Butler:
         default_format : {"fits", "zarr"}
             Format of image datasets when ``put`` is not told.
         checkpoint_interval : int
-            Commits between registry checkpoints.
+            Commits between registry checkpoints (>= 1).
         allow_no_atomic_create : bool
             Accept a store whose conditional create is not enforced.
         store : Store, optional
@@ -173,22 +179,17 @@ class Butler:
             If a repository is already there.
         NotSupportedError
             If the store ignores conditional writes and degrading was not allowed.
+        ConfigError
+            If ``default_format`` or ``checkpoint_interval`` is invalid.
         """
-        if FORMATS.get(default_format) != "image":
-            raise FormatError(f"default_format must be 'fits' or 'zarr', got {default_format!r}")
+        RepositoryConfig("sequenced", default_format, checkpoint_interval)  # refuse bad arguments before any I/O
         given = store
         store = store if store is not None else open_store(uri, **store_options)
         protocol = _choose_protocol(store, allow_no_atomic_create)
-        config = {
-            "format": CONFIG_FORMAT,
-            "version": 1,
-            "created": utc_now(),
-            "commit_protocol": protocol,
-            "default_format": default_format,
-            "checkpoint_interval": checkpoint_interval,
-            "settle_seconds": 0.5,
-        }
-        body = json.dumps(config, indent=2).encode()
+        resolution = probe_timestamp_resolution(store) if protocol == "timestamped" else 0.0
+        config = RepositoryConfig(protocol, default_format, checkpoint_interval, DEFAULT_SETTLE_SECONDS, resolution,
+                                  utc_now())
+        body = config.to_json()
         try:
             if store.capabilities.conditional_create_header:
                 store.put_if_absent(CONFIG_KEY, body)
@@ -216,8 +217,12 @@ class Butler:
         """Store a dataset and commit it; blocks until both have landed.
 
         The data object is written under a fresh key, then the registry entry
-        is committed. If the commit fails for any reason the data object is
-        deleted and the error raised: a put is atomic.
+        is committed. The commit point is the creation of the commit object in
+        the registry log (see :meth:`objbutler.registry.registry.Registry.commit`):
+        once it exists the put has succeeded and returns, whatever happens
+        after it. If the put fails before it, the data object is deleted and the
+        error raised: a put is atomic. If the store cannot tell whether the
+        commit landed, the data is kept and ``CommitOutcomeUnknownError`` raised.
 
         Parameters
         ----------
@@ -254,6 +259,11 @@ class Butler:
             A bad dataset type name, data ID or run.
         FormatError
             The object cannot be stored in that format.
+        StoreError
+            The store failed before the commit point; nothing was committed.
+        CommitOutcomeUnknownError
+            The commit write failed and whether it landed cannot be read back;
+            the data is kept (``objbutler fsck`` tells which).
         """
         dataset_type = validate_dataset_type_name(dataset_type)
         clean_id = validate_data_id(data_id)
@@ -272,18 +282,26 @@ class Butler:
             repository=self.uri, layout=encoded.layout,
         )
         self.registry.check([new_type], kinds, [ref])  # fail before uploading when the view already says no
-        write_dataset(self.store, key, encoded)
+        try:
+            write_dataset(self.store, key, encoded)
+        except Exception:
+            self._discard(key, encoded.format)  # no commit names this key yet
+            raise
         try:
             self.registry.commit([new_type], kinds, [ref])
         except CommitOutcomeUnknownError:
-            raise  # the data may be referenced: keep it, fsck will tell
-        except BaseException:
-            with contextlib.suppress(Exception):
-                delete_dataset(self.store, key, encoded.format)
+            raise  # the commit may have landed or may still land: keep the data, fsck tells
+        except ObjButlerError:
+            self._discard(key, encoded.format)  # Registry.commit promises that nothing was or will be committed
             raise
         if activity is not None:
             activity.outputs.append(ref.id)
         return ref
+
+    def _discard(self, key: str, fmt: str) -> None:
+        """Delete the data of a put that did not commit (best effort: a leftover is an orphan for vacuum)."""
+        with contextlib.suppress(ObjButlerError, OSError):
+            delete_dataset(self.store, key, fmt)
 
     # -- provenance --------------------------------------------------------------
 
@@ -599,18 +617,6 @@ class Butler:
 
 def _reopen(uri: str, store: Store | None, store_options: dict[str, Any], cache: Any = (None, None)) -> Butler:
     return Butler(uri, store=store, cache=cache[0], offline=cache[1], **store_options)
-
-
-def _parse_config(raw: bytes, uri: str) -> dict[str, Any]:
-    try:
-        config = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{uri}/{CONFIG_KEY} is corrupt: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
-        raise FormatError(f"{uri}/{CONFIG_KEY} is not an objbutler repository config")
-    if config.get("commit_protocol") not in ("sequenced", "timestamped"):
-        raise FormatError(f"{uri}/{CONFIG_KEY} names an unknown commit protocol")
-    return config
 
 
 def _choose_protocol(store: Store, allow_no_atomic_create: bool) -> str:

@@ -309,7 +309,7 @@ def _commit(destination: Butler, written: Sequence[DatasetRef], report: CloneRep
         destination.ingest_refs(written)
     except CommitOutcomeUnknownError:
         raise  # the commit may have landed: keep the data, a rerun or fsck tells
-    except BaseException:
+    except ObjButlerError:  # Registry.commit's promise: nothing of this batch was or will be committed
         for ref in written:
             with contextlib.suppress(Exception):
                 delete_dataset(destination.store, ref.key, ref.format)

@@ -11,6 +11,7 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── ConflictError                            a registry commit cannot happen as asked
     │                                            (data ID taken, dataset type mismatch, lost race)
     ├── FormatError (ValueError)                 stored bytes are not what they claim to be
+    │   └── ConfigError                          a repository setting is invalid (names the field)
     ├── InvalidKeyError (ValueError)             an object key or data ID value is unsafe
     ├── InvalidCutoutError (ValueError)          a box or sky position cannot be cut as asked
     ├── NotSupportedError (NotImplementedError)  the backend lacks the primitive asked for
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExistsError",
     "CommitOutcomeUnknownError",
+    "ConfigError",
     "ConflictError",
     "FormatError",
     "InvalidCutoutError",
@@ -64,6 +66,10 @@ class ConflictError(ObjButlerError):
 
 class FormatError(ObjButlerError, ValueError):
     """Stored bytes (a dataset, a log entry, a checkpoint) are corrupt or not of the claimed format."""
+
+
+class ConfigError(FormatError):
+    """A repository setting (an ``objbutler.json`` field or a ``Butler.create`` argument) is invalid."""
 
 
 class InvalidKeyError(ObjButlerError, ValueError):

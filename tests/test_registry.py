@@ -21,7 +21,14 @@ import pytest
 from conftest import Backend
 
 from objbutler import Butler
-from objbutler.errors import CommitOutcomeUnknownError, ConflictError, FormatError, NotSupportedError, StoreError
+from objbutler.errors import (
+    CommitOutcomeUnknownError,
+    ConflictError,
+    FormatError,
+    NotSupportedError,
+    StoreError,
+    TransientStoreError,
+)
 from objbutler.maintenance import fsck, vacuum
 from objbutler.stores import open_store
 from objbutler.testing.faults import FailingWritesStore, IgnoresConditionsStore
@@ -103,7 +110,9 @@ def test_failed_commit_deletes_data_and_leaves_registry_unchanged(tmp_path: Path
 def test_commit_whose_outcome_is_unknown_keeps_the_data(tmp_path: Path) -> None:
     uri = str(tmp_path / "repo")
     Butler.create(uri)
-    store = FailingWritesStore(open_store(uri), _log_writes)
+    # a 5xx on every attempt: the write may or may not have been applied
+    store = FailingWritesStore(open_store(uri), _log_writes,
+                               error=lambda key: TransientStoreError(f"injected 503 writing {key}"))
     butler = Butler(uri, store=store)
     butler.registry.refresh()
     original_list = store.inner.list

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,11 +39,20 @@ import pyarrow.parquet as pq
 from objbutler.errors import FormatError
 from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_id
 
-__all__ = ["CHECKPOINT_PREFIX", "Checkpoint", "decode_checkpoint", "encode_checkpoint", "refs_to_table"]
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "Checkpoint",
+    "conform",
+    "decode_checkpoint",
+    "encode_checkpoint",
+    "refs_to_table",
+    "valid_position",
+]
 
 CHECKPOINT_PREFIX = "manifest/checkpoints/"
 CHECKPOINT_VERSION = 1
 DIM_PREFIX = "dim."
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 _BASE_FIELDS = [
     pa.field("id", pa.string()),
@@ -126,9 +136,48 @@ def refs_to_table(refs: Iterable[DatasetRef], dimensions: dict[str, str]) -> pa.
     return pa.table(columns, schema=schema_for(dimensions))
 
 
+def conform(table: pa.Table, dimensions: dict[str, str]) -> pa.Table:
+    """The table with exactly the columns of :func:`schema_for`, in its (sorted) order.
+
+    Columns are matched by name, whatever order they come in; a dimension no
+    row has yet becomes a column of nulls. So the schema is a function of the
+    registered dimensions alone, never of the order in which dataset types
+    brought them.
+
+    Raises
+    ------
+    FormatError
+        If a column cannot hold its declared kind.
+    """
+    schema = schema_for(dimensions)
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table[field.name]
+            try:
+                columns.append(column if column.type == field.type else column.cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise FormatError(f"checkpoint column {field.name!r} does not hold {field.type}: {exc}") from None
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def valid_position(position: Any) -> bool:
+    """True for a log position: ``None``, 20 digits (sequenced) or ``"<ISO time>Z|<key>"`` (timestamped)."""
+    if position is None:
+        return True
+    if not isinstance(position, str):
+        return False
+    if position.isdigit():
+        return len(position) == 20
+    stamp, _, key = position.partition("|")
+    return bool(_STAMP.fullmatch(stamp)) and key.startswith("manifest/log/")
+
+
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     """Write a checkpoint as Parquet bytes (zstd, dictionary-encoded strings)."""
-    table = checkpoint.table.cast(schema_for(checkpoint.dimensions))
+    table = conform(checkpoint.table, checkpoint.dimensions)
     meta = {
         "version": CHECKPOINT_VERSION,
         "position": checkpoint.position,
@@ -154,10 +203,11 @@ def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
             raise FormatError(f"checkpoint {where} has an unsupported version or a wrong row count")
         types = {t["name"]: DatasetType.from_json(t) for t in meta["dataset_types"]}
         dimensions = {str(k): str(v) for k, v in meta["dimensions"].items()}
-        if "layout" not in table.column_names:  # written before image layouts were recorded
-            table = table.append_column("layout", pa.nulls(table.num_rows, pa.string()))
-        schema = schema_for(dimensions)
-        table = table.select(schema.names).cast(schema)
+        if not valid_position(meta.get("position")):
+            raise FormatError(f"checkpoint {where} names an invalid log position {meta.get('position')!r}")
+        if any(kind not in ("int", "str") for kind in dimensions.values()):
+            raise FormatError(f"checkpoint {where} declares an unknown dimension kind")
+        table = conform(table, dimensions)  # older checkpoints lack "layout"; any column order is read
     except FormatError:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:

@@ -51,19 +51,19 @@ class CommitLog(Protocol):
 
     @property
     def ordered_by_creation(self) -> bool:
-        """True when ``append`` fixes the position (sequenced)."""
+        """True when the key a commit is written to fixes its position (sequenced)."""
         ...
 
     def list_after(self, position: str | None) -> list[LogEntry]:
         """Every commit after ``position`` (all when None), in log order."""
         ...
 
-    def append(self, data: bytes, after: str | None) -> str:
-        """Write a commit; return its key. Sequenced: raises AlreadyExistsError on a lost race."""
-        ...
+    def append_key(self, after: str | None) -> str:
+        """The key a commit following position ``after`` is written to.
 
-    def remove(self, key: str) -> None:
-        """Delete a commit that lost (timestamped only)."""
+        Sequenced: the next slot, created with ``put_if_absent``; timestamped:
+        a fresh key (``after`` is ignored), written with a plain ``put``.
+        """
         ...
 
 
@@ -101,15 +101,9 @@ class SequencedLog:
             expected += 1
         return [LogEntry(meta.key[len(LOG_PREFIX):-5], meta.key) for meta in metas]
 
-    def append(self, data: bytes, after: str | None) -> str:
-        """Create commit ``after + 1``; AlreadyExistsError if another writer got there first."""
-        key = self.key(int(after) + 1 if after is not None else 1)
-        self.store.put_if_absent(key, data)
-        return key
-
-    def remove(self, key: str) -> None:
-        """Never used: a sequenced commit that was created is final."""
-        raise RuntimeError("sequenced commits are never removed")
+    def append_key(self, after: str | None) -> str:
+        """The slot after position ``after``: commit ``after + 1`` (1 for an empty log)."""
+        return self.key(int(after) + 1 if after is not None else 1)
 
 
 def timestamp_position(meta: ObjectMeta) -> str:
@@ -154,13 +148,7 @@ class TimestampedLog:
                 entries.append((pos, meta))
         return sorted(LogEntry(pos, meta.key) for pos, meta in entries)
 
-    def append(self, data: bytes, after: str | None) -> str:
-        """Write the commit under a fresh key (never overwrites); its position is known once listed."""
+    def append_key(self, after: str | None) -> str:
+        """A fresh key under the writer's hour (never reused); the position is known once listed."""
         hour = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H")
-        key = f"{LOG_PREFIX}{hour}/{uuid.uuid4().hex}.json"
-        self.store.put(key, data)
-        return key
-
-    def remove(self, key: str) -> None:
-        """Delete a losing commit (readers already ignore it)."""
-        self.store.delete(key)
+        return f"{LOG_PREFIX}{hour}/{uuid.uuid4().hex}.json"

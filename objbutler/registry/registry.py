@@ -33,7 +33,9 @@ from objbutler.errors import (
     ConflictError,
     FormatError,
     NotFoundError,
+    ObjButlerError,
     StoreError,
+    TransientStoreError,
 )
 from objbutler.registry.checkpoint import (
     CHECKPOINT_PREFIX,
@@ -54,6 +56,10 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("sequenced", "timestamped")
 KEEP_CHECKPOINTS = 3
+CLAIM_ATTEMPTS = 6
+"""Rounds (each with the store's own retries) spent deciding one commit write before giving up as unknown."""
+DEFAULT_CHECKPOINT_INTERVAL = 100
+DEFAULT_SETTLE_SECONDS = 0.5
 
 
 class Registry:
@@ -73,6 +79,11 @@ class Registry:
         Lost races tolerated per commit before giving up with ConflictError.
     settle_seconds : float
         Timestamped protocol: wait before verifying a commit.
+    timestamp_resolution : float
+        Timestamped protocol: the store's timestamp granularity in seconds
+        (1.0 for a server that stamps whole seconds), added to the settle wait
+        so that every commit stamped no later than this one is listed when it
+        is verified.
     """
 
     def __init__(
@@ -80,18 +91,23 @@ class Registry:
         store: Store,
         protocol: str,
         repository: str,
-        checkpoint_interval: int = 100,
+        checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
         max_attempts: int = 50,
-        settle_seconds: float = 0.5,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        timestamp_resolution: float = 0.0,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown commit protocol {protocol!r}")
+        if checkpoint_interval < 1:
+            raise ValueError(f"checkpoint_interval must be >= 1, got {checkpoint_interval}")
         self.store = store
         self.protocol = protocol
         self.repository = repository
         self.checkpoint_interval = checkpoint_interval
         self.max_attempts = max_attempts
         self.settle_seconds = settle_seconds
+        self.timestamp_resolution = timestamp_resolution
+        self._checkpointed = 0  # newest sequenced checkpoint position this registry wrote or listed
         self.log: CommitLog = SequencedLog(store) if protocol == "sequenced" else TimestampedLog(store)
         self._state: RegistryState | None = None
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
@@ -149,9 +165,7 @@ class Registry:
             self._tail.extend(commits)
 
     def _latest_checkpoint(self) -> Checkpoint:
-        candidates = sorted((m.key for m in self.store.list(CHECKPOINT_PREFIX) if m.key.endswith(".parquet")),
-                            reverse=True)
-        for key in candidates:
+        for key in self._checkpoint_keys():
             try:
                 return decode_checkpoint(self.store.get(key), key)
             except NotFoundError:
@@ -165,21 +179,45 @@ class Registry:
     def commit(self, dataset_types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
         """Commit datasets whose data objects are already fully written.
 
+        **The commit point.** The datasets are committed once their commit
+        object exists on the store. This method is built around that single
+        point and its outcome decides what the caller may do:
+
+        * it returns: the commit stands. Nothing done after the commit point
+          (applying it to this view, checkpoints, pruning old checkpoints) can
+          raise out of here; such failures are logged and retried by a later
+          commit.
+        * it raises an :class:`~objbutler.errors.ObjButlerError` other than
+          :class:`~objbutler.errors.CommitOutcomeUnknownError`: nothing was
+          committed, and no write of this call can land later. The caller may
+          delete the data.
+        * it raises :class:`~objbutler.errors.CommitOutcomeUnknownError`: the
+          commit may have landed or may still land. The caller must keep the
+          data (``objbutler fsck`` reports it as an orphan if it never lands).
+          Any unexpected exception while committing is reported this way too.
+
         Raises
         ------
         ConflictError
             A data ID is taken, a type disagrees, or too many races were lost.
             Nothing was committed.
         StoreError
-            The commit could not be written; nothing was committed.
+            The store refused the commit outright; nothing was committed.
         CommitOutcomeUnknownError
-            The commit write failed and the log could not be read back.
+            Whether the commit landed cannot be established: keep the data.
         """
-        if self.protocol == "sequenced":
-            self._commit_sequenced(dataset_types, dimensions, refs)
-        else:
-            for ref in refs:  # one commit per dataset: a loser can then roll back alone
-                self._commit_timestamped(dataset_types, dimensions, ref)
+        try:
+            if self.protocol == "sequenced":
+                self._commit_sequenced(dataset_types, dimensions, refs)
+            else:
+                self._commit_timestamped(dataset_types, dimensions, refs)
+        except ObjButlerError:
+            raise  # each raise site below either proved that nothing landed or says it does not know
+        except Exception as exc:
+            raise CommitOutcomeUnknownError(
+                f"unexpected {type(exc).__name__} while committing ({exc}); the data is kept"
+            ) from exc
+        self._after_commit()
 
     def check(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
         """Raise ConflictError now if the last refreshed view already rules these datasets out.
@@ -203,71 +241,168 @@ class Registry:
                     f"(dataset {holder.id if holder else '?'})"
                 )
 
-    def _landed(self, refs: list[DatasetRef]) -> bool:
-        return self._holds_all(self.refresh(), refs)
-
     def _commit_sequenced(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
+        """Claim log slots until one holds this commit; every slot tried is decided before moving on.
+
+        Because a slot is only ever left once it is known to hold this commit or
+        another one, no attempt of this call can land later: a write the server
+        applies late finds its slot taken.
+        """
         state = self.state
         for attempt in range(1, self.max_attempts + 1):
             self._check(state, types, dimensions, refs)
             body = encode_commit(new_commit(types, dimensions, refs))
+            key = self.log.append_key(state.position)
+            if self._claim_slot(key, body):
+                position = key[len(LOG_PREFIX):-len(".json")]
+                with contextlib.suppress(Exception):  # the commit stands; the next refresh reads it anyway
+                    state.apply(decode_commit(body, key, self.repository), position)
+                return
+            if attempt > 1:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+            state = self.refresh()  # nothing of this call is pending: an error here means nothing landed
+        raise ConflictError(f"gave up after losing {self.max_attempts} commit races in a row (heavy contention)")
+
+    def _claim_slot(self, key: str, body: bytes) -> bool:
+        """Create the log object ``key`` holding ``body``; True if it is ours, False if another commit has it.
+
+        A failed create is retried, and a refused one read back, until the slot
+        is decided. A create the server refused outright (not a transient
+        failure) on an empty slot re-raises: nothing was written.
+
+        Raises
+        ------
+        CommitOutcomeUnknownError
+            The slot stayed undecided after every attempt.
+        StoreError
+            The store refused the write and the slot is empty.
+        """
+        last: StoreError | None = None
+        for attempt in range(CLAIM_ATTEMPTS):
+            if attempt:
+                time.sleep(min(2.0, 0.05 * 2**attempt))
             try:
-                key = self.log.append(body, after=state.position)
+                self.store.put_if_absent(key, body)
+                return True
             except AlreadyExistsError:
-                if attempt > 1:
-                    time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-                state = self.refresh()
-                if self._holds_all(state, refs):
-                    return  # an earlier attempt landed although its answer was lost
+                pass
+            except TransientStoreError as exc:
+                last = exc
+                continue  # the write may have landed, or may still land: retrying decides the slot
+            except StoreError as exc:
+                last = exc  # refused: read the slot to see whether an earlier attempt landed
+            try:
+                return self.store.get(key) == body
+            except NotFoundError:
+                if last is not None and not isinstance(last, TransientStoreError):
+                    raise last from None
                 continue
             except StoreError as exc:
-                self._raise_after_failed_write(refs, exc)
-            state.apply(decode_commit(body, key, self.repository), key[len(LOG_PREFIX):-len(".json")])
-            self._maybe_checkpoint_sequenced()
-            return
-        raise ConflictError(f"gave up after losing {self.max_attempts} commit races in a row (heavy contention)")
+                last = exc
+        raise CommitOutcomeUnknownError(
+            f"the commit write of {key} failed ({last}) and the slot could not be read back; the data is kept"
+        ) from last
 
     @staticmethod
     def _holds_all(state: RegistryState, refs: list[DatasetRef]) -> bool:
         return all((h := state.find_unique(r.unique_key)) is not None and h.id == r.id for r in refs)
 
-    def _raise_after_failed_write(self, refs: list[DatasetRef], exc: StoreError) -> None:
-        try:
-            landed = self._landed(refs)
-        except StoreError:
-            raise CommitOutcomeUnknownError(
-                f"the commit write failed ({exc}) and the log cannot be read back; the data is kept"
-            ) from exc
-        if landed:
-            return
-        raise exc
+    def _commit_timestamped(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
+        """Write one commit under a fresh key, let earlier commits settle, and keep it only if it won.
 
-    def _commit_timestamped(self, types: list[DatasetType], dimensions: dict[str, str], ref: DatasetRef) -> None:
-        self._check(self.refresh(), types, dimensions, [ref])
-        body = encode_commit(new_commit(types, dimensions, [ref]))
+        A write that fails is retried under a *new* key, so a copy the server
+        applies late is a second, identical commit: a harmless duplicate if this
+        one won, a loser if it lost. Only when it lost and no copy can still
+        land is the loss reported as a ConflictError (data deletable).
+        """
+        self._check(self.refresh(), types, dimensions, refs)
+        body = encode_commit(new_commit(types, dimensions, refs))
+        keys: list[str] = []
+        written: str | None = None
+        last: StoreError | None = None
+        for attempt in range(CLAIM_ATTEMPTS):
+            if attempt:
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+            key = self.log.append_key(None)
+            keys.append(key)
+            try:
+                self.store.put(key, body)
+            except TransientStoreError as exc:
+                last = exc  # it may have landed, or may still land: try again under a new key
+                continue
+            except StoreError:
+                if len(keys) == 1:
+                    raise  # refused outright, and no earlier attempt is pending: nothing was committed
+                break
+            written = key
+            break
+        ambiguous = len(keys) > 1
+        if written is None:
+            raise CommitOutcomeUnknownError(
+                f"the commit write failed {len(keys)} times ({last}); a late copy may still land, the data is kept"
+            ) from last
+        # From here on the commit may be visible: any failure leaves the outcome unknown.
+        time.sleep(self.settle_seconds + self.timestamp_resolution)
         try:
-            key = self.log.append(body, after=None)
+            state = self.refresh()
         except StoreError as exc:
-            self._raise_after_failed_write([ref], exc)
+            raise CommitOutcomeUnknownError(
+                f"the commit {written} was written but the log could not be read back to verify it ({exc})"
+            ) from exc
+        if self._holds_all(state, refs):
             return
-        time.sleep(self.settle_seconds)
-        state = self.refresh()
-        if not self._holds_all(state, [ref]):
-            self.log.remove(key)
-            holder = state.find_unique(ref.unique_key)
+        holders = [h.id for ref in refs if (h := state.find_unique(ref.unique_key)) is not None and h.id != ref.id]
+        try:
+            for key in keys:
+                self.store.delete(key)
+        except StoreError as exc:
+            raise CommitOutcomeUnknownError(
+                f"the commit {written} lost a race but could not be removed ({exc}); the data is kept"
+            ) from exc
+        with contextlib.suppress(StoreError):
             self.refresh()
-            raise ConflictError(
-                f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} was committed first by dataset "
-                f"{holder.id if holder else '?'}; this put was rolled back"
+        if ambiguous:
+            raise CommitOutcomeUnknownError(
+                f"the commit lost a race to dataset(s) {holders}, but an earlier failed write of it may still "
+                "land; the data is kept (objbutler fsck tells)"
             )
-        self._maybe_checkpoint_timestamped()
+        first = refs[0]
+        raise ConflictError(
+            f"{first.dataset_type} {first.data_id} in run {first.run!r} was committed first by dataset(s) "
+            f"{holders}; this put was rolled back"
+        )
+
+    def _after_commit(self) -> None:
+        """Housekeeping after the commit point: it may fail, it never raises (the commit stands)."""
+        try:
+            if self.protocol == "sequenced":
+                self._maybe_checkpoint_sequenced()
+            else:
+                self._maybe_checkpoint_timestamped()
+        except Exception as exc:
+            log.warning("checkpoint housekeeping after a commit failed (%s: %s); the commit stands and a later "
+                        "commit writes the checkpoint", type(exc).__name__, exc)
 
     # -- checkpoints -----------------------------------------------------------
 
     def _maybe_checkpoint_sequenced(self) -> None:
+        """Checkpoint on every ``checkpoint_interval``-th commit, and catch up when one was missed."""
         state = self.state
-        if state.position is not None and int(state.position) % self.checkpoint_interval == 0:
+        if state.position is None:
+            return
+        position = int(state.position)
+        if position % self.checkpoint_interval == 0:
             self._write_checkpoint(state.to_checkpoint(), state.position)
+            return
+        self._checkpointed = max(self._checkpointed, int(state.checkpoint.position or 0))
+        if position - self._checkpointed >= 2 * self.checkpoint_interval:
+            # A boundary's checkpoint is missing here (its writer failed, or this view predates it):
+            # one listing tells which; write one at this position only if none is recent enough.
+            newest = [key[len(CHECKPOINT_PREFIX):-len(".parquet")] for key in self._checkpoint_keys()[:1]]
+            if newest and newest[0].isdigit():
+                self._checkpointed = max(self._checkpointed, int(newest[0]))
+            if position - self._checkpointed >= 2 * self.checkpoint_interval:
+                self._write_checkpoint(state.to_checkpoint(), state.position)
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
@@ -298,14 +433,14 @@ class Registry:
 
     def _write_checkpoint(self, checkpoint: Checkpoint, name: str) -> None:
         key = f"{CHECKPOINT_PREFIX}{name.replace(':', '')}.parquet"
-        try:
+        with contextlib.suppress(AlreadyExistsError):
             self.store.put_if_absent(key, encode_checkpoint(checkpoint))
-        except AlreadyExistsError:
-            return
-        except StoreError as exc:  # a checkpoint is an optimization: the commit already stands
-            log.warning("could not write checkpoint %s: %s", key, exc)
-            return
-        older = sorted((m.key for m in self.store.list(CHECKPOINT_PREFIX) if m.key.endswith(".parquet")),
-                       reverse=True)[KEEP_CHECKPOINTS:]
-        for stale in older:
+        if self.log.ordered_by_creation and name.isdigit():
+            self._checkpointed = max(self._checkpointed, int(name))
+        for stale in self._checkpoint_keys()[KEEP_CHECKPOINTS:]:
             self.store.delete(stale)
+
+    def _checkpoint_keys(self) -> list[str]:
+        """Every checkpoint's key, newest first (one listing)."""
+        return sorted((m.key for m in self.store.list(CHECKPOINT_PREFIX) if m.key.endswith(".parquet")),
+                      reverse=True)

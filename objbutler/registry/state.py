@@ -9,6 +9,7 @@ the one already registered is ignored in the same way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,9 @@ from objbutler.registry.checkpoint import DIM_PREFIX, Checkpoint, refs_to_table,
 from objbutler.registry.commits import Commit
 from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_id
 
-__all__ = ["RegistryState"]
+__all__ = ["RegistryState", "commit_problem"]
+
+log = logging.getLogger(__name__)
 
 UniqueKey = tuple[str, str, str]
 _SMALL_LOOKUP = 16
@@ -111,6 +114,10 @@ class RegistryState:
         """
         self.position = position
         self.tail_commits += 1
+        problem = commit_problem(commit)
+        if problem is not None:
+            log.warning("ignoring commit %s at %s: %s", commit.commit_id, position, problem)
+            return []
         try:
             self.check_types(commit.dataset_types, commit.dimensions)
         except ConflictError:
@@ -191,6 +198,31 @@ class RegistryState:
             if _ref_matches(ref, dataset_type, where, run, dataset_id):
                 matched.append(ref)
         return matched
+
+
+def commit_problem(commit: Commit) -> str | None:
+    """Why a commit is not self-consistent (so every reader ignores it alike), or None.
+
+    A commit written by objbutler always passes; one crafted or corrupted by
+    hand could otherwise put a string into an int dimension or a dataset under
+    keys its type does not have, and break every later checkpoint.
+    """
+    types = {t.name: t for t in commit.dataset_types}
+    for name, kind in commit.dimensions.items():
+        if kind not in ("int", "str"):
+            return f"data ID key {name!r} has unknown kind {kind!r}"
+    for ref in commit.datasets:
+        dataset_type = types.get(ref.dataset_type)
+        if dataset_type is None:
+            return f"dataset {ref.id} has type {ref.dataset_type!r}, which the commit does not declare"
+        if tuple(sorted(ref.data_id)) != tuple(sorted(dataset_type.dimensions)):
+            return f"dataset {ref.id} has data ID keys {sorted(ref.data_id)}, its type {list(dataset_type.dimensions)}"
+        for key, value in ref.data_id.items():
+            declared = commit.dimensions.get(key)
+            actual = "str" if isinstance(value, str) else "int" if type(value) is int else None
+            if declared is None or actual != declared:
+                return f"dataset {ref.id} has {key}={value!r}, not of the declared kind {declared!r}"
+    return None
 
 
 def _condition_values(value: Any) -> tuple[str, Any]:

@@ -25,7 +25,7 @@ from objbutler.stores._base import (
     normalize_ranges,
     validate_key,
 )
-from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes
+from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "normalize_ranges",
     "open_store",
     "probe_conditional_writes",
+    "probe_timestamp_resolution",
     "split_bucket_uri",
     "validate_key",
 ]

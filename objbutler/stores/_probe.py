@@ -8,12 +8,13 @@ silently lose commits, so the butler probes a scratch key before trusting it.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 
 from objbutler.errors import AlreadyExistsError, NotSupportedError, PreconditionFailedError
 from objbutler.stores._base import Store
 
-__all__ = ["PROBE_PREFIX", "ConditionalWriteProbe", "probe_conditional_writes"]
+__all__ = ["PROBE_PREFIX", "ConditionalWriteProbe", "probe_conditional_writes", "probe_timestamp_resolution"]
 
 PROBE_PREFIX = ".objbutler-probe/"
 
@@ -78,3 +79,44 @@ def probe_conditional_writes(store: Store) -> ConditionalWriteProbe:
     finally:
         store.delete(key)
     return ConditionalWriteProbe(create_enforced, match_enforced)
+
+
+def probe_timestamp_resolution(store: Store, samples: int = 3) -> float:
+    """Measure the granularity of the server's modification times, in seconds.
+
+    Writes ``samples`` scratch objects a little apart, lists them and looks at
+    the fractions of their timestamps: all whole seconds means 1.0, all whole
+    milliseconds 0.001, anything finer 0.0. A commit protocol that orders by
+    server time must wait out this granularity: two commits stamped within one
+    second are otherwise indistinguishable by time alone.
+
+    Parameters
+    ----------
+    store : Store
+        The store; needs permission to write, list and delete.
+    samples : int
+        Objects written (each fraction that is whole by chance halves the odds).
+
+    Returns
+    -------
+    float
+        1.0, 0.001 or 0.0.
+    """
+    prefix = f"{PROBE_PREFIX}{uuid.uuid4().hex}/"
+    keys = [f"{prefix}{i}" for i in range(samples)]
+    try:
+        for key in keys:
+            store.put(key, b"t")
+            time.sleep(0.137)  # not a divisor of a second: distinct fractions on a fine clock
+        stamps = [m.last_modified for m in store.list(prefix) if m.last_modified is not None]
+    finally:
+        for key in keys:
+            store.delete(key)
+    if not stamps:
+        return 1.0  # no timestamps to judge by: assume the coarsest
+    micros = [stamp.microsecond for stamp in stamps]
+    if all(m == 0 for m in micros):
+        return 1.0
+    if all(m % 1000 == 0 for m in micros):
+        return 0.001
+    return 0.0
