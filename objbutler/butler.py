@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from objbutler.config import CONFIG_KEY, RepositoryConfig, parse_config
-from objbutler.cutouts import Box, ClipMode, Cutout, as_box
+from objbutler.cutouts import Box, ClipMode, Cutout, as_boxes
 from objbutler.errors import (
     AlreadyExistsError,
     CommitOutcomeUnknownError,
     ConflictError,
     FormatError,
+    InvalidCutoutError,
     InvalidKeyError,
     NotFoundError,
     NotSupportedError,
@@ -59,6 +60,7 @@ from objbutler.registry.records import (
     validate_run,
 )
 from objbutler.registry.registry import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, Registry
+from objbutler.registry.state import check_condition_kind
 from objbutler.stores import (
     Store,
     open_store,
@@ -441,7 +443,16 @@ class Butler:
         clean_id = validate_data_id(data_id)
         state = self.registry.refresh()
         if dataset_type not in state.dataset_types:
-            raise NotFoundError(f"unknown dataset type {dataset_type!r} in {self.uri}")
+            raise NotFoundError(f"unknown dataset type {dataset_type!r} in {self.uri}; registered: "
+                                f"{sorted(state.dataset_types) or 'none yet'}")
+        keys = state.dataset_types[dataset_type].dimensions
+        if sorted(clean_id) != sorted(keys):
+            missing, extra = sorted(set(keys) - set(clean_id)), sorted(set(clean_id) - set(keys))
+            raise InvalidKeyError(f"{dataset_type} data IDs have keys {sorted(keys)}; this one "
+                                  + (f"lacks {missing}" if missing else "") + (" and " if missing and extra else "")
+                                  + (f"has unknown {extra}" if extra else ""))
+        for key, value in clean_id.items():
+            check_condition_kind(key, value, state.dimensions[key])
         matches = [r for r in state.query(dataset_type, clean_id, run) if r.data_id == clean_id]
         if not matches:
             where = f" in run {run!r}" if run else ""
@@ -594,10 +605,10 @@ class Butler:
 
         if not isinstance(boxes_or_coords, SkyCoord):
             if size is not None:
-                raise InvalidKeyError("size= goes with sky positions; pixel boxes carry their own size")
-            return [as_box(b) for b in boxes_or_coords], None
+                raise InvalidCutoutError("size= goes with sky positions; pixel boxes carry their own size")
+            return as_boxes(boxes_or_coords), None
         if size is None:
-            raise InvalidKeyError("cutouts at sky positions need size= (pixels or an angle)")
+            raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
         from objbutler.cutouts import boxes_from_skycoords
 
         wcs = self._image_wcs(ref)

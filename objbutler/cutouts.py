@@ -12,11 +12,15 @@ modes follow :class:`astropy.nddata.Cutout2D`:
     raise :class:`~objbutler.errors.InvalidCutoutError` unless the box lies
     wholly inside the image.
 
-One deliberate difference from astropy: a box with *no* overlap does not raise
-in ``trim`` or ``partial`` mode (one stray target must not sink a batch of a
-thousand). In ``trim`` it gives an empty stamp (what clamped numpy slicing
-gives: ``(h, 0)``, ``(0, w)`` or ``(0, 0)``), in ``partial`` a stamp made only
-of ``fill_value``.
+A box with *no* overlap raises in ``trim`` mode, as Cutout2D's
+``NoOverlapError`` does (an empty stamp is not an answer). One deliberate
+difference from astropy: in ``partial`` mode it gives a stamp made only of
+``fill_value`` (so one stray target of a catalogue batch does not sink the
+other thousand: use ``partial`` for batches that may stray off the image).
+
+Requests are bounded before anything is allocated: the stamps of one request
+may hold at most :data:`MAX_STAMP_PIXELS` pixels in all (environment variable
+``OBJBUTLER_MAX_CUTOUT_PIXELS`` to change it).
 
 Nothing here does I/O: format readers turn :class:`StampPlan` s into reads.
 """
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,7 +49,12 @@ __all__ = [
     "ClipMode",
     "Cutout",
     "ParentWCS",
+    "MAX_STAMP_PIXELS",
+    "accepts",
     "as_box",
+    "as_boxes",
+    "check_stamp_pixels",
+    "max_stamp_pixels",
     "StampPlan",
     "boxes_from_skycoords",
     "cutout_wcs",
@@ -54,6 +64,8 @@ __all__ = [
 
 ClipMode = Literal["trim", "partial", "strict"]
 _MODES = ("trim", "partial", "strict")
+MAX_STAMP_PIXELS = 1 << 30
+"""Default bound on the pixels of all stamps of one request (4 GiB of float32)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -174,15 +186,91 @@ def _plan_stamp(index: int, box: Box, image: Box, mode: ClipMode) -> StampPlan:
         raise InvalidCutoutError(f"request {index}: {box} is not wholly inside the {image.height}x{image.width} image")
     if mode == "partial":
         return StampPlan(index, box, read)
+    if read.is_empty and not box.is_empty:
+        raise InvalidCutoutError(
+            f"request {index}: {box} does not overlap the {image.height}x{image.width} image (trim mode needs an "
+            "overlap, as astropy's Cutout2D; mode='partial' gives a stamp of fill_value instead)"
+        )
     return StampPlan(index, read, read)
 
 
+def accepts(box: Box, image_shape: tuple[int, ...], mode: ClipMode) -> bool:
+    """Whether ``mode`` can cut ``box`` from an image of ``image_shape`` (what :func:`plan_stamps` refuses).
+
+    ``strict`` needs the box wholly inside, ``trim`` some overlap (or an empty
+    box), ``partial`` takes anything. Use it to drop stray targets of a batch
+    before asking.
+    """
+    overlap = box.intersection(Box(0, 0, int(image_shape[1]), int(image_shape[0])))
+    if mode == "strict":
+        return overlap == box
+    return mode == "partial" or not overlap.is_empty or box.is_empty
+
+
 def plan_stamps(boxes: Sequence[Box], image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
-    """Plan every box of a request (see :func:`plan_stamp`)."""
+    """Plan every box of a request (see :func:`plan_stamp`).
+
+    Raises
+    ------
+    InvalidCutoutError
+        For an unknown mode, a box that clipping rules out, or stamps that
+        would hold more than :func:`max_stamp_pixels` pixels in all.
+    """
     if mode not in _MODES:
         raise InvalidCutoutError(f"mode must be one of {_MODES}, got {mode!r}")
     image = Box(0, 0, int(image_shape[1]), int(image_shape[0]))
-    return [_plan_stamp(i, as_box(box), image, mode) for i, box in enumerate(boxes)]
+    plans = [_plan_stamp(i, as_box(box), image, mode) for i, box in enumerate(boxes)]
+    check_stamp_pixels(plan.bbox for plan in plans)
+    return plans
+
+
+def max_stamp_pixels() -> int:
+    """The bound on one request's stamp pixels: ``OBJBUTLER_MAX_CUTOUT_PIXELS`` or :data:`MAX_STAMP_PIXELS`."""
+    raw = os.environ.get("OBJBUTLER_MAX_CUTOUT_PIXELS")
+    if raw is None:
+        return MAX_STAMP_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidCutoutError(f"OBJBUTLER_MAX_CUTOUT_PIXELS must be an integer, got {raw!r}") from None
+    return value
+
+
+def check_stamp_pixels(stamps: Iterable[Box]) -> None:
+    """Raise InvalidCutoutError if these stamps hold more than :func:`max_stamp_pixels` pixels in all.
+
+    Called before any stamp is allocated, so that a request for a few huge
+    boxes (``partial`` mode keeps their shape) fails at once instead of
+    attempting a many-gigabyte allocation.
+    """
+    limit = max_stamp_pixels()
+    total = 0
+    for count, stamp in enumerate(stamps, start=1):
+        total += stamp.width * stamp.height
+        if total > limit:
+            raise InvalidCutoutError(
+                f"the stamps of this request hold more than {limit:,} pixels (reached at request {count - 1}); "
+                "ask for fewer or smaller stamps, or raise OBJBUTLER_MAX_CUTOUT_PIXELS"
+            )
+
+
+def as_boxes(value: Any) -> list[Box]:
+    """Boxes from a sequence of Boxes or ``(x0, y0, x1, y1)`` corners.
+
+    Raises
+    ------
+    InvalidCutoutError
+        For None, a single Box or corner tuple instead of a sequence of them, a
+        string, or anything that is not a sequence of boxes; names what it got.
+    """
+    if isinstance(value, Box):
+        raise InvalidCutoutError(f"pass a list of boxes, not a single Box: [{value!r}]")
+    if value is None or isinstance(value, str | bytes | dict) or not isinstance(value, Iterable):
+        raise InvalidCutoutError(f"boxes must be a sequence of Box or (x0, y0, x1, y1), or a SkyCoord; got {value!r}")
+    items = list(value)
+    if len(items) == 4 and all(isinstance(v, int | float | np.integer | np.floating) for v in items):
+        raise InvalidCutoutError(f"pass a list of boxes, not one box's corners: [{tuple(items)!r}]")
+    return [as_box(item) for item in items]
 
 
 def as_box(value: Any) -> Box:
@@ -246,6 +334,8 @@ def _size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS) -> tuple[i
         sides: u.Quantity = u.Quantity(np.atleast_1d(size))
         if sides.size == 1:
             sides = u.Quantity([sides[0], sides[0]])
+        if sides.size != 2 or not np.all(np.isfinite(sides.value)) or np.any(sides.value <= 0):
+            raise InvalidCutoutError(f"stamp size must be one or two positive, finite values, got {size!r}")
         if sides.unit.physical_type == "angle":
             scales = u.Quantity(proj_plane_pixel_scales(wcs), wcs.wcs.cunit[0])
             # size is (ny, nx); pixel scales are (x, y)
@@ -257,14 +347,16 @@ def _size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS) -> tuple[i
             pixels = [int(np.round(side.value)) for side in sides]
         else:
             raise InvalidCutoutError(f"size must be in pixels or an angle, got unit {sides.unit}")
+        if pixels[0] <= 0 or pixels[1] <= 0:
+            raise InvalidCutoutError(f"stamp size {size!r} is less than one pixel of this image")
         return pixels[0], pixels[1]
-    if isinstance(size, tuple | list):
-        ny, nx = (int(v) for v in size)
-    else:
-        ny = nx = int(size)
-    if ny <= 0 or nx <= 0:
-        raise InvalidCutoutError(f"stamp size must be positive, got {size!r}")
-    return ny, nx
+    try:
+        values = [float(v) for v in size] if isinstance(size, tuple | list) else [float(size), float(size)]
+    except (TypeError, ValueError):
+        raise InvalidCutoutError(f"size must be pixels (an int or (ny, nx)) or an angle, got {size!r}") from None
+    if len(values) != 2 or not all(math.isfinite(v) and v.is_integer() and v > 0 for v in values):
+        raise InvalidCutoutError(f"stamp size must be one or two positive whole numbers of pixels, got {size!r}")
+    return int(values[0]), int(values[1])
 
 
 def cutout_wcs(wcs: WCS | None, bbox: Box) -> WCS | None:

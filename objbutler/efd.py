@@ -270,7 +270,10 @@ class _Extract:
 
 
 def _candidates(butler: Butler, start: Time, end: Time, options: EfdOptions) -> list[DatasetRef]:
-    refs = butler.query(options.dataset_type, run=options.run)
+    try:
+        refs = butler.query(options.dataset_type, run=options.run)
+    except NotFoundError:
+        return []  # no EFD extract registered yet
     if options.day_obs_key is None:
         return refs
     days = {day_obs(start, options.day_obs_offset_hours), day_obs(end, options.day_obs_offset_hours)}

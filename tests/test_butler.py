@@ -170,8 +170,24 @@ def test_query(butler: Butler) -> None:
     assert len(butler.query("metric", where={"visit": [1, 2], "detector": 0})) == 2
     assert len(butler.query("metric", where={"visit": range(2, 5)})) == 9
     assert len(butler.query(where={"band": "r"})) == 1
-    assert butler.query(where={"nonexistent": 1}) == []
-    assert butler.query("metric", where={"visit": "3"}) == []  # kinds differ: no match, no error
+    # a query that could only match nothing by mistake says why, naming what is registered
+    with pytest.raises(InvalidKeyError, match=r"'nonexistent'.*\['band', 'detector', 'visit'\]"):
+        butler.query(where={"nonexistent": 1})
+    with pytest.raises(InvalidKeyError, match=r"'band'.*metric has keys"):
+        butler.query("metric", where={"band": "r"})
+    with pytest.raises(InvalidKeyError, match=r"holds int values.*str '3'"):
+        butler.query("metric", where={"visit": "3"})
+    with pytest.raises(InvalidKeyError, match="holds int values"):
+        butler.query("metric", where={"visit": [1, "2"]})
+    with pytest.raises(InvalidKeyError, match="a range cannot"):
+        butler.query(where={"band": range(3)})
+    with pytest.raises(InvalidKeyError, match="conditions take"):
+        butler.query("metric", where={"visit": {"gt": 3}})
+    with pytest.raises(NotFoundError, match=r"'no_such_type'.*registered: \["):
+        butler.query("no_such_type")
+    assert len(butler.query("metric", where={"visit": np.int64(3)})) == 3  # numpy ints are ints
+    with pytest.raises(InvalidKeyError, match=r"lacks \['detector'\]"):
+        butler.get("metric", {"visit": 3}, run="run1")
 
 
 def test_query_after_checkpoint_combines_checkpoint_and_tail(tmp_path: Path) -> None:
@@ -201,7 +217,8 @@ def test_checkpoint_is_plain_parquet(tmp_path: Path) -> None:
 
 def test_long_lived_butler_sees_new_commits(tmp_path: Path) -> None:
     reader = Butler.create(str(tmp_path / "r"))
-    assert reader.query("metric") == []
+    with pytest.raises(NotFoundError, match="none yet"):
+        reader.query("metric")
     writer = Butler(str(tmp_path / "r"))
     writer.put({"v": 1}, "metric", {"visit": 1}, run="r")
     assert len(reader.query("metric")) == 1

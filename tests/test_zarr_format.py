@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from zarr.codecs import GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
 
-from objbutler.cutouts import Box, ClipMode, Cutout, boxes_from_skycoords, plan_stamps
+from objbutler.cutouts import Box, ClipMode, Cutout, accepts, boxes_from_skycoords, plan_stamps
 from objbutler.errors import InvalidCutoutError, NotFoundError, StoreError
 from objbutler.formats import zarr_array
 from objbutler.formats._image import Image
@@ -310,7 +310,7 @@ def boxes(draw: st.DrawFn) -> Box:
 @given(requested=st.lists(boxes(), max_size=8), chunk=st.tuples(st.integers(3, 70), st.integers(3, 70)))
 def test_plan_chunks_is_exactly_the_touched_chunks(requested: list[Box], chunk: tuple[int, int]) -> None:
     shape = (300, 250)
-    plans = plan_stamps(requested, shape, "trim")
+    plans = plan_stamps(requested, shape, "partial")  # reads what trim reads, and takes boxes off the image
     planned = plan_chunks(plans, shape, chunk, DefaultChunkKeyEncoding())
     read = np.zeros(shape, dtype=bool)
     for plan in plans:
@@ -359,8 +359,7 @@ def check_stamps(stamps: list[Cutout], data: np.ndarray, requested: Sequence[Box
 
 def check_request(store: Store, prefix: str, data: np.ndarray, requested: Sequence[Box], mode: ClipMode) -> None:
     """Strict mode raises unless every box is inside; otherwise the stamps equal numpy slicing."""
-    image = Box(0, 0, data.shape[1], data.shape[0])
-    if mode == "strict" and any(box.intersection(image) != box for box in requested):
+    if not all(accepts(box, data.shape, mode) for box in requested):
         with pytest.raises(InvalidCutoutError):
             read_zarr_cutouts(store, prefix, requested, mode=mode)
         return
@@ -386,13 +385,16 @@ def test_random_boxes_on_a_local_store(tmp_path: Path, mode: ClipMode) -> None:
     inside = [box for box in requested if box.intersection(Box(0, 0, 190, 257)) == box]
     assert len(inside) > 20
     check_request(store, "local.zarr", data, inside, mode)
+    overlapping = [box for box in requested if accepts(box, data.shape, mode)]
+    check_request(store, "local.zarr", data, overlapping, mode)
 
 
 def test_cutout_edge_cases() -> None:
     data, _, store = cutout_fixture()
     outside = [Box(400, 400, 410, 420), Box(-30, -30, -10, -20)]
-    trim = read_zarr_cutouts(store, "img.zarr", outside, mode="trim")
-    assert [stamp.data.shape for stamp in trim] == [(0, 0), (0, 0)]
+    for box in outside:
+        with pytest.raises(InvalidCutoutError, match="does not overlap"):
+            read_zarr_cutouts(store, "img.zarr", [box], mode="trim")
     partial = read_zarr_cutouts(store, "img.zarr", outside, mode="partial", fill_value=-1.0)
     assert [stamp.data.shape for stamp in partial] == [(20, 10), (10, 20)]
     assert all((stamp.data == -1.0).all() for stamp in partial)

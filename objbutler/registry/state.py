@@ -13,15 +13,16 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from objbutler.errors import ConflictError, InvalidKeyError
+from objbutler.errors import ConflictError, InvalidKeyError, NotFoundError
 from objbutler.registry.checkpoint import DIM_PREFIX, Checkpoint, refs_to_table, rows_to_refs
 from objbutler.registry.commits import Commit
 from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_id
 
-__all__ = ["RegistryState", "commit_problem"]
+__all__ = ["RegistryState", "check_condition_kind", "commit_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,19 @@ class RegistryState:
 
     # -- reading ---------------------------------------------------------------
 
+    def check_query(self, dataset_type: str | None, where: Mapping[str, Any]) -> None:
+        """Refuse a query that could only match nothing by mistake (see :meth:`query`)."""
+        if dataset_type is not None and dataset_type not in self.dataset_types:
+            raise NotFoundError(
+                f"unknown dataset type {dataset_type!r}; registered: {sorted(self.dataset_types) or 'none yet'}"
+            )
+        allowed = self.dataset_types[dataset_type].dimensions if dataset_type is not None else tuple(self.dimensions)
+        for key, value in where.items():
+            if key not in allowed:
+                owner = f"{dataset_type} has" if dataset_type is not None else "the registered data IDs have"
+                raise InvalidKeyError(f"unknown data ID key {key!r} in where: {owner} keys {sorted(allowed)}")
+            check_condition_kind(key, value, self.dimensions[key])
+
     def __len__(self) -> int:
         return self.checkpoint.table.num_rows + len(self.tail)
 
@@ -183,11 +197,17 @@ class RegistryState:
         -------
         list of DatasetRef
             Checkpoint matches first, then tail matches in log order.
+
+        Raises
+        ------
+        NotFoundError
+            For a dataset type that is not registered (the message lists those that are).
+        InvalidKeyError
+            For a ``where`` key that is not a registered data ID key (or not one of
+            the dataset type's), or a value of the wrong kind for its key.
         """
-        where = dict(where or {})
-        for key in where:
-            if key not in self.dimensions:
-                return []
+        where = {key: _normalized(value) for key, value in (where or {}).items()}
+        self.check_query(dataset_type, where)
         table = self.checkpoint.table
         if table.num_rows:
             mask = _table_mask(table, dataset_type, where, run, dataset_id)
@@ -225,6 +245,38 @@ def commit_problem(commit: Commit) -> str | None:
     return None
 
 
+def check_condition_kind(key: str, value: Any, kind: str) -> None:
+    """Raise InvalidKeyError unless ``value`` is a condition on a ``kind`` ("int"/"str") key.
+
+    A condition is a value, a list/tuple/set of values, or (ints only) a
+    ``range``; each value must be of the key's kind (``"3"`` does not match 3).
+    """
+    def wrong(got: Any) -> InvalidKeyError:
+        return InvalidKeyError(
+            f"data ID key {key!r} holds {kind} values; the condition {value!r} has {type(got).__name__} {got!r}"
+        )
+
+    condition, operand = _condition_values(value)
+    if condition == "range":
+        if kind != "int":
+            raise InvalidKeyError(f"data ID key {key!r} holds str values: a range cannot select them")
+        return
+    for item in operand if condition == "in" else [operand]:
+        if (kind == "int" and type(item) is not int) or (kind == "str" and not isinstance(item, str)):
+            raise wrong(item)
+
+
+def _normalized(value: Any) -> Any:
+    """numpy integers and strings as Python ones, in a value or a list/tuple/set of values."""
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_normalized(item) for item in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.str_):
+        return str(value)
+    return value
+
+
 def _condition_values(value: Any) -> tuple[str, Any]:
     if isinstance(value, range):
         if value.step != 1:
@@ -232,7 +284,7 @@ def _condition_values(value: Any) -> tuple[str, Any]:
         return "range", value
     if isinstance(value, list | tuple | set | frozenset):
         return "in", list(value)
-    if isinstance(value, float | bool) or value is None:
+    if not isinstance(value, int | str) or isinstance(value, bool):
         raise InvalidKeyError(f"data ID conditions take ints, strings, lists or ranges, got {value!r}")
     return "eq", value
 
