@@ -37,6 +37,7 @@ from objbutler.formats.dispatch import (
     delete_dataset,
     encode_dataset,
     read_dataset,
+    signature_problem,
     write_dataset,
 )
 from objbutler.provenance import (
@@ -394,7 +395,7 @@ class Butler:
             for name, kind in dimension_kinds(ref.data_id).items():
                 if kinds.setdefault(name, kind) != kind:
                     raise ConflictError(f"data ID key {name!r} holds both int and str values in this ingest")
-            problem = dataset_problem(self, ref, verify_checksums)
+            problem = dataset_problem(self, ref, verify_checksums) or signature_problem(self.store, ref.key, ref.format)
             if problem:
                 raise FormatError(f"cannot ingest {ref.dataset_type} {ref.data_id} ({ref.key}): {problem}")
             new[ref.unique_key] = ref

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from objbutler.errors import FormatError
 from objbutler.registry.records import DatasetRef
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def _prepared(obj: Any) -> Any:
 
     try:
         return to_nddata(as_image(obj))
-    except TypeError:
+    except FormatError:
         return obj  # each put reports it as a FormatError
 
 

@@ -55,7 +55,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from objbutler.errors import NotFoundError, ObjButlerError
+from objbutler.errors import FormatError, NotFoundError, ObjButlerError
 from objbutler.registry.commits import utc_now
 from objbutler.registry.records import DatasetRef
 
@@ -284,7 +284,7 @@ def stamp_fits_cards(obj: Any, record: Mapping[str, Any] | None, fmt: str) -> An
 
     try:
         image = as_image(obj)
-    except TypeError:
+    except FormatError:
         return obj  # encode_dataset reports it as a FormatError
     for key in [k for k in image.header if _CARD_PATTERN.match(k)]:
         del image.header[key]

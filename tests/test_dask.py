@@ -230,6 +230,27 @@ def test_parallel_ingest_commits_every_item(localstack_backend: Any, client: Any
     np.testing.assert_array_equal(butler.get(committed[5]).data, items[5].data)
 
 
+def test_ingest_of_file_paths_only_as_in_the_docs(client: Any, tmp_path: Path) -> None:
+    """docs/dask.md's call: file paths only, one data ID for all, header keys tell the files apart."""
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri)
+    rng = np.random.default_rng(4)
+    paths = []
+    for exposure in range(3):
+        header = _wcs(exposure).to_header()
+        header["EXPID"], header["DETECTOR"] = 100 + exposure, 7
+        path = tmp_path / f"raw{exposure}.fits"
+        fits.PrimaryHDU(rng.normal(size=(16, 12)).astype("float32"), header=header).writeto(path)
+        paths.append(path)
+    results = ingest(uri, sorted(paths), "raw", {"instrument": "LATISS"}, run="night1",
+                     header_keys={"exposure": "EXPID", "detector": "DETECTOR"}, client=client)
+    assert results.errors == []
+    assert sorted(r.data_id["exposure"] for r in butler.query("raw")) == [100, 101, 102]
+    with fits.open(paths[1]) as hdul:
+        np.testing.assert_array_equal(butler.get("raw", {"instrument": "LATISS", "exposure": 101, "detector": 7}).data,
+                                      hdul[0].data)
+
+
 # -- no cluster needed ----------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from objbutler.errors import StoreError
+from objbutler.errors import NotSupportedError, StoreError
 from objbutler.stores import open_store
 from objbutler.stores.local import LocalStore
 from objbutler.stores.memory import MemoryStore
@@ -35,7 +35,7 @@ def test_open_store_schemes(tmp_path: Path) -> None:
     assert isinstance(named, MemoryStore)
     named.put("k", b"v")
     assert open_store("memory://shared-name").get("k") == b"v"
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(NotSupportedError, match="unsupported"):
         open_store("ftp://host/x")
 
 

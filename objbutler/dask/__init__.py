@@ -355,8 +355,9 @@ def ingest(
     per_task = items_per_task or max(1, math.ceil(len(items) / (TASKS_PER_THREAD * _threads(client))))
     shipped = list(items)
     objects = [i for i, item in enumerate(shipped) if not isinstance(item, str | os.PathLike)]
-    for i, future in zip(objects, client.scatter([shipped[i] for i in objects]), strict=True):
-        shipped[i] = future
+    if objects:  # scatter([]) fails in distributed: file paths travel as they are
+        for i, future in zip(objects, client.scatter([shipped[i] for i in objects]), strict=True):
+            shipped[i] = future
     batches = [
         (list(range(start, min(start + per_task, len(items)))), shipped[start : start + per_task],
          ids[start : start + per_task])

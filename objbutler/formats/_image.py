@@ -18,7 +18,10 @@ from astropy.wcs import WCS
 
 from objbutler.errors import FormatError
 
-__all__ = ["Image", "as_image", "to_nddata", "user_cards"]
+__all__ = ["IMAGE_DTYPES", "Image", "as_image", "check_pixels", "to_nddata", "user_cards"]
+
+IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")
+"""Pixel types every image format stores and reads back exactly (FITS via BITPIX and BZERO)."""
 
 # Cards that describe the FITS layout, not the image: formats regenerate them.
 _STRUCTURAL = {
@@ -105,29 +108,55 @@ def as_image(obj: Any) -> Image:
 
     Raises
     ------
-    TypeError
-        For anything else, or an HDUList with no image data.
+    FormatError
+        For anything else, an HDUList with no image data, or pixels that
+        :func:`check_pixels` refuses.
     """
+    image = _as_image(obj)
+    check_pixels(image.data)
+    return image
+
+
+def check_pixels(data: np.ndarray) -> None:
+    """Refuse pixels no image format can store exactly: other dtypes, no pixels, or no dimensions.
+
+    Raises
+    ------
+    FormatError
+        Naming the dtype or shape, and what is allowed.
+    """
+    if data.dtype.kind not in "iuf" or data.dtype.itemsize > 8 or data.dtype == np.float16:
+        raise FormatError(
+            f"cannot store pixels of dtype {data.dtype} as an image; allowed: {', '.join(IMAGE_DTYPES)} "
+            "(convert first, e.g. a bool mask with .astype('uint8'))"
+        )
+    if data.ndim == 0 or data.size == 0:
+        raise FormatError(f"an image needs at least one pixel in at least one dimension; got shape {data.shape}")
+
+
+def _as_image(obj: Any) -> Image:
     if isinstance(obj, fits.HDUList):
         for hdu in obj:
             if isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU) and hdu.data is not None:
                 return as_image(hdu)
-        raise TypeError("the HDUList holds no image data")
+        raise FormatError("the HDUList holds no image data")
     if isinstance(obj, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
         if obj.data is None:
-            raise TypeError("the HDU holds no data")
+            raise FormatError("the HDU holds no data")
         header = obj.header
         return Image(np.asarray(obj.data), user_cards(header), _wcs_from(header))
     if isinstance(obj, NDData):
         meta = obj.meta
         header = fits.Header(meta) if not isinstance(meta, fits.Header) else meta
         wcs = obj.wcs if isinstance(obj.wcs, WCS) else _wcs_from(header)
-        return Image(np.asarray(obj.data), user_cards(header), wcs)
+        try:
+            data = np.asarray(obj.data)
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"the NDData's data is not a numeric array: {exc}") from None
+        return Image(data, user_cards(header), wcs)
     if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in "biuf" or obj.ndim == 0:
-            raise TypeError(f"cannot store a {obj.ndim}-D array of dtype {obj.dtype} as an image")
         return Image(obj, fits.Header(), None)
-    raise TypeError(
+    raise FormatError(
         f"cannot store a {type(obj).__name__} as an image: use a numpy array, an astropy HDU or HDUList, or NDData"
     )
 

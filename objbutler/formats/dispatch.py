@@ -86,11 +86,7 @@ def encode_dataset(obj: Any, fmt: str | None, default_image_format: str, options
         raise FormatError(f"a {kind} dataset ({type(obj).__name__}) cannot be stored as {fmt!r}; "
                           f"formats for {kind}: {[f for f, k in FORMATS.items() if k == kind]}")
     if kind == "image":
-        try:
-            image = as_image(obj)
-        except TypeError as exc:
-            raise FormatError(str(exc)) from None
-        return _encode_image(image, fmt, options)
+        return _encode_image(as_image(obj), fmt, options)
     data = _encode_metadata(obj) if kind == "metadata" else _encode_table(obj, fmt)
     return EncodedDataset(kind, fmt, {"": data}, _sha256(data))
 
@@ -100,6 +96,30 @@ def _sha256(data: bytes) -> str:
 
 
 def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
+    try:
+        return _encode_image_as(image, fmt, options)
+    except (TypeError, ValueError) as exc:  # the encoders' own checks of their options
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"cannot encode this image as {fmt}: {exc}") from None
+
+
+def check_format_options(fmt: str, options: dict[str, Any]) -> None:
+    """Raise FormatError for a format option the encoder does not take, naming the ones it does."""
+    import inspect
+
+    if fmt == "fits":
+        from objbutler.formats.fits import encode_fits as encoder
+    else:
+        from objbutler.formats.zarr_array import encode_zarr as encoder  # type: ignore[assignment]
+    allowed = [name for name in inspect.signature(encoder).parameters if name != "image"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise FormatError(f"unknown {fmt} format option(s) {unknown}; allowed: {allowed}")
+
+
+def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
+    check_format_options(fmt, options)
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits
         from objbutler.formats.fits_headers import fits_layout
@@ -259,3 +279,24 @@ def dataset_objects(store: Store, key: str, fmt: str) -> list[str]:
     if not keys:
         raise NotFoundError(f"no Zarr objects under {key}")
     return keys
+
+
+_SIGNATURES = {"fits": b"SIMPLE  =", "parquet": b"PAR1", "ecsv": b"# %ECSV"}
+
+
+def signature_problem(store: Store, key: str, fmt: str) -> str | None:
+    """Why the object at ``key`` cannot be a ``fmt`` dataset, judged from its first bytes, or None.
+
+    One small range read: catches a gzip-compressed FITS file, an HTML error
+    page or a file of another format registered under the wrong one, which
+    ``get`` could not read. Zarr arrays are checked by their ``zarr.json``.
+    """
+    signature = _SIGNATURES.get(fmt)
+    if signature is None:
+        return None
+    (head,) = store.get_ranges(key, [(0, len(signature))])
+    if head == signature:
+        return None
+    if head[:2] == b"\x1f\x8b":
+        return f"it is gzip-compressed, not plain {fmt} (decompress it first)"
+    return f"it does not start as a {fmt} file does ({signature!r}), but with {head!r}"

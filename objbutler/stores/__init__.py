@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
-from objbutler.errors import InvalidKeyError
+from objbutler.errors import InvalidKeyError, NotSupportedError
 from objbutler.stores._base import (
     ByteRange,
     ObjectMeta,
@@ -43,6 +44,10 @@ __all__ = [
     "split_bucket_uri",
     "validate_key",
 ]
+
+
+_ONE_SLASH = re.compile(r"^(s3|swift|file|memory|gs|az|https?):/(?!/)", re.IGNORECASE)
+"""A known scheme followed by one slash (``s3:/bucket``): a typo, not a relative path."""
 
 
 def split_bucket_uri(uri: str) -> tuple[str, str]:
@@ -84,7 +89,12 @@ def open_store(uri: str, **options: Any) -> Store:
     Store
         A store rooted at the URI.
     """
+    if not isinstance(uri, str) or not uri:
+        raise InvalidKeyError(f"a store URI must be a non-empty string, got {uri!r}")
     scheme = urllib.parse.urlsplit(uri).scheme if "://" in uri else ""
+    if not scheme and _ONE_SLASH.match(uri):
+        fixed = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", uri)
+        raise InvalidKeyError(f"{uri!r} looks like a URI with a slash missing: did you mean {fixed!r}?")
     if scheme in ("", "file"):
         from objbutler.stores.local import LocalStore
 
@@ -104,4 +114,6 @@ def open_store(uri: str, **options: Any) -> Store:
 
         container, prefix = split_bucket_uri(uri)
         return SwiftStore(container, prefix, **options)
-    raise ValueError(f"unsupported store URI scheme {scheme!r} in {uri!r} (use a path, file://, memory://, s3://, swift://)")
+    raise NotSupportedError(
+        f"unsupported store URI scheme {scheme!r} in {uri!r} (use a path, file://, memory://, s3://, swift://)"
+    )

@@ -61,7 +61,12 @@ class LocalStore:
     def __init__(self, root: str | os.PathLike[str], durable: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
         self.durable = durable
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotFoundError(f"{self.root} is a file, not a directory: no store or repository can be rooted there")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self.root} as a store: {exc.strerror or exc}") from None
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
