@@ -12,7 +12,8 @@ from benchmarks.measure import Row
 
 __all__ = ["SUITES", "format_table", "main"]
 
-SUITES = ("cutouts", "registry", "all")
+SUITES = ("cutouts", "registry", "verify", "all")
+"""``all`` is cutouts and registry (the committed report); ``verify`` (:mod:`benchmarks.verify`) runs on its own."""
 
 
 def _logger(started: float) -> Callable[[str], None]:
@@ -79,8 +80,8 @@ def main(
 
     Parameters
     ----------
-    suite : {"cutouts", "registry", "all"}
-        What to run.
+    suite : {"cutouts", "registry", "verify", "all"}
+        What to run (``all``: cutouts and registry).
     target : str
         ``localstack`` (default), ``moto``, ``swift``, ``local``, an ``s3://`` URI or a path.
     quick : bool
@@ -122,6 +123,10 @@ def main(
             registry_rows, registry_notes = run_registry(where, registry_settings(quick, smoke), log)
             rows += registry_rows
             notes += registry_notes
+        if suite == "verify":
+            from benchmarks.verify import run_verify, verify_settings
+
+            rows += run_verify(where, verify_settings(quick, image_size), log)
     elapsed = time.perf_counter() - started
     meta: dict[str, Any] = {
         "suite": suite, "target": target, "quick": quick, "image_size": image_size or 4096,
@@ -133,10 +138,12 @@ def main(
     print()
     for note in notes:
         print(f"NOTE {note}")
-    headlines = cutout_headlines(rows)
+    from benchmarks.verify import verify_headlines
+
+    headlines = cutout_headlines(rows) + verify_headlines(rows)
     for line in headlines:
         print(line)
-    checks = verdicts(rows, meta)
+    checks = verdicts(rows, meta) if suite != "verify" else []  # the issue targets are cutouts' and registry's
     print()
     for verdict in checks:
         print(f"TARGET issue {verdict.issue} [{verdict.status}] {verdict.target}: {verdict.measured}")

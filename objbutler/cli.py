@@ -365,7 +365,7 @@ def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], 
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["cutouts", "registry", "all"]))
+@click.argument("suite", type=click.Choice(["cutouts", "registry", "verify", "all"]))
 @click.option("--target", default="localstack", show_default=True,
               help="localstack, moto, swift, local, an s3:// URI (AWS_* variables) or a directory.")
 @click.option("--quick", is_flag=True, help="Short run (under 3 minutes; slow baselines on a few stamps, labelled ~).")

@@ -54,3 +54,15 @@ def test_bench_quick_local_smoke(tmp_path: Path) -> None:
 def test_bench_rejects_unknown_suite() -> None:
     result = CliRunner().invoke(main, ["bench", "everything"])
     assert result.exit_code != 0
+
+
+def test_bench_verify_local_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(main, ["bench", "verify", "--target", "local", "--quick", "--image-size", "128",
+                                       "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("VERIFY ") == 2 and "TARGET" not in result.output
+    rows = json.loads(out.read_text())
+    assert {(r["format"], r["method"]) for r in rows} == {
+        (fmt, method) for fmt in ("fits", "zarr") for method in ("get verify=False", "get verify=True", "sha256 only")}
+    assert all(r["suite"] == "verify" and r["seconds"] > 0 for r in rows)

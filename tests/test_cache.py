@@ -15,7 +15,7 @@ import pytest
 from conftest import Backend
 
 from objbutler import Box, Butler
-from objbutler.errors import OfflineError
+from objbutler.errors import OfflineError, TransientStoreError
 from objbutler.stores import open_store
 from objbutler.stores.cache import CachingStore, cache_settings, describe_key, parse_size
 from objbutler.stores.memory import MemoryStore
@@ -138,6 +138,13 @@ def test_describe_key_names_the_dataset() -> None:
 
 def test_settings_from_arguments_and_environment(tmp_path: Path) -> None:
     assert cache_settings(None, None, {}) == (None, False, cache_settings(None, None, {})[2])
+    assert cache_settings(str(tmp_path), None, {})[:2] == (tmp_path, False)  # a cache alone never goes offline
+    assert cache_settings(str(tmp_path), None, {"OBJBUTLER_OFFLINE": "auto"})[:2] == (tmp_path, "auto")
+    assert cache_settings(str(tmp_path), "auto", {})[:2] == (tmp_path, "auto")
+    with pytest.raises(ValueError, match="auto"):
+        cache_settings(False, "auto", {})
+    with pytest.raises(ValueError, match="offline must be"):
+        cache_settings(str(tmp_path), "sometimes", {})  # type: ignore[arg-type]
     assert cache_settings(None, None, {"OBJBUTLER_CACHE": str(tmp_path)})[:2] == (tmp_path, False)
     assert cache_settings(None, None, {"OBJBUTLER_OFFLINE": "1"})[:2] == (Path("~/.cache/objbutler").expanduser(),
                                                                         True)
@@ -190,6 +197,55 @@ def test_butler_cached_cutouts_are_served_from_disk(tmp_path: Path, monkeypatch:
     assert isinstance(clone.store, CachingStore) and clone.store.offline
 
 
+class FailingReads:
+    """Answer reads as a server answering 503 does (TransientStoreError after the retries), when ``failing``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failing = False
+        self.failed: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name not in ("get", "get_ranges", "get_many", "head", "list"):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.failing:
+                self.failed.append(name)
+                raise TransientStoreError(f"S3 read of {args[0] if args else ''!r} failed: 503 ServiceUnavailable")
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_a_5xx_on_the_registry_read_raises_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cached registry may lack commits that finished: by default a failing server is an error, not a stale answer."""
+    source = Butler.create(str(tmp_path / "repo"))
+    first = source.put({"n": 1}, "metric", {"visit": 1}, run="r")
+    server = FailingReads(open_store(str(tmp_path / "repo")))
+    butler = Butler(str(tmp_path / "repo"), store=server, cache=tmp_path / "cache")  # type: ignore[arg-type]
+    assert [r.id for r in butler.query()] == [first.id]  # the registry is now in the cache
+    assert butler.get(first) == {"n": 1}  # and so is the dataset
+    second = source.put({"n": 2}, "metric", {"visit": 2}, run="r")  # a commit the cache has not seen
+    server.failing = True
+    for read in (butler.query, lambda: butler.get("metric", {"visit": 2}, run="r"),
+                 lambda: Butler(str(tmp_path / "repo"), store=server, cache=tmp_path / "cache")):
+        with pytest.raises(TransientStoreError, match="503"):
+            read()  # type: ignore[operator]
+    assert butler.get(first) == {"n": 1}  # a cached data object needs no server (it is immutable)
+    assert not butler.store.offline  # type: ignore[attr-defined]
+    assert "manifest" not in caplog.text
+    # Opted in: the same failure answers from the cache, without the commit it has not seen, and says so.
+    auto = Butler(str(tmp_path / "repo"), store=server, cache=tmp_path / "cache", offline="auto")  # type: ignore[arg-type]
+    assert auto.store.offline  # type: ignore[attr-defined]
+    assert [r.id for r in auto.query()] == [first.id] != [first.id, second.id]
+    assert auto.get(first) == {"n": 1}
+    assert "serving cached objects only" in caplog.text
+    server.failing = False
+    assert [r.id for r in butler.query()] == [first.id, second.id]
+
+
 def test_offline_with_no_cached_repository_says_so(tmp_path: Path) -> None:
     Butler.create(str(tmp_path / "repo"))
     with pytest.raises(OfflineError, match=r"objbutler\.json"):
@@ -233,9 +289,12 @@ def test_offline_with_the_server_stopped(tmp_path: Path) -> None:
             offline.get(ref)
     with pytest.raises(OfflineError, match="write"):
         offline.put({"new": 1}, "metric", {"visit": 1}, run="run1")
-    # Not told to be offline: the first failed connection switches to the cache, quickly.
+    # Not told to be offline: the failure is an error, not a silent switch to the cache.
+    with pytest.raises(TransientStoreError):
+        Butler(uri, cache=cache, **options)
+    # offline="auto": the first failed connection switches to the cache, quickly.
     started = time.monotonic()
-    auto = Butler(uri, cache=cache, **options)
+    auto = Butler(uri, cache=cache, offline="auto", **options)
     assert sorted(r.id for r in auto.query()) == expected_query
     assert auto.store.offline  # type: ignore[attr-defined]
     assert offline.get(cached[0]) is not None

@@ -58,7 +58,7 @@ class RegistryMachine(RuleBasedStateMachine):
     @invariant()
     def fresh_reader_sees_the_model(self) -> None:
         reader = Butler(f"memory://{self.name}", store=self.butlers[0].store)
-        seen = {(r.data_id["visit"], r.run): reader.get(r)["value"] for r in reader.query("metric")}
+        seen = {(r.data_id["visit"], r.run): reader.get(r)["value"] for r in reader.query()}
         assert seen == self.model
 
 

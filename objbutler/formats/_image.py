@@ -17,6 +17,7 @@ from astropy.nddata import NDData
 from astropy.wcs import WCS
 
 from objbutler.errors import FormatError
+from objbutler.formats.wcs_cards import header_wcs, merged_header, superseded_keys
 
 __all__ = ["IMAGE_DTYPES", "Image", "as_image", "check_pixels", "to_nddata", "user_cards"]
 
@@ -51,11 +52,13 @@ class Image:
     wcs: WCS | None
 
     def full_header(self) -> fits.Header:
-        """Descriptive cards followed by the WCS cards (what a FITS writer emits)."""
-        header = self.header.copy()
-        if self.wcs is not None:
-            header.extend(self.wcs.to_header(relax=True), update=True)
-        return header
+        """Descriptive cards followed by the WCS cards (what a FITS writer emits).
+
+        Descriptive cards the WCS cards replace (plate solutions, older forms of the
+        same cards: :func:`~objbutler.formats.wcs_cards.merged_header`) are left out,
+        so that wcslib reads the header back as :attr:`wcs`.
+        """
+        return merged_header(self.header, self.wcs)
 
 
 def user_cards(header: fits.Header) -> fits.Header:
@@ -71,7 +74,7 @@ def user_cards(header: fits.Header) -> fits.Header:
     astropy.io.fits.Header
         A new header with only descriptive cards (COMMENT and HISTORY kept).
     """
-    wcs_keys = set(WCS(header, relax=True).to_header(relax=True).keys()) if _has_wcs(header) else set()
+    wcs_keys = superseded_keys(header, _wcs_from(header))
     kept = fits.Header()
     for card in header.cards:
         key = card.keyword
@@ -90,7 +93,7 @@ def _has_wcs(header: fits.Header) -> bool:
 def _wcs_from(header: fits.Header) -> WCS | None:
     if not _has_wcs(header):
         return None
-    return WCS(header, relax=True)
+    return header_wcs(header)  # never kills the process; warns and gives None when no WCS can be built
 
 
 def as_image(obj: Any) -> Image:

@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import io
 import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from objbutler.errors import FormatError, NotFoundError
 from objbutler.formats._image import Image, as_image, to_nddata
 from objbutler.stores import Store
 
-__all__ = ["FORMATS", "EncodedDataset", "encode_dataset", "kind_of", "read_dataset", "write_dataset"]
+__all__ = ["FORMATS", "EncodedDataset", "Recorded", "encode_dataset", "kind_of", "read_dataset", "write_dataset"]
 
 FORMATS = {"fits": "image", "zarr": "image", "json": "metadata", "parquet": "table", "ecsv": "table"}
 DEFAULT_FORMAT = {"metadata": "json", "table": "parquet"}
@@ -96,6 +98,9 @@ def _sha256(data: bytes) -> str:
 
 
 def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
+    from objbutler.formats.wcs_cards import check_storable
+
+    check_storable(image.header, image.wcs)  # a WCS that would not read back is refused, naming its cards
     try:
         return _encode_image_as(image, fmt, options)
     except (TypeError, ValueError) as exc:  # the encoders' own checks of their options
@@ -237,20 +242,115 @@ def delete_dataset(store: Store, key: str, fmt: str) -> None:
         store.delete(key)
 
 
-def read_dataset(store: Store, key: str, fmt: str) -> Any:
-    """Read a whole dataset back as the Python object its kind returns."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the registry recorded of a dataset's stored bytes, for a whole read to check.
+
+    Parameters
+    ----------
+    size : int
+        Total bytes (every object of a Zarr array).
+    checksum : str
+        ``sha256:<hex>``, as :class:`EncodedDataset` computes it.
+    name : str
+        How error messages name the dataset (e.g. ``calexp {'visit': 1} in run 'r'``).
+    """
+
+    size: int
+    checksum: str
+    name: str
+
+
+_VERIFY_IN_THREAD = 1 << 20
+"""From this many bytes on, the checksum is computed on a second thread while the bytes are decoded
+(hashlib and numpy's copies release the GIL), so a verified get costs little more than an unverified one."""
+
+
+def read_dataset(store: Store, key: str, fmt: str, *, recorded: Recorded | None = None, verify: bool = True) -> Any:
+    """Read a whole dataset back as the Python object its kind returns.
+
+    Parameters
+    ----------
+    store : Store
+        Where it is.
+    key : str
+        Its key (the prefix of a Zarr array).
+    fmt : str
+        One of :data:`FORMATS`.
+    recorded : Recorded, optional
+        The registry's size and checksum. The size also bounds a Zarr array's
+        chunk count (see :func:`objbutler.formats.zarr_array.fetch_zarr`).
+    verify : bool, default True
+        With ``recorded``: check that the bytes read have the recorded size
+        and checksum (SHA-256 over the bytes; for Zarr over every object).
+
+    Returns
+    -------
+    NDData, dict or Table
+
+    Raises
+    ------
+    FormatError
+        The bytes are not of the format, declare shapes they cannot hold, or
+        (verified) differ from what was recorded: the message names the
+        dataset, the key, and the recorded and actual size or checksum.
+    """
     kind = FORMATS.get(fmt)
     if kind is None:
         raise FormatError(f"unknown dataset format {fmt!r} for {key}")
+    check = recorded if verify else None
     if fmt == "zarr":
-        from objbutler.formats.zarr_array import read_zarr
+        from objbutler.formats.zarr_array import decode_zarr, fetch_zarr, zarr_checksum
 
-        return to_nddata(read_zarr(store, key))
+        fetched = fetch_zarr(store, key, size=recorded.size if recorded else None, every_object=check is not None)
+        return _checked(check, key, fetched.size, lambda: f"sha256:{zarr_checksum(fetched.objects)}",
+                        lambda: to_nddata(decode_zarr(fetched, key)))
     data = store.get(key)
+    return _checked(check, key, len(data), lambda: _sha256(data), lambda: _decode(data, fmt, key))
+
+
+def _checked(
+    recorded: Recorded | None, key: str, size: int, digest: Callable[[], str], decode: Callable[[], Any]
+) -> Any:
+    """Decode, after checking the size, with the checksum computed alongside (in a thread for large reads)."""
+    if recorded is None:
+        return decode()
+    if size != recorded.size:
+        raise _mismatch(recorded, key, "size", f"{size} bytes", f"{recorded.size} bytes")
+    if size < _VERIFY_IN_THREAD:
+        actual = digest()
+        if actual != recorded.checksum:
+            raise _mismatch(recorded, key, "checksum", actual, recorded.checksum)
+        return decode()
+    result: list[str] = []
+    hasher = threading.Thread(target=lambda: result.append(digest()), name="objbutler-verify", daemon=True)
+    hasher.start()
+    try:
+        obj = decode()
+    except Exception as exc:
+        hasher.join()
+        if result and result[0] != recorded.checksum:  # corrupt bytes: say so rather than why they did not decode
+            raise _mismatch(recorded, key, "checksum", result[0], recorded.checksum) from exc
+        raise
+    hasher.join()
+    if not result:
+        raise FormatError(f"{recorded.name} ({key}): the checksum could not be computed")
+    if result[0] != recorded.checksum:
+        raise _mismatch(recorded, key, "checksum", result[0], recorded.checksum)
+    return obj
+
+
+def _mismatch(recorded: Recorded, key: str, what: str, actual: str, expected: str) -> FormatError:
+    return FormatError(f"{recorded.name} ({key}): the stored {what} is {actual}, the registry recorded {expected}; "
+                       f"the stored bytes are corrupt or were replaced (get(..., verify=False) reads them anyway)")
+
+
+def _decode(data: bytes, fmt: str, key: str) -> Any:
+    """Decode the bytes of a single-object dataset."""
     if fmt == "fits":
         from objbutler.formats.fits import decode_fits
 
-        return to_nddata(decode_fits(data))
+        return to_nddata(decode_fits(data, key=key))
     if fmt == "json":
         try:
             return json.loads(data.decode("utf-8"))

@@ -21,7 +21,7 @@ from astropy.io.fits.verify import VerifyError
 
 from objbutler.errors import FormatError
 from objbutler.formats._image import Image, as_image
-from objbutler.formats.fits_headers import HduSelector
+from objbutler.formats.fits_headers import HduSelector, check_fits_bytes
 
 __all__ = ["COMPRESSION_TYPES", "decode_fits", "encode_fits"]
 
@@ -79,8 +79,13 @@ def _compressed_hdu(
 # --------------------------------------------------------------------- whole reads
 
 
-def decode_fits(data: bytes, hdu: HduSelector = None) -> Image:
+def decode_fits(data: bytes, hdu: HduSelector = None, key: str = "") -> Image:
     """Read an image back from FITS bytes (the inverse of :func:`encode_fits`).
+
+    The headers of the HDUs up to the chosen one are checked first
+    (:func:`~objbutler.formats.fits_headers.check_fits_bytes`): data that
+    would not fit in ``data``, or a compressed image too large to decode in
+    memory, is a FormatError before astropy allocates anything.
 
     Parameters
     ----------
@@ -89,6 +94,8 @@ def decode_fits(data: bytes, hdu: HduSelector = None) -> Image:
     hdu : int, str or None
         HDU index or EXTNAME; by default the primary HDU if it holds data,
         else the first image extension.
+    key : str, optional
+        The object's key, for messages.
 
     Returns
     -------
@@ -99,8 +106,10 @@ def decode_fits(data: bytes, hdu: HduSelector = None) -> Image:
     Raises
     ------
     FormatError
-        If the bytes are not FITS or the HDU is not an image with data.
+        If the bytes are not FITS, declare more than they hold, or the HDU is
+        not an image with data.
     """
+    check_fits_bytes(data, hdu, key)
     try:
         with fits.open(io.BytesIO(data)) as hdus:
             chosen = _pick_hdu(hdus, hdu)

@@ -28,7 +28,15 @@ from astropy.wcs import WCS
 from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError
 from objbutler.formats._image import _wcs_from
-from objbutler.formats.fits_headers import HduInfo, HduSelector, HeaderReader, PixelScaling, layout_info, locate
+from objbutler.formats.fits_headers import (
+    HduInfo,
+    HduSelector,
+    HeaderReader,
+    PixelScaling,
+    check_declared_sizes,
+    layout_info,
+    locate,
+)
 from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
 from objbutler.stores._base import Store
@@ -162,7 +170,11 @@ def read_fits_cutouts(
         not read unless a stamp's WCS is asked for (ignored with ``hdu``, or
         if it does not fit ``object_size``).
     object_size : int, optional
-        The object's size in bytes, to check ``layout`` against.
+        The object's size in bytes, to check ``layout`` and the header against
+        (the data an HDU declares must fit in it). Without it, the size is
+        known when the first read reached the end of the object; otherwise
+        data past the end shows up as a short read (no read returns more than
+        the object holds, so nothing larger is allocated).
     parent_wcs : astropy.wcs.WCS, optional
         The image's WCS when the caller already read it (sky positions).
 
@@ -174,7 +186,9 @@ def read_fits_cutouts(
     Raises
     ------
     FormatError
-        Not FITS, a truncated header or data, a non-image HDU, or not 2-D.
+        Not FITS, a truncated header or data, a non-image HDU, not 2-D, data
+        declared larger than the object, tiles that do not match the tile
+        table or a tile too large to decode.
     InvalidCutoutError
         In strict mode, for a box not wholly inside the image.
     """
@@ -182,6 +196,9 @@ def read_fits_cutouts(
     reader = HeaderReader(store, key, cost)
     hinted = layout_info(layout, object_size) if layout is not None and hdu is None else None
     info = hinted or locate(reader, hdu)
+    if hinted is None:  # the layout was checked against object_size; a header is checked here
+        size = object_size if object_size is not None else _size_if_known(reader)
+        check_declared_sizes(info, size, key, "tiles")
     if len(info.image_shape) != 2:
         raise FormatError(f"HDU {info.index} of {key!r} is {len(info.image_shape)}-D; cutouts need a 2-D image")
     shape = (info.image_shape[0], info.image_shape[1])
@@ -296,6 +313,11 @@ def _tile_table(reader: HeaderReader, info: HduInfo) -> TileTable:
     if len(table) != size:
         raise FormatError(f"{reader.key!r} is truncated inside the tile table of HDU {info.index}")
     return TileTable.parse(info.header, table, info.data_start)
+
+
+def _size_if_known(reader: HeaderReader) -> int | None:
+    """The object's size, when a read already reached its end."""
+    return reader.start + len(reader.buffer) if reader.at_end else None
 
 
 def _decode_threads() -> int:

@@ -9,6 +9,10 @@
   (BSCALE/BZERO, unsigned integers, BLANK).
 * :func:`fits_layout` is what the registry records of a plain image objbutler
   wrote, so that a reader can skip the header (:func:`layout_info`).
+* :func:`check_declared_sizes` compares what a header declares (the data's
+  size, a compressed image's tiles) with the object's size and the memory
+  bound of :mod:`objbutler.formats._limits` before anything is allocated;
+  :func:`check_fits_bytes` does it for every HDU a whole read opens.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from astropy.io import fits
 
 from objbutler.errors import FormatError
+from objbutler.formats._limits import check_bytes, nbytes
 from objbutler.ranges import CostModel, ReadPlan
 from objbutler.stores._base import RangeLike, normalize_ranges
 
@@ -32,6 +37,8 @@ __all__ = [
     "HduSelector",
     "HeaderReader",
     "PixelScaling",
+    "check_declared_sizes",
+    "check_fits_bytes",
     "fits_layout",
     "layout_info",
     "locate",
@@ -44,6 +51,7 @@ _MAX_FIRST_READ = 23 * BLOCK  # 66,240 bytes: a primary header, an extension hea
 BITPIX_DTYPES = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 
 HduSelector = int | str | None
+Decoded = Literal["nothing", "tiles", "image"]
 
 
 # --------------------------------------------------------------------- pixel decoding (pure)
@@ -294,6 +302,120 @@ def _matches(info: HduInfo, selector: HduSelector) -> bool:
     return info.index == selector
 
 
+# --------------------------------------------------------------------- declared sizes against the object
+
+
+def _ints(header: fits.Header, keys: Sequence[str], default: int | None, where: str) -> list[int]:
+    """Integer cards (FormatError when one is missing without a default, or not an integer)."""
+    values = []
+    for key in keys:
+        value = header.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise FormatError(f"{where}: {key} = {value!r} is not an integer")
+        values.append(int(value))
+    return values
+
+
+def check_declared_sizes(info: HduInfo, object_size: int | None, key: str, decoded: Decoded = "nothing") -> None:
+    """Check what an HDU's header declares against its object and the memory bound, before any allocation.
+
+    Parameters
+    ----------
+    info : HduInfo
+        The HDU.
+    object_size : int or None
+        The object's size in bytes (the registry's, or a HEAD's); None skips
+        the comparison with it.
+    key : str
+        The object's key, for messages.
+    decoded : {"nothing", "tiles", "image"}
+        What the caller will decode: ``"tiles"`` (cutouts of a compressed
+        image) checks that the tile grid matches the tile table and that one
+        tile fits the memory bound; ``"image"`` (a whole read) also that the
+        whole decompressed image does.
+
+    Raises
+    ------
+    FormatError
+        When the HDU's data (its table and heap, for a compressed image) does
+        not fit in the object, its axes are negative or not integers, its
+        tiles do not match its table, or what would be decoded is over
+        :func:`objbutler.formats._limits.memory_limit`.
+    """
+    where = f"{key!r}, HDU {info.index}"
+    header = info.header
+    (bitpix, naxis) = _ints(header, ("BITPIX", "NAXIS"), None, where)
+    if bitpix not in BITPIX_DTYPES or not 0 <= naxis <= 999:
+        raise FormatError(f"{where}: BITPIX = {bitpix} and NAXIS = {naxis} do not describe FITS data")
+    axes = _ints(header, [f"NAXIS{i}" for i in range(1, naxis + 1)], 0, where)
+    (gcount,) = _ints(header, ("GCOUNT",), 1, where)
+    (pcount,) = _ints(header, ("PCOUNT",), 0, where)
+    if min(axes, default=0) < 0 or gcount < 0 or pcount < 0:
+        raise FormatError(f"{where}: negative NAXISn, GCOUNT or PCOUNT")
+    counted = axes[1:] if info.kind == "random groups" else axes
+    pixels = math.prod(counted) if counted else 0
+    size = abs(bitpix) // 8 * gcount * (pcount + pixels) if pixels else 0
+    if object_size is not None and info.data_start + size > object_size:
+        raise FormatError(f"{where} declares {size:,} bytes of data from byte {info.data_start:,}, but the "
+                          f"object holds {object_size:,} bytes: corrupt, truncated or hostile")
+    if decoded != "nothing" and info.kind == "compressed":
+        _check_tiles(info, axes, where, whole=decoded == "image")
+
+
+def _check_tiles(info: HduInfo, table_axes: list[int], where: str, whole: bool) -> None:
+    """A compressed image's tile grid must match its table's rows, and what is decoded must fit in memory."""
+    header = info.header
+    (zbitpix, znaxis) = _ints(header, ("ZBITPIX", "ZNAXIS"), None, where)
+    if zbitpix not in BITPIX_DTYPES or not 0 < znaxis <= 999 or len(table_axes) != 2:
+        raise FormatError(f"{where}: ZBITPIX = {zbitpix}, ZNAXIS = {znaxis} do not describe a compressed image")
+    shape = _ints(header, [f"ZNAXIS{i}" for i in range(1, znaxis + 1)], None, where)
+    first = shape[0] if shape else 1
+    tile = _ints(header, [f"ZTILE{i}" for i in range(1, znaxis + 1)], 1, where)
+    if "ZTILE1" not in header:
+        tile[0] = first
+    if min(shape) < 0 or min(tile) < 1:
+        raise FormatError(f"{where}: negative ZNAXISn or ZTILEn < 1")
+    tiles = math.prod(-(-n // t) for n, t in zip(shape, tile, strict=True))
+    if tiles != table_axes[1]:
+        raise FormatError(f"{where}: ZNAXISn and ZTILEn make {tiles:,} tiles, "
+                          f"the tile table has {table_axes[1]:,} rows")
+    itemsize = max(abs(zbitpix) // 8, 4)  # quantized and scaled pixels decode to floats
+    check_bytes(nbytes((min(t, max(n, 1)) for t, n in zip(tile, shape, strict=True)), itemsize), f"a tile of {where}")
+    if whole:
+        check_bytes(nbytes(shape, itemsize), f"the image of {where}")
+
+
+def check_fits_bytes(data: bytes | memoryview, hdu: HduSelector = None, key: str = "") -> None:
+    """Check every HDU a whole read opens (up to the chosen image) against the bytes, before astropy sees them.
+
+    Parameters
+    ----------
+    data : bytes or memoryview
+        The whole FITS object.
+    hdu : int, str or None
+        The HDU the read picks (see :func:`locate`).
+    key : str
+        The object's key, for messages.
+
+    Raises
+    ------
+    FormatError
+        As :func:`check_declared_sizes`, for the first HDU that declares more
+        than the bytes hold; or if the bytes are not FITS.
+    """
+    reader = HeaderReader(_BytesSource(data), key, CostModel.local())
+    offset, index = 0, 0
+    while offset < len(data):
+        info = reader.header_at(offset, index)
+        if info is None:
+            return
+        chosen = _matches(info, hdu) and info.kind in ("image", "compressed")
+        check_declared_sizes(info, len(data), key, "image" if chosen else "nothing")
+        if chosen:
+            return
+        offset, index = info.data_start + info.padded_data_size, index + 1
+
+
 # --------------------------------------------------------------------- the registry's layout of a plain image
 
 
@@ -351,7 +473,7 @@ def layout_info(layout: Any, size: int | None) -> HduInfo | None:
 class _BytesSource:
     """The one store method :class:`HeaderReader` needs, over bytes in memory."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
 
     def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes | memoryview]:

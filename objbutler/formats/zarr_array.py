@@ -33,12 +33,18 @@ Attribute schema (in ``zarr.json`` ``attributes``, all strict JSON)
         Marks arrays objbutler wrote; readers then skip the listing.
     ``"fits_header"``: ``[[keyword, value, comment], ...]``
         The image's descriptive cards (:attr:`Image.header`) in order,
-        COMMENT/HISTORY/blank cards included; HIERARCH keywords without the
-        ``HIERARCH`` prefix, as astropy names them.
+        COMMENT/HISTORY/blank cards included, without the cards the ``wcs``
+        cards replace (:func:`objbutler.formats.wcs_cards.superseded_keys`);
+        HIERARCH keywords without the ``HIERARCH`` prefix, as astropy names
+        them. Record-valued cards too are named as astropy names them
+        (``DQ1.NAXES`` for ``DQ1 = 'NAXES: 2'``): a keyword of that form with a
+        number for its value is read back as a record-valued card, as
+        astropy's ``Card`` does, not as a HIERARCH card; a HIERARCH card
+        named like one is stored with its prefix (``HIERARCH A.B``).
     ``"wcs"``: ``[[keyword, value, comment], ...]`` or ``null``
         The cards of ``wcs.to_header(relax=True)`` with 17 significant digits
-        (an exact round trip of the numbers; SIP kept, lookup-table
-        distortions are not, as in a FITS header).
+        (an exact round trip of the numbers; SIP and TPD kept, lookup-table
+        distortions are refused at put, see :mod:`objbutler.formats.wcs_cards`).
 
     Values are JSON strings, integers, booleans, finite floats or ``null``
     (an undefined FITS value); anything else is a one-key tagged object:
@@ -50,13 +56,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,15 +80,20 @@ from zarr.core.chunk_key_encodings import ChunkKeyEncoding, DefaultChunkKeyEncod
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
-from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError
+from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError, ObjButlerError
 from objbutler.formats._image import Image
+from objbutler.formats._limits import MAX_CHUNKS, check_bytes, check_count, nbytes
+from objbutler.formats.wcs_cards import header_wcs, superseded_keys
 from objbutler.stores._base import Store
 from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
     "ZARR_JSON",
+    "ZarrObjects",
+    "decode_zarr",
     "encode_zarr",
+    "fetch_zarr",
     "header_from_json",
     "header_to_json",
     "plan_chunks",
@@ -99,6 +112,7 @@ DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 _LAYOUT_VERSION = 1
 _WCS_RELAX = WCSHDO_all | WCSHDO_SIP | WCSHDO_P17
 _STANDARD_KEYWORD = re.compile(r"[A-Z0-9_-]{0,8}")
+_RECORD_KEYWORD = re.compile(r"[A-Z0-9_-]{1,8}\.[A-Za-z_]\w*(?:\.\w+)*")  # astropy's name of DQ1 = 'NAXES: 2'
 _DEFAULT_KEYS = DefaultChunkKeyEncoding(separator="/")
 _NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
 
@@ -153,7 +167,15 @@ def header_to_json(header: fits.Header) -> list[list[Any]]:
     list of [keyword, value, comment]
         Strict-JSON cards in header order (see the module docstring).
     """
-    return [[card.keyword, _value_to_json(card.value), card.comment] for card in header.cards]
+    return [[_json_keyword(card), _value_to_json(card.value), card.comment] for card in header.cards]
+
+
+def _json_keyword(card: fits.Card) -> str:
+    """astropy's name of a card; a HIERARCH card named like a record-valued one keeps its prefix (unambiguous)."""
+    keyword = card.keyword
+    if card.field_specifier is None and _RECORD_KEYWORD.fullmatch(keyword):
+        return f"HIERARCH {keyword}"
+    return keyword
 
 
 def header_from_json(cards: Iterable[Sequence[Any]]) -> fits.Header:
@@ -171,16 +193,20 @@ def header_from_json(cards: Iterable[Sequence[Any]]) -> fits.Header:
     """
     header = fits.Header()
     for keyword, value, comment in cards:
-        name = keyword if _STANDARD_KEYWORD.fullmatch(keyword) else f"HIERARCH {keyword}"
-        header.append(fits.Card(name, _value_from_json(value), comment), end=True)
+        value = _value_from_json(value)
+        record = _RECORD_KEYWORD.fullmatch(keyword) and isinstance(value, int | float) and not isinstance(value, bool)
+        plain = record or _STANDARD_KEYWORD.fullmatch(keyword) or keyword.startswith("HIERARCH ")
+        name = keyword if plain else f"HIERARCH {keyword}"
+        header.append(fits.Card(name, value, comment), end=True)
     return header
 
 
 def _image_attributes(image: Image) -> dict[str, Any]:
     wcs_cards = None if image.wcs is None else header_to_json(image.wcs.to_header(relax=_WCS_RELAX))
+    replaced = superseded_keys(image.header, image.wcs)  # cards wcslib would read as this WCS in another form
     return {
         "objbutler": {"layout_version": _LAYOUT_VERSION, "all_chunks_written": True},
-        "fits_header": header_to_json(image.header),
+        "fits_header": header_to_json(fits.Header([c for c in image.header.cards if c.keyword not in replaced])),
         "wcs": wcs_cards,
     }
 
@@ -189,8 +215,8 @@ def _stored_wcs(metadata: ArrayV3Metadata) -> WCS | None:
     cards = metadata.attributes.get("wcs")
     if not cards:
         return None
-    wcs = WCS(header_from_json(cards), relax=True)
-    if wcs.pixel_n_dim == len(metadata.shape):
+    wcs = header_wcs(header_from_json(cards))  # warns and gives None rather than raise or crash
+    if wcs is not None and wcs.pixel_n_dim == len(metadata.shape):
         wcs.array_shape = metadata.shape  # as WCS(header) sets it from NAXISn when reading FITS
     return wcs
 
@@ -367,19 +393,59 @@ def plan_chunks(
 
 
 def _load_metadata(store: Store, prefix: str) -> tuple[dict[str, Any], ArrayV3Metadata]:
-    raw = store.get(_join(prefix, ZARR_JSON))
+    return _parse_metadata(store.get(_join(prefix, ZARR_JSON)), prefix)
+
+
+def _parse_metadata(raw: bytes, prefix: str) -> tuple[dict[str, Any], ArrayV3Metadata]:
+    """Parse ``zarr.json`` and check that its chunks are sane (positive, each one decodable in memory)."""
+    where = _join(prefix, ZARR_JSON)
     try:
         document = json.loads(raw)
-        if document.get("zarr_format") != 3 or document.get("node_type") != "array":
+        if not isinstance(document, dict) or document.get("zarr_format") != 3 or document.get("node_type") != "array":
             raise ValueError("not a Zarr v3 array")
         metadata = ArrayV3Metadata.from_dict(document)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise FormatError(f"{_join(prefix, ZARR_JSON)} is not Zarr v3 array metadata: {exc}") from exc
+        raise FormatError(f"{where} is not Zarr v3 array metadata: {exc}") from exc
     if not isinstance(metadata.chunk_grid, RegularChunkGrid):
         raise NotSupportedError(f"only regular chunk grids are supported, got {metadata.chunk_grid}")
     if metadata.storage_transformers:
         raise NotSupportedError("Zarr storage transformers are not supported")
+    itemsize = _itemsize(metadata)
+    chunk_shape = metadata.chunk_grid.chunk_shape
+    if len(chunk_shape) != len(metadata.shape) or min(chunk_shape, default=1) < 1:
+        raise FormatError(f"{where}: chunk shape {chunk_shape} does not fit array shape {metadata.shape}")
+    check_bytes(nbytes(chunk_shape, itemsize), f"{where}: one chunk of {chunk_shape}")
+    sharding = next((codec for codec in metadata.codecs if isinstance(codec, ShardingCodec)), None)
+    if sharding is not None:
+        inner = sharding.chunk_shape
+        if len(inner) != len(chunk_shape) or min(inner, default=1) < 1 or any(
+                outer % side for outer, side in zip(chunk_shape, inner, strict=True)):
+            raise FormatError(f"{where}: inner chunk shape {inner} does not divide the shard shape {chunk_shape}")
     return document, metadata
+
+
+def _itemsize(metadata: ArrayV3Metadata) -> int:
+    """Bytes per element of the decoded array (at least 1)."""
+    try:
+        return max(1, int(metadata.dtype.to_native_dtype().itemsize))
+    except (AttributeError, TypeError, ValueError):
+        return 8
+
+
+def _check_chunk_count(metadata: ArrayV3Metadata, prefix: str, size: int | None, bound: int) -> None:
+    """The grid's chunk count must be at most ``bound`` and, if every chunk was written, at most ``size``."""
+    chunk_shape = _grid_chunk_shape(metadata)
+    count = math.prod(-(-n // side) for n, side in zip(metadata.shape, chunk_shape, strict=True))
+    if size is not None and _all_chunks_written(metadata):
+        bound = min(bound, size)  # every chunk object holds at least one byte
+    check_count(count, bound, f"{_join(prefix, ZARR_JSON)} (shape {metadata.shape}, chunks {chunk_shape})")
+
+
+def _check_whole_read(metadata: ArrayV3Metadata, prefix: str, size: int | None) -> None:
+    """Before a whole read: the chunk count and the array's bytes must be sane."""
+    _check_chunk_count(metadata, prefix, size, MAX_CHUNKS)
+    check_bytes(nbytes(metadata.shape, _itemsize(metadata)),
+                f"{_join(prefix, ZARR_JSON)}: the array of shape {metadata.shape}")
 
 
 def _grid_chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
@@ -420,7 +486,117 @@ def _regular(chunk_shape: Sequence[int]) -> dict[str, Any]:
     return {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}}
 
 
-def read_zarr(store: Store, prefix: str) -> Image:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ZarrObjects:
+    """The objects of one Zarr array read whole (:func:`fetch_zarr`), before decoding.
+
+    Parameters
+    ----------
+    document : dict
+        ``zarr.json`` parsed.
+    metadata : ArrayV3Metadata
+        The same, as zarr's metadata.
+    objects : dict of str to bytes
+        Relative key -> bytes of every object read, ``zarr.json`` included
+        (what :func:`zarr_checksum` is computed over).
+    """
+
+    document: dict[str, Any]
+    metadata: ArrayV3Metadata
+    objects: dict[str, bytes]
+
+    @property
+    def size(self) -> int:
+        """Bytes read, over every object."""
+        return sum(len(data) for data in self.objects.values())
+
+
+def fetch_zarr(store: Store, prefix: str, *, size: int | None = None, every_object: bool = False) -> ZarrObjects:
+    """Fetch ``zarr.json`` and every chunk of an array, after checking that the metadata is sane.
+
+    Parameters
+    ----------
+    store : Store
+        Where the array lives.
+    prefix : str
+        The array's prefix.
+    size : int, optional
+        The dataset's recorded size in bytes: an array whose every chunk was
+        written cannot have more chunks than that.
+    every_object : bool
+        Also fetch objects under the prefix that are not chunks of the grid
+        (to checksum exactly what is stored). An array objbutler wrote is read
+        without a listing either way: its objects are ``zarr.json`` and every
+        chunk.
+
+    Returns
+    -------
+    ZarrObjects
+
+    Raises
+    ------
+    FormatError
+        For metadata that is not Zarr v3, a chunk shape that is not positive,
+        more chunks than :data:`~objbutler.formats._limits.MAX_CHUNKS` (or than
+        ``size``), or an array, a chunk or a shard index too large for
+        :func:`~objbutler.formats._limits.memory_limit` or its object.
+    """
+    raw = store.get(_join(prefix, ZARR_JSON))
+    document, metadata = _parse_metadata(raw, prefix)
+    _check_whole_read(metadata, prefix, size)
+    grid = [range(-(-n // side)) for n, side in zip(metadata.shape, _grid_chunk_shape(metadata), strict=True)]
+    keys = [metadata.encode_chunk_key(coords) for coords in itertools.product(*grid)]
+    if _all_chunks_written(metadata):
+        wanted = keys
+    else:
+        present = _existing(store, prefix)
+        chunks = set(keys)
+        wanted = [key for key in present if key != ZARR_JSON and (every_object or key in chunks)]
+    objects = dict(zip(wanted, store.get_many([_join(prefix, key) for key in wanted]), strict=True))
+    _check_shards(metadata, prefix, objects, keys)
+    return ZarrObjects(document, metadata, {ZARR_JSON: raw, **objects})
+
+
+def _check_shards(metadata: ArrayV3Metadata, prefix: str, objects: Mapping[str, bytes], keys: Sequence[str]) -> None:
+    """Every shard (``objects[key]`` for each grid key read) must be as long as the index of its inner chunks."""
+    codec = next((codec for codec in metadata.codecs if isinstance(codec, ShardingCodec)), None)
+    if codec is None:
+        return
+    per_shard = tuple(s // c for s, c in zip(_grid_chunk_shape(metadata), codec.chunk_shape, strict=True))
+    where = _join(prefix, ZARR_JSON)
+    check_count(math.prod(per_shard), MAX_CHUNKS, f"a shard of {where}")
+    index_size = codec._shard_index_size(per_shard)  # zarr has no public accessor for this
+    for data in (objects[key] for key in keys if key in objects):
+        if len(data) < index_size:
+            raise FormatError(f"a shard of {where} has {len(data):,} bytes, less than the {index_size:,} "
+                              f"of the index its {per_shard} inner chunks need")
+
+
+def _decoded(read: Callable[[], Any], what: str) -> np.ndarray:
+    """Run a zarr read; what its codecs raise on corrupt bytes becomes a FormatError naming ``what``."""
+    try:
+        return np.asarray(read())
+    except (ObjButlerError, MemoryError):
+        raise
+    except Exception as exc:  # numcodecs and zarr raise RuntimeError, ValueError, TypeError, ...
+        raise FormatError(f"{what} does not decode: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_zarr(fetched: ZarrObjects, prefix: str = "") -> Image:
+    """Decode what :func:`fetch_zarr` read: pixels, header and WCS.
+
+    Raises
+    ------
+    FormatError
+        If a chunk does not decode (corrupt bytes).
+    """
+    metadata = fetched.metadata
+    decoder = _decoder(fetched.document, fetched.objects)
+    data = _decoded(lambda: decoder[...], f"the Zarr array {prefix!r}")
+    return Image(data, header_from_json(metadata.attributes.get("fits_header") or []), _stored_wcs(metadata))
+
+
+def read_zarr(store: Store, prefix: str, *, size: int | None = None) -> Image:
     """Read a whole Zarr v3 array: pixels, header and WCS.
 
     Parameters
@@ -429,19 +605,21 @@ def read_zarr(store: Store, prefix: str) -> Image:
         Where the array lives.
     prefix : str
         The array's prefix (the key of ``zarr.json`` without ``/zarr.json``).
+    size : int, optional
+        The dataset's recorded size, to bound the chunk count (see :func:`fetch_zarr`).
 
     Returns
     -------
     Image
         Pixels in native byte order, the descriptive header, and the WCS
         (None when the array carries none, e.g. one not written by objbutler).
+
+    Raises
+    ------
+    FormatError
+        As :func:`fetch_zarr`: the metadata is checked before anything is allocated.
     """
-    document, metadata = _load_metadata(store, prefix)
-    grid = [range(math.ceil(n / side)) for n, side in zip(metadata.shape, _grid_chunk_shape(metadata), strict=True)]
-    keys = [metadata.encode_chunk_key(coords) for coords in itertools.product(*grid)]
-    objects = _fetch(store, prefix, keys, listed=not _all_chunks_written(metadata))
-    data = np.asarray(_decoder(document, objects)[...])
-    return Image(data, header_from_json(metadata.attributes.get("fits_header") or []), _stored_wcs(metadata))
+    return decode_zarr(fetch_zarr(store, prefix, size=size), prefix)
 
 
 def read_zarr_wcs(store: Store, prefix: str) -> WCS | None:
@@ -481,6 +659,10 @@ def _read_shard_indexes(
 ) -> list[np.ndarray]:
     """Read each shard's index with one range request (concurrently); ``(*per_shard, 2)`` offsets and lengths."""
     index_size = codec._shard_index_size(per_shard)  # zarr has no public accessor for this
+    for key, size in sizes.items():
+        if size < index_size:
+            raise FormatError(f"shard {_join(prefix, key)} has {size:,} bytes, less than the {index_size:,} of the "
+                              f"index its {per_shard} inner chunks need")
     at_end = codec.index_location == ShardingCodecIndexLocation.end
     index_document = {
         "zarr_format": 3, "node_type": "array", "shape": [*per_shard, 2], "data_type": "uint64",
@@ -492,7 +674,8 @@ def _read_shard_indexes(
     def read_index(key: str) -> np.ndarray:
         start = sizes[key] - index_size if at_end else 0
         (raw,) = store.get_ranges(_join(prefix, key), [(start, start + index_size)])
-        return np.asarray(_decoder(index_document, {index_key: raw})[...])
+        decoder = _decoder(index_document, {index_key: raw})
+        return _decoded(lambda: decoder[...], f"the shard index of {_join(prefix, key)!r}")
 
     return run_concurrently(read_index, list(sizes), DEFAULT_MAX_CONCURRENCY)
 
@@ -560,7 +743,7 @@ def _assemble(
             stamps_by_row[row].append(position)
     for row, touched in columns_by_row.items():
         band = Box(min(touched) * cols, row * rows, min((max(touched) + 1) * cols, nx), min((row + 1) * rows, ny))
-        pixels = np.asarray(decoder[band.slices()])
+        pixels = _decoded(functools.partial(decoder.__getitem__, band.slices()), f"chunk row {row} of the Zarr array")
         for position in stamps_by_row[row]:
             plan = plans[position]
             overlap = plan.read.intersection(band)
@@ -574,6 +757,8 @@ def read_zarr_cutouts(
     boxes: Sequence[Box],
     mode: ClipMode = "trim",
     fill_value: float = np.nan,
+    *,
+    size: int | None = None,
 ) -> list[Cutout]:
     """Cut many stamps out of a 2-D Zarr v3 array, fetching and decoding each chunk once.
 
@@ -589,6 +774,9 @@ def read_zarr_cutouts(
         Clipping mode (:mod:`objbutler.cutouts`).
     fill_value : float, default NaN
         Value of pixels outside the image in ``partial`` mode.
+    size : int, optional
+        The dataset's recorded size in bytes: an array whose every chunk was
+        written cannot have more chunks than that.
 
     Returns
     -------
@@ -599,8 +787,14 @@ def read_zarr_cutouts(
     ------
     InvalidCutoutError
         For a box not wholly inside in strict mode, or an array that is not 2-D.
+    FormatError
+        For metadata that is not Zarr v3, chunk sides that are not positive, a
+        chunk too large to decode in memory, more chunks than ``size`` bytes
+        can hold, or a shard shorter than its index.
     """
     document, metadata = _load_metadata(store, prefix)
+    if size is not None and _all_chunks_written(metadata):
+        _check_chunk_count(metadata, prefix, size, size)
     if len(metadata.shape) != 2:
         raise InvalidCutoutError(f"cutouts need a 2-D image, this array has shape {metadata.shape}")
     plans = plan_stamps(boxes, metadata.shape, mode)

@@ -187,14 +187,15 @@ def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     }
     table = table.replace_schema_metadata({"objbutler": json.dumps(meta)})
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", use_dictionary=["dataset_type", "run", "format"])
+    pq.write_table(table, sink, compression="zstd", use_dictionary=["dataset_type", "run", "format"],
+                   write_page_checksum=True)  # a page garbled at rest or on the way fails to read, never misreads
     return sink.getvalue()
 
 
 def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
     """Read a checkpoint; FormatError (naming ``where``) if it is corrupt or foreign."""
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
         raw = (table.schema.metadata or {}).get(b"objbutler")
         if raw is None:
             raise FormatError(f"checkpoint {where} has no objbutler metadata")

@@ -251,9 +251,10 @@ class Registry:
         state = self.state
         for attempt in range(1, self.max_attempts + 1):
             self._check(state, types, dimensions, refs)
-            body = encode_commit(new_commit(types, dimensions, refs))
+            commit = new_commit(types, dimensions, refs)
+            body = encode_commit(commit)
             key = self.log.append_key(state.position)
-            if self._claim_slot(key, body):
+            if self._claim_slot(key, body, commit.commit_id):
                 position = key[len(LOG_PREFIX):-len(".json")]
                 with contextlib.suppress(Exception):  # the commit stands; the next refresh reads it anyway
                     state.apply(decode_commit(body, key, self.repository), position)
@@ -263,7 +264,7 @@ class Registry:
             state = self.refresh()  # nothing of this call is pending: an error here means nothing landed
         raise ConflictError(f"gave up after losing {self.max_attempts} commit races in a row (heavy contention)")
 
-    def _claim_slot(self, key: str, body: bytes) -> bool:
+    def _claim_slot(self, key: str, body: bytes, commit_id: str) -> bool:
         """Create the log object ``key`` holding ``body``; True if it is ours, False if another commit has it.
 
         A failed create is retried, and a refused one read back, until the slot
@@ -278,6 +279,7 @@ class Registry:
             The store refused the write and the slot is empty.
         """
         last: StoreError | None = None
+        pending = False  # an attempt failed in a way that may still let it land
         for attempt in range(CLAIM_ATTEMPTS):
             if attempt:
                 time.sleep(min(2.0, 0.05 * 2**attempt))
@@ -287,18 +289,25 @@ class Registry:
             except AlreadyExistsError:
                 pass
             except TransientStoreError as exc:
-                last = exc
-                continue  # the write may have landed, or may still land: retrying decides the slot
+                last, pending = exc, True  # it may have landed, or may still land
             except StoreError as exc:
-                last = exc  # refused: read the slot to see whether an earlier attempt landed
+                last = exc  # refused outright
             try:
-                return self.store.get(key) == body
+                held = self.store.get(key)
             except NotFoundError:
-                if last is not None and not isinstance(last, TransientStoreError):
-                    raise last from None
-                continue
+                if last is not None and not pending:
+                    raise last from None  # refused, and no attempt of ours can land: nothing was committed
+                continue  # empty for now: create it again, so that a late write finds the slot taken
+            except FormatError as exc:
+                last = StoreError(f"the slot {key} read back garbled ({exc})")
+                continue  # a garbled read decides nothing: read it again
             except StoreError as exc:
                 last = exc
+                continue
+            try:
+                return held == body or decode_commit(held, key).commit_id == commit_id  # a garbled copy of ours
+            except FormatError as exc:
+                last = StoreError(f"the slot {key} read back garbled ({exc})")
         raise CommitOutcomeUnknownError(
             f"the commit write of {key} failed ({last}) and the slot could not be read back; the data is kept"
         ) from last
@@ -337,29 +346,32 @@ class Registry:
             written = key
             break
         ambiguous = len(keys) > 1
-        if written is None:
-            raise CommitOutcomeUnknownError(
-                f"the commit write failed {len(keys)} times ({last}); a late copy may still land, the data is kept"
-            ) from last
-        # From here on the commit may be visible: any failure leaves the outcome unknown.
+        # From here on the commit may be visible (a failed write may have landed): any failure leaves the
+        # outcome unknown, and the log decides.
         time.sleep(self.settle_seconds + self.timestamp_resolution)
         try:
             state = self.refresh()
-        except StoreError as exc:
+        except ObjButlerError as exc:  # a failed or garbled read proves nothing about this commit
             raise CommitOutcomeUnknownError(
-                f"the commit {written} was written but the log could not be read back to verify it ({exc})"
+                f"the commit {written or keys[-1]} may have been written but the log could not be read back to "
+                f"verify it ({exc}); the data is kept"
             ) from exc
         if self._holds_all(state, refs):
-            return
+            return  # one of the copies landed and won: the commit stands
+        if written is None:
+            raise CommitOutcomeUnknownError(
+                f"the commit write failed {len(keys)} times ({last}) and no copy is listed yet; a late copy may "
+                "still land, the data is kept"
+            ) from last
         holders = [h.id for ref in refs if (h := state.find_unique(ref.unique_key)) is not None and h.id != ref.id]
         try:
             for key in keys:
                 self.store.delete(key)
-        except StoreError as exc:
+        except ObjButlerError as exc:
             raise CommitOutcomeUnknownError(
                 f"the commit {written} lost a race but could not be removed ({exc}); the data is kept"
             ) from exc
-        with contextlib.suppress(StoreError):
+        with contextlib.suppress(ObjButlerError):
             self.refresh()
         if ambiguous:
             raise CommitOutcomeUnknownError(

@@ -12,14 +12,36 @@ supplies the primitives: one attempt of a request on a client
 object (:meth:`RemoteStore._get_raw`, :meth:`RemoteStore._get_range_raw`,
 :meth:`RemoteStore._head_raw`, :meth:`RemoteStore._put_raw`) and the paging
 of the server's listing (:meth:`RemoteStore._server_listing`).
+
+Deadlines
+---------
+A read can stall in two ways: the server stops sending, or it keeps sending a
+byte now and then. The first is the client's per-read timeout (botocore's
+``read_timeout``, swiftclient's ``timeout``: the longest wait for any byte).
+The second is not: a body that trickles in never times out. So every read
+call (``get``, ``get_ranges``, ``get_many``, ``head``) also has an overall
+deadline, ``read_deadline`` seconds from the call (retries included). While a
+body is read (:func:`read_body`, one ``read`` into one buffer, no copies), a
+process-wide watchdog thread holds its deadline and shuts the connection's
+socket down when it passes, which ends the read at once; no retry starts
+after the deadline. A call therefore ends within ``read_deadline`` (plus, if
+the server stalls before its answer's headers, one per-read timeout), with a
+:class:`~objbutler.errors.TransientStoreError` if it did not finish.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
@@ -36,7 +58,18 @@ from objbutler.stores._base import ByteRange, ObjectMeta, RangeLike, normalize_r
 from objbutler.stores._concurrency import run_concurrently
 from objbutler.stores._retry import RetryPolicy, call_with_retries
 
-__all__ = ["NETWORK_ERRORS", "Action", "RangeNotSatisfiableError", "RemoteStore", "md5_hex", "range_header"]
+__all__ = [
+    "DEFAULT_READ_DEADLINE",
+    "MD5_CHECK_MAX_BYTES",
+    "check_body_md5",
+    "NETWORK_ERRORS",
+    "Action",
+    "RangeNotSatisfiableError",
+    "RemoteStore",
+    "md5_hex",
+    "range_header",
+    "read_body",
+]
 
 T = TypeVar("T")
 
@@ -47,8 +80,145 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError,
 """Failures of the connection under either client (resets, timeouts, broken reads): worth a retry."""
 
 
+DEFAULT_READ_DEADLINE = 300.0
+"""Seconds one read call may take in all (retries included), unless the store is told otherwise."""
+
+
 class RangeNotSatisfiableError(StoreError):
     """A 416 answer: the range starts at or after the end of the object."""
+
+
+class _Watchdog:
+    """One daemon thread per process that runs an abort callback when a read passes its deadline.
+
+    :meth:`arm` registers ``(deadline, abort)``, :meth:`disarm` removes it;
+    callbacks run under the lock, so once :meth:`disarm` returns its callback
+    is not running and never will.
+    """
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start afresh: at creation, and in a forked child (whose copy of the lock may be held, and which
+        has no watchdog thread)."""
+        self._cond = threading.Condition()
+        self._armed: dict[int, Callable[[], None]] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._pid: int | None = None
+
+    def arm(self, until: float, abort: Callable[[], None]) -> int:
+        """Run ``abort()`` at the monotonic time ``until`` unless disarmed first; returns the token."""
+        with self._cond:
+            if self._pid != os.getpid():  # first use (or a fork the hook missed): start the thread
+                self._armed.clear()
+                self._heap.clear()
+                threading.Thread(target=self._run, name="objbutler-read-deadlines", daemon=True).start()
+                self._pid = os.getpid()
+            while self._heap and self._heap[0][1] not in self._armed:  # finished reads, roughly in order
+                heapq.heappop(self._heap)
+            token = next(self._ids)
+            self._armed[token] = abort
+            heapq.heappush(self._heap, (until, token))
+            if self._heap[0][1] == token:
+                self._cond.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        """Forget a deadline (its callback has run, or never will)."""
+        with self._cond:
+            self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][1] not in self._armed):
+                    _, token = heapq.heappop(self._heap)
+                    abort = self._armed.pop(token, None)
+                    if abort is not None:
+                        with contextlib.suppress(Exception):
+                            abort()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG._reset)
+_PIECE = 1 << 20  # bytes per read when a body is read piecewise (no socket to shut down)
+
+
+def _socket_of(stream: Any) -> socket.socket | None:
+    """The socket under a urllib3 response (``HTTPResponse.connection.sock``), if it has one."""
+    sock = getattr(getattr(stream, "connection", None), "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def read_body(stream: Any, until: float | None, what: str, length: int | str | None = None) -> bytes:
+    """Read a response body to its end, giving up at a deadline.
+
+    The body is read with one ``stream.read()`` (one buffer, no copy) while
+    the process's watchdog holds the deadline: when it passes, the watchdog
+    shuts the connection's socket down, which ends a read that is waiting for
+    bytes at once. A stream without a reachable socket is read one socket read
+    at a time (``read1``) with the clock checked in between.
+
+    Parameters
+    ----------
+    stream : object
+        The response's urllib3 ``HTTPResponse`` (or anything with ``read``).
+    until : float or None
+        A :func:`time.monotonic` time after which the read is abandoned (None: never).
+    what : str
+        Names the request, for the error.
+    length : int or str, optional
+        The ``Content-Length`` announced: a shorter body is a broken connection.
+
+    Returns
+    -------
+    bytes
+        The whole body.
+
+    Raises
+    ------
+    TransientStoreError
+        When the deadline passes before the body is complete.
+    ConnectionError
+        When the body ends before ``length`` bytes (the caller translates it).
+    """
+    sock = _socket_of(stream) if until is not None else None
+    if until is None:
+        data: bytes = stream.read()
+    elif sock is not None:
+        fired: list[bool] = []
+
+        def abort() -> None:
+            fired.append(True)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: also under TLS
+
+        token = _WATCHDOG.arm(until, abort)
+        try:
+            data = stream.read()
+        except Exception:
+            if fired:
+                raise TransientStoreError(f"{what}: the answer was not complete by the read deadline") from None
+            raise
+        finally:
+            _WATCHDOG.disarm(token)
+    else:
+        read = getattr(stream, "read1", None) or stream.read
+        parts = []
+        while True:
+            if time.monotonic() > until:
+                raise TransientStoreError(f"{what}: the answer was not complete by the read deadline")
+            part = read(_PIECE)
+            if not part:
+                break
+            parts.append(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if length is not None and int(length) != len(data):
+        raise ConnectionError(f"{what}: short read, {len(data)} of {length} bytes")
+    return data
 
 
 def md5_hex(data: bytes) -> str:
@@ -65,6 +235,38 @@ def md5_hex(data: bytes) -> str:
         32 lowercase hex digits.
     """
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+MD5_CHECK_MAX_BYTES = 16 << 20
+"""Whole-object reads up to this size are checked against the MD5 etag the server sent (about 25 ms at most)."""
+
+
+def check_body_md5(data: bytes, etag: str | None, what: str) -> None:
+    """Raise TransientStoreError if a whole object's bytes do not match its plain-MD5 etag.
+
+    A body corrupted on the way (a broken proxy, a flaky NIC) would otherwise
+    be decoded as if it were the object: a registry commit with a flipped
+    digit names another data ID. The etag of an object written by one ``PUT``
+    is the MD5 of its bytes on S3 and Swift; an etag that is not 32 hex digits
+    (a multipart upload, a large-object manifest) cannot be checked and is
+    skipped, and so are bodies larger than :data:`MD5_CHECK_MAX_BYTES` (the
+    Butler checks a dataset's SHA-256 itself). Raised as transient, so the
+    read is retried.
+
+    Parameters
+    ----------
+    data : bytes
+        The body received.
+    etag : str or None
+        The etag the server sent with it (quotes allowed).
+    what : str
+        The object, for the message.
+    """
+    digest = (etag or "").strip('"').lower()
+    if len(digest) != 32 or len(data) > MD5_CHECK_MAX_BYTES or any(c not in "0123456789abcdef" for c in digest):
+        return
+    if md5_hex(data) != digest:
+        raise TransientStoreError(f"the body of {what} does not match its MD5 etag (corrupted in transit); retrying")
 
 
 def range_header(byte_range: ByteRange) -> str:
@@ -96,6 +298,9 @@ class RemoteStore(abc.ABC):
         Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
     retry : RetryPolicy
         How transient failures are retried.
+    read_deadline : float or None
+        Seconds one read call may take in all, retries included (see the
+        module docstring); None for no bound beyond the client's per-read timeout.
 
     Notes
     -----
@@ -110,9 +315,12 @@ class RemoteStore(abc.ABC):
     _native_errors: ClassVar[tuple[type[BaseException], ...]]
     """What the backend's client raises; these, urllib3's errors and OSError are translated, nothing else."""
 
-    def __init__(self, container: str, prefix: str, max_concurrency: int, retry: RetryPolicy) -> None:
+    def __init__(self, container: str, prefix: str, max_concurrency: int, retry: RetryPolicy,
+                 read_deadline: float | None = DEFAULT_READ_DEADLINE) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if read_deadline is not None and not read_deadline > 0:
+            raise ValueError(f"read_deadline must be > 0 seconds or None, got {read_deadline}")
         prefix = prefix.strip("/")
         if prefix:
             validate_key(prefix)
@@ -120,17 +328,19 @@ class RemoteStore(abc.ABC):
         self.prefix = prefix
         self.max_concurrency = max_concurrency
         self.retry = retry
+        self.read_deadline = read_deadline
         self._root = f"{prefix}/" if prefix else ""
 
     # -- identity ----------------------------------------------------------------------
 
     @abc.abstractmethod
     def _options(self) -> dict[str, Any]:
-        """Return the constructor's keyword arguments other than ``max_concurrency`` and ``retry``."""
+        """Return the constructor's keyword arguments but ``max_concurrency``, ``retry`` and ``read_deadline``."""
 
     def __reduce__(self) -> tuple[Callable[..., Self], tuple[str, str]]:
         constructor = functools.partial(
-            type(self), max_concurrency=self.max_concurrency, retry=self.retry, **self._options()
+            type(self), max_concurrency=self.max_concurrency, retry=self.retry, read_deadline=self.read_deadline,
+            **self._options(),
         )
         return (constructor, (self._container, self.prefix))
 
@@ -188,23 +398,49 @@ class RemoteStore(abc.ABC):
         """Run ``request()`` (which brings its own client) with translation and retries."""
         return call_with_retries(lambda: self._translated(request, key, action), self.retry)
 
-    def _call(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
-        """Run ``request(client)`` with translation and retries."""
+    def _call(self, request: Callable[[Any], T], key: str | None, action: Action, until: float | None = None) -> T:
+        """Run ``request(client)`` with translation and retries; none starts after ``until`` (monotonic)."""
         self._ready()
-        return call_with_retries(lambda: self._attempt(request, key, action), self.retry)
+        if until is None:
+            return call_with_retries(lambda: self._attempt(request, key, action), self.retry)
+
+        def attempt() -> T:
+            if time.monotonic() > until:
+                raise TransientStoreError(f"{self._scheme} {action} of {self._describe(key)}: "
+                                          f"{self._deadline_note()} passed before the request could be sent")
+            return self._attempt(request, key, action)
+
+        return call_with_retries(attempt, self.retry, deadline=until)
+
+    def _until(self) -> float | None:
+        """The monotonic time by which a read call starting now must end."""
+        return None if self.read_deadline is None else time.monotonic() + self.read_deadline
+
+    def _deadline_note(self) -> str:
+        return f"the read deadline of {self.read_deadline:g} s (the store's read_deadline option)"
+
+    def _body(self, stream: Any, until: float | None, key: str, length: int | str | None) -> bytes:
+        """Read a response body with :func:`read_body`, naming the request and the deadline in the error."""
+        try:
+            return read_body(stream, until, f"{self._scheme} read of {self._describe(key)}", length)
+        except TransientStoreError as exc:
+            raise TransientStoreError(f"{exc} ({self._deadline_note()})") from None
 
     # -- reads ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _get_raw(self, client: Any, full: str) -> bytes:
-        """Read the whole object ``full`` on ``client`` (one native call, no translation)."""
+    def _get_raw(self, client: Any, key: str, full: str, until: float | None) -> bytes:
+        """Read the whole object ``full`` on ``client`` (one native call, no translation).
+
+        The body is read with :meth:`_body`, which gives up at ``until``.
+        """
 
     @abc.abstractmethod
-    def _get_range_raw(self, client: Any, full: str, byte_range: ByteRange) -> bytes:
+    def _get_range_raw(self, client: Any, key: str, full: str, byte_range: ByteRange, until: float | None) -> bytes:
         """Read one non-empty range of the object ``full`` (a ``Range`` header) on ``client``.
 
         Must return only the range's bytes, also from a server that ignores
-        ``Range`` and sends the whole object.
+        ``Range`` and sends the whole object; the body is read with :meth:`_body`.
         """
 
     @abc.abstractmethod
@@ -228,9 +464,14 @@ class RemoteStore(abc.ABC):
         ------
         NotFoundError
             If there is no such object (or no such bucket or container).
+        TransientStoreError
+            If it failed after the retries, or did not finish within ``read_deadline``.
         """
+        return self._get(key, self._until())
+
+    def _get(self, key: str, until: float | None) -> bytes:
         full = self._full(key)
-        return self._call(lambda client: self._get_raw(client, full), key, "read")
+        return self._call(lambda client: self._get_raw(client, key, full, until), key, "read", until)
 
     def head(self, key: str) -> ObjectMeta:
         """Return an object's size, etag (without quotes) and server modification time (UTC).
@@ -243,11 +484,12 @@ class RemoteStore(abc.ABC):
             If the object, or its bucket or container, does not exist.
         """
         full = self._full(key)
-        return self._call(lambda client: self._head_raw(client, key, full), key, "read")
+        return self._call(lambda client: self._head_raw(client, key, full), key, "read", self._until())
 
-    def _get_range(self, key: str, full: str, byte_range: ByteRange) -> bytes:
+    def _get_range(self, key: str, full: str, byte_range: ByteRange, until: float | None) -> bytes:
         try:
-            return self._call(lambda client: self._get_range_raw(client, full, byte_range), key, "read")
+            return self._call(lambda client: self._get_range_raw(client, key, full, byte_range, until), key, "read",
+                              until)
         except RangeNotSatisfiableError:
             return b""
 
@@ -255,7 +497,8 @@ class RemoteStore(abc.ABC):
         """Return the bytes of each half-open range, in request order.
 
         One ``GET`` with a ``Range: bytes=a-b`` header per distinct non-empty
-        range, at most ``max_concurrency`` at a time. The server clips a range
+        range, at most ``max_concurrency`` at a time, all within one
+        ``read_deadline``. The server clips a range
         to the object's size; a range that starts at or past the end (a 416
         answer) gives ``b""``, and an empty range gives ``b""`` without a
         request. When every range is empty, one ``HEAD`` still checks that the
@@ -284,15 +527,17 @@ class RemoteStore(abc.ABC):
         if not distinct:
             self.head(key)
             return [b""] * len(wanted)
-        fetched = run_concurrently(lambda r: self._get_range(key, full, r), distinct, self.max_concurrency)
+        until = self._until()
+        fetched = run_concurrently(lambda r: self._get_range(key, full, r, until), distinct, self.max_concurrency)
         by_range = dict(zip(distinct, fetched, strict=True))
         return [by_range[r] if r.length else b"" for r in wanted]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes]:
-        """Return several whole objects, in request order, at most ``max_concurrency`` at a time."""
+        """Return several whole objects, in order, at most ``max_concurrency`` at a time, within one deadline."""
         for key in keys:
             validate_key(key)
-        return run_concurrently(self.get, list(keys), self.max_concurrency)
+        until = self._until()
+        return run_concurrently(lambda key: self._get(key, until), list(keys), self.max_concurrency)
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -62,6 +62,8 @@ def call_with_retries(
     operation: Callable[[], T],
     policy: RetryPolicy,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    deadline: float | None = None,
 ) -> T:
     """Run ``operation``, retrying it on TransientStoreError as ``policy`` says.
 
@@ -73,6 +75,9 @@ def call_with_retries(
         Attempts and delays.
     sleep : callable, optional
         Injected for tests.
+    deadline : float, optional
+        A :func:`time.monotonic` time: no retry starts after it (the last
+        failure is raised instead), and no sleep runs past it.
 
     Returns
     -------
@@ -82,7 +87,7 @@ def call_with_retries(
     Raises
     ------
     TransientStoreError
-        The last transient failure, once the attempts are used up.
+        The last transient failure, once the attempts (or the time) are used up.
     """
     attempt = 1
     while True:
@@ -91,5 +96,8 @@ def call_with_retries(
         except TransientStoreError:
             if attempt >= policy.attempts:
                 raise
-            sleep(policy.delay(attempt))
+            pause = policy.delay(attempt)
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise
+            sleep(pause)
             attempt += 1

@@ -45,11 +45,15 @@ Size bound
 
 Going offline
     ``offline=True`` never contacts the server (nothing is attempted, so an
-    unreachable network cannot hang a call). Online, a read that fails with a
-    :class:`~objbutler.errors.TransientStoreError` after the inner store's
-    retries (connection refused, timeouts, 5xx) switches the store to offline
-    mode with a warning for ``reconnect_after`` seconds, and the read is
-    answered from the cache.
+    unreachable network cannot hang a call). Online, a read that fails after
+    the inner store's retries (connection refused, timeouts, 5xx) raises its
+    :class:`~objbutler.errors.TransientStoreError`: a cached registry may be
+    missing commits that finished after it was cached, and answering from it
+    would break "a fresh process sees every commit that finished before it
+    started". Only with ``auto_offline=True`` (a Butler's ``offline="auto"``,
+    ``OBJBUTLER_OFFLINE=auto``) does such a failure switch the store to
+    offline mode for ``reconnect_after`` seconds, with a warning, and the read
+    is answered from the cache, possibly stale.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from objbutler.errors import ObjButlerError, OfflineError, TransientStoreError
 from objbutler.stores._base import (
@@ -83,6 +87,7 @@ from objbutler.stores.local import LocalStore
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "AUTO",
     "DEFAULT_MAX_BYTES",
     "IMMUTABLE_PREFIXES",
     "CachingStore",
@@ -97,6 +102,7 @@ T = TypeVar("T")
 DEFAULT_CACHE_DIR = "~/.cache/objbutler"
 DEFAULT_MAX_BYTES = 20 * 2**30
 IMMUTABLE_PREFIXES = ("data/", "manifest/log/", "manifest/checkpoints/")
+AUTO: Literal["auto"] = "auto"  # offline="auto": go offline while the server is unreachable
 REGISTRY_PREFIX = "manifest/"
 LOG_PREFIX = "manifest/log/"
 REGISTRY_SEEN = "registry-seen"  # marker: a full log listing once came from the server
@@ -131,8 +137,8 @@ def parse_size(text: str) -> int:
 
 
 def cache_settings(
-    cache: str | os.PathLike[str] | bool | None, offline: bool | None, environ: Any = None
-) -> tuple[Path | None, bool, int]:
+    cache: str | os.PathLike[str] | bool | None, offline: bool | Literal["auto"] | None, environ: Any = None
+) -> tuple[Path | None, bool | Literal["auto"], int]:
     """Resolve a Butler's ``cache=`` and ``offline=`` against the environment.
 
     Parameters
@@ -141,8 +147,12 @@ def cache_settings(
         A cache directory; ``True`` for the default (``~/.cache/objbutler``);
         ``False`` for none even if ``OBJBUTLER_CACHE`` is set; None to read
         ``OBJBUTLER_CACHE``.
-    offline : bool or None
-        None reads ``OBJBUTLER_OFFLINE`` (``1``/``true``/``yes``).
+    offline : bool, "auto" or None
+        ``True``: never contact the server. ``"auto"``: contact it, and
+        answer from the cache while it is unreachable (see
+        :class:`CachingStore`'s ``auto_offline``). ``False``: contact it, and
+        raise when it fails. None reads ``OBJBUTLER_OFFLINE``
+        (``1``/``true``/``yes``/``on``, or ``auto``; anything else is False).
     environ : mapping, optional
         The environment (default ``os.environ``).
 
@@ -155,21 +165,25 @@ def cache_settings(
     Raises
     ------
     ValueError
-        For ``offline`` with the cache switched off.
+        For ``offline`` (or ``"auto"``) with the cache switched off, or an
+        ``offline`` that is none of the above.
     """
     env = os.environ if environ is None else environ
     if offline is None:
-        offline = env.get("OBJBUTLER_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        word = env.get("OBJBUTLER_OFFLINE", "").strip().lower()
+        offline = AUTO if word == AUTO else word in ("1", "true", "yes", "on")
+    if offline not in (True, False, AUTO):
+        raise ValueError(f"offline must be True, False or {AUTO!r}, got {offline!r}")
     if cache is None:
         cache = env.get("OBJBUTLER_CACHE") or None
     if cache is True or (cache is None and offline):
         cache = DEFAULT_CACHE_DIR
     if cache is False or cache is None:
         if offline:
-            raise ValueError("offline=True needs a cache: pass cache=<directory> (or leave cache unset)")
+            raise ValueError(f"offline={offline!r} needs a cache: pass cache=<directory> (or leave cache unset)")
         return None, False, DEFAULT_MAX_BYTES
     size = env.get("OBJBUTLER_CACHE_SIZE")
-    return Path(cache).expanduser(), bool(offline), parse_size(size) if size else DEFAULT_MAX_BYTES
+    return Path(cache).expanduser(), offline, parse_size(size) if size else DEFAULT_MAX_BYTES
 
 
 def _namespace(inner: Store) -> tuple[str, dict[str, str]]:
@@ -213,8 +227,12 @@ class CachingStore:
     fill_on_range_read : bool
         Online, a range read of an uncached immutable object fetches the whole
         object once into the cache (default: the ranges pass through).
-    auto_offline : bool
-        Switch to offline mode when the server is unreachable.
+    auto_offline : bool, default False
+        Switch to offline mode when the server is unreachable (a read failed
+        with a TransientStoreError after the inner store's retries), and
+        answer from the cache, possibly stale, for ``reconnect_after``
+        seconds. Off by default: such a read raises, so that a process never
+        answers from a cached registry older than commits that had finished.
     reconnect_after : float
         Seconds an automatic switch lasts before the server is tried again.
     identity_key : str or None
@@ -233,7 +251,7 @@ class CachingStore:
         *,
         immutable_prefixes: Sequence[str] = IMMUTABLE_PREFIXES,
         fill_on_range_read: bool = False,
-        auto_offline: bool = True,
+        auto_offline: bool = False,
         reconnect_after: float = 60.0,
         identity_key: str | None = "objbutler.json",
     ) -> None:

@@ -68,7 +68,15 @@ from objbutler.errors import (
 )
 from objbutler.stores._base import ByteRange, ObjectMeta, StoreCapabilities
 from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
-from objbutler.stores._remote import NETWORK_ERRORS, Action, RangeNotSatisfiableError, RemoteStore, range_header
+from objbutler.stores._remote import (
+    DEFAULT_READ_DEADLINE,
+    NETWORK_ERRORS,
+    Action,
+    RangeNotSatisfiableError,
+    RemoteStore,
+    check_body_md5,
+    range_header,
+)
 from objbutler.stores._retry import RetryPolicy
 
 __all__ = ["S3Store"]
@@ -130,13 +138,9 @@ def _utc(value: object) -> dt.datetime | None:
     return value.astimezone(dt.UTC) if isinstance(value, dt.datetime) else None
 
 
-def _read_body(response: dict[str, Any]) -> bytes:
-    body = response["Body"]
-    try:
-        data: bytes = body.read()
-    finally:
-        body.close()
-    return data
+def _stream(body: Any) -> Any:
+    """The urllib3 response under botocore's StreamingBody (its ``read1`` reads one socket read at a time)."""
+    return getattr(body, "_raw_stream", body)
 
 
 class S3Store(RemoteStore):
@@ -160,6 +164,12 @@ class S3Store(RemoteStore):
         Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
     retry : RetryPolicy, optional
         How transient failures (5xx, throttling, resets, timeouts) are retried.
+    read_deadline : float or None, default 300
+        Seconds one read call (``get``, ``get_ranges``, ``get_many``, ``head``)
+        may take in all, retries included: a body that trickles in is abandoned
+        with a TransientStoreError. With botocore's ``read_timeout`` (default
+        60 s, the longest wait for any one socket read) a read ends within
+        ``read_deadline + read_timeout``. None: no overall bound.
     **client_options
         ``session_token``, ``profile``, ``verify``, ``use_ssl``, or any
         :class:`botocore.config.Config` option (``connect_timeout``,
@@ -196,13 +206,14 @@ class S3Store(RemoteStore):
         create_bucket: bool = False,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, immutable default
+        read_deadline: float | None = DEFAULT_READ_DEADLINE,
         **client_options: Any,
     ) -> None:
         if not bucket or "/" in bucket:
             raise ValueError(f"invalid S3 bucket name {bucket!r}")
         if (access_key is None) != (secret_key is None):
             raise ValueError("pass both access_key and secret_key, or neither (to use the AWS credential chain)")
-        super().__init__(bucket, prefix, max_concurrency, retry)
+        super().__init__(bucket, prefix, max_concurrency, retry, read_deadline)
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
@@ -370,12 +381,25 @@ class S3Store(RemoteStore):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _get_raw(self, client: Any, full: str) -> bytes:
-        return _read_body(client.get_object(Bucket=self.bucket, Key=full))
+    def _read(self, response: dict[str, Any], key: str, until: float | None) -> bytes:
+        """The body of a GetObject answer, read with the deadline, its connection released or dropped."""
+        body = response["Body"]
+        try:
+            return self._body(_stream(body), until, key, response.get("ContentLength"))
+        finally:
+            body.close()  # after a whole body: releases the connection; after a failure: drops it
 
-    def _get_range_raw(self, client: Any, full: str, byte_range: ByteRange) -> bytes:
+    def _get_raw(self, client: Any, key: str, full: str, until: float | None) -> bytes:
+        response = client.get_object(Bucket=self.bucket, Key=full)
+        data = self._read(response, key, until)
+        if not response.get("ServerSideEncryption", "AES256").startswith("aws:kms") \
+                and "SSECustomerAlgorithm" not in response:  # with SSE-KMS/SSE-C the etag is not the body's MD5
+            check_body_md5(data, response.get("ETag"), self._describe(key))
+        return data
+
+    def _get_range_raw(self, client: Any, key: str, full: str, byte_range: ByteRange, until: float | None) -> bytes:
         response = client.get_object(Bucket=self.bucket, Key=full, Range=range_header(byte_range))
-        data = _read_body(response)
+        data = self._read(response, key, until)
         if response.get("ContentRange") is None and response["ResponseMetadata"]["HTTPStatusCode"] == 200:
             # A server that ignores Range sent the whole object: keep the slice asked for.
             data = data[byte_range.start : byte_range.stop]

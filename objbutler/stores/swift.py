@@ -39,10 +39,12 @@ from objbutler.errors import (
 from objbutler.stores._base import ByteRange, ObjectMeta, StoreCapabilities
 from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
 from objbutler.stores._remote import (
+    DEFAULT_READ_DEADLINE,
     NETWORK_ERRORS,
     Action,
     RangeNotSatisfiableError,
     RemoteStore,
+    check_body_md5,
     md5_hex,
     range_header,
 )
@@ -73,6 +75,7 @@ _Listing = list[dict[str, Any]]
 """One page of a container listing, as swiftclient returns it."""
 
 _TRANSIENT_STATUSES = frozenset({408, 422, 429, 498, 499})  # 422: body does not match the sent MD5
+_PIECE = 1 << 20  # given a chunk size, swiftclient leaves the body unread for read_body to read
 
 
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -126,6 +129,12 @@ class SwiftStore(RemoteStore):
         Upper bound of concurrent requests (and pooled connections) of one store.
     retry : RetryPolicy, optional
         How transient failures (5xx, timeouts, resets) are retried.
+    read_deadline : float or None, default 300
+        Seconds one read call (``get``, ``get_ranges``, ``get_many``, ``head``)
+        may take in all, retries included: a body that trickles in is abandoned
+        with a TransientStoreError. With the connection's ``timeout`` (default
+        60 s, the longest wait for any one socket read) a read ends within
+        ``read_deadline + timeout``. None: no overall bound.
     **connection_options
         Passed to :class:`swiftclient.client.Connection` (``timeout``,
         ``cacert``, ``insecure``, ``preauthurl``, ``preauthtoken``, ...).
@@ -154,13 +163,14 @@ class SwiftStore(RemoteStore):
         create_container: bool = False,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, immutable default
+        read_deadline: float | None = DEFAULT_READ_DEADLINE,
         **connection_options: Any,
     ) -> None:
         if not container or "/" in container:
             raise ValueError(f"invalid Swift container name {container!r}")
         if "retries" in connection_options:
             raise TypeError("SwiftStore retries through its retry policy: pass retry=RetryPolicy(...)")
-        super().__init__(container, prefix, max_concurrency, retry)
+        super().__init__(container, prefix, max_concurrency, retry, read_deadline)
         self.container = container
         self.auth_url = auth_url
         self.user = user
@@ -345,17 +355,24 @@ class SwiftStore(RemoteStore):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _get_raw(self, client: Any, full: str) -> bytes:
-        headers, body = client.get_object(self.container, full)
-        data = bytes(body)
-        expected = headers.get("content-length")
-        if expected is not None and int(expected) != len(data):
-            raise ConnectionError(f"short read: {len(data)} of {expected} bytes")
+    def _read(self, client: Any, key: str, full: str, until: float | None,
+              headers: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+        """GET an object, its body read with the deadline (swiftclient streams it: ``resp_chunk_size``)."""
+        answer, body = client.get_object(self.container, full, headers=headers, resp_chunk_size=_PIECE)
+        try:
+            stream = getattr(getattr(body, "resp", None), "raw", body)  # the urllib3 response under swiftclient's
+            return answer, self._body(stream, until, key, answer.get("content-length"))
+        finally:
+            body.close()  # after a whole body: releases the connection; after a failure: drops it
+
+    def _get_raw(self, client: Any, key: str, full: str, until: float | None) -> bytes:
+        headers, data = self._read(client, key, full, until)
+        if "x-static-large-object" not in headers and "x-object-manifest" not in headers:  # else not an MD5
+            check_body_md5(data, headers.get("etag"), self._describe(key))
         return data
 
-    def _get_range_raw(self, client: Any, full: str, byte_range: ByteRange) -> bytes:
-        headers, body = client.get_object(self.container, full, headers={"Range": range_header(byte_range)})
-        data = bytes(body)
+    def _get_range_raw(self, client: Any, key: str, full: str, byte_range: ByteRange, until: float | None) -> bytes:
+        headers, data = self._read(client, key, full, until, {"Range": range_header(byte_range)})
         if "content-range" not in headers:
             # The whole object came back (e.g. a server that ignores Range): keep the slice asked for.
             data = data[byte_range.start : byte_range.stop]
@@ -453,7 +470,20 @@ class SwiftStore(RemoteStore):
         """One page of the container listing: names ``> marker`` that start with ``prefix``."""
 
         def request(connection: Any) -> _Listing:
-            _, items = connection.get_container(self.container, marker=marker, prefix=prefix)
-            return [dict(item) for item in items]
+            try:
+                _, items = connection.get_container(self.container, marker=marker, prefix=prefix)
+                return [_listing_item(item) for item in items]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON that does not parse or fit
+                raise TransientStoreError(
+                    f"the listing of {self._describe(None)} came back garbled ({type(exc).__name__}: {exc})"
+                ) from None
 
         return self._call(request, None, "list")
+
+
+def _listing_item(item: Any) -> dict[str, Any]:
+    """One entry of a container listing, checked for the fields a listing must have."""
+    entry = dict(item)
+    if not isinstance(entry.get("name"), str) or not isinstance(entry.get("bytes"), int):
+        raise ValueError(f"a listing entry lacks a name or a size: {entry!r}")
+    return entry
