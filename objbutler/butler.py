@@ -484,7 +484,7 @@ class Butler:
     # -- get -------------------------------------------------------------------
 
     def get(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
-            run: str | None = None, *, efd: Any = False, verify: bool = True) -> Any:
+            run: str | None = None, *, efd: Any = False, verify: bool = True, hdu: int | str | None = None) -> Any:
         """Read a whole dataset, checked against the size and checksum its registry entry recorded.
 
         Parameters
@@ -510,11 +510,16 @@ class Butler:
             (1.18x, client pinned to one core). ``False`` skips the check.
             Cutouts (:meth:`get_cutouts`) read byte ranges and cannot be checked
             against a checksum of the whole object.
+        hdu : int, str or None
+            For a FITS image with several image HDUs: the one to return (index
+            or EXTNAME). By default the first image, as the class it was put
+            as (CCDData, NDData) with its unit, mask and uncertainty.
 
         Returns
         -------
         NDData, dict or Table
-            Images come back as NDData with ``.data``, ``.wcs`` and ``.meta``.
+            Images come back as NDData (CCDData when put as one) with ``.data``,
+            ``.wcs``, ``.meta`` and whatever ``unit``, ``mask`` and ``uncertainty`` were put.
 
         Raises
         ------
@@ -525,7 +530,7 @@ class Butler:
         """
         ref = self._resolve(ref_or_type, data_id, run)
         recorded = Recorded(ref.size, ref.checksum, f"{ref.dataset_type} {ref.data_id} in run {ref.run!r}")
-        obj = read_dataset(self.store, ref.key, ref.format, recorded=recorded, verify=verify)
+        obj = read_dataset(self.store, ref.key, ref.format, recorded=recorded, verify=verify, hdu=hdu)
         if efd is not False and efd is not None:
             from objbutler.efd import attach_efd
 
@@ -543,6 +548,7 @@ class Butler:
         fill_value: float = np.nan,
         size: Any = None,
         cost: Any = None,
+        hdu: int | str | None = None,
     ) -> list[Cutout]:
         """Cut many postage stamps out of one image with a few coalesced range reads.
 
@@ -560,6 +566,8 @@ class Butler:
             Stamp size for sky positions.
         cost : objbutler.ranges.CostModel, optional
             Latency/bandwidth model for planning FITS reads.
+        hdu : int, str or None
+            FITS: the image HDU to cut (index or EXTNAME); by default the first image.
 
         Returns
         -------
@@ -567,12 +575,14 @@ class Butler:
             In request order.
         """
         ref = self._resolve(ref_or_type, data_id, run)
-        boxes, wcs = self._boxes_for(ref, boxes_or_coords, size)
+        boxes, wcs = self._boxes_for(ref, boxes_or_coords, size, hdu)
         if ref.format == "fits":
             from objbutler.formats.fits_cutouts import read_fits_cutouts
 
             return read_fits_cutouts(self.store, ref.key, boxes, mode, fill_value, cost=cost, layout=ref.layout,
-                                     object_size=ref.size, parent_wcs=wcs)
+                                     object_size=ref.size, parent_wcs=wcs, hdu=hdu)
+        if hdu not in (None, 0, "PRIMARY"):
+            raise NotSupportedError(f"hdu={hdu!r} picks an HDU of a FITS image; {ref.dataset_type} is {ref.format}")
         if ref.format == "zarr":
             from objbutler.formats.zarr_array import read_zarr_cutouts
 
@@ -626,7 +636,8 @@ class Butler:
             raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
         return self._image_wcs(ref)
 
-    def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any) -> tuple[list[Box], Any]:
+    def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any,
+                   hdu: int | str | None = None) -> tuple[list[Box], Any]:
         """Pixel boxes, and the image's WCS when it had to be read to make them (sky positions)."""
         from astropy.coordinates import SkyCoord
 
@@ -638,16 +649,16 @@ class Butler:
             raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
         from objbutler.cutouts import boxes_from_skycoords
 
-        wcs = self._image_wcs(ref)
+        wcs = self._image_wcs(ref, hdu)
         if wcs is None:
             raise NotSupportedError(f"{ref.dataset_type} {ref.data_id} has no WCS: use pixel boxes")
         return boxes_from_skycoords(boxes_or_coords, wcs, size), wcs
 
-    def _image_wcs(self, ref: DatasetRef) -> Any:
+    def _image_wcs(self, ref: DatasetRef, hdu: int | str | None = None) -> Any:
         if ref.format == "fits":
             from objbutler.formats.fits_cutouts import read_fits_wcs
 
-            return read_fits_wcs(self.store, ref.key)
+            return read_fits_wcs(self.store, ref.key, hdu=hdu)
         from objbutler.formats.zarr_array import read_zarr_wcs
 
         return read_zarr_wcs(self.store, ref.key)

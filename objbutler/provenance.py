@@ -272,7 +272,7 @@ def stamp_fits_cards(obj: Any, record: Mapping[str, Any] | None, fmt: str) -> An
     """Return ``obj`` with provenance cards added when it is an image going to FITS.
 
     The caller's object and header are not modified: the image is normalized
-    (a new header) and returned as NDData. Other objects, formats, or a put
+    (a new header) and returned as an :class:`~objbutler.formats._image.Image`. Other objects, formats, or a put
     without provenance get ``obj`` back unchanged. Provenance cards already in
     the header (from an image that was read back and put again) are replaced.
     """
@@ -280,7 +280,7 @@ def stamp_fits_cards(obj: Any, record: Mapping[str, Any] | None, fmt: str) -> An
 
     if record is None or fmt != "fits" or kind_of(obj) != "image":
         return obj
-    from objbutler.formats._image import as_image, to_nddata
+    from objbutler.formats._image import as_image
 
     try:
         image = as_image(obj)
@@ -290,7 +290,7 @@ def stamp_fits_cards(obj: Any, record: Mapping[str, Any] | None, fmt: str) -> An
         del image.header[key]
     for key, value, comment in provenance_cards(record):
         image.header.append((key, value, comment), end=True)
-    return to_nddata(image)
+    return image  # the normalized image itself: nothing else it carries (mask, scaling, HDUs) is dropped
 
 
 @contextlib.contextmanager

@@ -4,6 +4,12 @@
 HDUList, or an NDData/CCDData. :func:`as_image` turns each into an
 :class:`Image` (pixels, the header cards that are not structural or WCS, and a
 WCS); formats never see the caller's types.
+
+Nothing given is dropped silently (issue 13): an NDData's unit, mask and
+uncertainty, an HDU's BSCALE/BZERO/BLANK (:class:`RawScaling`) and tile
+compression (:attr:`Image.compression`), and every image HDU of an HDUList
+(:attr:`Image.extensions`) travel with the image; what cannot be stored
+(a PSF, an uncertainty class CCDData cannot read, a table HDU) is a FormatError.
 """
 
 from __future__ import annotations
@@ -19,7 +25,25 @@ from astropy.wcs import WCS
 from objbutler.errors import FormatError
 from objbutler.formats.wcs_cards import header_wcs, merged_header, superseded_keys
 
-__all__ = ["IMAGE_DTYPES", "Image", "as_image", "check_pixels", "to_nddata", "user_cards"]
+__all__ = [
+    "IMAGE_DTYPES",
+    "NDDATA_CARD",
+    "UNCERTAINTY_CLASSES",
+    "Image",
+    "RawScaling",
+    "as_image",
+    "check_pixels",
+    "to_nddata",
+    "user_cards",
+]
+
+NDDATA_CARD = "NDDCLASS"
+"""Primary-header card naming the NDData class a FITS file was put as (absent for arrays and HDUs)."""
+
+UNCERTAINTY_CLASSES = ("StdDevUncertainty", "VarianceUncertainty", "InverseVariance")
+"""The uncertainty classes stored (those ``CCDData.write``/``CCDData.read`` know, by name)."""
+
+_ND_CLASSES = ("NDData", "CCDData", "NDDataRef", "NDDataArray")
 
 IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")
 """Pixel types every image format stores and reads back exactly (FITS via BITPIX and BZERO)."""
@@ -50,6 +74,29 @@ class Image:
     data: np.ndarray
     header: fits.Header
     wcs: WCS | None
+    unit: str | None = None
+    """The NDData's unit (``Unit.to_string()``), None for none."""
+    mask: np.ndarray | None = None
+    """The NDData's mask, boolean, of the image's shape."""
+    uncertainty: np.ndarray | None = None
+    """The uncertainty's array (of :attr:`uncertainty_class`)."""
+    uncertainty_class: str | None = None
+    """One of :data:`UNCERTAINTY_CLASSES`."""
+    nddata_class: str | None = None
+    """The NDData class put (``"CCDData"``, ``"NDData"``, ...); None for arrays and HDUs."""
+    scaling: RawScaling | None = None
+    """How the pixels were stored as integers (FITS BITPIX/BSCALE/BZERO/BLANK), for FITS to keep."""
+    compression: dict[str, Any] | None = None
+    """A CompImageHDU's settings (``compression_type``, ``tile_shape``, ``quantize_level``, ...)."""
+    extensions: list[Image] = dataclasses.field(default_factory=list)
+    """Further image HDUs of an HDUList, in file order (their headers keep EXTNAME)."""
+    primary_header: fits.Header | None = None
+    """Cards of an HDUList's data-less primary HDU when the image is an extension."""
+
+    @property
+    def is_plain(self) -> bool:
+        """True when the image is only pixels, header and WCS (what every format stores)."""
+        return not self.extensions and self.mask is None and self.uncertainty is None
 
     def full_header(self) -> fits.Header:
         """Descriptive cards followed by the WCS cards (what a FITS writer emits).
@@ -59,6 +106,26 @@ class Image:
         so that wcslib reads the header back as :attr:`wcs`.
         """
         return merged_header(self.header, self.wcs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawScaling:
+    """Integer pixels scaled to values, as astropy reads a BSCALE/BZERO/BLANK image.
+
+    Parameters
+    ----------
+    dtype : str
+        The stored integer type (``int16``, ...).
+    bscale, bzero : float
+        ``value = bscale * raw + bzero``.
+    blank : int or None
+        Raw value of undefined pixels (NaN values).
+    """
+
+    dtype: str
+    bscale: float
+    bzero: float
+    blank: int | None
 
 
 def user_cards(header: fits.Header) -> fits.Header:
@@ -138,25 +205,16 @@ def check_pixels(data: np.ndarray) -> None:
 
 
 def _as_image(obj: Any) -> Image:
+    if isinstance(obj, Image):
+        return obj
     if isinstance(obj, fits.HDUList):
-        for hdu in obj:
-            if isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU) and hdu.data is not None:
-                return as_image(hdu)
-        raise FormatError("the HDUList holds no image data")
+        return _from_hdulist(obj)
     if isinstance(obj, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
         if obj.data is None:
             raise FormatError("the HDU holds no data")
-        header = obj.header
-        return Image(np.asarray(obj.data), user_cards(header), _wcs_from(header))
+        return _from_hdu(obj)
     if isinstance(obj, NDData):
-        meta = obj.meta
-        header = fits.Header(meta) if not isinstance(meta, fits.Header) else meta
-        wcs = obj.wcs if isinstance(obj.wcs, WCS) else _wcs_from(header)
-        try:
-            data = np.asarray(obj.data)
-        except (TypeError, ValueError) as exc:
-            raise FormatError(f"the NDData's data is not a numeric array: {exc}") from None
-        return Image(data, user_cards(header), wcs)
+        return _from_nddata(obj)
     if isinstance(obj, np.ndarray):
         return Image(obj, fits.Header(), None)
     raise FormatError(
@@ -164,8 +222,125 @@ def _as_image(obj: Any) -> Image:
     )
 
 
+_IMAGE_HDUS = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+
+
+def _from_hdulist(hdus: fits.HDUList) -> Image:
+    """The first image HDU with data, carrying every later image HDU and an empty primary's cards."""
+    others = [f"{i} ({type(h).__name__} {h.name!r})" for i, h in enumerate(hdus) if not isinstance(h, _IMAGE_HDUS)]
+    if others:
+        raise FormatError(f"the HDUList holds HDUs that are not images: {', '.join(others)}; put tables as "
+                          "separate datasets (astropy Table), or pass an HDUList of image HDUs only")
+    first = next((i for i, h in enumerate(hdus) if h.data is not None and h.data.size), None)
+    if first is None:
+        raise FormatError("the HDUList holds no image data")
+    empty = [f"{i} ({h.name!r})" for i, h in enumerate(hdus)
+             if i and i != first and (h.data is None or not h.data.size)]
+    if empty:
+        raise FormatError(f"the HDUList holds image extensions without data: {', '.join(empty)}; remove them "
+                          "(their cards would be lost) or give them pixels")
+    image = _from_hdu(hdus[first])
+    if first:
+        image.primary_header = user_cards(hdus[0].header)
+    image.extensions = [_from_hdu(hdu) for hdu in hdus[first + 1 :]]
+    for extension in image.extensions:
+        check_pixels(extension.data)
+    return image
+
+
+def _from_hdu(hdu: Any) -> Image:
+    header = hdu.header
+    data = np.asarray(hdu.data)
+    image = Image(data, user_cards(header), _wcs_from(header))
+    if isinstance(hdu, fits.CompImageHDU):
+        image.compression = _compression_settings(hdu)
+    image.scaling = _raw_scaling(hdu, data)
+    return image
+
+
+def _compression_settings(hdu: fits.CompImageHDU) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "compression_type": hdu.compression_type,
+        "tile_shape": tuple(int(n) for n in hdu.tile_shape),
+        "quantize_level": float(hdu.quantize_level),
+        "quantize_method": int(hdu.quantize_method),
+        "dither_seed": int(hdu.dither_seed),
+    }
+    if hdu.compression_type == "HCOMPRESS_1":
+        settings["hcomp_scale"] = float(hdu.hcomp_scale)
+        settings["hcomp_smooth"] = int(hdu.hcomp_smooth)
+    return settings
+
+
+_BITPIX_INT = {8: "uint8", 16: "int16", 32: "int32", 64: "int64"}
+
+
+def _raw_scaling(hdu: Any, data: np.ndarray) -> RawScaling | None:
+    """The integer storage of a scaled HDU (BSCALE/BZERO not the unsigned convention, or BLANK), else None.
+
+    astropy keeps the scaling it read as ``_orig_bitpix``/``_orig_bscale``/``_orig_bzero``/``_orig_blank``
+    (the header then shows the float BITPIX of ``.data``); there is no public accessor.
+    """
+    bitpix = getattr(hdu, "_orig_bitpix", None)
+    bscale = getattr(hdu, "_orig_bscale", 1) or 1
+    bzero = getattr(hdu, "_orig_bzero", 0) or 0
+    blank = getattr(hdu, "_orig_blank", None)
+    if bitpix not in _BITPIX_INT or data.dtype.kind != "f":
+        return None  # floats stored as floats, or integers astropy already gives as integers (uint via BZERO)
+    if bscale == 1 and bzero == 0 and blank is None:
+        return None
+    return RawScaling(_BITPIX_INT[bitpix], float(bscale), float(bzero), int(blank) if blank is not None else None)
+
+
+def _from_nddata(obj: NDData) -> Image:
+    meta = obj.meta
+    header = fits.Header(meta) if not isinstance(meta, fits.Header) else meta
+    wcs = obj.wcs if isinstance(obj.wcs, WCS) else _wcs_from(header)
+    try:
+        data = np.asarray(obj.data)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"the NDData's data is not a numeric array: {exc}") from None
+    kind = type(obj).__name__
+    image = Image(data, user_cards(header), wcs, nddata_class=kind if kind in _ND_CLASSES else "NDData")
+    if obj.psf is not None:
+        raise FormatError("cannot store an NDData's psf; store it as a dataset of its own")
+    if obj.unit is not None:
+        image.unit = obj.unit.to_string()
+    if obj.mask is not None:
+        mask = np.asarray(obj.mask)
+        if mask.shape != data.shape or mask.dtype.kind not in "biu":
+            raise FormatError(f"cannot store a mask of dtype {mask.dtype} and shape {mask.shape} for an image of "
+                              f"shape {data.shape}: a mask must be a boolean (or integer) array of the image's shape")
+        image.mask = mask.astype(bool)
+    if obj.uncertainty is not None:
+        image.uncertainty, image.uncertainty_class = _uncertainty(obj, data.shape)
+    return image
+
+
+def _uncertainty(obj: NDData, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    uncertainty = obj.uncertainty
+    name = type(uncertainty).__name__
+    if name not in UNCERTAINTY_CLASSES:
+        raise FormatError(f"cannot store an uncertainty of type {name}: use one of {', '.join(UNCERTAINTY_CLASSES)} "
+                          "(the types CCDData.read knows)")
+    array = np.asarray(uncertainty.array)
+    if array.shape != shape:
+        raise FormatError(f"the uncertainty's shape {array.shape} is not the image's {shape}")
+    check_pixels(array)
+    if uncertainty.unit is not None:  # a unit other than the one the class derives from the data's would be lost
+        derived = type(uncertainty)(array)
+        NDData(np.zeros(1), uncertainty=derived, unit=obj.unit)
+        if derived.unit != uncertainty.unit:
+            raise FormatError(f"cannot store a {name} in {uncertainty.unit} for data in {obj.unit}: only the unit "
+                              f"derived from the data's ({derived.unit}) is kept; convert the uncertainty first")
+    return array, name
+
+
 def to_nddata(image: Image) -> NDData:
     """Return an NDData with ``.data``, ``.wcs`` and ``.meta`` (the full header incl. WCS cards).
+
+    An image put as an NDData subclass comes back as that class (CCDData, ...)
+    with its unit, mask and uncertainty.
 
     Parameters
     ----------
@@ -179,4 +354,16 @@ def to_nddata(image: Image) -> NDData:
     """
     if image.data.ndim == 0:
         raise FormatError("decoded image has no pixels")
-    return NDData(image.data, wcs=image.wcs, meta=image.full_header())
+    from astropy import nddata
+    from astropy import units as u
+
+    kind = image.nddata_class if image.nddata_class in _ND_CLASSES else "NDData"
+    cls = getattr(nddata, kind)
+    unit = u.Unit(image.unit) if image.unit is not None else None
+    uncertainty = None
+    if image.uncertainty is not None and image.uncertainty_class in UNCERTAINTY_CLASSES:
+        uncertainty = getattr(nddata, str(image.uncertainty_class))(image.uncertainty)
+    if cls is nddata.CCDData and unit is None:
+        unit = u.dimensionless_unscaled  # CCDData needs a unit; CCDData.write leaves BUNIT out for this one
+    return cls(image.data, wcs=image.wcs, meta=image.full_header(), unit=unit, mask=image.mask,
+               uncertainty=uncertainty)

@@ -3,8 +3,8 @@
 =========  ========================  =================================  ===============
 kind       python objects            formats                            ``get`` returns
 =========  ========================  =================================  ===============
-image      ndarray, HDU, HDUList,    ``fits`` (also tile-compressed),   NDData
-           NDData, CCDData           ``zarr``
+image      ndarray, HDU, HDUList,    ``fits`` (also tile-compressed),   NDData (CCDData
+           NDData, CCDData           ``zarr``                           if put as one)
 metadata   dict (JSON-safe)          ``json``                           dict
 table      astropy Table             ``parquet``, ``ecsv``              Table
 =========  ========================  =================================  ===============
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from objbutler.errors import FormatError, NotFoundError
+from objbutler.errors import FormatError, NotFoundError, NotSupportedError
 from objbutler.formats._image import Image, as_image, to_nddata
 from objbutler.stores import Store
 
@@ -266,7 +266,8 @@ _VERIFY_IN_THREAD = 1 << 20
 (hashlib and numpy's copies release the GIL), so a verified get costs little more than an unverified one."""
 
 
-def read_dataset(store: Store, key: str, fmt: str, *, recorded: Recorded | None = None, verify: bool = True) -> Any:
+def read_dataset(store: Store, key: str, fmt: str, *, recorded: Recorded | None = None, verify: bool = True,
+                 hdu: int | str | None = None) -> Any:
     """Read a whole dataset back as the Python object its kind returns.
 
     Parameters
@@ -299,6 +300,8 @@ def read_dataset(store: Store, key: str, fmt: str, *, recorded: Recorded | None 
     if kind is None:
         raise FormatError(f"unknown dataset format {fmt!r} for {key}")
     check = recorded if verify else None
+    if hdu is not None and (fmt != "fits" and not (fmt == "zarr" and hdu in (0, "PRIMARY"))):
+        raise NotSupportedError(f"hdu={hdu!r} picks an HDU of a FITS image; {key} is {fmt}")
     if fmt == "zarr":
         from objbutler.formats.zarr_array import decode_zarr, fetch_zarr, zarr_checksum
 
@@ -306,7 +309,7 @@ def read_dataset(store: Store, key: str, fmt: str, *, recorded: Recorded | None 
         return _checked(check, key, fetched.size, lambda: f"sha256:{zarr_checksum(fetched.objects)}",
                         lambda: to_nddata(decode_zarr(fetched, key)))
     data = store.get(key)
-    return _checked(check, key, len(data), lambda: _sha256(data), lambda: _decode(data, fmt, key))
+    return _checked(check, key, len(data), lambda: _sha256(data), lambda: _decode(data, fmt, key, hdu))
 
 
 def _checked(
@@ -345,12 +348,12 @@ def _mismatch(recorded: Recorded, key: str, what: str, actual: str, expected: st
                        f"the stored bytes are corrupt or were replaced (get(..., verify=False) reads them anyway)")
 
 
-def _decode(data: bytes, fmt: str, key: str) -> Any:
+def _decode(data: bytes, fmt: str, key: str, hdu: int | str | None = None) -> Any:
     """Decode the bytes of a single-object dataset."""
     if fmt == "fits":
         from objbutler.formats.fits import decode_fits
 
-        return to_nddata(decode_fits(data, key=key))
+        return to_nddata(decode_fits(data, hdu, key=key))
     if fmt == "json":
         try:
             return json.loads(data.decode("utf-8"))

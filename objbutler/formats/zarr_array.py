@@ -106,6 +106,8 @@ __all__ = [
 ]
 
 ZARR_JSON = "zarr.json"
+IMAGE_MEMBER = "image"
+"""The member of an objbutler group (an image with a mask or uncertainty) that holds the image array."""
 DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 """Blosc-zstd with byte shuffle: a good default for float images."""
 
@@ -204,11 +206,14 @@ def header_from_json(cards: Iterable[Sequence[Any]]) -> fits.Header:
 def _image_attributes(image: Image) -> dict[str, Any]:
     wcs_cards = None if image.wcs is None else header_to_json(image.wcs.to_header(relax=_WCS_RELAX))
     replaced = superseded_keys(image.header, image.wcs)  # cards wcslib would read as this WCS in another form
-    return {
+    attributes: dict[str, Any] = {
         "objbutler": {"layout_version": _LAYOUT_VERSION, "all_chunks_written": True},
         "fits_header": header_to_json(fits.Header([c for c in image.header.cards if c.keyword not in replaced])),
         "wcs": wcs_cards,
     }
+    if image.nddata_class is not None or image.unit is not None:
+        attributes["nddata"] = {"class": image.nddata_class or "NDData", "unit": image.unit}
+    return attributes
 
 
 def _stored_wcs(metadata: ArrayV3Metadata) -> WCS | None:
@@ -255,9 +260,45 @@ def encode_zarr(
     Returns
     -------
     dict of str to bytes
-        Relative key (``zarr.json``, ``c/0/0``, ...) -> object bytes.
+        Relative key (``zarr.json``, ``c/0/0``, ...) -> object bytes. An image
+        with a mask or an uncertainty is a Zarr group instead: the image array
+        under ``image/``, the mask (bool) under ``mask/`` and the uncertainty
+        under ``uncertainty/``, the group's ``zarr.json`` naming them.
+
+    Raises
+    ------
+    FormatError
+        For an image with further HDUs (an HDUList of several images): FITS holds them.
     """
-    data = np.asarray(image.data)
+    if image.extensions:
+        names = [str(e.header.get("EXTNAME", f"#{i + 1}")) for i, e in enumerate(image.extensions)]
+        raise FormatError(f"a Zarr dataset holds one image; this HDUList has further image HDUs {names}: "
+                          "put it as FITS, or put each HDU as a dataset of its own")
+    array = _array_objects(image.data, _image_attributes(image), chunks, compressor, shards)
+    if image.mask is None and image.uncertainty is None:
+        return array
+    objects = {f"{IMAGE_MEMBER}/{key}": data for key, data in array.items()}
+    members = {"image": IMAGE_MEMBER}
+    extras: list[tuple[str, np.ndarray | None, dict[str, Any]]] = [
+        ("mask", image.mask, {}), ("uncertainty", image.uncertainty, {"class": image.uncertainty_class})]
+    for name, pixels, attrs in extras:
+        if pixels is not None:
+            marker = {"layout_version": _LAYOUT_VERSION, "all_chunks_written": True, **attrs}
+            member = _array_objects(pixels, {"objbutler": marker}, chunks, compressor, shards)
+            objects.update((f"{name}/{key}", data) for key, data in member.items())
+            members[name] = name
+    group: dict[str, Buffer] = {}
+    zarr.create_group(zarr.storage.MemoryStore(group), zarr_format=3,
+                      attributes={"objbutler": {"layout_version": _LAYOUT_VERSION, "members": members}})
+    objects[ZARR_JSON] = group[ZARR_JSON].to_bytes()
+    return objects
+
+
+def _array_objects(
+    pixels: np.ndarray, attributes: dict[str, Any], chunks: Sequence[int], compressor: BytesBytesCodec | None,
+    shards: Sequence[int] | None,
+) -> dict[str, bytes]:
+    data = np.asarray(pixels)
     data = data.astype(data.dtype.newbyteorder("="), copy=False)
     store_dict: dict[str, Buffer] = {}
     zarr.create_array(
@@ -266,7 +307,7 @@ def encode_zarr(
         chunks=_fit_shape(chunks, data.shape, clip=shards is None),
         shards=None if shards is None else _fit_shape(shards, data.shape, clip=False),
         compressors=compressor,
-        attributes=_image_attributes(image),
+        attributes=attributes,
         config={"write_empty_chunks": True},
     )
     return {key: buffer.to_bytes() for key, buffer in store_dict.items()}
@@ -396,6 +437,37 @@ def _load_metadata(store: Store, prefix: str) -> tuple[dict[str, Any], ArrayV3Me
     return _parse_metadata(store.get(_join(prefix, ZARR_JSON)), prefix)
 
 
+_MEMBER_NAMES = ("image", "mask", "uncertainty")
+
+
+def _group_members(raw: bytes, prefix: str) -> dict[str, str] | None:
+    """The members of an objbutler group (an image with a mask or uncertainty), or None for an array."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None  # _parse_metadata says what is wrong
+    if not isinstance(document, dict) or document.get("node_type") != "group":
+        return None
+    marker = (document.get("attributes") or {}).get("objbutler")
+    members = marker.get("members") if isinstance(marker, dict) else None
+    if not isinstance(members, dict) or "image" not in members or not all(
+            name in _MEMBER_NAMES and isinstance(key, str) and re.fullmatch(r"[a-z]+", key)
+            for name, key in members.items()):
+        raise FormatError(f"{_join(prefix, ZARR_JSON)} is not Zarr v3 array metadata (a group, not an image group "
+                          "objbutler wrote)")
+    return dict(members)
+
+
+def _load_image(store: Store, prefix: str) -> tuple[str, dict[str, Any], ArrayV3Metadata]:
+    """The image array's prefix and metadata (the ``image`` member of an objbutler group)."""
+    raw = store.get(_join(prefix, ZARR_JSON))
+    members = _group_members(raw, prefix)
+    if members is not None:
+        prefix = _join(prefix, members["image"])
+        raw = store.get(_join(prefix, ZARR_JSON))
+    return (prefix, *_parse_metadata(raw, prefix))
+
+
 def _parse_metadata(raw: bytes, prefix: str) -> tuple[dict[str, Any], ArrayV3Metadata]:
     """Parse ``zarr.json`` and check that its chunks are sane (positive, each one decodable in memory)."""
     where = _join(prefix, ZARR_JSON)
@@ -504,6 +576,9 @@ class ZarrObjects:
     document: dict[str, Any]
     metadata: ArrayV3Metadata
     objects: dict[str, bytes]
+    members: dict[str, ZarrObjects] = dataclasses.field(default_factory=dict)
+    """For an objbutler group: each member array (``image``, ``mask``, ``uncertainty``) read whole;
+    ``document``/``metadata`` are then the image's and ``objects`` hold every object of the group."""
 
     @property
     def size(self) -> int:
@@ -542,6 +617,9 @@ def fetch_zarr(store: Store, prefix: str, *, size: int | None = None, every_obje
         :func:`~objbutler.formats._limits.memory_limit` or its object.
     """
     raw = store.get(_join(prefix, ZARR_JSON))
+    members = _group_members(raw, prefix)
+    if members is not None:
+        return _fetch_group(store, prefix, raw, members, size, every_object)
     document, metadata = _parse_metadata(raw, prefix)
     _check_whole_read(metadata, prefix, size)
     grid = [range(-(-n // side)) for n, side in zip(metadata.shape, _grid_chunk_shape(metadata), strict=True)]
@@ -555,6 +633,22 @@ def fetch_zarr(store: Store, prefix: str, *, size: int | None = None, every_obje
     objects = dict(zip(wanted, store.get_many([_join(prefix, key) for key in wanted]), strict=True))
     _check_shards(metadata, prefix, objects, keys)
     return ZarrObjects(document, metadata, {ZARR_JSON: raw, **objects})
+
+
+def _fetch_group(store: Store, prefix: str, raw: bytes, members: Mapping[str, str], size: int | None,
+                 every_object: bool) -> ZarrObjects:
+    """Every member array of an objbutler group; ``objects`` keyed relative to the group (for its checksum)."""
+    fetched: dict[str, ZarrObjects] = {}
+    objects = {ZARR_JSON: raw}
+    for name, key in members.items():
+        member_prefix = _join(prefix, key)
+        member_raw = store.get(_join(member_prefix, ZARR_JSON))
+        if _group_members(member_raw, member_prefix) is not None:
+            raise FormatError(f"{_join(member_prefix, ZARR_JSON)} is a group inside an image group")
+        fetched[name] = fetch_zarr(store, member_prefix, size=size, every_object=every_object)
+        objects.update((f"{key}/{k}", data) for k, data in fetched[name].objects.items())
+    image = fetched["image"]
+    return ZarrObjects(image.document, image.metadata, objects, fetched)
 
 
 def _check_shards(metadata: ArrayV3Metadata, prefix: str, objects: Mapping[str, bytes], keys: Sequence[str]) -> None:
@@ -590,10 +684,26 @@ def decode_zarr(fetched: ZarrObjects, prefix: str = "") -> Image:
     FormatError
         If a chunk does not decode (corrupt bytes).
     """
-    metadata = fetched.metadata
+    image_objects = fetched.members.get("image", fetched)
+    metadata = image_objects.metadata
+    image = Image(_decode_array(image_objects, prefix), header_from_json(metadata.attributes.get("fits_header") or []),
+                  _stored_wcs(metadata))
+    nddata = metadata.attributes.get("nddata")
+    if isinstance(nddata, dict):
+        image.nddata_class = str(nddata.get("class") or "NDData")
+        image.unit = None if nddata.get("unit") is None else str(nddata["unit"])
+    if "mask" in fetched.members:
+        image.mask = _decode_array(fetched.members["mask"], prefix).astype(bool)
+    if "uncertainty" in fetched.members:
+        member = fetched.members["uncertainty"]
+        image.uncertainty = _decode_array(member, prefix)
+        image.uncertainty_class = str(member.metadata.attributes.get("objbutler", {}).get("class"))
+    return image
+
+
+def _decode_array(fetched: ZarrObjects, prefix: str) -> np.ndarray:
     decoder = _decoder(fetched.document, fetched.objects)
-    data = _decoded(lambda: decoder[...], f"the Zarr array {prefix!r}")
-    return Image(data, header_from_json(metadata.attributes.get("fits_header") or []), _stored_wcs(metadata))
+    return _decoded(lambda: decoder[...], f"the Zarr array {prefix!r}")
 
 
 def read_zarr(store: Store, prefix: str, *, size: int | None = None) -> Image:
@@ -637,7 +747,7 @@ def read_zarr_wcs(store: Store, prefix: str) -> WCS | None:
     astropy.wcs.WCS or None
         The stored WCS, or None if the array has none.
     """
-    return _stored_wcs(_load_metadata(store, prefix)[1])
+    return _stored_wcs(_load_image(store, prefix)[2])
 
 
 def _reads_inner_chunks(metadata: ArrayV3Metadata) -> bool:
@@ -792,7 +902,7 @@ def read_zarr_cutouts(
         chunk too large to decode in memory, more chunks than ``size`` bytes
         can hold, or a shard shorter than its index.
     """
-    document, metadata = _load_metadata(store, prefix)
+    prefix, document, metadata = _load_image(store, prefix)
     if size is not None and _all_chunks_written(metadata):
         _check_chunk_count(metadata, prefix, size, size)
     if len(metadata.shape) != 2:
