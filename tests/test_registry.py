@@ -279,3 +279,19 @@ def test_swift_s3api_gateway_is_refused_then_degrades(swift_server: object) -> N
     assert butler.config["commit_protocol"] == "timestamped"
     butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
     assert Butler(f"s3://{bucket}/repo", **options).get("metric", {"visit": 1}) == {"v": 1}
+
+
+def test_timestamped_checkpoint_with_nothing_settled_yet_is_a_no_op(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No commit older than a minute: write_checkpoint writes nothing (it raised IndexError, and every put with
+    checkpoint_interval=1 logged it as a failed housekeeping step)."""
+    uri = str(tmp_path / "repo")
+    store = IgnoresConditionsStore(open_store(uri))
+    butler = Butler.create(uri, store=store, allow_no_atomic_create=True, checkpoint_interval=1)
+    butler.registry.settle_seconds = 0.0
+    with caplog.at_level("WARNING"):
+        butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
+    assert "housekeeping" not in caplog.text
+    butler.registry.write_checkpoint()
+    assert list(store.list("manifest/checkpoints/")) == []

@@ -423,7 +423,7 @@ class Registry:
         cutoff_time = dt.datetime.strptime(newest, "%Y-%m-%dT%H:%M:%S.%fZ") - dt.timedelta(seconds=60)
         cutoff = cutoff_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         settled = [(e, c) for e, c in self._tail if e.position < cutoff]
-        if len(settled) < self.checkpoint_interval // 2:
+        if not settled or len(settled) < self.checkpoint_interval // 2:  # nothing settled yet: nothing to fold
             return
         state = RegistryState(self.state.checkpoint, self.repository)
         state.apply_many([(entry.position, commit) for entry, commit in settled])
