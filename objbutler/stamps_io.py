@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from objbutler.cutouts import Box, Cutout
-from objbutler.errors import InvalidCutoutError
+from objbutler.errors import InvalidCutoutError, NotSupportedError
 
 __all__ = ["read_boxes_csv", "read_radec_csv", "write_contact_sheet", "write_fits_stamps", "write_npz"]
 
@@ -74,8 +74,19 @@ def write_npz(stamps: Sequence[Cutout], path: Path) -> None:
 
 
 def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 64, title: str = "") -> None:
-    """A PNG grid of the first stamps, each scaled by its own robust percentiles, so a person can look."""
-    import matplotlib
+    """A PNG grid of the first stamps, each scaled by its own robust percentiles, so a person can look.
+
+    Raises
+    ------
+    NotSupportedError
+        matplotlib is not installed (it comes with the ``plots`` extra).
+    InvalidCutoutError
+        Every stamp is empty.
+    """
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise NotSupportedError("PNG output needs matplotlib: pip install 'objbutler[plots]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
