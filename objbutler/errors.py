@@ -18,6 +18,8 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── OfflineError                             offline mode and the object is not cached
     └── StoreError                               the backend failed (after retries)
         ├── TransientStoreError                  a retryable failure (5xx, throttling, reset)
+        ├── RangeNotSatisfiableError             a byte range starts at or past the object's end
+        │                                        (HTTP 416; ``get_ranges`` answers it with ``b""``)
         └── CommitOutcomeUnknownError            a commit write failed and its outcome cannot be
                                                  read back: the data object is kept (fsck tells)
 
@@ -39,6 +41,7 @@ __all__ = [
     "ObjButlerError",
     "OfflineError",
     "PreconditionFailedError",
+    "RangeNotSatisfiableError",
     "StoreError",
     "TransientStoreError",
 ]
@@ -94,6 +97,10 @@ class StoreError(ObjButlerError):
 
 class TransientStoreError(StoreError):
     """A failure worth retrying: a 5xx answer, throttling, a reset connection, a timeout."""
+
+
+class RangeNotSatisfiableError(StoreError):
+    """A byte range starts at or past the end of the object (an HTTP 416 answer)."""
 
 
 class CommitOutcomeUnknownError(StoreError):

@@ -51,7 +51,7 @@ from objbutler.errors import (
     AlreadyExistsError,
     ObjButlerError,
     PreconditionFailedError,
-    StoreError,
+    RangeNotSatisfiableError,
     TransientStoreError,
 )
 from objbutler.stores._base import ByteRange, ObjectMeta, RangeLike, normalize_ranges, validate_key, validate_prefix
@@ -64,7 +64,6 @@ __all__ = [
     "check_body_md5",
     "NETWORK_ERRORS",
     "Action",
-    "RangeNotSatisfiableError",
     "RemoteStore",
     "md5_hex",
     "range_header",
@@ -82,10 +81,6 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError,
 
 DEFAULT_READ_DEADLINE = 300.0
 """Seconds one read call may take in all (retries included), unless the store is told otherwise."""
-
-
-class RangeNotSatisfiableError(StoreError):
-    """A 416 answer: the range starts at or after the end of the object."""
 
 
 class _Watchdog:

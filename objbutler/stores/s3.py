@@ -63,6 +63,7 @@ from objbutler.errors import (
     NotSupportedError,
     ObjButlerError,
     PreconditionFailedError,
+    RangeNotSatisfiableError,
     StoreError,
     TransientStoreError,
 )
@@ -72,7 +73,6 @@ from objbutler.stores._remote import (
     DEFAULT_READ_DEADLINE,
     NETWORK_ERRORS,
     Action,
-    RangeNotSatisfiableError,
     RemoteStore,
     check_body_md5,
     range_header,

@@ -33,6 +33,7 @@ from objbutler.errors import (
     NotFoundError,
     NotSupportedError,
     ObjButlerError,
+    RangeNotSatisfiableError,
     StoreError,
     TransientStoreError,
 )
@@ -42,7 +43,6 @@ from objbutler.stores._remote import (
     DEFAULT_READ_DEADLINE,
     NETWORK_ERRORS,
     Action,
-    RangeNotSatisfiableError,
     RemoteStore,
     check_body_md5,
     md5_hex,
