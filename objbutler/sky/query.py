@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -125,17 +127,55 @@ def _stamp_size(size: Any, wcs: WCS) -> tuple[int, int]:
     return _size_in_pixels(size, wcs)
 
 
-def _pixel_positions(coords: SkyCoord, wcs: WCS) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in 0-based parent pixels, as Cutout2D computes them (``skycoord_to_pixel(mode="all")``)."""
-    from astropy.wcs.utils import skycoord_to_pixel
+_CELESTIAL: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
+_CELESTIAL_LOCK = threading.Lock()
 
-    x, y = skycoord_to_pixel(coords, wcs, origin=0, mode="all")
+
+def _celestial(wcs: WCS) -> tuple[Any, bool]:
+    """The celestial sub-WCS skycoord_to_pixel uses, and whether its frame is ICRS in degrees (cached per WCS)."""
+    with _CELESTIAL_LOCK:
+        known = _CELESTIAL.get(wcs)
+    if known is None:
+        from astropy.coordinates import ICRS
+        from astropy.wcs import WCSSUB_LATITUDE, WCSSUB_LONGITUDE
+        from astropy.wcs.utils import wcs_to_celestial_frame
+
+        sub = wcs.sub([WCSSUB_LONGITUDE, WCSSUB_LATITUDE])
+        try:
+            frame = wcs_to_celestial_frame(sub)
+        except ValueError:
+            frame = None
+        plain = isinstance(frame, ICRS) and [str(unit) for unit in sub.wcs.cunit] == ["deg", "deg"]
+        known = (sub, plain)
+        with _CELESTIAL_LOCK:
+            _CELESTIAL[wcs] = known
+    return known
+
+
+def _pixel_positions(coords: SkyCoord, wcs: WCS, radec: tuple[np.ndarray, np.ndarray] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in 0-based parent pixels, as Cutout2D computes them (``skycoord_to_pixel(mode="all")``).
+
+    ``coords`` are ICRS (:func:`as_positions`). For an ICRS WCS in degrees this is exactly what
+    ``skycoord_to_pixel`` computes (the frame transform is the identity), without its 1.5 ms of
+    SkyCoord and sub-WCS work per call; other frames go through it. ``radec``: the coordinates'
+    RA and Dec in degrees when the caller has them.
+    """
+    sub, plain = _celestial(wcs)
+    if plain:
+        ra, dec = radec if radec is not None else (np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg))
+        x, y = sub.all_world2pix(ra, dec, 0)
+    else:
+        from astropy.wcs.utils import skycoord_to_pixel
+
+        x, y = skycoord_to_pixel(coords, wcs, origin=0, mode="all")
     return np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float))
 
 
 def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRef], size: Any,
                 mode: ClipMode) -> tuple[list[_ImageJob], list[Skipped]]:
     """Group (position, image) pairs by image and turn each into a pixel box (no I/O)."""
+    ra_all, dec_all = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
     groups: dict[str, tuple[DatasetRef, list[int]]] = {}
     for index, ref in zip(position.tolist(), refs, strict=True):
         groups.setdefault(ref.id, (ref, []))[1].append(index)
@@ -150,7 +190,8 @@ def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRe
             continue
         shape = tuple(int(n) for n in ref.sky["shape"])  # type: ignore[index]
         ny, nx = _stamp_size(size, wcs)
-        xs, ys = _pixel_positions(coords[indices], wcs)
+        xs, ys = _pixel_positions(coords[indices] if not _celestial(wcs)[1] else coords, wcs,
+                                  (ra_all[indices], dec_all[indices]))
         job = _ImageJob(ref, wcs, [], [], [])
         for index, x, y in zip(indices, xs.tolist(), ys.tolist(), strict=True):
             if not (math.isfinite(x) and math.isfinite(y)):
