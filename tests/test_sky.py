@@ -367,3 +367,51 @@ def test_cli_cutouts_at_single_fits(tmp_path: Path) -> None:
         stamps = [h for h in handle[1:-1]]
         assert len(stamps) == sum(1 for flag, stamp in zip(table["flags"], table["stamp"], strict=True)
                                   if stamp and not flag.startswith(("skipped", "no_image")))
+
+
+# --------------------------------------------------------------------- the benchmark suite and its proxy
+
+
+def test_bench_sky_smoke_local(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(main, ["bench", "sky", "--target", "local", "--quick", "--smoke", "--json", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "NOTE object history" in result.output
+    rows = json.loads(out.read_text())
+    methods = {(row["workload"], row["method"]) for row in rows if row["seconds"] is not None}
+    for method in ("objbutler", "header-per-image", "floor"):
+        assert ("history 12 PVIs", method) in methods
+    assert any(row["method"] == "objbutler" and row["workload"].startswith("find") for row in rows)
+
+
+def test_proxy_adds_latency() -> None:
+    import http.server
+    import threading
+    import time
+    import urllib.request
+
+    import benchmarks.proxy as proxy_module
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        with proxy_module.ProxyProcess(f"http://127.0.0.1:{upstream.server_address[1]}", latency_ms=60) as proxy:
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"{proxy.endpoint}/x", timeout=10) as answer:
+                assert answer.read() == b"ok"
+            assert time.perf_counter() - started >= 0.06
+            assert proxy.stats()["requests"] == 1
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
