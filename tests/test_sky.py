@@ -394,7 +394,7 @@ def test_proxy_adds_latency() -> None:
     import benchmarks.proxy as proxy_module
 
     class Quiet(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()

@@ -98,8 +98,8 @@ def test_concave_polygon() -> None:
     shape = np.array([[0, 0], [2, 0], [2, 1], [1, 1], [1, 2], [0, 2]], dtype=float) * 1e-3
     ra, dec = _polygon(30.0, 40.0, shape)
     index = SkyIndex.from_polygons(ra, dec, np.array([0, 6]))
-    inside = [_point(30.0, 40.0, 0.5e-3, 0.5e-3), _point(30.0, 40.0, 1.5e-3, 0.5e-3), _point(30.0, 40.0, 0.5e-3, 1.5e-3)]
-    outside = [_point(30.0, 40.0, 1.5e-3, 1.5e-3), _point(30.0, 40.0, -0.1e-3, 0.5e-3)]
+    inside = [_point(30.0, 40.0, x, y) for x, y in ((0.5e-3, 0.5e-3), (1.5e-3, 0.5e-3), (0.5e-3, 1.5e-3))]
+    outside = [_point(30.0, 40.0, x, y) for x, y in ((1.5e-3, 1.5e-3), (-0.1e-3, 0.5e-3))]
     assert _inside(index, np.array(inside + outside)).tolist() == [True, True, True, False, False]
 
 
