@@ -18,6 +18,12 @@ It is standard library only and runs as its own process
 (``python benchmarks/proxy.py --upstream URL``; it prints its port on the first
 line of stdout), so forwarding never competes with the measured client for the
 GIL. :class:`ProxyProcess` starts and stops it from Python.
+
+``--latency-ms N`` (``ProxyProcess(upstream, latency_ms=N)``) holds every
+forwarded request N milliseconds before sending it upstream: a cloud round trip
+in front of a loopback server. Requests wait concurrently (each connection has
+its own thread), so the delay costs latency, not throughput. Control paths are
+never delayed.
 """
 
 from __future__ import annotations
@@ -109,8 +115,11 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], upstream: str) -> None:
+    def __init__(self, address: tuple[str, int], upstream: str, latency_ms: float = 0.0) -> None:
         super().__init__(address, _Handler)
+        if latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
+        self.latency = latency_ms / 1000.0
         parsed = urllib.parse.urlsplit(upstream)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
@@ -164,6 +173,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _forward(self) -> None:
         started = time.perf_counter()
         body = self._read_body()
+        if self.server.latency:
+            time.sleep(self.server.latency)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
@@ -264,7 +275,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-def serve(upstream: str, port: int = 0) -> None:
+def serve(upstream: str, port: int = 0, latency_ms: float = 0.0) -> None:
     """Run the proxy in this process until it is killed; print the port first.
 
     Parameters
@@ -273,8 +284,10 @@ def serve(upstream: str, port: int = 0) -> None:
         ``http://127.0.0.1:PORT`` of the server to forward to.
     port : int
         Port to listen on (0: a free one).
+    latency_ms : float
+        Milliseconds every forwarded request waits before going upstream.
     """
-    server = _Server(("127.0.0.1", port), upstream)
+    server = _Server(("127.0.0.1", port), upstream, latency_ms)
     print(server.server_address[1], flush=True)
     server.serve_forever(poll_interval=0.5)
 
@@ -286,6 +299,8 @@ class ProxyProcess:
     ----------
     upstream : str
         ``http://127.0.0.1:PORT`` of the server.
+    latency_ms : float
+        Milliseconds added to every forwarded request (0: none).
 
     Attributes
     ----------
@@ -293,13 +308,14 @@ class ProxyProcess:
         ``http://127.0.0.1:PORT`` of the proxy: point every client here.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, latency_ms: float = 0.0) -> None:
         host = urllib.parse.urlsplit(upstream).hostname or ""
         if not (host == "localhost" or host.startswith("127.")):
             raise ValueError(f"the counting proxy only forwards to loopback servers, not {upstream!r}")
         self.upstream = upstream
+        self.latency_ms = latency_ms
         self._popen = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--upstream", upstream],
+            [sys.executable, str(Path(__file__).resolve()), "--upstream", upstream, "--latency-ms", str(latency_ms)],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )
@@ -362,8 +378,9 @@ def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="http://127.0.0.1:PORT of the server")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every forwarded request")
     args = parser.parse_args()
-    serve(args.upstream, args.port)
+    serve(args.upstream, args.port, args.latency_ms)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from benchmarks.measure import Row
 
 __all__ = ["SUITES", "format_table", "main"]
 
-SUITES = ("cutouts", "registry", "verify", "all")
-"""``all`` is cutouts and registry (the committed report); ``verify`` (:mod:`benchmarks.verify`) runs on its own."""
+SUITES = ("cutouts", "registry", "verify", "sky", "all")
+"""``all`` is cutouts and registry (the committed report); ``verify`` (:mod:`benchmarks.verify`) and ``sky``
+(:mod:`benchmarks.sky`) run on their own."""
 
 
 def _logger(started: float) -> Callable[[str], None]:
@@ -80,7 +81,7 @@ def main(
 
     Parameters
     ----------
-    suite : {"cutouts", "registry", "verify", "all"}
+    suite : {"cutouts", "registry", "verify", "sky", "all"}
         What to run (``all``: cutouts and registry).
     target : str
         ``localstack`` (default), ``moto``, ``swift``, ``local``, an ``s3://`` URI or a path.
@@ -127,6 +128,12 @@ def main(
             from benchmarks.verify import run_verify, verify_settings
 
             rows += run_verify(where, verify_settings(quick, image_size), log)
+        if suite == "sky":
+            from benchmarks.sky import run_sky, sky_settings
+
+            sky_rows, sky_notes = run_sky(where, sky_settings(quick, smoke), log)
+            rows += sky_rows
+            notes += sky_notes
     elapsed = time.perf_counter() - started
     meta: dict[str, Any] = {
         "suite": suite, "target": target, "quick": quick, "image_size": image_size or 4096,
@@ -143,7 +150,7 @@ def main(
     headlines = cutout_headlines(rows) + verify_headlines(rows)
     for line in headlines:
         print(line)
-    checks = verdicts(rows, meta) if suite != "verify" else []  # the issue targets are cutouts' and registry's
+    checks = verdicts(rows, meta) if suite not in ("verify", "sky") else []  # cutouts' and registry's targets
     print()
     for verdict in checks:
         print(f"TARGET issue {verdict.issue} [{verdict.status}] {verdict.target}: {verdict.measured}")

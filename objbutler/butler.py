@@ -288,7 +288,7 @@ class Butler:
         ref = DatasetRef(
             id=ref_id, dataset_type=dataset_type, data_id=clean_id, run=run, format=encoded.format, key=key,
             size=encoded.size, checksum=encoded.checksum, created=utc_now(), provenance=provenance,
-            repository=self.uri, layout=encoded.layout,
+            repository=self.uri, layout=encoded.layout, sky=encoded.sky,
         )
         self.registry.check([new_type], kinds, [ref])  # fail before uploading when the view already says no
         try:
@@ -417,6 +417,8 @@ class Butler:
         dataset_type: str | None = None,
         where: Mapping[str, Any] | None = None,
         run: str | None = None,
+        *,
+        contains: Any = None,
     ) -> list[DatasetRef]:
         """Find committed datasets.
 
@@ -430,12 +432,112 @@ class Butler:
             (half-open interval).
         run : str, optional
             Only this run.
+        contains : astropy.coordinates.SkyCoord, optional
+            One sky position: only images whose footprint contains it, in
+            observation-time order (see :meth:`find_images`).
 
         Returns
         -------
         list of DatasetRef
         """
-        return self.registry.refresh().query(dataset_type, where, run)
+        state = self.registry.refresh()
+        if contains is None:
+            return state.query(dataset_type, where, run)
+        from objbutler.sky.query import find_images
+
+        if not getattr(contains, "isscalar", False):
+            raise InvalidKeyError("contains= takes one sky position (a scalar SkyCoord); use find_images for many")
+        return find_images(state, contains, dataset_type, run, where)[0]
+
+    def find_images(
+        self,
+        positions: Any,
+        dataset_type: str | None = None,
+        run: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        time: Any = None,
+    ) -> list[list[DatasetRef]]:
+        """For each sky position, the images whose footprint contains it, from the registry alone.
+
+        Vectorized over positions: the registry's sky index (built once per
+        registry state, see :mod:`objbutler.sky.index`) finds candidates, an
+        exact point-in-polygon test decides. No image is read.
+
+        Parameters
+        ----------
+        positions : astropy.coordinates.SkyCoord
+            One position or an array of them (any celestial frame).
+        dataset_type, run, where
+            As for :meth:`query`.
+        time : (start, stop), optional
+            Only images observed in ``start <= t < stop``: MJDs, ISO strings or
+            astropy Times (None for an open end). Images without a recorded time
+            are then left out.
+
+        Returns
+        -------
+        list of list of DatasetRef
+            One list per position (one list for a scalar), ordered by
+            observation time (images without one last, in registry order).
+            Images put before footprints were recorded appear once
+            ``objbutler reindex`` has given them one.
+        """
+        from objbutler.sky.query import find_images
+
+        return find_images(self.registry.refresh(), positions, dataset_type, run, where, time)
+
+    def cutouts_at(
+        self,
+        positions: Any,
+        size: Any,
+        dataset_type: str | None = None,
+        run: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        time: Any = None,
+        *,
+        mode: ClipMode = "trim",
+        fill_value: float = np.nan,
+        max_images_in_flight: int | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> list[list[tuple[DatasetRef, Cutout]]]:
+        """Stamps of every image holding each position: object histories and catalogue cutouts.
+
+        Finds the images as :meth:`find_images` does, groups the positions by
+        image, and makes one vectorized cutout per image with the WCS and pixel
+        layout the registry recorded (no header read: a stamp from a plain FITS
+        image objbutler wrote costs one range request), every image in one pool
+        bounded by the store's concurrency.
+
+        Parameters
+        ----------
+        positions : astropy.coordinates.SkyCoord
+            One position or many.
+        size : int, (ny, nx) or Quantity
+            Stamp size in pixels, or an angle (converted per image).
+        dataset_type, run, where, time
+            As for :meth:`find_images`.
+        mode : {"trim", "partial", "strict"}
+            Clipping, as Cutout2D. A position whose box the mode refuses gets
+            no stamp from that image (listed in the result's ``skipped``).
+        fill_value : float
+            For pixels outside the image in ``partial`` mode.
+        max_images_in_flight : int, optional
+            Images read at once (default: the store's concurrency, 16 for S3 and Swift).
+        on_error : {"raise", "skip"}
+            What an image that cannot be read does: raise, or be listed in ``skipped``.
+
+        Returns
+        -------
+        list of list of (DatasetRef, Cutout)
+            Per position, in observation-time order. Each Cutout knows its
+            ``ref``, its ``input_position_original``/``position_original``
+            (pixels, as Cutout2D's) and ``slices_original``;
+            ``result.skipped`` lists the (position, image) pairs without a stamp.
+        """
+        from objbutler.sky.query import cutouts_at
+
+        return cutouts_at(self.store, self.registry.refresh(), positions, size, dataset_type, run, where, time,
+                          mode, fill_value, max_images_in_flight, on_error)
 
     def find(self, dataset_type: str, data_id: Mapping[str, Any], run: str | None = None) -> DatasetRef:
         """The one dataset of this type and data ID (in ``run``, or in the only run that has it).

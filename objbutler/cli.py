@@ -326,6 +326,60 @@ def _parse_size(text: str | None) -> Any:
         raise click.BadParameter(f"cannot read {text!r} as pixels or an angle", param_hint="--size") from None
 
 
+@main.command(name="cutouts-at")
+@click.argument("uri")
+@click.argument("dataset_type")
+@click.option("--radec", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Catalogue with ra,dec columns in degrees: .csv, .ecsv or .parquet.")
+@click.option("--size", required=True, help="Stamp size: pixels, or an angle like 10arcsec.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="A directory (resumable: stamps-*.fits, results.csv) or one .fits file.")
+@click.option("--run", default=None, help="Only images of this run.")
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Data ID condition (repeatable).")
+@click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Positions per batch (memory holds one batch's stamps).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, run: str | None,
+               where: tuple[str, ...], mode: str, chunk: int, no_progress: bool) -> None:
+    """Stamps of every image of TYPE at every catalogue position, with a results table."""
+    import time
+
+    from tqdm import tqdm
+
+    from objbutler.butler import Butler
+    from objbutler.sky.catalog import read_catalog, write_catalog_cutouts
+
+    butler = Butler(uri)
+    coords = read_catalog(radec)
+    conditions = parse_data_id(where) if where else None
+    started = time.perf_counter()
+    with tqdm(total=len(coords), unit="pos", disable=no_progress) as bar:
+        summary = write_catalog_cutouts(butler, dataset_type, coords, _parse_size(size), out, run=run,
+                                        where=conditions, mode=mode, chunk=chunk,  # type: ignore[arg-type]
+                                        progress=bar.update)
+    click.echo(f"{summary.stamps} stamps at {summary.positions} positions in {time.perf_counter() - started:.2f} s "
+               f"({summary.without_image} positions in no image, {summary.skipped} skipped"
+               + (f", {summary.chunks_resumed} chunks resumed" if summary.chunks_resumed else "") + ")")
+    click.echo(f"wrote {out} (results: {summary.results})")
+
+
+@main.command()
+@click.argument("uri")
+@click.option("--type", "dataset_type", default=None, help="Only datasets of this type.")
+@click.option("--jobs", type=click.IntRange(min=1), default=16, show_default=True, help="Headers read at once.")
+def reindex(uri: str, dataset_type: str | None, jobs: int) -> None:
+    """Record sky footprints for images put before objbutler recorded them (one header read each)."""
+    from objbutler.butler import Butler
+    from objbutler.sky.reindex import reindex as run_reindex
+
+    report = run_reindex(Butler(uri), dataset_type, jobs=jobs)
+    click.echo(f"{report.recorded} of {report.examined} images given a footprint in {report.commits} commit(s); "
+               f"{len(report.without_wcs)} without a celestial WCS, {len(report.failed)} unreadable")
+    for dataset_id, problem in sorted(report.failed.items())[:20]:
+        click.echo(f"  {dataset_id}: {problem}", err=True)
+
+
 @main.command()
 @click.option("--repo", default="./objbutler-demo", show_default=True, help="Where the demo repository goes.")
 @click.option("--stamps", default=1000, show_default=True, help="Number of postage stamps to cut.")
@@ -365,7 +419,7 @@ def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], 
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["cutouts", "registry", "verify", "all"]))
+@click.argument("suite", type=click.Choice(["cutouts", "registry", "verify", "sky", "all"]))
 @click.option("--target", default="localstack", show_default=True,
               help="localstack, moto, swift, local, an s3:// URI (AWS_* variables) or a directory.")
 @click.option("--quick", is_flag=True, help="Short run (under 3 minutes; slow baselines on a few stamps, labelled ~).")

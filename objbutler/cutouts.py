@@ -429,9 +429,19 @@ class Cutout:
         The stamp's own WCS (parent WCS shifted to the stamp's origin).
     index : int
         Position of the request this answers.
+
+    Attributes
+    ----------
+    ref : DatasetRef or None
+        The image it was cut from, when the cutout came from a sky query
+        (:meth:`objbutler.butler.Butler.cutouts_at`).
+    input_position_original : tuple of float or None
+        ``(x, y)``: the requested sky position in parent pixels (0-based), as
+        Cutout2D's ``input_position_original``; None for a pixel box.
     """
 
-    __slots__ = ("_parent_wcs", "_wcs", "bbox", "data", "index")
+    __slots__ = ("_parent_wcs", "_slices_original", "_wcs", "bbox", "data", "index", "input_position_original",
+                 "ref")
 
     def __init__(self, data: np.ndarray, bbox: Box, wcs: WCS | None = None, index: int = 0) -> None:
         self.data = data
@@ -439,6 +449,33 @@ class Cutout:
         self.index = index
         self._wcs = wcs
         self._parent_wcs: WCS | ParentWCS | None = None
+        self.ref: Any = None
+        self.input_position_original: tuple[float, float] | None = None
+        self._slices_original: tuple[slice, slice] | None = None
+
+    @property
+    def position_original(self) -> tuple[int, int] | None:
+        """``(x, y)`` pixel index of the requested position, rounded half up (Cutout2D's ``position_original``)."""
+        if self.input_position_original is None:
+            return None
+        x, y = self.input_position_original
+        return (math.floor(x + 0.5), math.floor(y + 0.5))
+
+    @property
+    def slices_original(self) -> tuple[slice, slice]:
+        """Slices of the parent array the stamp's pixels came from (its overlap with the image), as Cutout2D's.
+
+        Exact for cutouts from :meth:`~objbutler.butler.Butler.cutouts_at` and for ``trim``/``strict``
+        stamps; for a ``partial`` stamp of another call, the box clipped at 0 (the far edge is unknown here).
+        """
+        if self._slices_original is not None:
+            return self._slices_original
+        box = self.bbox
+        return (slice(max(box.y0, 0), max(box.y1, 0)), slice(max(box.x0, 0), max(box.x1, 0)))
+
+    @slices_original.setter
+    def slices_original(self, value: tuple[slice, slice]) -> None:
+        self._slices_original = value
 
     @classmethod
     def from_parent(cls, data: np.ndarray, bbox: Box, parent_wcs: WCS | ParentWCS | None, index: int) -> Cutout:

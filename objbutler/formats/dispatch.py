@@ -49,6 +49,8 @@ class EncodedDataset:
         ``sha256:<hex>`` of the bytes (Zarr: over its sorted per-object digests).
     layout : dict or None
         Where the pixels lie (see :attr:`objbutler.registry.records.DatasetRef.layout`).
+    sky : dict or None
+        The image's footprint, WCS cards, time and band (:func:`objbutler.sky.footprint.sky_record`).
     """
 
     kind: str
@@ -56,6 +58,7 @@ class EncodedDataset:
     objects: dict[str, bytes]
     checksum: str
     layout: dict[str, Any] | None = None
+    sky: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -124,17 +127,21 @@ def check_format_options(fmt: str, options: dict[str, Any]) -> None:
 
 
 def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
+    from objbutler.sky.footprint import sky_record
+
     check_format_options(fmt, options)
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits
         from objbutler.formats.fits_headers import fits_layout
 
         data = encode_fits(image, **options)
-        return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data))
-    from objbutler.formats.zarr_array import encode_zarr, zarr_checksum
+        sky = sky_record(image.wcs, image.data.shape, image.header, relax=True)
+        return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data), sky)
+    from objbutler.formats.zarr_array import _WCS_RELAX, encode_zarr, zarr_checksum
 
     objects = encode_zarr(image, **options)
-    return EncodedDataset("image", fmt, objects, f"sha256:{zarr_checksum(objects)}")
+    sky = sky_record(image.wcs, image.data.shape, image.header, relax=_WCS_RELAX)
+    return EncodedDataset("image", fmt, objects, f"sha256:{zarr_checksum(objects)}", sky=sky)
 
 
 def _encode_metadata(obj: dict[str, Any]) -> bytes:

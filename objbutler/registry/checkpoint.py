@@ -16,8 +16,16 @@ dataset:
 ``data_id``      canonical JSON of the data ID
 ``provenance``   JSON, or null
 ``layout``       JSON, or null: where an image's pixels lie in its object
+``sky_ra``       list of float64, or null: an image's footprint polygon (RA, degrees ICRS)
+``sky_dec``      list of float64, or null: its Dec (degrees)
+``sky_mjd``      float64, or null: observation time (MJD)
+``sky_band``     string, or null: band or filter
+``sky``          JSON, or null: the rest of the sky record (shape, WCS cards, ``error_px``)
 ``dim.<name>``   one column per data ID key (int64 or string), for queries
 ===============  ==========================================================
+
+Checkpoints written before the ``sky*`` columns existed read with them null
+(:func:`conform`); the next checkpoint written has them.
 
 The file's key-value metadata ``objbutler`` holds a JSON document with the
 format version, the log position covered, the dataset types and the
@@ -67,6 +75,14 @@ _BASE_FIELDS = [
     pa.field("provenance", pa.string()),
     pa.field("layout", pa.string()),
 ]
+_SKY_FIELDS = [
+    pa.field("sky_ra", pa.list_(pa.float64())),
+    pa.field("sky_dec", pa.list_(pa.float64())),
+    pa.field("sky_mjd", pa.float64()),
+    pa.field("sky_band", pa.string()),
+    pa.field("sky", pa.string()),
+]
+_SKY_COLUMNS = ("ra", "dec", "mjd", "band")
 
 
 @dataclasses.dataclass(slots=True)
@@ -97,7 +113,7 @@ def _dim_type(kind: str) -> pa.DataType:
 
 def schema_for(dimensions: dict[str, str]) -> pa.Schema:
     """The table schema for a set of dimension kinds."""
-    fields = list(_BASE_FIELDS)
+    fields = list(_BASE_FIELDS) + list(_SKY_FIELDS)
     fields += [pa.field(f"{DIM_PREFIX}{name}", _dim_type(kind)) for name, kind in sorted(dimensions.items())]
     return pa.schema(fields)
 
@@ -130,10 +146,37 @@ def refs_to_table(refs: Iterable[DatasetRef], dimensions: dict[str, str]) -> pa.
         "data_id": [canonical_data_id(r.data_id) for r in refs],
         "provenance": [None if r.provenance is None else json.dumps(r.provenance, sort_keys=True) for r in refs],
         "layout": [None if r.layout is None else json.dumps(r.layout, sort_keys=True) for r in refs],
+        **_sky_columns(refs),
     }
     for name in sorted(dimensions):
         columns[f"{DIM_PREFIX}{name}"] = [r.data_id.get(name) for r in refs]
     return pa.table(columns, schema=schema_for(dimensions))
+
+
+def _sky_columns(refs: list[DatasetRef]) -> dict[str, list[Any]]:
+    """The ``sky*`` columns of some refs (the polygon, time and band typed; the rest as JSON)."""
+    skies = [r.sky for r in refs]
+    columns: dict[str, list[Any]] = {
+        f"sky_{name}": [None if sky is None else sky.get(name) for sky in skies] for name in _SKY_COLUMNS
+    }
+    columns["sky"] = [
+        None if sky is None else json.dumps({k: v for k, v in sky.items() if k not in _SKY_COLUMNS}, sort_keys=True)
+        for sky in skies
+    ]
+    return columns
+
+
+def _sky_of(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A sky record back from its columns (None when the row has none)."""
+    if row["sky"] is None or row["sky_ra"] is None:
+        return None
+    sky: dict[str, Any] = json.loads(row["sky"])
+    sky["ra"], sky["dec"] = row["sky_ra"], row["sky_dec"]
+    if row["sky_mjd"] is not None:
+        sky["mjd"] = row["sky_mjd"]
+    if row["sky_band"] is not None:
+        sky["band"] = row["sky_band"]
+    return sky
 
 
 def conform(table: pa.Table, dimensions: dict[str, str]) -> pa.Table:
@@ -208,7 +251,7 @@ def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
             raise FormatError(f"checkpoint {where} names an invalid log position {meta.get('position')!r}")
         if any(kind not in ("int", "str") for kind in dimensions.values()):
             raise FormatError(f"checkpoint {where} declares an unknown dimension kind")
-        table = conform(table, dimensions)  # older checkpoints lack "layout"; any column order is read
+        table = conform(table, dimensions)  # older checkpoints lack "layout" and "sky*"; any column order is read
     except FormatError:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
@@ -224,7 +267,7 @@ def empty_checkpoint() -> Checkpoint:
 def rows_to_refs(table: pa.Table, repository: str) -> list[DatasetRef]:
     """Turn checkpoint rows back into DatasetRefs."""
     refs = []
-    for row in table.select([f.name for f in _BASE_FIELDS]).to_pylist():
+    for row in table.select([f.name for f in _BASE_FIELDS + _SKY_FIELDS]).to_pylist():
         refs.append(
             DatasetRef(
                 id=row["id"],
@@ -239,6 +282,7 @@ def rows_to_refs(table: pa.Table, repository: str) -> list[DatasetRef]:
                 provenance=None if row["provenance"] is None else json.loads(row["provenance"]),
                 repository=repository,
                 layout=None if row["layout"] is None else json.loads(row["layout"]),
+                sky=_sky_of(row),
             )
         )
     return refs

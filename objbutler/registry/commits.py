@@ -6,7 +6,14 @@ A commit is a small, self-contained JSON object::
      "writer": "<host>:<pid>", "time": "2026-11-26T04:31:37.123456Z",
      "dataset_types": [{"name": ..., "dimensions": [...], "kind": ...}],
      "dimensions": {"visit": "int", ...},
-     "datasets": [{<DatasetRef.to_json()>}, ...]}
+     "datasets": [{<DatasetRef.to_json()>}, ...],
+     "annotations": [{"id": "<dataset uuid>", "sky": {...}}, ...]}   # optional
+
+``annotations`` (written by ``objbutler reindex``) add metadata to datasets
+committed earlier without rewriting anything: a reader applies them in log
+order, the first annotation of a dataset that has no sky record giving it one
+(:meth:`objbutler.registry.state.RegistryState.apply`). Readers that predate
+them see a commit with no datasets and skip it.
 
 Readers reject anything else with a :class:`~objbutler.errors.FormatError`
 that names the object, and never rewrite it.
@@ -54,6 +61,8 @@ class Commit:
         Kind (``"int"``/``"str"``) of every data ID key the commit uses.
     datasets : tuple of DatasetRef
         The datasets added.
+    annotations : tuple of dict
+        ``{"id": dataset id, "sky": sky record}`` for datasets committed earlier.
     """
 
     commit_id: str
@@ -62,12 +71,15 @@ class Commit:
     dataset_types: tuple[DatasetType, ...]
     dimensions: dict[str, str]
     datasets: tuple[DatasetRef, ...]
+    annotations: tuple[dict[str, Any], ...] = ()
 
 
-def new_commit(dataset_types: list[DatasetType], dimensions: dict[str, str], datasets: list[DatasetRef]) -> Commit:
+def new_commit(dataset_types: list[DatasetType], dimensions: dict[str, str], datasets: list[DatasetRef],
+               annotations: list[dict[str, Any]] | None = None) -> Commit:
     """Make a commit for the given types and datasets, stamped with a new id and this writer."""
     writer = f"{socket.gethostname()}:{os.getpid()}"
-    return Commit(uuid.uuid4().hex, writer, utc_now(), tuple(dataset_types), dict(dimensions), tuple(datasets))
+    return Commit(uuid.uuid4().hex, writer, utc_now(), tuple(dataset_types), dict(dimensions), tuple(datasets),
+                  tuple(annotations or ()))
 
 
 def encode_commit(commit: Commit) -> bytes:
@@ -81,6 +93,7 @@ def encode_commit(commit: Commit) -> bytes:
         "dataset_types": [t.to_json() for t in commit.dataset_types],
         "dimensions": commit.dimensions,
         "datasets": [ref.to_json() for ref in commit.datasets],
+        **({"annotations": list(commit.annotations)} if commit.annotations else {}),
     }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
@@ -123,6 +136,7 @@ def decode_commit(data: bytes, where: str, repository: str = "") -> Commit:
             dataset_types=tuple(DatasetType.from_json(t) for t in document["dataset_types"]),
             dimensions={str(k): str(v) for k, v in document["dimensions"].items()},
             datasets=tuple(DatasetRef.from_json(r, repository) for r in document["datasets"]),
+            annotations=tuple(document.get("annotations") or ()),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FormatError(f"registry log entry {where} is malformed: {exc!r}") from None

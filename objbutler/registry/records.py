@@ -222,6 +222,11 @@ class DatasetRef:
         Where the pixels of an image objbutler wrote lie in its object (FITS:
         :func:`objbutler.formats.fits_headers.fits_layout`), so cutouts skip the header
         read; None for other datasets and for files ingested as they are.
+    sky : dict or None
+        An image's footprint polygon, WCS cards, observation time and band
+        (:mod:`objbutler.sky.footprint`), so sky queries and cutouts need no
+        header read; None for other datasets and images without a celestial WCS
+        (and for images put before it existed, until ``objbutler reindex``).
     """
 
     id: str
@@ -236,6 +241,7 @@ class DatasetRef:
     provenance: dict[str, Any] | None = None
     repository: str = ""
     layout: dict[str, Any] | None = None
+    sky: dict[str, Any] | None = None
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -262,6 +268,7 @@ class DatasetRef:
             "created": self.created,
             "provenance": self.provenance,
             **({"layout": self.layout} if self.layout is not None else {}),
+            **({"sky": self.sky} if self.sky is not None else {}),
         }
 
     @classmethod
@@ -280,4 +287,5 @@ class DatasetRef:
             provenance=raw.get("provenance"),
             repository=repository,
             layout=raw.get("layout"),
+            sky=raw.get("sky"),
         )

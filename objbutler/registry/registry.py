@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from objbutler.errors import (
     AlreadyExistsError,
@@ -176,8 +177,12 @@ class Registry:
 
     # -- committing ------------------------------------------------------------
 
-    def commit(self, dataset_types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
-        """Commit datasets whose data objects are already fully written.
+    def commit(self, dataset_types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
+               annotations: list[dict[str, Any]] | None = None) -> None:
+        """Commit datasets whose data objects are already fully written (and/or annotations of earlier ones).
+
+        ``annotations`` (``{"id": ..., "sky": ...}``, see :mod:`objbutler.registry.commits`) go through
+        the same commit point: they are committed once their commit object exists.
 
         **The commit point.** The datasets are committed once their commit
         object exists on the store. This method is built around that single
@@ -208,9 +213,9 @@ class Registry:
         """
         try:
             if self.protocol == "sequenced":
-                self._commit_sequenced(dataset_types, dimensions, refs)
+                self._commit_sequenced(dataset_types, dimensions, refs, annotations)
             else:
-                self._commit_timestamped(dataset_types, dimensions, refs)
+                self._commit_timestamped(dataset_types, dimensions, refs, annotations)
         except ObjButlerError:
             raise  # each raise site below either proved that nothing landed or says it does not know
         except Exception as exc:
@@ -241,7 +246,8 @@ class Registry:
                     f"(dataset {holder.id if holder else '?'})"
                 )
 
-    def _commit_sequenced(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
+    def _commit_sequenced(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
+                          annotations: list[dict[str, Any]] | None = None) -> None:
         """Claim log slots until one holds this commit; every slot tried is decided before moving on.
 
         Because a slot is only ever left once it is known to hold this commit or
@@ -251,7 +257,7 @@ class Registry:
         state = self.state
         for attempt in range(1, self.max_attempts + 1):
             self._check(state, types, dimensions, refs)
-            commit = new_commit(types, dimensions, refs)
+            commit = new_commit(types, dimensions, refs, annotations)
             body = encode_commit(commit)
             key = self.log.append_key(state.position)
             if self._claim_slot(key, body, commit.commit_id):
@@ -316,7 +322,8 @@ class Registry:
     def _holds_all(state: RegistryState, refs: list[DatasetRef]) -> bool:
         return all((h := state.find_unique(r.unique_key)) is not None and h.id == r.id for r in refs)
 
-    def _commit_timestamped(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
+    def _commit_timestamped(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
+                            annotations: list[dict[str, Any]] | None = None) -> None:
         """Write one commit under a fresh key, let earlier commits settle, and keep it only if it won.
 
         A write that fails is retried under a *new* key, so a copy the server
@@ -325,7 +332,8 @@ class Registry:
         land is the loss reported as a ConflictError (data deletable).
         """
         self._check(self.refresh(), types, dimensions, refs)
-        body = encode_commit(new_commit(types, dimensions, refs))
+        commit = new_commit(types, dimensions, refs, annotations)
+        body = encode_commit(commit)
         keys: list[str] = []
         written: str | None = None
         last: StoreError | None = None
@@ -356,7 +364,11 @@ class Registry:
                 f"the commit {written or keys[-1]} may have been written but the log could not be read back to "
                 f"verify it ({exc}); the data is kept"
             ) from exc
-        if self._holds_all(state, refs):
+        if not refs and annotations:
+            # Annotations race nobody: the commit stands once a copy exists (written, or listed already).
+            if written is not None or commit.commit_id in state.annotation_commits:
+                return
+        elif self._holds_all(state, refs):
             return  # one of the copies landed and won: the commit stands
         if written is None:
             raise CommitOutcomeUnknownError(

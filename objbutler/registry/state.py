@@ -9,6 +9,7 @@ the one already registered is ignored in the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -52,6 +53,9 @@ class RegistryState:
         self.tail: dict[UniqueKey, DatasetRef] = {}
         self.tail_commits = 0
         self.winning_commit: dict[str, str] = {}  # dataset id -> commit id, for the tail
+        self.sky_overlay: dict[str, dict[str, Any]] = {}  # dataset id -> sky record annotated on a checkpoint row
+        self.annotation_commits: set[str] = set()  # ids of applied commits that carry annotations
+        self._tail_ids: dict[str, UniqueKey] = {}
         self._joined: pa.ChunkedArray | None = None
         self._key_set: set[str] | None = None
         self._small_lookups = 0
@@ -92,7 +96,7 @@ class RegistryState:
             return None
         table = self.checkpoint.table
         rows = table.filter(pc.equal(self._joined_keys(), _SEPARATOR.join(unique)))
-        return rows_to_refs(rows, self.repository)[0]
+        return self._checkpoint_refs(rows)[0]
 
     def check_types(self, types: Iterable[DatasetType], dimensions: Mapping[str, str]) -> None:
         """Raise ConflictError if a type or a dimension kind disagrees with the registered one."""
@@ -134,9 +138,35 @@ class RegistryState:
             if unique in self.tail or unique in in_checkpoint:
                 continue
             self.tail[unique] = ref
+            self._tail_ids[ref.id] = unique
             self.winning_commit[ref.id] = commit.commit_id
             won.append(ref)
+        if commit.annotations:
+            self._annotate(commit)
         return won
+
+    def _annotate(self, commit: Commit) -> None:
+        """Apply a commit's annotations: the first sky record given to a dataset without one is kept."""
+        self.annotation_commits.add(commit.commit_id)
+        for note in commit.annotations:
+            dataset_id, sky = note["id"], note.get("sky")
+            if sky is None:
+                continue
+            unique = self._tail_ids.get(dataset_id)
+            if unique is not None:
+                ref = self.tail[unique]
+                if ref.sky is None:
+                    self.tail[unique] = dataclasses.replace(ref, sky=sky)
+            else:
+                self.sky_overlay.setdefault(dataset_id, sky)  # takes effect on a checkpoint row without a sky
+
+    def _checkpoint_refs(self, table: pa.Table) -> list[DatasetRef]:
+        """Refs of checkpoint rows, with any annotated sky record."""
+        refs = rows_to_refs(table, self.repository)
+        if self.sky_overlay:
+            refs = [dataclasses.replace(r, sky=self.sky_overlay[r.id]) if r.sky is None and r.id in self.sky_overlay
+                    else r for r in refs]
+        return refs
 
     def apply_many(self, commits: Sequence[tuple[str, Commit]]) -> None:
         """Apply ``(position, commit)`` pairs in order with one checkpoint lookup for all of them."""
@@ -165,12 +195,19 @@ class RegistryState:
     def to_checkpoint(self) -> Checkpoint:
         """Fold the tail into a new checkpoint at the current position."""
         tail = refs_to_table(self.tail.values(), self.dimensions)
-        table = pa.concat_tables([self.checkpoint.table, tail], promote_options="default")
+        table = self.checkpoint.table
+        if self.sky_overlay:  # annotated rows are rewritten with their sky record (and move to the end)
+            ids = pa.array(list(self.sky_overlay), pa.string())
+            patch = pc.fill_null(pc.and_(pc.is_in(table["id"], value_set=ids), pc.is_null(table["sky"])), False)
+            if pc.any(patch).as_py():
+                patched = refs_to_table(self._checkpoint_refs(table.filter(patch)), self.dimensions)
+                table = pa.concat_tables([table.filter(pc.invert(patch)), patched], promote_options="default")
+        table = pa.concat_tables([table, tail], promote_options="default")
         return Checkpoint(self.position, table, dict(self.dataset_types), dict(self.dimensions))
 
     def all_refs(self) -> list[DatasetRef]:
         """Every visible dataset (checkpoint rows, then the tail in log order)."""
-        return rows_to_refs(self.checkpoint.table, self.repository) + list(self.tail.values())
+        return self._checkpoint_refs(self.checkpoint.table) + list(self.tail.values())
 
     def query(
         self,
@@ -211,13 +248,28 @@ class RegistryState:
         table = self.checkpoint.table
         if table.num_rows:
             mask = _table_mask(table, dataset_type, where, run, dataset_id)
-            matched = rows_to_refs(table.filter(mask) if mask is not None else table, self.repository)
+            matched = self._checkpoint_refs(table.filter(mask) if mask is not None else table)
         else:
             matched = []
         for ref in self.tail.values():
             if _ref_matches(ref, dataset_type, where, run, dataset_id):
                 matched.append(ref)
         return matched
+
+
+    def select(self, dataset_type: str | None = None, where: Mapping[str, Any] | None = None,
+               run: str | None = None) -> tuple[np.ndarray, list[DatasetRef]]:
+        """What :meth:`query` matches, as a boolean mask over the checkpoint rows and the matching tail refs.
+
+        For callers that keep their own per-row arrays (the sky index) and should not build refs.
+        """
+        where = {key: _normalized(value) for key, value in (where or {}).items()}
+        self.check_query(dataset_type, where)
+        table = self.checkpoint.table
+        mask = _table_mask(table, dataset_type, where, run, None) if table.num_rows else None
+        rows = np.ones(table.num_rows, dtype=bool) if mask is None else mask.to_numpy()
+        tail = [ref for ref in self.tail.values() if _ref_matches(ref, dataset_type, where, run, None)]
+        return np.asarray(rows, dtype=bool), tail
 
 
 def commit_problem(commit: Commit) -> str | None:
@@ -242,6 +294,9 @@ def commit_problem(commit: Commit) -> str | None:
             actual = "str" if isinstance(value, str) else "int" if type(value) is int else None
             if declared is None or actual != declared:
                 return f"dataset {ref.id} has {key}={value!r}, not of the declared kind {declared!r}"
+    for note in commit.annotations:
+        if not isinstance(note, dict) or not isinstance(note.get("id"), str) or not isinstance(note.get("sky"), dict):
+            return f"annotation {str(note)[:80]!r} is not {{'id': str, 'sky': dict}}"
     return None
 
 

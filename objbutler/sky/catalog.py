@@ -1,0 +1,253 @@
+"""``objbutler cutouts-at``: stamps of every image at every catalogue position, streamed to disk.
+
+The catalogue is cut in chunks of positions (``chunk``); each chunk is one
+:meth:`~objbutler.butler.Butler.cutouts_at` call (every image it touches read once, concurrently),
+written out, and dropped, so memory holds one chunk's stamps at a time.
+
+Output
+    ``--out DIR``: per chunk ``stamps-NNNNN.fits`` (one image extension per stamp, ``EXTNAME``
+    ``P<position>_<dataset id 8>``, with its WCS and ``BBOX_*`` cards) and ``results-NNNNN.csv``;
+    ``progress.json`` lists the finished chunks, and at the end ``results.csv`` joins them.
+    **Resumable**: a chunk counts once its files are renamed into place and ``progress.json`` says
+    so (written atomically after them); running the same command again skips finished chunks.
+
+    ``--out FILE.fits``: one multi-extension FITS file, stamps appended chunk by chunk, and a
+    ``RESULTS`` table extension at the end. Not resumable (a crash leaves a file without its table).
+
+Results columns: ``position`` (row of the catalogue), ``ra``, ``dec``, ``dataset_id``, ``data_id``
+(JSON), ``run``, ``mjd``, ``band``, ``x0 y0 x1 y1`` (the stamp's box in parent pixels),
+``x y`` (the position in parent pixels), ``stamp`` (``file[EXTNAME]``) and ``flags``: empty for a
+whole stamp, ``trimmed`` (clipped at an edge), ``padded`` (``partial`` mode, filled past an edge),
+``no_image`` (no footprint holds the position) or ``skipped: <why>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from objbutler.cutouts import ClipMode, Cutout
+from objbutler.errors import InvalidCutoutError
+
+if TYPE_CHECKING:
+    from astropy.coordinates import SkyCoord
+
+    from objbutler.butler import Butler
+    from objbutler.registry.records import DatasetRef
+
+__all__ = ["COLUMNS", "CatalogSummary", "read_catalog", "write_catalog_cutouts"]
+
+COLUMNS = ("position", "ra", "dec", "dataset_id", "data_id", "run", "mjd", "band", "x0", "y0", "x1", "y1", "x", "y",
+           "stamp", "flags")
+PROGRESS = "progress.json"
+
+
+@dataclasses.dataclass
+class CatalogSummary:
+    """What :func:`write_catalog_cutouts` wrote."""
+
+    positions: int = 0
+    stamps: int = 0
+    without_image: int = 0
+    skipped: int = 0
+    chunks_resumed: int = 0
+    results: Path | None = None
+
+
+def read_catalog(path: Path) -> SkyCoord:
+    """Positions from a catalogue with ``ra`` and ``dec`` columns in degrees (ICRS): CSV, ECSV or Parquet."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    if path.suffix.lower() == ".csv":
+        from objbutler.stamps_io import read_radec_csv
+
+        coords = read_radec_csv(path)
+        assert isinstance(coords, SkyCoord)
+        return coords
+    from astropy.table import Table
+
+    table = Table.read(path)
+    names = {name.lower(): name for name in table.colnames}
+    if "ra" not in names or "dec" not in names:
+        raise InvalidCutoutError(f"{path}: needs columns ra and dec (degrees); has {table.colnames}")
+    ra = np.asarray(table[names["ra"]], dtype=float)
+    dec = np.asarray(table[names["dec"]], dtype=float)
+    return SkyCoord(ra * u.deg, dec * u.deg)
+
+
+def _flags(stamp: Cutout, requested: tuple[int, int], mode: ClipMode) -> str:
+    ny, nx = (int(n) for n in stamp.ref.sky["shape"])
+    box = stamp.bbox
+    inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= nx and box.y1 <= ny
+    if mode == "partial":
+        return "" if inside else "padded"
+    return "" if stamp.data.shape == requested else "trimmed"
+
+
+def _requested(size: Any) -> tuple[int, int]:
+    if isinstance(size, tuple | list):
+        return int(size[0]), int(size[1])
+    try:
+        return int(size), int(size)
+    except (TypeError, ValueError):
+        return (-1, -1)  # an angle: the shape differs per image, only clipping is flagged
+
+
+def _stamp_hdu(stamp: Cutout, name: str) -> Any:
+    from astropy.io import fits
+
+    header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
+    for key in ("x0", "y0", "x1", "y1"):
+        header[f"BBOX_{key.upper()}"] = getattr(stamp.bbox, key)
+    ref: DatasetRef = stamp.ref
+    header["DATASET"] = ref.id
+    header["RUN"] = ref.run[:68]
+    if ref.sky and ref.sky.get("mjd") is not None:
+        header["MJD-OBS"] = ref.sky["mjd"]
+    return fits.ImageHDU(stamp.data, header=header, name=name)
+
+
+def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], first: int,
+                coords: SkyCoord, stamp_file: str, requested: tuple[int, int],
+                mode: ClipMode) -> tuple[list[dict[str, Any]], list[Any]]:
+    rows, hdus = [], []
+    skipped_by_position: dict[int, list[Any]] = {}
+    for item in skipped:
+        skipped_by_position.setdefault(item.position, []).append(item)
+    for offset, pairs in enumerate(result):
+        position = first + offset
+        ra, dec = float(coords[offset].ra.deg), float(coords[offset].dec.deg)
+        for ref, stamp in pairs:
+            name = f"P{position}_{ref.id[:8]}"
+            hdus.append(_stamp_hdu(stamp, name))
+            x, y = stamp.input_position_original or (math.nan, math.nan)
+            rows.append(_row(position, ra, dec, ref, stamp.bbox, x, y, f"{stamp_file}[{name}]",
+                             _flags(stamp, requested, mode)))
+        for item in skipped_by_position.get(offset, []):
+            rows.append(_row(position, ra, dec, item.ref, None, math.nan, math.nan, "", f"skipped: {item.reason}"))
+        if not pairs and offset not in skipped_by_position:
+            rows.append(_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"))
+    return rows, hdus
+
+
+def _row(position: int, ra: float, dec: float, ref: DatasetRef | None, bbox: Any, x: float, y: float, stamp: str,
+         flags: str) -> dict[str, Any]:
+    sky = (ref.sky or {}) if ref is not None else {}
+    return {
+        "position": position, "ra": ra, "dec": dec,
+        "dataset_id": ref.id if ref else "", "data_id": json.dumps(ref.data_id, sort_keys=True) if ref else "",
+        "run": ref.run if ref else "", "mjd": sky.get("mjd", ""), "band": sky.get("band", ""),
+        "x0": bbox.x0 if bbox else "", "y0": bbox.y0 if bbox else "", "x1": bbox.x1 if bbox else "",
+        "y1": bbox.y1 if bbox else "", "x": "" if math.isnan(x) else round(x, 4),
+        "y": "" if math.isnan(y) else round(y, 4),
+        "stamp": stamp, "flags": flags,
+    }
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    temporary = path.with_suffix(path.suffix + ".part")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".part")
+    temporary.write_text(json.dumps(document, indent=1))
+    os.replace(temporary, path)
+
+
+def write_catalog_cutouts(
+    butler: Butler, dataset_type: str, coords: SkyCoord, size: Any, out: Path, *, run: str | None = None,
+    where: dict[str, Any] | None = None, time: Any = None, mode: ClipMode = "trim", chunk: int = 1000,
+    progress: Callable[[int], None] | None = None,
+) -> CatalogSummary:
+    """Cut the stamps of every catalogue position from every image holding it, writing as it goes.
+
+    See the module docstring for the output; ``progress`` is called with the positions done per chunk.
+    """
+    from astropy.io import fits
+
+    if chunk < 1:
+        raise InvalidCutoutError(f"chunk must be >= 1, got {chunk}")
+    coords = coords.reshape((1,)) if coords.isscalar else coords.ravel()
+    total = len(coords)
+    requested = _requested(size)
+    summary = CatalogSummary(positions=total)
+    single = out.suffix.lower() in (".fits", ".fit", ".fts")
+    identity = {"type": dataset_type, "positions": total, "chunk": chunk, "size": str(size), "mode": mode,
+                "run": run, "where": where and {k: str(v) for k, v in where.items()}, "time": str(time)}
+    done: set[int] = set()
+    if single:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fits.HDUList([fits.PrimaryHDU()]).writeto(out, overwrite=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / PROGRESS).exists():
+            state = json.loads((out / PROGRESS).read_text())
+            if state.get("identity") == identity:
+                done = {int(c) for c in state.get("done", [])}
+                summary.chunks_resumed = len(done)
+    all_rows: list[dict[str, Any]] = []
+    chunks = math.ceil(total / chunk)
+    for number in range(chunks):
+        first, last = number * chunk, min(total, (number + 1) * chunk)
+        if number in done:
+            if progress is not None:
+                progress(last - first)
+            continue
+        part = coords[first:last]
+        result = butler.cutouts_at(part, size, dataset_type, run, where, time, mode=mode, on_error="skip")
+        stamp_file = out.name if single else f"stamps-{number:05d}.fits"
+        rows, hdus = _chunk_rows(result, result.skipped, first, part, stamp_file, requested, mode)  # type: ignore[attr-defined]
+        summary.stamps += len(hdus)
+        summary.skipped += len(result.skipped)  # type: ignore[attr-defined]
+        summary.without_image += sum(1 for row in rows if row["flags"] == "no_image")
+        if single:
+            with fits.open(out, mode="append") as handle:
+                for hdu in hdus:
+                    handle.append(hdu)
+            all_rows += rows
+        else:
+            stamps_path = out / stamp_file
+            temporary = stamps_path.with_suffix(".part")
+            fits.HDUList([fits.PrimaryHDU(), *hdus]).writeto(temporary, overwrite=True)
+            os.replace(temporary, stamps_path)
+            _write_csv(out / f"results-{number:05d}.csv", rows)
+            done.add(number)
+            _write_json(out / PROGRESS, {"identity": identity, "done": sorted(done), "chunks": chunks})
+        if progress is not None:
+            progress(last - first)
+    if single:
+        from astropy.table import Table
+
+        table = Table(rows=[[row[c] for c in COLUMNS] for row in all_rows], names=COLUMNS,
+                      dtype=[object] * len(COLUMNS)) if all_rows else Table(names=COLUMNS)
+        for name in COLUMNS:
+            table[name] = [str(v) for v in table[name]] if len(table) else table[name]
+        with fits.open(out, mode="append") as handle:
+            handle.append(fits.table_to_hdu(table) if len(table) else fits.BinTableHDU(name="RESULTS"))
+            handle[-1].name = "RESULTS"
+        summary.results = out
+    else:
+        results = out / "results.csv"
+        with open(results.with_suffix(".csv.part"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            for number in range(chunks):
+                with open(out / f"results-{number:05d}.csv", newline="") as part_handle:
+                    writer.writerows(csv.DictReader(part_handle))
+        os.replace(results.with_suffix(".csv.part"), results)
+        summary.results = results
+    return summary

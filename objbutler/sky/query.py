@@ -1,0 +1,315 @@
+"""Sky queries on a repository: which images hold these positions, and their stamps.
+
+:func:`find_images` asks the registry state's sky index (:mod:`objbutler.sky.index`): no image is
+read. :func:`cutouts_at` then groups the positions by image, turns them into pixel boxes with the
+WCS rebuilt from the registry (no header read), and makes one vectorized cutout call per image
+(:func:`objbutler.formats.fits_cutouts.read_fits_cutouts` with the registry's pixel layout, or the
+Zarr reader), every image in one pool bounded by the store's concurrency. For a plain FITS image
+objbutler wrote, one stamp costs one range request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from objbutler.cutouts import Box, ClipMode, Cutout, accepts
+from objbutler.errors import InvalidCutoutError, NotSupportedError, ObjButlerError
+from objbutler.sky.footprint import sky_wcs
+from objbutler.sky.geometry import radec_to_xyz
+from objbutler.sky.index import state_sky_index
+
+if TYPE_CHECKING:
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs import WCS
+
+    from objbutler.registry.records import DatasetRef
+    from objbutler.registry.state import RegistryState
+    from objbutler.stores import Store
+
+__all__ = ["SkyCutouts", "Skipped", "as_positions", "cutouts_at", "find_images", "iter_image_cutouts", "mjd_range"]
+
+
+def as_positions(positions: Any) -> tuple[SkyCoord, np.ndarray, bool]:
+    """Sky positions as an ICRS SkyCoord array, their unit vectors, and whether one scalar was given."""
+    from astropy.coordinates import SkyCoord
+
+    if not isinstance(positions, SkyCoord):
+        raise InvalidCutoutError(f"positions must be an astropy SkyCoord, got {type(positions).__name__}")
+    scalar = positions.isscalar
+    icrs = positions.icrs
+    coords = icrs.reshape((1,)) if scalar else icrs.ravel()
+    ra, dec = coords.ra.deg, coords.dec.deg
+    if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
+        raise InvalidCutoutError("sky positions must be finite")
+    return coords, radec_to_xyz(ra, dec), scalar
+
+
+def mjd_range(time: Any) -> tuple[float, float] | None:
+    """``(start, stop)`` MJD from None, a pair of MJDs, ISO strings or astropy Times (stop excluded)."""
+    if time is None:
+        return None
+    from astropy.time import Time
+
+    try:
+        start, stop = time
+    except (TypeError, ValueError):
+        raise InvalidCutoutError(f"time must be a (start, stop) pair, got {time!r}") from None
+
+    def one(value: Any) -> float:
+        if value is None:
+            return math.inf
+        if isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float((value if isinstance(value, Time) else Time(value)).mjd)
+        except (TypeError, ValueError) as exc:
+            raise InvalidCutoutError(f"time bound {value!r} is not an MJD, an ISO date or an astropy Time") from exc
+
+    low = -math.inf if start is None else one(start)
+    return low, one(stop)
+
+
+def find_images(state: RegistryState, positions: Any, dataset_type: str | None = None, run: str | None = None,
+                where: Mapping[str, Any] | None = None, time: Any = None) -> list[list[DatasetRef]]:
+    """For each position, the refs whose footprint contains it, ordered by observation time.
+
+    Images without a known time come last, in registry order. See
+    :meth:`objbutler.butler.Butler.find_images`.
+    """
+    _, xyz, _ = as_positions(positions)
+    position, refs = state_sky_index(state).find(xyz, dataset_type, where, run, mjd_range(time))
+    out: list[list[DatasetRef]] = [[] for _ in range(len(xyz))]
+    for index, ref in zip(position.tolist(), refs, strict=True):
+        out[index].append(ref)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Skipped:
+    """A (position, image) pair :func:`cutouts_at` found but gave no stamp for, and why."""
+
+    position: int
+    ref: DatasetRef
+    reason: str
+
+
+class SkyCutouts(list):
+    """Per position, a list of ``(DatasetRef, Cutout)`` pairs in time order; ``.skipped`` says what was not cut.
+
+    A position in a footprint yields no stamp when the clipping mode refuses its box (``strict`` near
+    an edge, ``trim`` for a position just outside the pixel bounds within the footprint's
+    ``error_px``) or, with ``on_error="skip"``, when the image could not be read.
+    """
+
+    skipped: list[Skipped]
+
+
+@dataclasses.dataclass
+class _ImageJob:
+    ref: DatasetRef
+    wcs: WCS
+    positions: list[int]  # caller's position index per stamp
+    boxes: list[Box]
+    pixels: list[tuple[float, float]]
+
+
+def _stamp_size(size: Any, wcs: WCS) -> tuple[int, int]:
+    from objbutler.cutouts import _size_in_pixels
+
+    return _size_in_pixels(size, wcs)
+
+
+_CELESTIAL: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
+_CELESTIAL_LOCK = threading.Lock()
+
+
+def _celestial(wcs: WCS) -> tuple[Any, bool]:
+    """The celestial sub-WCS skycoord_to_pixel uses, and whether its frame is ICRS in degrees (cached per WCS)."""
+    with _CELESTIAL_LOCK:
+        known = _CELESTIAL.get(wcs)
+    if known is None:
+        from astropy.coordinates import ICRS
+        from astropy.wcs import WCSSUB_LATITUDE, WCSSUB_LONGITUDE
+        from astropy.wcs.utils import wcs_to_celestial_frame
+
+        sub = wcs.sub([WCSSUB_LONGITUDE, WCSSUB_LATITUDE])
+        try:
+            frame = wcs_to_celestial_frame(sub)
+        except ValueError:
+            frame = None
+        plain = isinstance(frame, ICRS) and [str(unit) for unit in sub.wcs.cunit] == ["deg", "deg"]
+        known = (sub, plain)
+        with _CELESTIAL_LOCK:
+            _CELESTIAL[wcs] = known
+    return known
+
+
+def _pixel_positions(coords: SkyCoord, wcs: WCS, radec: tuple[np.ndarray, np.ndarray] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in 0-based parent pixels, as Cutout2D computes them (``skycoord_to_pixel(mode="all")``).
+
+    ``coords`` are ICRS (:func:`as_positions`). For an ICRS WCS in degrees this is exactly what
+    ``skycoord_to_pixel`` computes (the frame transform is the identity), without its 1.5 ms of
+    SkyCoord and sub-WCS work per call; other frames go through it. ``radec``: the coordinates'
+    RA and Dec in degrees when the caller has them.
+    """
+    sub, plain = _celestial(wcs)
+    if plain:
+        ra, dec = radec if radec is not None else (np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg))
+        x, y = sub.all_world2pix(ra, dec, 0)
+    else:
+        from astropy.wcs.utils import skycoord_to_pixel
+
+        x, y = skycoord_to_pixel(coords, wcs, origin=0, mode="all")
+    return np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float))
+
+
+def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRef], size: Any,
+                mode: ClipMode) -> tuple[list[_ImageJob], list[Skipped]]:
+    """Group (position, image) pairs by image and turn each into a pixel box (no I/O)."""
+    ra_all, dec_all = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
+    groups: dict[str, tuple[DatasetRef, list[int]]] = {}
+    for index, ref in zip(position.tolist(), refs, strict=True):
+        groups.setdefault(ref.id, (ref, []))[1].append(index)
+    jobs, skipped = [], []
+    for ref, indices in groups.values():
+        if ref.format not in ("fits", "zarr"):
+            skipped += [Skipped(i, ref, f"{ref.format} is not an image format") for i in indices]
+            continue
+        wcs = sky_wcs(ref.sky) if ref.sky is not None else None
+        if wcs is None:
+            skipped += [Skipped(i, ref, "the registry's WCS cards do not build a WCS") for i in indices]
+            continue
+        shape = tuple(int(n) for n in ref.sky["shape"])  # type: ignore[index]
+        ny, nx = _stamp_size(size, wcs)
+        xs, ys = _pixel_positions(coords[indices] if not _celestial(wcs)[1] else coords, wcs,
+                                  (ra_all[indices], dec_all[indices]))
+        job = _ImageJob(ref, wcs, [], [], [])
+        for index, x, y in zip(indices, xs.tolist(), ys.tolist(), strict=True):
+            if not (math.isfinite(x) and math.isfinite(y)):
+                skipped.append(Skipped(index, ref, "the WCS gives no pixel position"))
+                continue
+            x0, y0 = math.ceil(x - nx / 2.0), math.ceil(y - ny / 2.0)
+            box = Box(x0, y0, x0 + nx, y0 + ny)
+            if not accepts(box, shape, mode):
+                skipped.append(Skipped(index, ref, f"{mode} mode refuses {box} on the {shape[0]}x{shape[1]} image"))
+                continue
+            job.positions.append(index)
+            job.boxes.append(box)
+            job.pixels.append((x, y))
+        if job.boxes:
+            jobs.append(job)
+    return jobs, skipped
+
+
+def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: Any) -> list[Cutout]:
+    ref = job.ref
+    if ref.format == "fits":
+        from objbutler.formats.fits_cutouts import read_fits_cutouts
+
+        stamps = read_fits_cutouts(store, ref.key, job.boxes, mode, fill_value, cost=cost, layout=ref.layout,
+                                   object_size=ref.size, parent_wcs=job.wcs)
+    elif ref.format == "zarr":
+        from objbutler.formats.zarr_array import read_zarr_cutouts
+
+        stamps = read_zarr_cutouts(store, ref.key, job.boxes, mode, fill_value, size=ref.size)
+    else:  # plan_images keeps images only
+        raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image")
+    ny, nx = (int(n) for n in ref.sky["shape"])  # type: ignore[index]
+    image = Box(0, 0, nx, ny)
+    for stamp, (x, y), index in zip(stamps, job.pixels, job.positions, strict=True):
+        stamp.index = index
+        stamp.ref = ref
+        stamp.input_position_original = (x, y)
+        stamp.slices_original = stamp.bbox.intersection(image).slices()
+    return stamps
+
+
+def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, fill_value: float,
+                       max_images_in_flight: int | None = None, on_error: str = "raise",
+                       ) -> Iterator[tuple[_ImageJob, list[Cutout] | None, str | None]]:
+    """Cut every job's stamps, images concurrently in one bounded pool, yielding each image as it finishes.
+
+    Yields ``(job, stamps, None)``, or ``(job, None, reason)`` for a failed image with ``on_error="skip"``.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    from objbutler.ranges import CostModel
+    from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
+
+    if not jobs:
+        return
+    cost = CostModel.for_store(store)
+    lanes = max_images_in_flight or int(getattr(store, "max_concurrency", 0) or DEFAULT_MAX_CONCURRENCY)
+    lanes = max(1, min(lanes, len(jobs)))
+    if lanes == 1:
+        for job in jobs:
+            yield _outcome(job, functools.partial(_cut, store, job, mode, fill_value, cost), on_error)
+        return
+    pending = iter(jobs)
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        running: dict[Future[list[Cutout]], _ImageJob] = {}
+        try:
+            for job in pending:
+                running[pool.submit(_cut, store, job, mode, fill_value, cost)] = job
+                if len(running) >= 2 * lanes:  # bounded memory: a few images ahead of the consumer
+                    break
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = running.pop(future)
+                    yield _outcome(job, future.result, on_error)
+                    following = next(pending, None)
+                    if following is not None:
+                        running[pool.submit(_cut, store, following, mode, fill_value, cost)] = following
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def _outcome(job: _ImageJob, result: Callable[[], list[Cutout]],
+             on_error: str) -> tuple[_ImageJob, list[Cutout] | None, str | None]:
+    try:
+        return job, result(), None
+    except (ObjButlerError, OSError) as exc:
+        if on_error != "skip":
+            raise
+        return job, None, f"{type(exc).__name__}: {exc}"
+
+
+def cutouts_at(store: Store, state: RegistryState, positions: Any, size: Any, dataset_type: str | None = None,
+               run: str | None = None, where: Mapping[str, Any] | None = None, time: Any = None,
+               mode: ClipMode = "trim", fill_value: float = np.nan, max_images_in_flight: int | None = None,
+               on_error: str = "raise") -> SkyCutouts:
+    """Stamps of every image holding each position; see :meth:`objbutler.butler.Butler.cutouts_at`."""
+    if mode not in ("trim", "partial", "strict"):
+        raise InvalidCutoutError(f"mode must be one of ('trim', 'partial', 'strict'), got {mode!r}")
+    if on_error not in ("raise", "skip"):
+        raise InvalidCutoutError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if size is None:
+        raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
+    coords, xyz, _ = as_positions(positions)
+    position, refs = state_sky_index(state).find(xyz, dataset_type, where, run, mjd_range(time))
+    jobs, skipped = plan_images(coords, position, refs, size, mode)
+    stamps: dict[tuple[int, str], Cutout] = {}
+    for job, cut, reason in iter_image_cutouts(store, jobs, mode, fill_value, max_images_in_flight, on_error):
+        if cut is None:
+            skipped += [Skipped(i, job.ref, reason or "failed") for i in job.positions]
+            continue
+        for index, stamp in zip(job.positions, cut, strict=True):
+            stamps[(index, job.ref.id)] = stamp
+    out = SkyCutouts([] for _ in range(len(xyz)))
+    for index, ref in zip(position.tolist(), refs, strict=True):
+        found = stamps.get((index, ref.id))
+        if found is not None:
+            out[index].append((ref, found))
+    out.skipped = sorted(skipped, key=lambda s: (s.position, s.ref.id))
+    return out
