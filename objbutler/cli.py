@@ -192,29 +192,30 @@ _COMMAND_ENV: dict[str, tuple[str, ...]] = {
 }
 """Environment variables each command reads (any other command: the store and cache ones)."""
 
-_EXIT_SUMMARY = ("Exit codes: 0 done, 1 refused or failed, 2 usage, 3 not found, 4 already there, "
-                 "5 store unavailable, 70 internal error, 130 interrupted (objbutler --help).")
+_EXIT_SUMMARY = ("Exit codes (objbutler --help says more):",
+                 "  0 done, 1 refused or failed, 2 usage, 3 not found, 4 already there, 5 store unavailable, "
+                 "70 internal error, 130 interrupted")
 
 
-def _block(lines: Sequence[str]) -> str:
-    """Lines that click prints as they are (``\\b``), each wrapped to 78 columns with a hanging indent."""
-    wrapped = [textwrap.fill(line, width=78, subsequent_indent="    ") for line in lines]
-    return "\b\n" + "\n".join(wrapped)
+def _block(title: str, lines: Sequence[str], hang: int = 6) -> str:
+    """A paragraph that click prints as it is (``\\b``): a title, then lines wrapped to 78 columns."""
+    wrapped = [textwrap.fill(line, width=78, subsequent_indent=" " * hang) for line in lines]
+    return "\b\n" + "\n".join([title, *wrapped])
 
 
 def command_epilog(name: str) -> str:
     """The epilog of one command's ``--help``: the environment variables it reads and the exit codes."""
     keys = (*_COMMAND_ENV.get(name, _STORE_ENV), "debug")
-    return "\n\n".join([_block(["Environment:", *(f"  {_ENV_TEXT[key]}" for key in keys)]),
-                        _block([_EXIT_SUMMARY])])
+    return "\n\n".join([_block("Environment:", [f"  {_ENV_TEXT[key]}" for key in keys]),
+                        _block(_EXIT_SUMMARY[0], _EXIT_SUMMARY[1:], hang=2)])
 
 
 def _main_epilog() -> str:
     codes = [f"  {int(code):>3}  {text}" for code, text in EXIT_CODES.items()]
     env = [f"  {_ENV_TEXT[key]}" for key in (*_STORE_ENV, "image", "cutout", "debug")]
     return "\n\n".join([
-        _block(["Every error is one 'error: ...' line on stderr. Exit codes:", *codes]),
-        _block(["Environment (each command's --help lists the variables it reads):", *env]),
+        _block("Every error is one 'error: ...' line on stderr. Exit codes:", codes, hang=7),
+        _block("Environment (each command's --help lists the variables it reads):", env),
     ])
 
 
@@ -327,7 +328,8 @@ def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: st
 def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool) -> None:
     """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).
 
-    The bucket or container must exist, unless --create-bucket (--create-container) is given.
+    The bucket or container must exist, unless --create-bucket is given (or its alias for Swift,
+    --create-container).
     """
     from objbutler.butler import Butler
 
@@ -435,15 +437,13 @@ def provenance(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str |
 
 def _put_many_target(text: str) -> tuple[str, str | None]:
     """``--to URI[:FORMAT]``, checked: a known format, a well-formed URI."""
-    from objbutler.formats.dispatch import FORMATS
     from objbutler.multi import split_target
     from objbutler.stores import parse_store_uri
 
     uri, fmt = split_target(text)
     head, sep, tail = text.rpartition(":")
     if fmt is None and sep and head and tail.isidentifier():
-        raise click.BadParameter(f"{text!r}: unknown format {tail!r} (formats: {', '.join(sorted(FORMATS))})",
-                                 param_hint="--to")
+        raise click.BadParameter(f"{text!r}: unknown format {tail!r} (image formats: fits, zarr)", param_hint="--to")
     try:
         parse_store_uri(uri)
     except ObjButlerError as exc:
@@ -484,16 +484,17 @@ def put_many(file: Path, dataset_type: str, targets: tuple[str, ...], data_id: t
             raise click.BadParameter(f"{file} has no HDU {hdu!r}; it has {names}", param_hint="--hdu") from None
         butlers = [(Butler(target_uri), target_fmt) for target_uri, target_fmt in parsed_targets]
         results = put_many_repos(butlers, image, dataset_type, parsed_id, run=run)
+    reasons = []
     for result in results:
         if result.ok:
             click.echo(str(result))
         else:
-            assert result.error is not None
-            click.echo(f"FAILED {result.uri} [{result.format or 'default'}]: {error_message(result.error)}")
-    failed = [result for result in results if not result.ok]
-    if failed:
-        click.echo(f"error: the put failed in {len(failed)} of {len(results)} repositories "
-                   f"({', '.join(result.uri for result in failed)})", err=True)
+            reason = error_message(result.error) if result.error is not None else "not committed"
+            reasons.append(f"{result.uri}: {reason}")
+            click.echo(f"FAILED {result.uri} [{result.format or 'default'}]: {reason}")
+    if reasons:
+        click.echo(f"error: the put failed in {len(reasons)} of {len(results)} repositories: {'; '.join(reasons)}",
+                   err=True)
         sys.exit(1)
 
 

@@ -88,7 +88,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     if isinstance(exc, click.UsageError | InvalidURIError):
         return ExitCode.USAGE
     if isinstance(exc, click.ClickException):
-        return ExitCode(exc.exit_code) if exc.exit_code in ExitCode._value2member_map_ else ExitCode.ERROR
+        return ExitCode(exc.exit_code) if exc.exit_code in {int(code) for code in ExitCode} else ExitCode.ERROR
     if isinstance(exc, NotFoundError):
         return ExitCode.NOT_FOUND
     if isinstance(exc, AlreadyExistsError | ConflictError | PreconditionFailedError):
