@@ -196,6 +196,12 @@ class Butler:
         ------
         AlreadyExistsError
             If a repository is already there.
+        BucketNotFoundError
+            If the bucket (Swift container) does not exist and ``create_bucket=True``
+            (``create_container=True``) was not passed.
+        InvalidURIError
+            If ``uri`` is malformed or names a bucket that breaks the naming rules
+            (:class:`~objbutler.errors.InvalidBucketNameError`).
         NotSupportedError
             If the store ignores conditional writes and degrading was not allowed.
         ConfigError

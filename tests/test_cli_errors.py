@@ -35,7 +35,13 @@ from conftest import Backend
 from objbutler import Butler
 from objbutler.cli import main, parse_data_id, parse_where
 from objbutler.cli_errors import EXIT_CODES, ExitCode, error_message, exit_code_for
-from objbutler.errors import BucketNotFoundError, RepositoryNotFoundError
+from objbutler.errors import (
+    BucketNotFoundError,
+    InvalidBucketNameError,
+    InvalidURIError,
+    NotSupportedError,
+    RepositoryNotFoundError,
+)
 from objbutler.stores import bucket_name_problem, open_store, parse_store_uri
 from objbutler.testing.servers import ServerInfo
 
@@ -520,6 +526,7 @@ def test_where_parser(given: list[str], expected: dict[str, Any]) -> None:
     ([" =5"], "no key"),
     (["visit"], "KEY=VALUE"),
     (["visit=1.."], "both ends"),
+    (["band=a.."], "both ends"),
     (["visit=..5"], "both ends"),
     (["visit=a..b"], "integer"),
     (["visit=1...3"], "integer"),
@@ -567,6 +574,32 @@ def test_store_uris(uri: str, parsed: tuple[str, str, str]) -> None:
     assert parse_store_uri(uri) == parsed
 
 
+@pytest.mark.parametrize(("uri", "error", "says"), [
+    ("s3:/bucket/repo", InvalidURIError, "did you mean 's3://bucket/repo'"),
+    ("s3:bucket", InvalidURIError, "did you mean 's3://bucket'"),
+    ("s3:", InvalidURIError, "names nothing"),
+    ("swift:container/p", InvalidURIError, "did you mean 'swift://container/p'"),
+    ("memory:/x", InvalidURIError, "did you mean 'memory://x'"),
+    ("file:/data/repo", InvalidURIError, "did you mean 'file:///data/repo'"),
+    ("file:data/repo", InvalidURIError, "plain path ('data/repo')"),
+    ("file://data/repo", InvalidURIError, "names the host 'data'"),
+    ("file://", InvalidURIError, "no directory"),
+    ("s3://", InvalidURIError, "no bucket"),
+    ("swift:///c/p", InvalidURIError, "did you mean 'swift://c/p'"),
+    ("s3://h:9000/b", InvalidURIError, "AWS_ENDPOINT_URL"),
+    ("swift://h:8080/c", InvalidURIError, "ST_AUTH"),
+    ("s3://b/p#frag", InvalidURIError, "fragment"),
+    ("s3://b/p?", InvalidURIError, "query"),
+    ("s3://ab/p", InvalidBucketNameError, "bucket name 'ab'"),
+    ("s3://b[1/p", InvalidURIError, "not a valid URI"),
+    ("gs://b/p", NotSupportedError, "unsupported"),
+    ("", InvalidURIError, "non-empty"),
+])
+def test_malformed_store_uris(uri: str, error: type[Exception], says: str) -> None:
+    with pytest.raises(error, match=re.escape(says)):
+        parse_store_uri(uri)
+
+
 @pytest.mark.parametrize(("name", "new", "problem"), [
     ("ab", False, "2 characters"),
     ("a" * 64, True, "64 characters"),
@@ -593,3 +626,18 @@ def test_valid_bucket_and_container_names() -> None:
     assert bucket_name_problem("any name: ok", "swift") is None
     assert bucket_name_problem("a/b", "swift") is not None
     assert bucket_name_problem("x" * 257, "swift") is not None
+
+
+def test_stores_check_names_before_any_request() -> None:
+    from objbutler.stores.s3 import S3Store
+    from objbutler.stores.swift import SwiftStore
+
+    with pytest.raises(InvalidBucketNameError, match="'ab'"):
+        S3Store("ab", endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(InvalidBucketNameError, match="capital"):
+        S3Store("Old_Bucket", create_bucket=True, endpoint_url="http://127.0.0.1:9")
+    assert S3Store("Old_Bucket", endpoint_url="http://127.0.0.1:9").bucket == "Old_Bucket"  # may exist: opened
+    with pytest.raises(InvalidBucketNameError, match="'/'"):
+        SwiftStore("a/b")
+    with pytest.raises(ValueError):  # InvalidBucketNameError is a ValueError, as the error it replaces
+        S3Store("")

@@ -107,7 +107,8 @@ class SwiftStore(RemoteStore):
     Parameters
     ----------
     container : str
-        The container name.
+        The container name (1-256 bytes, no ``/``; an
+        :class:`~objbutler.errors.InvalidBucketNameError` otherwise, before any request).
     prefix : str, optional
         Root of the store inside the container (no leading or trailing ``/``).
     auth_url : str, optional
@@ -126,7 +127,8 @@ class SwiftStore(RemoteStore):
         ``region_name``, ``object_storage_url``, ``auth_token``, ...);
         default from the matching ``OS_*`` variables.
     create_container : bool, default False
-        Create the container on first use if it does not exist.
+        Create the container on first use if it does not exist. Without it, a listing of
+        or a write into a missing container raises :class:`~objbutler.errors.BucketNotFoundError`.
     max_concurrency : int, default 16
         Upper bound of concurrent requests (and pooled connections) of one store.
     retry : RetryPolicy, optional
