@@ -23,6 +23,7 @@ from objbutler.config import CONFIG_KEY, RepositoryConfig, parse_config
 from objbutler.cutouts import Box, ClipMode, Cutout, as_boxes
 from objbutler.errors import (
     AlreadyExistsError,
+    BucketNotFoundError,
     CommitOutcomeUnknownError,
     ConflictError,
     FormatError,
@@ -31,6 +32,7 @@ from objbutler.errors import (
     NotFoundError,
     NotSupportedError,
     ObjButlerError,
+    RepositoryNotFoundError,
 )
 from objbutler.formats.dispatch import (
     FORMATS,
@@ -105,8 +107,12 @@ class Butler:
 
     Raises
     ------
-    NotFoundError
+    RepositoryNotFoundError
         If no repository exists at ``uri``.
+    BucketNotFoundError
+        If the bucket (or Swift container) of ``uri`` does not exist.
+    InvalidURIError
+        If ``uri`` is malformed (see :func:`~objbutler.stores.parse_store_uri`).
     """
 
     def __init__(self, uri: str, *, store: Store | None = None, cache: str | os.PathLike[str] | bool | None = None,
@@ -124,9 +130,13 @@ class Butler:
                                           auto_offline=offline == "auto")
         try:
             raw = self.store.get(CONFIG_KEY)
+        except BucketNotFoundError:
+            raise
         except NotFoundError:
-            raise NotFoundError(
-                f"no objbutler repository at {uri} (no {CONFIG_KEY}); create one with Butler.create({uri!r})"
+            _raise_if_no_bucket(self.store)
+            raise RepositoryNotFoundError(
+                f"no objbutler repository at {uri} (no {CONFIG_KEY}); create one with Butler.create({uri!r})",
+                uri=uri,
             ) from None
         self.config: RepositoryConfig = parse_config(raw, uri)
         self.registry = Registry(
@@ -186,6 +196,12 @@ class Butler:
         ------
         AlreadyExistsError
             If a repository is already there.
+        BucketNotFoundError
+            If the bucket (Swift container) does not exist and ``create_bucket=True``
+            (``create_container=True``) was not passed.
+        InvalidURIError
+            If ``uri`` is malformed or names a bucket that breaks the naming rules
+            (:class:`~objbutler.errors.InvalidBucketNameError`).
         NotSupportedError
             If the store ignores conditional writes and degrading was not allowed.
         ConfigError
@@ -768,6 +784,20 @@ class Butler:
 
 def _reopen(uri: str, store: Store | None, store_options: dict[str, Any], cache: Any = (None, None)) -> Butler:
     return Butler(uri, store=store, cache=cache[0], offline=cache[1], **store_options)
+
+
+def _raise_if_no_bucket(store: Store) -> None:
+    """Raise BucketNotFoundError if the store's bucket (container) is missing; else return.
+
+    A Swift GET of a missing object answers the same 404 whether the container is
+    there or not; a listing tells them apart. Asked only once the repository is known to be missing.
+    """
+    try:
+        next(iter(store.list(CONFIG_KEY)), None)
+    except BucketNotFoundError:
+        raise
+    except ObjButlerError:
+        return
 
 
 def _choose_protocol(store: Store, allow_no_atomic_create: bool) -> str:

@@ -1,13 +1,21 @@
 """The ``objbutler`` command line: thin commands that parse arguments and call library functions.
 
 A dataset is named as ``URI TYPE --data-id KEY=VALUE [--data-id ...] --run RUN``;
-values that look like integers are integers.
+values that look like integers are integers. ``--where`` takes ``KEY=VALUE``,
+``KEY=V1,V2`` (any of these) and ``KEY=A..B`` (an inclusive integer range);
+a key given twice selects the union of its values.
+
+Every command reports a failure as one ``error: ...`` line on stderr and an exit
+code from :mod:`objbutler.cli_errors`, never a traceback (``OBJBUTLER_DEBUG=1``
+adds it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,54 +24,318 @@ from typing import Any
 import click
 
 from objbutler import __version__
-from objbutler.errors import ObjButlerError
+from objbutler.cli_errors import EXIT_CODES, report_errors
+from objbutler.errors import AlreadyExistsError, FormatError, NotFoundError, ObjButlerError
+
+MAX_WHERE_VALUES = 100_000
+"""Most values one ``--where`` key may list (ranges expanded) when they are not one range."""
+
+
+def _scalar(text: str) -> int | str:
+    """``"903334"`` -> 903334, anything else stays a string (the rule of ``--data-id`` and ``--where``)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def parse_data_id(pairs: Sequence[str]) -> dict[str, int | str]:
-    """Turn ``["visit=903334", "band=r"]`` into ``{"visit": 903334, "band": "r"}``."""
+    """Turn ``["visit=903334", "band=r"]`` into ``{"visit": 903334, "band": "r"}``.
+
+    A key given twice with different values is an error (a data ID has one value per key).
+    """
     data_id: dict[str, int | str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--data-id")
-        try:
-            data_id[key.strip()] = int(value)
-        except ValueError:
-            data_id[key.strip()] = value
+        parsed = _scalar(value)
+        if key in data_id and data_id[key] != parsed:
+            raise click.BadParameter(f"{key!r} given twice ({data_id[key]!r} and {parsed!r}): a data ID has one "
+                                     f"value per key", param_hint="--data-id")
+        data_id[key] = parsed
     return data_id
 
 
+def _where_error(message: str) -> click.BadParameter:
+    return click.BadParameter(message, param_hint="--where")
+
+
+def _where_items(pair: str) -> tuple[str, list[int | str | range]]:
+    key, sep, value = pair.partition("=")
+    key = key.strip()
+    if not sep:
+        raise _where_error(f"expected KEY=VALUE, KEY=V1,V2 or KEY=A..B, got {pair!r}")
+    if not key:
+        raise _where_error(f"{pair!r} has no key before '='")
+    if not value.strip():
+        raise _where_error(f"{pair!r} has no value after '='")
+    items: list[int | str | range] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            raise _where_error(f"{pair!r} has an empty value between commas")
+        if ".." not in item:
+            items.append(_scalar(item))
+            continue
+        low, _, high = (end.strip() for end in item.partition(".."))
+        if not low or not high:
+            raise _where_error(f"the range {item!r} in {pair!r} needs both ends: A..B")
+        try:
+            start, stop = int(low), int(high)
+        except ValueError:
+            raise _where_error(f"the range {item!r} in {pair!r} takes an integer at each end") from None
+        if stop < start:
+            raise _where_error(f"the range {item!r} in {pair!r} is empty: ranges are inclusive, A..B with A <= B")
+        items.append(range(start, stop + 1))
+    return key, items
+
+
+def _where_condition(key: str, items: list[int | str | range]) -> Any:
+    """One condition for ``Butler.query``: a value, a ``range``, or a list (membership)."""
+    ranges = [item for item in items if isinstance(item, range)]
+    values = list(dict.fromkeys(item for item in items if not isinstance(item, range)))
+    if not ranges:
+        return values[0] if len(values) == 1 else values
+    texts = [value for value in values if isinstance(value, str)]
+    spans = sorted([(r.start, r.stop) for r in ranges] + [(v, v + 1) for v in values if isinstance(v, int)])
+    merged: list[list[int]] = []
+    for start, stop in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    if len(merged) == 1 and not texts:
+        return range(*merged[0])
+    count = sum(stop - start for start, stop in merged)
+    if count > MAX_WHERE_VALUES:
+        raise _where_error(f"{key}: these ranges select {count} values; give one range A..B, or at most "
+                           f"{MAX_WHERE_VALUES} values")
+    return [number for start, stop in merged for number in range(start, stop)] + texts
+
+
+def parse_where(pairs: Sequence[str]) -> dict[str, Any]:
+    """Turn ``--where`` options into the ``where`` mapping of :meth:`Butler.query <objbutler.Butler.query>`.
+
+    ``visit=903334`` is equality, ``detector=1,2,3`` membership, ``visit=10..20`` the inclusive
+    integer range ``range(10, 21)``; items mix (``visit=1,5..9``), and a key given again adds
+    its values (union). Values that look like integers are integers, as in ``--data-id``.
+
+    Parameters
+    ----------
+    pairs : sequence of str
+        The ``--where`` option values.
+
+    Returns
+    -------
+    dict
+        Key -> a value, a ``range`` or a list of values.
+
+    Raises
+    ------
+    click.BadParameter
+        For ``KEY`` without ``=``, ``=VALUE``, ``KEY=``, an empty item (``1,,2``), a range
+        with an end missing or not an integer (``a..``, ``x..y``), or an empty range (``5..2``).
+    """
+    collected: dict[str, list[int | str | range]] = {}
+    for pair in pairs:
+        key, items = _where_items(pair)
+        collected.setdefault(key, []).extend(items)
+    return {key: _where_condition(key, items) for key, items in collected.items()}
+
+
+class StoreURI(click.ParamType):
+    """A repository URI or path, checked (syntax, bucket name) before anything is opened."""
+
+    name = "uri"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from objbutler.stores import parse_store_uri
+
+        try:
+            parse_store_uri(value)
+        except ObjButlerError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+URI = StoreURI()
+
+# -- help texts ---------------------------------------------------------------------------------------
+
+_ENV_TEXT = {
+    "s3": "S3 (s3://): AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+          "AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION (else AWS_REGION, else us-east-1), ~/.aws/config",
+    "swift": "Swift (swift://): ST_AUTH, ST_USER, ST_KEY, ST_AUTH_VERSION (v1 auth); or OS_AUTH_URL, "
+             "OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME, OS_AUTH_VERSION, OS_IDENTITY_API_VERSION and the other "
+             "OS_* variables (OS_USER_DOMAIN_NAME, OS_PROJECT_DOMAIN_NAME, OS_REGION_NAME, OS_STORAGE_URL, "
+             "OS_AUTH_TOKEN, ...)",
+    "cache": "OBJBUTLER_CACHE (a local cache directory), OBJBUTLER_CACHE_SIZE (e.g. 20G), OBJBUTLER_OFFLINE "
+             "(1: answer from the cache only; auto: while the server fails)",
+    "image": "OBJBUTLER_MAX_IMAGE_BYTES: the largest image read or written (e.g. 8G; default: the memory)",
+    "cutout": "OBJBUTLER_MAX_CUTOUT_PIXELS: the most stamp pixels one request may cut",
+    "bench": "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION (--target s3://...); "
+             "OBJBUTLER_BENCH_DIR, OBJBUTLER_SERVERS_DIR, OBJBUTLER_SERVERS_PYTHON (where the baselines and "
+             "test servers are installed)",
+    "debug": "OBJBUTLER_DEBUG=1: print the traceback of an error as well",
+}
+_STORE_ENV = ("s3", "swift", "cache")
+_COMMAND_ENV: dict[str, tuple[str, ...]] = {
+    "put": (*_STORE_ENV, "image"),
+    "ingest": (*_STORE_ENV, "image"),
+    "get": (*_STORE_ENV, "image"),
+    "put-many": (*_STORE_ENV, "image"),
+    "cutout": (*_STORE_ENV, "image", "cutout"),
+    "demo": (*_STORE_ENV, "image", "cutout"),
+    "clone": (*_STORE_ENV, "image"),
+    "bench": ("bench",),
+}
+"""Environment variables each command reads (any other command: the store and cache ones)."""
+
+_EXIT_SUMMARY = ("Exit codes (objbutler --help says more):",
+                 "  0 done, 1 refused or failed, 2 usage, 3 not found, 4 already there, 5 store unavailable, "
+                 "70 internal error, 130 interrupted")
+
+
+def _block(title: str, lines: Sequence[str], hang: int = 6) -> str:
+    """A paragraph that click prints as it is (``\\b``): a title, then lines wrapped to 78 columns."""
+    wrapped = [textwrap.fill(line, width=78, subsequent_indent=" " * hang) for line in lines]
+    return "\b\n" + "\n".join([title, *wrapped])
+
+
+def command_epilog(name: str) -> str:
+    """The epilog of one command's ``--help``: the environment variables it reads and the exit codes."""
+    keys = (*_COMMAND_ENV.get(name, _STORE_ENV), "debug")
+    return "\n\n".join([_block("Environment:", [f"  {_ENV_TEXT[key]}" for key in keys]),
+                        _block(_EXIT_SUMMARY[0], _EXIT_SUMMARY[1:], hang=2)])
+
+
+def _main_epilog() -> str:
+    codes = [f"  {int(code):>3}  {text}" for code, text in EXIT_CODES.items()]
+    env = [f"  {_ENV_TEXT[key]}" for key in (*_STORE_ENV, "image", "cutout", "debug")]
+    return "\n\n".join([
+        _block("Every error is one 'error: ...' line on stderr. Exit codes:", codes, hang=7),
+        _block("Environment (each command's --help lists the variables it reads):", env),
+    ])
+
+
 class _Group(click.Group):
-    """Turn objbutler errors into one clear line and exit status 1 instead of a traceback."""
+    """Runs every command under :func:`~objbutler.cli_errors.report_errors`; fills in each command's epilog."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.epilog is None:
+            command.epilog = command_epilog(cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with report_errors(lambda: ctx.invoked_subcommand):
             return super().invoke(ctx)
-        except ObjButlerError as exc:
-            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-            sys.exit(1)
 
 
-data_id_option = click.option("--data-id", "data_id", multiple=True, metavar="KEY=VALUE", help="Data ID item.")
+data_id_option = click.option("--data-id", "data_id", multiple=True, metavar="KEY=VALUE",
+                              help="Data ID item (repeatable, one per key).")
 run_option = click.option("--run", default=None, help="Run (collection) name.")
+where_option = click.option(
+    "--where", "where", multiple=True, metavar="KEY=VALUE",
+    help="Data ID condition (repeatable): KEY=VALUE, KEY=V1,V2 (any of them), KEY=A..B (integers A to B "
+         "inclusive); a key given again adds its values.",
+)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_main_epilog())
 @click.version_option(__version__, prog_name="objbutler")
 def main() -> None:
     """objbutler: object-store-native datasets for astronomy."""
 
 
+# -- local files and repositories ---------------------------------------------------------------------
+
+
+def _scheme(uri: str) -> str:
+    from objbutler.stores import parse_store_uri
+
+    return parse_store_uri(uri)[0]
+
+
+def _bucket_options(uri: str, create_bucket: bool) -> dict[str, Any]:
+    """``create_bucket=True`` (S3) or ``create_container=True`` (Swift) when asked; nothing for local paths."""
+    if not create_bucket:
+        return {}
+    scheme = _scheme(uri)
+    return {"s3": {"create_bucket": True}, "swift": {"create_container": True}}.get(scheme, {})
+
+
+def _refuse_file_as_repository(uri: str) -> None:
+    """A local repository is a directory: refuse a path that is (or lies below) an existing file."""
+    from objbutler.stores import parse_store_uri
+
+    scheme, location, _ = parse_store_uri(uri)
+    if scheme != "file":
+        return
+    path = Path(location).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = f"{path} is a file" if existing == path else f"{existing} is a file, so {path} cannot be made"
+        raise AlreadyExistsError(f"{where}: a repository is a directory")
+
+
+def _check_output_file(path: Path, option: str, overwrite: bool) -> None:
+    """An output file goes in an existing directory, and replaces a file only with ``--overwrite``."""
+    parent = path.parent
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is not a directory"
+        raise click.BadParameter(f"cannot write {path}: the directory {parent} {what}", param_hint=option)
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory; give a file name", param_hint=option)
+    if path.exists() and not overwrite:
+        raise AlreadyExistsError(f"{path} already exists; add --overwrite to replace it")
+
+
+def _runs(butler: Any) -> list[str]:
+    return sorted({ref.run for ref in butler.query()})
+
+
+def _check_run(butler: Any, run: str | None) -> None:
+    """Raise NotFoundError if ``run`` holds no dataset at all (so a typo is not an empty answer)."""
+    if run is not None and not butler.query(run=run):
+        runs = _runs(butler)
+        shown = ", ".join(runs[:20]) + (f", ... ({len(runs)} in all)" if len(runs) > 20 else "")
+        raise NotFoundError(f"no run {run!r} in {butler.uri}; runs: {shown or 'none yet'}")
+
+
+def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: str | None) -> Any:
+    """``butler.find``, but a run that does not exist at all is named as such."""
+    try:
+        return butler.find(dataset_type, data_id, run)
+    except NotFoundError:
+        _check_run(butler, run)
+        raise
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.option("--format", "default_format", type=click.Choice(["fits", "zarr"]), default="fits", show_default=True,
               help="Default format of image datasets.")
 @click.option("--allow-no-atomic-create", is_flag=True, help="Accept a store that ignores conditional writes.")
-def create(uri: str, default_format: str, allow_no_atomic_create: bool) -> None:
-    """Create an empty repository at URI."""
+@click.option("--create-bucket", "--create-container", "create_bucket", is_flag=True,
+              help="Create the S3 bucket (or Swift container) if it does not exist.")
+def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool) -> None:
+    """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).
+
+    The bucket or container must exist, unless --create-bucket is given (or its alias for Swift,
+    --create-container).
+    """
     from objbutler.butler import Butler
 
-    butler = Butler.create(uri, default_format=default_format, allow_no_atomic_create=allow_no_atomic_create)
+    _refuse_file_as_repository(uri)
+    butler = Butler.create(uri, default_format=default_format, allow_no_atomic_create=allow_no_atomic_create,
+                           **_bucket_options(uri, create_bucket))
     click.echo(f"created {uri} (commit protocol: {butler.config['commit_protocol']})")
 
 
@@ -110,29 +382,33 @@ def _split_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.argument("dataset_type")
 @data_id_option
 @run_option
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the dataset (FITS for images, JSON for metadata, ECSV for tables).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--efd", is_flag=True, help="Add EFD summary cards for the exposure to the image header.")
 @click.option("--efd-run", default=None, help="Only EFD extracts in this run (default: any).")
 @click.option("--efd-type", default="efd_extract", show_default=True, help="Dataset type of the EFD extracts.")
-def get(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, out: Path, efd: bool,
-        efd_run: str | None, efd_type: str) -> None:
+def get(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, out: Path, overwrite: bool,
+        efd: bool, efd_run: str | None, efd_type: str) -> None:
     """Read one dataset and write it to a local file."""
     from objbutler.butler import Butler
     from objbutler.ingest import write_local
 
+    _check_output_file(out, "--out", overwrite)
     efd_options: Any = False
     if efd:
         from objbutler.efd import EfdOptions
 
         efd_options = EfdOptions(dataset_type=efd_type, run=efd_run)
+    butler = Butler(uri)
+    ref = _find(butler, dataset_type, parse_data_id(data_id), run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        obj = Butler(uri).get(dataset_type, parse_data_id(data_id), run, efd=efd_options)
+        obj = butler.get(ref, efd=efd_options)
     for warning in caught:
         click.echo(f"warning: {warning.category.__name__}: {warning.message}", err=True)
     write_local(obj, out)
@@ -140,7 +416,7 @@ def get(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, 
 
 
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.argument("dataset_type")
 @data_id_option
 @run_option
@@ -153,9 +429,26 @@ def provenance(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str |
     from objbutler.butler import Butler
 
     butler = Butler(uri)
+    ref = _find(butler, dataset_type, parse_data_id(data_id), run)
     walk = butler.descendants if descendants else butler.provenance
-    graph = walk(dataset_type, parse_data_id(data_id), run, depth=depth)
+    graph = walk(ref, depth=depth)
     click.echo(json.dumps(graph.to_prov_json(), indent=2) if fmt == "prov-json" else graph.to_tree_text())
+
+
+def _put_many_target(text: str) -> tuple[str, str | None]:
+    """``--to URI[:FORMAT]``, checked: a known format, a well-formed URI."""
+    from objbutler.multi import split_target
+    from objbutler.stores import parse_store_uri
+
+    uri, fmt = split_target(text)
+    head, sep, tail = text.rpartition(":")
+    if fmt is None and sep and head and tail.isidentifier():
+        raise click.BadParameter(f"{text!r}: unknown format {tail!r} (image formats: fits, zarr)", param_hint="--to")
+    try:
+        parse_store_uri(uri)
+    except ObjButlerError as exc:
+        raise click.BadParameter(str(exc), param_hint="--to") from None
+    return uri, fmt
 
 
 @main.command(name="put-many")
@@ -172,31 +465,57 @@ def put_many(file: Path, dataset_type: str, targets: tuple[str, ...], data_id: t
     from astropy.io import fits
 
     from objbutler.butler import Butler
-    from objbutler.multi import put_many_repos, split_target
+    from objbutler.cli_errors import error_message
+    from objbutler.multi import put_many_repos
 
     if run is None:
         raise click.BadParameter("a run is required", param_hint="--run")
-    butlers = [(Butler(target_uri), target_fmt) for target_uri, target_fmt in map(split_target, targets)]
-    with fits.open(file, memmap=False) as hdul:
-        image = hdul if hdu is None else hdul[int(hdu) if hdu.isdigit() else hdu]
-        results = put_many_repos(butlers, image, dataset_type, parse_data_id(data_id), run=run)
+    parsed_targets = [_put_many_target(target) for target in targets]
+    parsed_id = parse_data_id(data_id)
+    try:
+        hdul = fits.open(file, memmap=False)
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{file} is not a FITS file ({exc})") from None
+    with hdul:
+        try:
+            image = hdul if hdu is None else hdul[int(hdu) if hdu.lstrip("-").isdigit() else hdu]
+        except (IndexError, KeyError):
+            names = ", ".join(f"{i} {h.name}" for i, h in enumerate(hdul))
+            raise click.BadParameter(f"{file} has no HDU {hdu!r}; it has {names}", param_hint="--hdu") from None
+        butlers = [(Butler(target_uri), target_fmt) for target_uri, target_fmt in parsed_targets]
+        results = put_many_repos(butlers, image, dataset_type, parsed_id, run=run)
+    reasons = []
     for result in results:
-        click.echo(str(result))
-    if not all(result.ok for result in results):
+        if result.ok:
+            click.echo(str(result))
+        else:
+            reason = error_message(result.error) if result.error is not None else "not committed"
+            reasons.append(f"{result.uri}: {reason}")
+            click.echo(f"FAILED {result.uri} [{result.format or 'default'}]: {reason}")
+    if reasons:
+        click.echo(f"error: the put failed in {len(reasons)} of {len(results)} repositories: {'; '.join(reasons)}",
+                   err=True)
         sys.exit(1)
 
 
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.argument("dataset_type", required=False)
-@click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Data ID condition (repeatable).")
+@where_option
 @run_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def query(uri: str, dataset_type: str | None, where: tuple[str, ...], run: str | None, as_json: bool) -> None:
-    """List datasets, optionally by type, data ID conditions and run."""
+    """List datasets, optionally by type, data ID conditions and run.
+
+    An unknown dataset type, data ID key or run is an error (exit 3 or 1), not an empty list.
+    """
     from objbutler.butler import Butler
 
-    refs = Butler(uri).query(dataset_type, parse_data_id(where), run)
+    conditions = parse_where(where)
+    butler = Butler(uri)
+    refs = butler.query(dataset_type, conditions, run)
+    if not refs:
+        _check_run(butler, run)
     if as_json:
         for ref in refs:
             click.echo(json.dumps(ref.to_json()))
@@ -210,7 +529,7 @@ def query(uri: str, dataset_type: str | None, where: tuple[str, ...], run: str |
 
 
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.option("--verify-checksums", is_flag=True, help="Read every dataset and compare checksums.")
 def fsck(uri: str, verify_checksums: bool) -> None:
     """Check the registry against the data: exit 1 if any entry dangles (orphans are reported only)."""
@@ -223,11 +542,14 @@ def fsck(uri: str, verify_checksums: bool) -> None:
     for orphan in report.orphans:
         click.echo(f"orphan {orphan.key} ({orphan.size} bytes, modified {orphan.last_modified})")
     click.echo(f"{report.checked} entries checked, {len(report.dangling)} dangling, {len(report.orphans)} orphan(s)")
+    if not report.ok:
+        click.echo(f"error: {len(report.dangling)} registry entr{'y' if len(report.dangling) == 1 else 'ies'} of "
+                   f"{uri} point at missing or corrupt data (listed above)", err=True)
     sys.exit(0 if report.ok else 1)
 
 
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.option("--older-than", default="1h", show_default=True, help="Grace period, e.g. 30m, 1h, 2d.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
@@ -247,8 +569,45 @@ def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
     click.echo(f"{verb} {len(removed)} orphan(s)")
 
 
+_STAMP_SUFFIXES = {".npz": "npz", ".fits": "fits", ".fit": "fits", ".fts": "fits", "": "dir"}
+
+
+def _stamp_output(text: str, overwrite: bool) -> tuple[str, Path]:
+    """What ``cutout --out`` writes, from its suffix: ``dir`` (none, or a trailing /), ``fits`` or ``npz``."""
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        kind = "dir"
+    else:
+        suffix = path.suffix.lower()
+        if suffix not in _STAMP_SUFFIXES:
+            raise click.BadParameter(
+                f"{text!r}: the suffix {path.suffix!r} is none of the outputs: a directory (no suffix, or a "
+                f"trailing /) for one FITS file per stamp, NAME.fits for one multi-extension FITS file, "
+                f"NAME.npz for one NumPy archive", param_hint="--out")
+        kind = _STAMP_SUFFIXES[suffix]
+    if kind != "dir":
+        _check_output_file(path, "--out", overwrite)
+        return kind, path
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"cannot make {path}: the directory {path.parent} does not exist", param_hint="--out")
+    if path.exists() and not path.is_dir():
+        raise AlreadyExistsError(f"{path} is a file, not a directory for the stamps")
+    return kind, path
+
+
+def _check_stamp_files(directory: Path, count: int, overwrite: bool) -> None:
+    from objbutler.stamps_io import stamp_file_name
+
+    if overwrite or not directory.is_dir():
+        return
+    taken = [name for name in (stamp_file_name(i) for i in range(count)) if (directory / name).exists()]
+    if taken:
+        raise AlreadyExistsError(f"{directory} already holds {taken[0]}" + (f" and {len(taken) - 1} more stamp "
+                                 f"file(s)" if len(taken) > 1 else "") + "; add --overwrite to replace them")
+
+
 @main.command()
-@click.argument("uri")
+@click.argument("uri", type=URI)
 @click.argument("dataset_type")
 @data_id_option
 @run_option
@@ -258,16 +617,18 @@ def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
               help="CSV with columns ra,dec in degrees (then --size).")
 @click.option("--size", default=None, help="Stamp size for --radec: pixels, or an angle like 10arcsec.")
 @click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True)
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="A directory for one FITS file per stamp, or a file ending in .npz for all stamps.")
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="What to write, by its suffix: a directory (no suffix, or ending in /) for one FITS file per "
+                   "stamp, NAME.fits for one multi-extension FITS file, NAME.npz for one NumPy archive.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a contact sheet of the stamps to this PNG.")
+              help="Write a contact sheet of the stamps to this PNG (ending in .png).")
+@click.option("--overwrite", is_flag=True, help="Replace output files that exist.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Cut on this running Dask scheduler (tcp://host:8786) instead of in this process.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Cut on a local Dask cluster of N worker processes (127.0.0.1, no dashboard).")
 def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | None, boxes: Path | None,
-           radec: Path | None, size: str | None, mode: str, out: Path | None, png: Path | None,
+           radec: Path | None, size: str | None, mode: str, out: str | None, png: Path | None, overwrite: bool,
            scheduler: str | None, workers: int | None) -> None:
     """Cut postage stamps out of one image with a few coalesced range reads (optionally on Dask)."""
     import time
@@ -277,6 +638,7 @@ def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | Non
         read_boxes_csv,
         read_radec_csv,
         write_contact_sheet,
+        write_fits_file,
         write_fits_stamps,
         write_npz,
     )
@@ -285,13 +647,23 @@ def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | Non
         raise click.UsageError("give exactly one of --boxes and --radec")
     if radec is not None and size is None:
         raise click.UsageError("--radec needs --size")
+    if boxes is not None and size is not None:
+        raise click.UsageError("--size goes with --radec; the boxes of --boxes carry their own size")
     if scheduler is not None and workers is not None:
         raise click.UsageError("give --scheduler or --workers, not both")
-    butler = Butler(uri)
-    ref = butler.find(dataset_type, parse_data_id(data_id), run)
+    stamp_size = _parse_size(size)
+    output = _stamp_output(out, overwrite) if out is not None else None
+    if png is not None:
+        if png.suffix.lower() != ".png":
+            raise click.BadParameter(f"{str(png)!r} does not end in .png", param_hint="--png")
+        _check_output_file(png, "--png", overwrite)
+    clean_id = parse_data_id(data_id)
     requests = read_boxes_csv(boxes) if boxes is not None else read_radec_csv(radec)  # type: ignore[arg-type]
+    if output is not None and output[0] == "dir":
+        _check_stamp_files(output[1], len(requests), overwrite)  # type: ignore[arg-type]
+    butler = Butler(uri)
+    ref = _find(butler, dataset_type, clean_id, run)
     start = time.perf_counter()
-    stamp_size = _parse_size(size) if radec is not None else None
     if scheduler is not None or workers is not None:
         from objbutler.dask import run_cutout_job
 
@@ -300,12 +672,16 @@ def cutout(uri: str, dataset_type: str, data_id: tuple[str, ...], run: str | Non
     else:
         stamps = butler.get_cutouts(ref, requests, mode=mode, size=stamp_size)  # type: ignore[arg-type]
     click.echo(f"{len(stamps)} stamps in {time.perf_counter() - start:.3f} s")
-    if out is not None:
-        if out.suffix == ".npz":
-            write_npz(stamps, out)
+    if output is not None:
+        kind, path = output
+        if kind == "npz":
+            write_npz(stamps, path)
+        elif kind == "fits":
+            write_fits_file(stamps, path)
         else:
-            write_fits_stamps(stamps, out)
-        click.echo(f"wrote {out}")
+            path.mkdir(exist_ok=True)
+            write_fits_stamps(stamps, path)
+        click.echo(f"wrote {path}")
     if png is not None:
         write_contact_sheet(stamps, png, title=f"{dataset_type} {json.dumps(ref.data_id)}")
         click.echo(f"wrote {png}")
@@ -381,40 +757,63 @@ def reindex(uri: str, dataset_type: str | None, jobs: int) -> None:
 
 
 @main.command()
-@click.option("--repo", default="./objbutler-demo", show_default=True, help="Where the demo repository goes.")
-@click.option("--stamps", default=1000, show_default=True, help="Number of postage stamps to cut.")
-@click.option("--size", default=4096, show_default=True, help="Side of the synthetic PVI in pixels.")
+@click.option("--repo", default="./objbutler-demo", show_default=True, type=URI,
+              help="Where the demo repository goes.")
+@click.option("--stamps", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Number of postage stamps to cut.")
+@click.option("--size", default=4096, show_default=True, type=click.IntRange(min=64),
+              help="Side of the synthetic PVI in pixels.")
 @click.option("--png", default=None, help="Write a contact sheet of the first stamps to this PNG file.")
 def demo(repo: str, stamps: int, size: int, png: str | None) -> None:
     """Run the end-to-end demo on an embedded local repository."""
     from objbutler.demo import run_demo
 
+    if png is not None:
+        if Path(png).suffix.lower() != ".png":
+            raise click.BadParameter(f"{png!r} does not end in .png", param_hint="--png")
+        _check_output_file(Path(png), "--png", overwrite=True)
+    _refuse_file_as_repository(repo)
     run_demo(repo, n_stamps=stamps, image_size=size, png=png, echo=click.echo)
 
 
 @main.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("src", type=URI)
+@click.argument("dst", type=URI)
 @click.option("--type", "dataset_type", default=None, help="Only datasets of this type.")
-@click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Data ID condition (repeatable).")
+@where_option
 @run_option
 @click.option("--with-inputs", is_flag=True, help="Also copy provenance inputs, recursively within SRC.")
-@click.option("--jobs", default=8, show_default=True, help="Datasets copied at once.")
-@click.option("--batch-size", default=32, show_default=True, help="Datasets per registry commit.")
+@click.option("--create-bucket", "--create-container", "create_bucket", is_flag=True,
+              help="Create DST's S3 bucket (or Swift container) if it does not exist.")
+@click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Datasets copied at once.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Datasets per registry commit.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], run: str | None,
-          with_inputs: bool, jobs: int, batch_size: int, no_progress: bool) -> None:
+          with_inputs: bool, create_bucket: bool, jobs: int, batch_size: int, no_progress: bool) -> None:
     """Copy datasets (data and registry entries) from SRC into DST, creating DST if needed.
 
     Checksums are verified; rerunning an interrupted clone copies only what is missing.
+    A selection that matches nothing is an error (exit 3) and leaves DST alone.
     """
+    from objbutler.butler import Butler
     from objbutler.clone import clone as run_clone
 
-    report = run_clone(src, dst, dataset_type=dataset_type, where=parse_data_id(where), run=run,
-                       with_inputs=with_inputs, progress=not no_progress, jobs=jobs, batch_size=batch_size)
+    conditions = parse_where(where)
+    _refuse_file_as_repository(dst)
+    source = Butler(src)
+    if not source.query(dataset_type, conditions, run):  # unknown types and keys raise here, before DST is touched
+        _check_run(source, run)
+        raise NotFoundError(f"no dataset of {src} matches --type/--where/--run: nothing to copy, {dst} left alone")
+    report = run_clone(source, dst, dataset_type=dataset_type, where=conditions, run=run,
+                       with_inputs=with_inputs, progress=not no_progress, jobs=jobs, batch_size=batch_size,
+                       destination_options=_bucket_options(dst, create_bucket))
     for ref, reason in report.failed:
-        click.echo(f"error: {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run}: {reason}", err=True)
+        click.echo(f"failed: {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run}: {reason}", err=True)
     click.echo(report.summary())
+    if not report.ok:
+        click.echo(f"error: {len(report.failed)} of {report.selected} datasets were not copied (listed above); "
+                   f"rerun to retry them", err=True)
     sys.exit(0 if report.ok else 1)
 
 

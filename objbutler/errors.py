@@ -6,6 +6,8 @@ derives from it, so ``except FileNotFoundError`` keeps working::
 
     ObjButlerError (Exception)
     ├── NotFoundError (FileNotFoundError)        a key, dataset or repository is missing
+    │   ├── RepositoryNotFoundError              the store is there, no repository in it
+    │   └── BucketNotFoundError                  the bucket (S3) or container (Swift) is missing
     ├── AlreadyExistsError (FileExistsError)     a create-only write found something there
     ├── PreconditionFailedError                  a conditional write lost (stale etag)
     ├── ConflictError                            a registry commit cannot happen as asked
@@ -13,6 +15,8 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── FormatError (ValueError)                 stored bytes are not what they claim to be
     │   └── ConfigError                          a repository setting is invalid (names the field)
     ├── InvalidKeyError (ValueError)             an object key or data ID value is unsafe
+    │   └── InvalidURIError                      a store URI is malformed (``s3:/b``, ``s3://``, ...)
+    │       └── InvalidBucketNameError           a bucket or container name breaks the naming rules
     ├── InvalidCutoutError (ValueError)          a box or sky position cannot be cut as asked
     ├── NotSupportedError (NotImplementedError)  the backend lacks the primitive asked for
     ├── OfflineError                             offline mode and the object is not cached
@@ -30,18 +34,22 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExistsError",
+    "BucketNotFoundError",
     "CommitOutcomeUnknownError",
     "ConfigError",
     "ConflictError",
     "FormatError",
     "InvalidCutoutError",
+    "InvalidBucketNameError",
     "InvalidKeyError",
+    "InvalidURIError",
     "NotFoundError",
     "NotSupportedError",
     "ObjButlerError",
     "OfflineError",
     "PreconditionFailedError",
     "RangeNotSatisfiableError",
+    "RepositoryNotFoundError",
     "StoreError",
     "TransientStoreError",
 ]
@@ -53,6 +61,41 @@ class ObjButlerError(Exception):
 
 class NotFoundError(ObjButlerError, FileNotFoundError):
     """A key, dataset, dataset type or repository does not exist."""
+
+
+class RepositoryNotFoundError(NotFoundError):
+    """The store can be reached but holds no objbutler repository (no ``objbutler.json``).
+
+    Attributes
+    ----------
+    uri : str or None
+        The repository URI that was opened.
+    """
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class BucketNotFoundError(NotFoundError):
+    """The bucket (S3) or container (Swift) itself does not exist, not just a key in it.
+
+    Attributes
+    ----------
+    bucket : str or None
+        The bucket or container name.
+    kind : str
+        ``"bucket"`` or ``"container"``.
+    where : str or None
+        The endpoint (or auth URL) that was asked.
+    """
+
+    def __init__(self, message: str, *, bucket: str | None = None, kind: str = "bucket",
+                 where: str | None = None) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.kind = kind
+        self.where = where
 
 
 class AlreadyExistsError(ObjButlerError, FileExistsError):
@@ -77,6 +120,21 @@ class ConfigError(FormatError):
 
 class InvalidKeyError(ObjButlerError, ValueError):
     """An object key or data ID value is unsafe (``..``, absolute, control characters, ...)."""
+
+
+class InvalidURIError(InvalidKeyError):
+    """A store URI is malformed: a known scheme with a slash missing (``s3:/b/repo``), no bucket
+    (``s3://``), a host in a ``file://`` URI, an endpoint or a query where the bucket goes, ..."""
+
+
+class InvalidBucketNameError(InvalidURIError):
+    """A bucket (S3) or container (Swift) name breaks the service's naming rules.
+
+    Raised before any request is sent. S3's rules for a new bucket: 3-63 characters of lowercase
+    letters, digits, dots and hyphens, starting and ending with a letter or digit, no ``..``, not
+    an IP address; buckets made before 2018 may also have capitals and underscores (up to 255
+    characters), so opening such a name is allowed, creating one is not. Swift: 1-256 bytes, no ``/``.
+    """
 
 
 class InvalidCutoutError(ObjButlerError, ValueError):

@@ -1,4 +1,4 @@
-"""Read cutout requests from CSV and write stamps out: FITS files, one .npz, a PNG contact sheet."""
+"""Read cutout requests from CSV and write stamps out: FITS files, one multi-extension FITS, one .npz, a PNG."""
 
 from __future__ import annotations
 
@@ -12,21 +12,31 @@ import numpy as np
 from objbutler.cutouts import Box, Cutout
 from objbutler.errors import InvalidCutoutError, NotSupportedError
 
-__all__ = ["read_boxes_csv", "read_radec_csv", "write_contact_sheet", "write_fits_stamps", "write_npz"]
+__all__ = ["read_boxes_csv", "read_radec_csv", "stamp_file_name", "write_contact_sheet", "write_fits_file",
+           "write_fits_stamps", "write_npz"]
 
 
 def _rows(path: Path, columns: Sequence[str]) -> list[list[float]]:
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InvalidCutoutError(f"{path}: needs a header with columns {list(columns)}; missing {missing}")
-        rows = []
-        for number, row in enumerate(reader, start=2):
-            try:
-                rows.append([float(row[c]) for c in columns])
-            except (TypeError, ValueError):
-                raise InvalidCutoutError(f"{path}:{number}: not a number in {[row.get(c) for c in columns]}") from None
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InvalidCutoutError(f"{path}: needs a header with columns {list(columns)}; missing {missing}")
+            rows = []
+            for number, row in enumerate(reader, start=2):
+                try:
+                    rows.append([float(row[c]) for c in columns])
+                except (TypeError, ValueError):
+                    raise InvalidCutoutError(
+                        f"{path}:{number}: not a number in {[row.get(c) for c in columns]}"
+                    ) from None
+    except UnicodeDecodeError:
+        raise InvalidCutoutError(f"{path} is not a CSV text file (it is not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise InvalidCutoutError(f"{path} is not a readable CSV file: {exc}") from None
+    if not rows:
+        raise InvalidCutoutError(f"{path} has a header but no rows: nothing to cut")
     return rows
 
 
@@ -49,6 +59,20 @@ def read_radec_csv(path: Path) -> object:
     return SkyCoord(rows[:, 0] * u.deg, rows[:, 1] * u.deg)
 
 
+def stamp_file_name(index: int, stem: str = "stamp") -> str:
+    """The file name :func:`write_fits_stamps` gives stamp ``index``: ``stamp-00042.fits``."""
+    return f"{stem}-{index:05d}.fits"
+
+
+def _stamp_header(stamp: Cutout) -> Any:
+    from astropy.io import fits
+
+    header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
+    for name in ("x0", "y0", "x1", "y1"):
+        header[f"BBOX_{name.upper()}"] = (getattr(stamp.bbox, name), f"{name} of the stamp in parent pixels")
+    return header
+
+
 def write_fits_stamps(stamps: Sequence[Cutout], directory: Path, stem: str = "stamp") -> list[Path]:
     """One FITS file per stamp, with its WCS and its box in parent pixels (``BBOX_X0``...)."""
     from astropy.io import fits
@@ -56,13 +80,22 @@ def write_fits_stamps(stamps: Sequence[Cutout], directory: Path, stem: str = "st
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for stamp in stamps:
-        header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
-        for name in ("x0", "y0", "x1", "y1"):
-            header[f"BBOX_{name.upper()}"] = (getattr(stamp.bbox, name), f"{name} of the stamp in parent pixels")
-        path = directory / f"{stem}-{stamp.index:05d}.fits"
-        fits.PrimaryHDU(stamp.data, header=header).writeto(path, overwrite=True)
+        path = directory / stamp_file_name(stamp.index, stem)
+        fits.PrimaryHDU(stamp.data, header=_stamp_header(stamp)).writeto(path, overwrite=True)
         paths.append(path)
     return paths
+
+
+def write_fits_file(stamps: Sequence[Cutout], path: Path) -> None:
+    """All stamps in one multi-extension FITS file: an empty primary HDU, then one image HDU per
+    stamp named ``STAMP_00000``..., each with its WCS and its box in parent pixels (``BBOX_X0``...)."""
+    from astropy.io import fits
+
+    hdus: list[Any] = [fits.PrimaryHDU()]
+    hdus[0].header["NSTAMPS"] = (len(stamps), "number of stamp extensions")
+    for stamp in stamps:
+        hdus.append(fits.ImageHDU(stamp.data, header=_stamp_header(stamp), name=f"STAMP_{stamp.index:05d}"))
+    fits.HDUList(hdus).writeto(path, overwrite=True)
 
 
 def write_npz(stamps: Sequence[Cutout], path: Path) -> None:

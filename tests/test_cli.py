@@ -38,7 +38,7 @@ def test_create_ingest_query_get_fsck(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     assert invoke("create", repo)[0] == 0
     code, out = invoke("create", repo)
-    assert code == 1 and "AlreadyExistsError" in out
+    assert code == 4 and "error: a repository already exists" in out
     files = []
     for visit in (1, 2, 3):
         hdu, _ = make_pvi(128, n_stars=5, seed=visit)
@@ -60,7 +60,7 @@ def test_create_ingest_query_get_fsck(tmp_path: Path) -> None:
     with fits.open(tmp_path / "back.fits") as hdul, fits.open(files[2]) as original:
         np.testing.assert_array_equal(hdul[0].data, original[0].data)
     code, out = invoke("get", repo, "raw", "--data-id", "visit=4", "--data-id", "detector=9", "--out", "x.fits")
-    assert code == 1 and "NotFoundError" in out
+    assert code == 3 and "error: no raw with data ID" in out
     code, out = invoke("fsck", repo)
     assert code == 0 and "0 dangling" in out
 

@@ -317,9 +317,9 @@ def test_cli_get_efd(butler: Butler, tmp_path: Path) -> None:
     start = Time(EXPOSURE_START, scale="utc")
     with fits.open(out) as hdul:
         assert_cards_match(hdul[0].header, expected_summary(extract, start, start + EXPTIME * u.s))
-    plain = CliRunner().invoke(main, args)
+    plain = CliRunner().invoke(main, [*args, "--overwrite"])  # the file of the first get is there
     assert plain.exit_code == 0
     with fits.open(out) as hdul:
         assert "EFDNTOP" not in hdul[0].header
-    other_run = CliRunner().invoke(main, [*args, "--efd", "--efd-run", "nope"])
+    other_run = CliRunner().invoke(main, [*args, "--efd", "--efd-run", "nope", "--overwrite"])
     assert other_run.exit_code == 0 and "warning: EfdCoverageWarning" in other_run.output

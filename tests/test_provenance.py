@@ -367,4 +367,4 @@ def test_cli_provenance(lineage: Lineage) -> None:
     assert down.exit_code == 0, down.output
     assert down.output.startswith("datasets made from raw") and "deepCoadd" in down.output
     missing = runner.invoke(main, ["provenance", lineage.a.uri, "deepCoadd", "--data-id", "tract=2"])
-    assert missing.exit_code == 1 and "NotFoundError" in missing.output
+    assert missing.exit_code == 3 and "error: no deepCoadd with data ID" in missing.output

@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import re
-import urllib.parse
 from typing import Any
 
-from objbutler.errors import InvalidKeyError, NotSupportedError
+from objbutler.errors import InvalidURIError
 from objbutler.stores._base import (
     ByteRange,
     ObjectMeta,
@@ -26,6 +24,7 @@ from objbutler.stores._base import (
     normalize_ranges,
     validate_key,
 )
+from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
 
@@ -37,17 +36,16 @@ __all__ = [
     "RetryPolicy",
     "Store",
     "StoreCapabilities",
+    "bucket_name_problem",
     "normalize_ranges",
     "open_store",
+    "parse_store_uri",
     "probe_conditional_writes",
     "probe_timestamp_resolution",
     "split_bucket_uri",
+    "validate_bucket_name",
     "validate_key",
 ]
-
-
-_ONE_SLASH = re.compile(r"^(s3|swift|file|memory|gs|az|https?):/(?!/)", re.IGNORECASE)
-"""A known scheme followed by one slash (``s3:/bucket``): a typo, not a relative path."""
 
 
 def split_bucket_uri(uri: str) -> tuple[str, str]:
@@ -63,13 +61,10 @@ def split_bucket_uri(uri: str) -> tuple[str, str]:
     tuple of str
         The bucket (or container) and the prefix without surrounding slashes.
     """
-    parsed = urllib.parse.urlsplit(uri)
-    if not parsed.netloc:
-        raise InvalidKeyError(f"{uri!r} names no bucket or container")
-    prefix = parsed.path.strip("/")
-    if prefix:
-        validate_key(prefix)
-    return parsed.netloc, prefix
+    scheme, bucket, prefix = parse_store_uri(uri)
+    if scheme not in ("s3", "swift"):
+        raise InvalidURIError(f"{uri!r} is not an s3:// or swift:// URI")
+    return bucket, prefix
 
 
 def open_store(uri: str, **options: Any) -> Store:
@@ -88,32 +83,30 @@ def open_store(uri: str, **options: Any) -> Store:
     -------
     Store
         A store rooted at the URI.
+
+    Raises
+    ------
+    InvalidURIError
+        For a malformed URI (see :func:`parse_store_uri`), before any request.
+    InvalidBucketNameError
+        For a bucket or container name no server could have (stricter with
+        ``create_bucket=True`` / ``create_container=True``).
+    NotSupportedError
+        For a scheme other than the ones above.
     """
-    if not isinstance(uri, str) or not uri:
-        raise InvalidKeyError(f"a store URI must be a non-empty string, got {uri!r}")
-    scheme = urllib.parse.urlsplit(uri).scheme if "://" in uri else ""
-    if not scheme and _ONE_SLASH.match(uri):
-        fixed = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", uri)
-        raise InvalidKeyError(f"{uri!r} looks like a URI with a slash missing: did you mean {fixed!r}?")
-    if scheme in ("", "file"):
+    scheme, location, prefix = parse_store_uri(uri)
+    if scheme == "file":
         from objbutler.stores.local import LocalStore
 
-        path = urllib.parse.unquote(urllib.parse.urlsplit(uri).path) if scheme == "file" else uri
-        return LocalStore(path, **options)
+        return LocalStore(location, **options)
     if scheme == "memory":
         from objbutler.stores.memory import MemoryStore
 
-        return MemoryStore(uri[len("memory://") :].strip("/") or None, **options)
+        return MemoryStore(location or None, **options)
     if scheme == "s3":
         from objbutler.stores.s3 import S3Store
 
-        bucket, prefix = split_bucket_uri(uri)
-        return S3Store(bucket, prefix, **options)
-    if scheme == "swift":
-        from objbutler.stores.swift import SwiftStore
+        return S3Store(location, prefix, **options)
+    from objbutler.stores.swift import SwiftStore
 
-        container, prefix = split_bucket_uri(uri)
-        return SwiftStore(container, prefix, **options)
-    raise NotSupportedError(
-        f"unsupported store URI scheme {scheme!r} in {uri!r} (use a path, file://, memory://, s3://, swift://)"
-    )
+    return SwiftStore(location, prefix, **options)

@@ -59,6 +59,7 @@ import botocore.session
 
 from objbutler.errors import (
     AlreadyExistsError,
+    BucketNotFoundError,
     NotFoundError,
     NotSupportedError,
     ObjButlerError,
@@ -69,6 +70,7 @@ from objbutler.errors import (
 )
 from objbutler.stores._base import ByteRange, ObjectMeta, StoreCapabilities
 from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
+from objbutler.stores._names import bucket_name_problem, validate_bucket_name
 from objbutler.stores._remote import (
     DEFAULT_READ_DEADLINE,
     NETWORK_ERRORS,
@@ -117,10 +119,6 @@ _CLIENT_ARGS = {"session_token": "aws_session_token", "verify": "verify", "use_s
 _SESSION_ARGS = ("profile",)
 
 
-class _NoSuchBucketError(NotFoundError):
-    """The bucket itself is missing (not just the key): deleting a key there is an error."""
-
-
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ConnectionError,  # endpoint unreachable, connect timeout, proxy
     botocore.exceptions.HTTPClientError,  # read timeout, connection closed, streaming error
@@ -149,7 +147,9 @@ class S3Store(RemoteStore):
     Parameters
     ----------
     bucket : str
-        The bucket name.
+        The bucket name, checked against S3's naming rules before any request
+        (:func:`~objbutler.stores.bucket_name_problem`; the rules for a new
+        bucket with ``create_bucket=True``).
     prefix : str, optional
         Root of the store inside the bucket (no leading or trailing ``/``).
     endpoint_url : str, optional
@@ -159,7 +159,8 @@ class S3Store(RemoteStore):
     region : str, optional
         Region; default ``AWS_DEFAULT_REGION`` (or the profile), ``AWS_REGION``, ``us-east-1``.
     create_bucket : bool, default False
-        Create the bucket on first use if it does not exist.
+        Create the bucket on first use if it does not exist. Without it, a request
+        to a missing bucket raises :class:`~objbutler.errors.BucketNotFoundError`.
     max_concurrency : int, default 16
         Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
     retry : RetryPolicy, optional
@@ -175,6 +176,11 @@ class S3Store(RemoteStore):
         :class:`botocore.config.Config` option (``connect_timeout``,
         ``read_timeout``, ``s3={"addressing_style": "path"}``,
         ``signature_version=botocore.UNSIGNED`` for public buckets, ...).
+
+    Raises
+    ------
+    InvalidBucketNameError
+        If ``bucket`` breaks S3's naming rules.
 
     Notes
     -----
@@ -209,8 +215,7 @@ class S3Store(RemoteStore):
         read_deadline: float | None = DEFAULT_READ_DEADLINE,
         **client_options: Any,
     ) -> None:
-        if not bucket or "/" in bucket:
-            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        validate_bucket_name(bucket, "s3", new=create_bucket)
         if (access_key is None) != (secret_key is None):
             raise ValueError("pass both access_key and secret_key, or neither (to use the AWS credential chain)")
         super().__init__(bucket, prefix, max_concurrency, retry, read_deadline)
@@ -347,9 +352,12 @@ class S3Store(RemoteStore):
             message = str(error.get("Message", "")) or str(exc)
             status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code == "NoSuchBucket":
-                return _NoSuchBucketError(
+                problem = bucket_name_problem(self.bucket, "s3", new=True)
+                naming = f"; note that a new bucket could not have this name: {problem}" if problem else ""
+                return BucketNotFoundError(
                     f"bucket {self.bucket!r} does not exist at {self.endpoint} "
-                    f"(create it, or open the store with create_bucket=True)"
+                    f"(create it, or open the store with create_bucket=True){naming}",
+                    bucket=self.bucket, kind="bucket", where=self.endpoint,
                 )
             if code in ("NoSuchKey", "NotFound", "404") or status == 404:
                 return NotFoundError(f"no object {what}")
@@ -457,7 +465,7 @@ class S3Store(RemoteStore):
         full = self._full(key)
         try:
             self._call(lambda c: c.delete_object(Bucket=self.bucket, Key=full), key, "delete")
-        except _NoSuchBucketError:
+        except BucketNotFoundError:
             raise
         except NotFoundError:
             pass

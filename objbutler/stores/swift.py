@@ -30,6 +30,7 @@ import swiftclient.exceptions
 
 from objbutler.errors import (
     AlreadyExistsError,
+    BucketNotFoundError,
     NotFoundError,
     NotSupportedError,
     ObjButlerError,
@@ -39,6 +40,7 @@ from objbutler.errors import (
 )
 from objbutler.stores._base import ByteRange, ObjectMeta, StoreCapabilities
 from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
+from objbutler.stores._names import validate_bucket_name
 from objbutler.stores._remote import (
     DEFAULT_READ_DEADLINE,
     NETWORK_ERRORS,
@@ -105,7 +107,8 @@ class SwiftStore(RemoteStore):
     Parameters
     ----------
     container : str
-        The container name.
+        The container name (1-256 bytes, no ``/``; an
+        :class:`~objbutler.errors.InvalidBucketNameError` otherwise, before any request).
     prefix : str, optional
         Root of the store inside the container (no leading or trailing ``/``).
     auth_url : str, optional
@@ -124,7 +127,8 @@ class SwiftStore(RemoteStore):
         ``region_name``, ``object_storage_url``, ``auth_token``, ...);
         default from the matching ``OS_*`` variables.
     create_container : bool, default False
-        Create the container on first use if it does not exist.
+        Create the container on first use if it does not exist. Without it, a listing of
+        or a write into a missing container raises :class:`~objbutler.errors.BucketNotFoundError`.
     max_concurrency : int, default 16
         Upper bound of concurrent requests (and pooled connections) of one store.
     retry : RetryPolicy, optional
@@ -166,8 +170,7 @@ class SwiftStore(RemoteStore):
         read_deadline: float | None = DEFAULT_READ_DEADLINE,
         **connection_options: Any,
     ) -> None:
-        if not container or "/" in container:
-            raise ValueError(f"invalid Swift container name {container!r}")
+        validate_bucket_name(container, "swift", new=create_container)
         if "retries" in connection_options:
             raise TypeError("SwiftStore retries through its retry policy: pass retry=RetryPolicy(...)")
         super().__init__(container, prefix, max_concurrency, retry, read_deadline)
@@ -332,10 +335,13 @@ class SwiftStore(RemoteStore):
             if status is None:
                 return StoreError(f"Swift {action} of {what} failed: {exc}")
             if status == 404:
-                if action in ("list", "container"):
-                    return NotFoundError(
-                        f"container {self.container!r} does not exist "
-                        f"(create it, or open the store with create_container=True)"
+                if action in ("list", "container", "write", "create", "match"):
+                    # a listing, a HEAD of the container or a PUT of an object: only the container can be missing
+                    where = self.auth_url or os.environ.get("ST_AUTH") or os.environ.get("OS_AUTH_URL") or "Swift"
+                    return BucketNotFoundError(
+                        f"container {self.container!r} does not exist at {where} "
+                        f"(create it, or open the store with create_container=True)",
+                        bucket=self.container, kind="container", where=where,
                     )
                 return NotFoundError(f"no object {what}")
             if status == 416:
