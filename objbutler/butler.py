@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -74,7 +75,21 @@ from objbutler.stores import (
 )
 from objbutler.stores.cache import CachingStore, cache_settings
 
-__all__ = ["CONFIG_KEY", "Butler"]
+__all__ = ["CONFIG_KEY", "UNSET", "Butler"]
+
+
+class _Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: The default of a ``Butler.create`` setting that was not given: a new repository gets the usual
+#: default, and ``exist_ok=True`` does not compare it with an existing repository's.
+UNSET: Final = _Unset.UNSET
 
 EXTENSIONS = {"fits": ".fits", "zarr": ".zarr", "json": ".json", "parquet": ".parquet", "ecsv": ".ecsv"}
 
@@ -163,9 +178,10 @@ class Butler:
         cls,
         uri: str,
         *,
-        default_format: str = "fits",
-        checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
+        default_format: str | _Unset = UNSET,
+        checkpoint_interval: int | _Unset = UNSET,
         allow_no_atomic_create: bool = False,
+        exist_ok: bool = False,
         store: Store | None = None,
         **store_options: Any,
     ) -> Butler:
@@ -181,12 +197,19 @@ class Butler:
         ----------
         uri : str
             Where the repository goes.
-        default_format : {"fits", "zarr"}
-            Format of image datasets when ``put`` is not told.
-        checkpoint_interval : int
-            Commits between registry checkpoints (>= 1).
+        default_format : {"fits", "zarr"}, optional
+            Format of image datasets when ``put`` is not told (a new repository:
+            ``"fits"`` when not given).
+        checkpoint_interval : int, optional
+            Commits between registry checkpoints (>= 1; a new repository: 100
+            when not given).
         allow_no_atomic_create : bool
             Accept a store whose conditional create is not enforced.
+        exist_ok : bool
+            If a repository is already at ``uri``, open it instead of raising,
+            after checking that its settings agree with ``default_format`` and
+            ``checkpoint_interval`` where these are given (its commit protocol
+            is the one chosen when it was created).
         store : Store, optional
             Use this store object instead of opening ``uri``.
         **store_options
@@ -195,7 +218,8 @@ class Butler:
         Raises
         ------
         AlreadyExistsError
-            If a repository is already there.
+            If a repository is already there (and ``exist_ok`` is false), or it
+            is there with other settings than the ones given.
         BucketNotFoundError
             If the bucket (Swift container) does not exist and ``create_bucket=True``
             (``create_container=True``) was not passed.
@@ -207,22 +231,40 @@ class Butler:
         ConfigError
             If ``default_format`` or ``checkpoint_interval`` is invalid.
         """
-        RepositoryConfig("sequenced", default_format, checkpoint_interval)  # refuse bad arguments before any I/O
+        fmt = "fits" if default_format is UNSET else default_format
+        interval = DEFAULT_CHECKPOINT_INTERVAL if checkpoint_interval is UNSET else checkpoint_interval
+        RepositoryConfig("sequenced", fmt, interval)  # refuse bad arguments before any I/O
         given = store
         store = store if store is not None else open_store(uri, **store_options)
-        protocol = _choose_protocol(store, allow_no_atomic_create)
-        resolution = probe_timestamp_resolution(store) if protocol == "timestamped" else 0.0
-        config = RepositoryConfig(protocol, default_format, checkpoint_interval, DEFAULT_SETTLE_SECONDS, resolution,
-                                  utc_now())
-        body = config.to_json()
-        try:
-            if store.capabilities.conditional_create_header:
-                store.put_if_absent(CONFIG_KEY, body)
-            else:
-                store.put(CONFIG_KEY, body)
-        except AlreadyExistsError:
-            raise AlreadyExistsError(f"a repository already exists at {uri}") from None
-        return cls(uri, store=given, **store_options)
+        # Look first: a store without a conditional create (Swift) would otherwise overwrite the config
+        # of a repository that is already there, and the probes below would write into it.
+        exists = _has_config(store)
+        if not exists:
+            protocol = _choose_protocol(store, allow_no_atomic_create)
+            resolution = probe_timestamp_resolution(store) if protocol == "timestamped" else 0.0
+            config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now())
+            body = config.to_json()
+            try:
+                if store.capabilities.conditional_create_header:
+                    store.put_if_absent(CONFIG_KEY, body)
+                else:
+                    store.put(CONFIG_KEY, body)  # no atomic create: two creates racing here both "win" alike
+            except AlreadyExistsError:
+                exists = True  # another process created it between our look and our write
+        if exists and not exist_ok:
+            raise AlreadyExistsError(
+                f"a repository already exists at {uri}: open it with Butler({uri!r}), pass exist_ok=True, "
+                f"or remove it first (objbutler rm-repo {uri})"
+            )
+        butler = cls(uri, store=given, **store_options)
+        if exists:
+            asked = {"default_format": default_format, "checkpoint_interval": checkpoint_interval}
+            differ = [f"{name}={getattr(butler.config, name)!r} (asked for {value!r})"
+                      for name, value in asked.items() if value is not UNSET and getattr(butler.config, name) != value]
+            if differ:
+                raise AlreadyExistsError(f"a repository already exists at {uri} with other settings: "
+                                         + ", ".join(differ))
+        return butler
 
     # -- put -------------------------------------------------------------------
 
@@ -798,6 +840,15 @@ def _raise_if_no_bucket(store: Store) -> None:
         raise
     except ObjButlerError:
         return
+
+
+def _has_config(store: Store) -> bool:
+    """Whether the store already holds a repository config."""
+    try:
+        store.head(CONFIG_KEY)
+    except NotFoundError:
+        return False
+    return True
 
 
 def _choose_protocol(store: Store, allow_no_atomic_create: bool) -> str:

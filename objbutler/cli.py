@@ -606,6 +606,26 @@ def _check_stamp_files(directory: Path, count: int, overwrite: bool) -> None:
                                  f"file(s)" if len(taken) > 1 else "") + "; add --overwrite to replace them")
 
 
+@main.command(name="rm-repo")
+@click.argument("uri")
+@click.option("--yes", is_flag=True, help="Really delete. Without it: only say what would be deleted, and exit 1.")
+@click.option("--missing-ok", is_flag=True, help="No repository at URI is not an error.")
+def rm_repo(uri: str, yes: bool, missing_ok: bool) -> None:
+    """Delete the repository at URI: every object under it (data, registry, config last), nothing outside it.
+
+    Safe to run again after an interruption. The bucket or container stays; a local directory goes once empty.
+    """
+    from objbutler.maintenance import remove_repository
+
+    report = remove_repository(uri, dry_run=not yes, missing_ok=missing_ok)
+    if yes or not report.total:
+        click.echo(report.summary())
+        return
+    click.echo(f"refusing without --yes: {report.summary()}", err=True)
+    click.echo(f"to delete them: objbutler rm-repo {uri} --yes", err=True)
+    sys.exit(1)
+
+
 @main.command()
 @click.argument("uri", type=URI)
 @click.argument("dataset_type")

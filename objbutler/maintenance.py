@@ -1,4 +1,4 @@
-"""fsck and vacuum: find dangling entries and orphaned data objects, remove the orphans.
+"""fsck and vacuum: find dangling entries and orphaned data objects, remove the orphans; remove a repository.
 
 A *dangling* entry is a committed dataset whose data is missing or does not
 match the size (or, when asked, the checksum) that was recorded: that must
@@ -6,23 +6,38 @@ never happen, and fsck fails on it. An *orphan* is a data object that no
 entry references: a put that crashed between writing its data and
 committing, or a put still in flight. Orphans are harmless; ``vacuum``
 removes those older than a grace period (so in-flight puts are left alone).
+
+``remove_repository`` deletes a whole repository: every object under its
+prefix, the config last (see its docstring for why), nothing outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import os
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 from objbutler.butler import Butler
-from objbutler.errors import NotFoundError
+from objbutler.config import CONFIG_KEY, parse_config
+from objbutler.errors import NotFoundError, ObjButlerError, StoreError
 from objbutler.formats.zarr_array import zarr_checksum
+from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
+from objbutler.registry.log import LOG_PREFIX
 from objbutler.registry.records import DatasetRef
-from objbutler.stores import ObjectMeta
+from objbutler.stores import ObjectMeta, Store, open_store
+from objbutler.stores.cache import CachingStore
+from objbutler.stores.local import _TMP_PREFIX, LocalStore
 
-__all__ = ["FsckReport", "Orphan", "content_checksum", "dataset_problem", "fsck", "parse_age", "vacuum"]
+__all__ = ["FsckReport", "Orphan", "RemovalReport", "content_checksum", "dataset_problem", "fsck", "parse_age",
+           "remove_repository", "vacuum"]
 
 DATA_PREFIX = "data/"
 
@@ -230,3 +245,216 @@ def parse_age(text: str) -> dt.timedelta:
         return dt.timedelta(seconds=float(text))
     except ValueError:
         raise ValueError(f"cannot read {text!r} as an age: use e.g. 30s, 15m, 1h, 2d") from None
+
+
+#: What a repository holds, in the order ``remove_repository`` deletes it (the config is last).
+REMOVAL_ORDER = ("data", "other", "log", "checkpoints", "manifest", "config")
+_NOUNS = {"data": "data object", "other": "other object", "log": "log entry", "checkpoints": "checkpoint",
+          "manifest": "other registry object", "config": "config"}
+_ROUNDS = 5
+
+
+def _category(key: str) -> str:
+    if key == CONFIG_KEY:
+        return "config"
+    if key.startswith(DATA_PREFIX):
+        return "data"
+    if key.startswith(LOG_PREFIX):
+        return "log"
+    if key.startswith(CHECKPOINT_PREFIX):
+        return "checkpoints"
+    if key.startswith("manifest/"):
+        return "manifest"
+    return "other"  # provenance/activities/, probe scratch objects, anything else under the prefix
+
+
+def _plural(count: int, noun: str) -> str:
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+
+@dataclasses.dataclass(slots=True)
+class RemovalReport:
+    """What :func:`remove_repository` deleted, or would delete.
+
+    Parameters
+    ----------
+    uri : str
+        The repository.
+    datasets : int or None
+        Registry entries it held (None when its registry could not be read, e.g. half removed).
+    objects : dict of str to int
+        Objects by kind (``data``, ``other``, ``log``, ``checkpoints``, ``manifest``, ``config``).
+    size : int
+        Their total bytes.
+    removed : bool
+        False for a dry run, or when there was no repository (``missing_ok``).
+    """
+
+    uri: str
+    datasets: int | None
+    objects: dict[str, int]
+    size: int
+    removed: bool
+
+    @property
+    def total(self) -> int:
+        """Objects in all."""
+        return sum(self.objects.values())
+
+    def summary(self) -> str:
+        """One line: what was (or would be) deleted, with counts."""
+        if not self.total:
+            return f"no objbutler repository at {self.uri}: nothing to remove"
+        verb = "deleted" if self.removed else "would delete"
+        datasets = "an unreadable registry" if self.datasets is None else _plural(self.datasets, "dataset")
+        parts = [_plural(self.objects[kind], _NOUNS[kind]) for kind in REMOVAL_ORDER[:-1] if self.objects.get(kind)]
+        config = CONFIG_KEY if self.objects.get("config") else "no config"
+        listed = ", ".join([*parts, config])
+        return (f"{verb} {self.uri}: {datasets}; {self.total} objects ({listed}), {_human(self.size)}; "
+                f"nothing outside it")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _local_root(uri: str) -> Path | None:
+    """The directory a local URI names, or None for another scheme."""
+    scheme = urllib.parse.urlsplit(uri).scheme if "://" in uri else ""
+    if scheme == "file":
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path)).expanduser().absolute()
+    if scheme == "":
+        return Path(uri).expanduser().absolute()
+    return None
+
+
+def _tidy_local(root: Path) -> None:
+    """Remove what a local repository leaves once its objects are gone: temporary files, empty folders, the root."""
+    for current, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            if name.startswith(_TMP_PREFIX):  # a write that was interrupted, or is still in flight
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(current, name))
+        with contextlib.suppress(OSError):  # not empty: something that is not ours, left as it is
+            os.rmdir(current)
+
+
+def remove_repository(
+    repository: Butler | str,
+    *,
+    dry_run: bool = False,
+    missing_ok: bool = False,
+    jobs: int = 16,
+    store: Store | None = None,
+    **store_options: Any,
+) -> RemovalReport:
+    """Delete a whole repository: every object under its prefix, and nothing outside it.
+
+    The data objects go first, then anything else (provenance activity records),
+    the commit log, the checkpoints, and the config (``objbutler.json``) last.
+    Config last, so that a removal that is interrupted (a crash, a network
+    failure, Ctrl-C) leaves a repository that is still recognisable as one:
+    running the removal again finishes it, and ``Butler.create`` at the same URI
+    keeps refusing until it has, so a new repository is never created on top of
+    the old one's log entries (which it would read as its own commits). Before
+    deleting the config the prefix is listed again, and anything a writer added
+    meanwhile is deleted too; stop every writer first. The bucket or container
+    itself is left in place; a local directory is removed once it is empty.
+
+    Parameters
+    ----------
+    repository : Butler or str
+        The repository, or its URI.
+    dry_run : bool
+        Only count what would be deleted.
+    missing_ok : bool
+        No repository at the URI is not an error: return an empty report.
+    jobs : int
+        Deletes in flight at once.
+    store : Store, optional
+        Use this store object instead of opening the URI.
+    **store_options
+        Passed to :func:`objbutler.stores.open_store` (endpoint, credentials, ...).
+
+    Returns
+    -------
+    RemovalReport
+        What was (or would be) deleted, with counts.
+
+    Raises
+    ------
+    NotFoundError
+        If there is no ``objbutler.json`` at the URI (nothing is touched), unless ``missing_ok``.
+    ConfigError
+        If there is one but it is not an objbutler repository config (nothing is touched).
+    StoreError
+        If objects keep appearing while it runs (a writer is still busy); the config is then kept.
+    """
+    if isinstance(repository, Butler):
+        uri = repository.uri
+        if store is None:
+            store = repository.store
+            while isinstance(store, CachingStore):  # delete on the server, not in a local cache
+                store = store.inner
+    else:
+        uri = repository
+    empty = RemovalReport(uri, 0, {}, 0, removed=False)
+    if store is None:
+        local = _local_root(uri)
+        if local is not None and not local.is_dir():
+            if missing_ok:
+                return empty  # opening a LocalStore would create the directory: refuse without touching anything
+            raise NotFoundError(f"{uri} is not an objbutler repository (no such directory): nothing removed")
+        store = open_store(uri, **store_options)
+    local = store.root if isinstance(store, LocalStore) else None
+    try:
+        raw = store.get(CONFIG_KEY)
+    except NotFoundError:
+        if missing_ok:
+            return empty
+        raise NotFoundError(f"{uri} is not an objbutler repository (no {CONFIG_KEY}): nothing removed") from None
+    parse_config(raw, uri)  # a file of that name that is not ours: refuse
+
+    try:
+        datasets: int | None = len(Butler(uri, store=store).registry.refresh().all_refs())
+    except ObjButlerError:
+        datasets = None  # half removed already, or corrupt: the objects are still counted
+    metas = list(store.list(""))
+    counts: dict[str, int] = defaultdict(int)
+    for meta in metas:
+        counts[_category(meta.key)] += 1
+    report = RemovalReport(uri, datasets, dict(counts), sum(m.size for m in metas), removed=False)
+    if dry_run:
+        return report
+
+    def delete(keys: list[str]) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(store.delete, keys))  # a key already gone is not an error: re-running is safe
+
+    for _ in range(_ROUNDS):
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for meta in metas:
+            by_kind[_category(meta.key)].append(meta.key)
+        for kind in REMOVAL_ORDER[:-1]:
+            delete(by_kind[kind])
+        metas = [meta for meta in store.list("") if meta.key != CONFIG_KEY]
+        if not metas:
+            break
+        for meta in metas:  # written by someone while we deleted: count them too
+            report.objects[_category(meta.key)] = report.objects.get(_category(meta.key), 0) + 1
+            report.size += meta.size
+    else:
+        raise StoreError(f"objects keep appearing under {uri} while it is removed (a writer is still busy?): "
+                         f"{len(metas)} left; stop the writers and run the removal again (its config is kept)")
+    store.delete(CONFIG_KEY)
+    if local is not None:
+        _tidy_local(local)
+    report.removed = True
+    return report
