@@ -28,6 +28,7 @@ PAGES = {
     "howto/s3.md": "localstack",
     "howto/swift.md": "swift",
     "howto/offline.md": "localstack",
+    "howto/ingest.md": "localstack",
     "howto/dask.md": None,
 }
 

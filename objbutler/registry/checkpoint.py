@@ -16,6 +16,8 @@ dataset:
 ``data_id``      canonical JSON of the data ID
 ``provenance``   JSON, or null
 ``layout``       JSON, or null: where an image's pixels lie in its object
+``direct``       JSON, or null: ``{"etag": ...}`` of a dataset registered in
+                 place (then ``key`` is the absolute URI of its data)
 ``dim.<name>``   one column per data ID key (int64 or string), for queries
 ===============  ==========================================================
 
@@ -66,6 +68,7 @@ _BASE_FIELDS = [
     pa.field("data_id", pa.string()),
     pa.field("provenance", pa.string()),
     pa.field("layout", pa.string()),
+    pa.field("direct", pa.string()),
 ]
 
 
@@ -130,6 +133,7 @@ def refs_to_table(refs: Iterable[DatasetRef], dimensions: dict[str, str]) -> pa.
         "data_id": [canonical_data_id(r.data_id) for r in refs],
         "provenance": [None if r.provenance is None else json.dumps(r.provenance, sort_keys=True) for r in refs],
         "layout": [None if r.layout is None else json.dumps(r.layout, sort_keys=True) for r in refs],
+        "direct": [None if r.direct is None else json.dumps(r.direct, sort_keys=True) for r in refs],
     }
     for name in sorted(dimensions):
         columns[f"{DIM_PREFIX}{name}"] = [r.data_id.get(name) for r in refs]
@@ -208,7 +212,7 @@ def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
             raise FormatError(f"checkpoint {where} names an invalid log position {meta.get('position')!r}")
         if any(kind not in ("int", "str") for kind in dimensions.values()):
             raise FormatError(f"checkpoint {where} declares an unknown dimension kind")
-        table = conform(table, dimensions)  # older checkpoints lack "layout"; any column order is read
+        table = conform(table, dimensions)  # older checkpoints lack "layout" or "direct"; any column order is read
     except FormatError:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
@@ -239,6 +243,7 @@ def rows_to_refs(table: pa.Table, repository: str) -> list[DatasetRef]:
                 provenance=None if row["provenance"] is None else json.loads(row["provenance"]),
                 repository=repository,
                 layout=None if row["layout"] is None else json.loads(row["layout"]),
+                direct=None if row["direct"] is None else json.loads(row["direct"]),
             )
         )
     return refs
