@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
@@ -33,6 +34,7 @@ from objbutler.errors import (
     NotFoundError,
     NotSupportedError,
     ObjButlerError,
+    OfflineError,
     RepositoryNotFoundError,
 )
 from objbutler.formats.dispatch import (
@@ -74,6 +76,7 @@ from objbutler.stores import (
     validate_key,
 )
 from objbutler.stores.cache import CachingStore, cache_settings
+from objbutler.stores.locations import Location, parse_location, sibling_store
 
 __all__ = ["CONFIG_KEY", "UNSET", "Butler"]
 
@@ -137,6 +140,8 @@ class Butler:
         self._given_store = store
         self._cache_options = (cache, offline)
         self._activities: list[Activity] = []  # open ``activity()`` blocks, innermost last
+        self._location_stores: dict[tuple[str, str], Store] = {}  # stores of buckets holding direct datasets
+        self._location_lock = threading.Lock()
         self.store: Store = store if store is not None else open_store(uri, **store_options)
         if store is None or cache is not None or offline is not None:  # the environment applies to URIs only
             cache_dir, offline, max_bytes = cache_settings(cache, offline)
@@ -689,8 +694,11 @@ class Butler:
             not of the dataset's format, or declare shapes they cannot hold.
         """
         ref = self._resolve(ref_or_type, data_id, run)
-        recorded = Recorded(ref.size, ref.checksum, f"{ref.dataset_type} {ref.data_id} in run {ref.run!r}")
-        obj = read_dataset(self.store, ref.key, ref.format, recorded=recorded, verify=verify, hdu=hdu)
+        where = f" (registered in place at {ref.key})" if ref.is_direct else ""
+        recorded = Recorded(ref.size, ref.checksum, f"{ref.dataset_type} {ref.data_id} in run {ref.run!r}{where}")
+        store, key = self.data_location(ref)
+        with _gone_in_place(ref):
+            obj = read_dataset(store, key, ref.format, recorded=recorded, verify=verify, hdu=_default_hdu(ref, hdu))
         if efd is not False and efd is not None:
             from objbutler.efd import attach_efd
 
@@ -735,18 +743,24 @@ class Butler:
             In request order.
         """
         ref = self._resolve(ref_or_type, data_id, run)
+        hdu = _default_hdu(ref, hdu)
         boxes, wcs = self._boxes_for(ref, boxes_or_coords, size, hdu)
+        store, key = self.data_location(ref)
         if ref.format == "fits":
             from objbutler.formats.fits_cutouts import read_fits_cutouts
 
-            return read_fits_cutouts(self.store, ref.key, boxes, mode, fill_value, cost=cost, layout=ref.layout,
-                                     object_size=ref.size, parent_wcs=wcs, hdu=hdu)
+            # The layout of data registered in place is not trusted: the object may have been replaced.
+            layout = None if ref.is_direct else ref.layout
+            with _gone_in_place(ref):
+                return read_fits_cutouts(store, key, boxes, mode, fill_value, cost=cost, layout=layout,
+                                         object_size=ref.size, parent_wcs=wcs, hdu=hdu)
         if hdu not in (None, 0, "PRIMARY"):
             raise NotSupportedError(f"hdu={hdu!r} picks an HDU of a FITS image; {ref.dataset_type} is {ref.format}")
         if ref.format == "zarr":
             from objbutler.formats.zarr_array import read_zarr_cutouts
 
-            return read_zarr_cutouts(self.store, ref.key, boxes, mode, fill_value, size=ref.size)
+            with _gone_in_place(ref):
+                return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size)
         raise NotSupportedError(f"cutouts need an image dataset; {ref.dataset_type} is {ref.format}")
 
     def get_cutouts_many(
@@ -794,7 +808,7 @@ class Butler:
         ref = self._resolve(ref_or_type, data_id, run)
         if FORMATS.get(ref.format) != "image":
             raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
-        return self._image_wcs(ref)
+        return self._image_wcs(ref, _default_hdu(ref, None))
 
     def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any,
                    hdu: int | str | None = None) -> tuple[list[Box], Any]:
@@ -815,13 +829,85 @@ class Butler:
         return boxes_from_skycoords(boxes_or_coords, wcs, size), wcs
 
     def _image_wcs(self, ref: DatasetRef, hdu: int | str | None = None) -> Any:
-        if ref.format == "fits":
-            from objbutler.formats.fits_cutouts import read_fits_wcs
+        store, key = self.data_location(ref)
+        with _gone_in_place(ref):
+            if ref.format == "fits":
+                from objbutler.formats.fits_cutouts import read_fits_wcs
 
-            return read_fits_wcs(self.store, ref.key, hdu=hdu)
-        from objbutler.formats.zarr_array import read_zarr_wcs
+                return read_fits_wcs(store, key, hdu=hdu)
+            from objbutler.formats.zarr_array import read_zarr_wcs
 
-        return read_zarr_wcs(self.store, ref.key)
+            return read_zarr_wcs(store, key)
+
+    # -- data registered in place ------------------------------------------------
+
+    def data_location(self, ref: DatasetRef) -> tuple[Store, str]:
+        """The store and key that hold a dataset's data.
+
+        The repository's store and ``ref.key``, or, for a dataset registered in
+        place (``ref.is_direct``), a store for the bucket its absolute ``key``
+        names, on the repository's endpoint with the repository's options
+        (:func:`~objbutler.stores.locations.sibling_store`), and the key in it.
+
+        Raises
+        ------
+        FormatError
+            A direct record whose key is not an absolute URI.
+        NotSupportedError
+            A direct record on another scheme than the repository.
+        OfflineError
+            The Butler is offline: data registered in place is never cached.
+        """
+        if not ref.is_direct:
+            return self.store, ref.key
+        location = direct_location(ref)
+        return self.location_store(location), location.key
+
+    def location_store(self, location: Location) -> Store:
+        """A store (kept for this Butler's life) for the bucket of a location on the repository's endpoint."""
+        if isinstance(self.store, CachingStore) and self.store.offline:
+            raise OfflineError(f"{location} is registered in place, outside the repository, and is never cached: "
+                               "it cannot be read offline")
+        with self._location_lock:
+            found = self._location_stores.get((location.scheme, location.container))
+            if found is None:
+                found = sibling_store(self.store, location)
+                self._location_stores[(location.scheme, location.container)] = found
+            return found
+
+
+def direct_location(ref: DatasetRef) -> Location:
+    """The absolute location of a dataset registered in place (FormatError for a malformed record)."""
+    try:
+        if "://" not in ref.key:
+            raise InvalidKeyError("not an absolute URI")
+        location = parse_location(ref.key)
+        validate_key(location.key)
+    except ObjButlerError as exc:
+        raise FormatError(f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is registered in place at "
+                          f"{ref.key!r}, which is not a usable location ({exc})") from None
+    return location
+
+
+@contextlib.contextmanager
+def _gone_in_place(ref: DatasetRef) -> Iterator[None]:
+    """Say so when data registered in place is missing: it was deleted outside objbutler."""
+    try:
+        yield
+    except NotFoundError as exc:
+        if not ref.is_direct:
+            raise
+        raise NotFoundError(f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is registered in place at "
+                            f"{ref.key}, which is gone: it was deleted outside objbutler ({exc}); "
+                            "objbutler fsck lists such datasets") from exc
+
+
+def _default_hdu(ref: DatasetRef, hdu: int | str | None) -> int | str | None:
+    """``hdu``, or the HDU a FITS file ingested as it is was registered as (from its layout)."""
+    if hdu is not None or ref.format != "fits" or not isinstance(ref.layout, dict):
+        return hdu
+    index = ref.layout.get("hdu")
+    return index if type(index) is int and index > 0 else None
 
 
 def _reopen(uri: str, store: Store | None, store_options: dict[str, Any], cache: Any = (None, None)) -> Butler:

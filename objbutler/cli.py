@@ -368,7 +368,64 @@ def put_command(uri: str, dataset_type: str, files: tuple[Path, ...], data_id: t
         sys.exit(1)
 
 
-main.add_command(put_command, name="ingest")
+@main.command(name="ingest")
+@click.argument("uri")
+@click.argument("dataset_type")
+@click.argument("sources", nargs=-1, required=True)
+@data_id_option
+@click.option("--header-key", "header_keys", multiple=True, metavar="KEY=CARD",
+              help="Take a data ID item from a FITS header card (Zarr: an attribute), e.g. visit=EXPNUM.")
+@run_option
+@click.option("--transfer", type=click.Choice(["copy", "direct"]), default="copy", show_default=True,
+              help="copy: copy the bytes into the repository; direct: register the data where it is "
+                   "(same endpoint as the repository, never copied, written or deleted by objbutler).")
+@click.option("--hdu", default=None, help="FITS: the HDU that is the dataset (index or name); default: the first "
+                                          "with image data. The whole file is kept.")
+@click.option("--format", "fmt", type=click.Choice(["fits", "zarr"]), default=None,
+              help="Only sources in this format (ingest never converts; `objbutler put --format` does).")
+@click.option("--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="Store option for sources on object stores instead of the repository's (endpoint_url=..., "
+                   "profile=..., auth_url=...); repeatable.")
+@click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Sources read at once.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
+def ingest_command(uri: str, dataset_type: str, sources: tuple[str, ...], data_id: tuple[str, ...],
+                   header_keys: tuple[str, ...], run: str | None, transfer: str, hdu: str | None, fmt: str | None,
+                   source_options: tuple[str, ...], jobs: int, progress: bool | None) -> None:
+    """Register existing FITS files and Zarr arrays as datasets of DATASET_TYPE, as they are.
+
+    SOURCES are local paths or globs, s3://bucket/prefix/*.fits, swift://container/prefix/*.fits or Zarr
+    array/group prefixes (globs on object stores are expanded by listing). Exit 1 if any source failed.
+    """
+    from objbutler.butler import Butler
+    from objbutler.ingest import ingest_objects
+
+    if run is None:
+        raise click.BadParameter("a run is required", param_hint="--run")
+    options = _store_options(source_options) if source_options else None
+    refs, failures = ingest_objects(Butler(uri), dataset_type, list(sources), run=run,
+                                    data_id=parse_data_id(data_id), header_keys=dict(_split_pairs(header_keys)),
+                                    transfer=transfer, hdu=hdu, format=fmt, progress=progress,
+                                    source_options=options, jobs=jobs)
+    for ref in refs:
+        click.echo(f"{ref.id}  {ref.dataset_type}  {json.dumps(ref.data_id)}  {ref.key}")
+    for source, error in failures:
+        click.echo(f"error: {source}: {type(error).__name__}: {error}", err=True)
+    click.echo(f"ingested {len(refs)} dataset(s) ({transfer}), {len(failures)} failure(s)")
+    if failures:
+        sys.exit(1)
+
+
+def _store_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["endpoint_url=http://h:9000", "max_concurrency=8", "verify=false"]`` as store options."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--source-option")
+        options[key.strip()] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit()
+                                                                   else value)
+    return options
 
 
 def _split_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:

@@ -19,6 +19,14 @@ How one dataset is copied
        which checks that the data is in place; if the commit fails, the data
        this call wrote is deleted again (a put stays atomic).
 
+Data registered in place
+    A dataset the source registered where it was (``ingest --transfer direct``)
+    is copied like any other: its bytes are read from where they are (and
+    checked), written into the destination's ``data/`` under the key a put
+    would give it, and committed as an ordinary dataset with the same id. So
+    a clone is self-contained: it never depends on a bucket outside it, and
+    deleting the original objects later does not break it.
+
 Resuming
     A dataset whose id the destination already holds is skipped, so rerunning
     an interrupted clone (even one killed with SIGKILL) copies only what is
@@ -37,7 +45,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from objbutler.butler import Butler
+from objbutler.butler import EXTENSIONS, Butler
 from objbutler.errors import (
     AlreadyExistsError,
     CommitOutcomeUnknownError,
@@ -48,10 +56,10 @@ from objbutler.errors import (
 from objbutler.formats.dispatch import delete_dataset
 from objbutler.formats.zarr_array import write_zarr_objects
 from objbutler.maintenance import content_checksum
-from objbutler.registry.records import DatasetRef
+from objbutler.registry.records import DatasetRef, data_id_slug
 from objbutler.stores._concurrency import run_concurrently
 
-__all__ = ["CloneReport", "clone", "open_or_create", "select_datasets"]
+__all__ = ["CloneReport", "clone", "cloned_ref", "open_or_create", "select_datasets"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -186,33 +194,52 @@ def open_or_create(uri: str, default_format: str = "fits", **store_options: Any)
 
 
 def _read_verified(source: Butler, ref: DatasetRef) -> dict[str, bytes]:
-    """Every object of a dataset from the source, checked against the recorded size and checksum."""
+    """Every object of a dataset from the source, checked against the recorded size and checksum.
+
+    Keys are relative to the dataset: ``""`` for a single object, the key under the prefix for Zarr.
+    """
+    store, key = source.data_location(ref)  # the repository's, or where a direct dataset is
     if ref.format == "zarr":
-        keys = [meta.key for meta in source.store.list(ref.key.rstrip("/") + "/")]
+        keys = [meta.key for meta in store.list(key.rstrip("/") + "/")]
         if not keys:
             raise NotFoundError(f"no Zarr objects under {ref.key} in {source.uri}")
-        objects = dict(zip(keys, source.store.get_many(keys), strict=True))
+        objects = dict(zip(keys, store.get_many(keys), strict=True))
     else:
-        objects = {ref.key: source.store.get(ref.key)}
+        objects = {key: store.get(key)}
     size = sum(len(data) for data in objects.values())
     if size != ref.size:
         raise FormatError(f"{ref.key} in {source.uri} has {size} bytes, the registry recorded {ref.size}")
-    digest = content_checksum(ref, objects)
+    digest = content_checksum(dataclasses.replace(ref, key=key), objects)
     if digest != ref.checksum:
         raise FormatError(f"{ref.key} in {source.uri} has checksum {digest}, the registry recorded {ref.checksum}")
-    return objects
+    if ref.format != "zarr":
+        return {"": objects[key]}
+    prefix = key.rstrip("/") + "/"
+    return {name[len(prefix):]: data for name, data in objects.items()}
+
+
+def cloned_ref(ref: DatasetRef) -> DatasetRef:
+    """The ref a clone commits: the same, except that data registered in place gets a key in ``data/``.
+
+    The key is the one a put would give it (so a rerun writes the same key), the ``direct`` field
+    is dropped: the copy is the destination's own.
+    """
+    if not ref.is_direct:
+        return ref
+    key = f"data/{ref.run}/{ref.dataset_type}/{data_id_slug(ref.data_id)}-{ref.id[:8]}{EXTENSIONS[ref.format]}"
+    return dataclasses.replace(ref, key=key, direct=None)
 
 
 def _write(destination: Butler, ref: DatasetRef, objects: dict[str, bytes]) -> None:
-    """Write a dataset's objects under the same keys, replacing a half-copied earlier attempt."""
+    """Write a dataset's objects under its key, replacing a half-copied earlier attempt."""
     if ref.format != "zarr":
-        destination.store.put(ref.key, objects[ref.key])
+        destination.store.put(ref.key, objects[""])
         return
     prefix = ref.key.rstrip("/") + "/"
     for meta in list(destination.store.list(prefix)):
-        if meta.key not in objects:
+        if meta.key[len(prefix):] not in objects:
             destination.store.delete(meta.key)
-    write_zarr_objects(destination.store, ref.key, {key[len(prefix):]: data for key, data in objects.items()})
+    write_zarr_objects(destination.store, ref.key, objects)
 
 
 def clone(
@@ -286,7 +313,7 @@ def clone(
         def copy(ref: DatasetRef) -> tuple[DatasetRef, str | None]:
             error = None
             try:
-                _write(dst, ref, _read_verified(src, ref))
+                _write(dst, cloned_ref(ref), _read_verified(src, ref))
             except ObjButlerError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             with lock:
@@ -297,7 +324,7 @@ def clone(
         for start in range(0, len(todo), batch_size):
             results = run_concurrently(copy, todo[start : start + batch_size], jobs)
             report.failed += [(ref, error) for ref, error in results if error is not None]
-            _commit(dst, [ref for ref, error in results if error is None], report)
+            _commit(dst, [cloned_ref(ref) for ref, error in results if error is None], report)
     return report
 
 

@@ -9,6 +9,11 @@ removes those older than a grace period (so in-flight puts are left alone).
 
 ``remove_repository`` deletes a whole repository: every object under its
 prefix, the config last (see its docstring for why), nothing outside it.
+
+Data registered in place (``ingest --transfer direct``) is not the
+repository's: fsck checks that it is still there with the recorded size and
+etag (and, when asked, checksum), and reports it as dangling when it was
+deleted or replaced behind objbutler's back; ``vacuum`` never deletes it.
 """
 
 from __future__ import annotations
@@ -158,6 +163,8 @@ def dataset_problem(butler: Butler, ref: DatasetRef, verify_checksums: bool = Fa
     str or None
         The problem, as fsck reports it.
     """
+    if ref.is_direct:
+        return _direct_problem(butler, ref, verify_checksums)
     if ref.format == "zarr":
         objects = list(butler.store.list(ref.key.rstrip("/") + "/"))
     else:
@@ -166,6 +173,69 @@ def dataset_problem(butler: Butler, ref: DatasetRef, verify_checksums: bool = Fa
         except NotFoundError:
             objects = []
     return _problem(butler, ref, objects, verify_checksums)
+
+
+def _direct_problem(butler: Butler, ref: DatasetRef, verify: bool) -> str | None:
+    """Why data registered in place no longer is what was registered (deleted or replaced), or None.
+
+    Its size and etag (one HEAD, or one listing of a Zarr array) are compared with the record. An
+    etag that changed with the size unchanged means the object was rewritten: with ``verify`` the
+    checksum decides whether its bytes changed; without, it is reported.
+    """
+    from objbutler.ingest import etag_digest, stream_checksum
+
+    try:
+        store, key = butler.data_location(ref)
+        if ref.format == "zarr":
+            base = len(key) + 1
+            listed = {meta.key[base:]: meta for meta in store.list(key + "/")}
+            if not listed:
+                raise NotFoundError(key)
+            if "zarr.json" not in listed:
+                return "registered in place, and its zarr.json was deleted outside objbutler"
+            size, etag = sum(meta.size for meta in listed.values()), etag_digest(
+                {name: meta.etag for name, meta in listed.items()})
+        else:
+            meta = store.head(key)
+            size, etag = meta.size, meta.etag
+    except NotFoundError:
+        return "registered in place, and deleted outside objbutler (nothing is there now)"
+    except ObjButlerError as exc:
+        return f"registered in place, and could not be checked: {type(exc).__name__}: {exc}"
+    if size != ref.size:
+        return f"registered in place, and replaced outside objbutler: its size is {size} bytes, the registry " \
+               f"recorded {ref.size}"
+    recorded = (ref.direct or {}).get("etag")
+    if verify:
+        try:
+            digest = stream_checksum(store, key, ref.format, ref.key)
+        except ObjButlerError as exc:
+            return f"registered in place, and could not be read: {type(exc).__name__}: {exc}"
+        if digest != ref.checksum:
+            return f"registered in place, and replaced outside objbutler: its checksum is {digest}, the registry " \
+                   f"recorded {ref.checksum}"
+        return None
+    if recorded is not None and etag != recorded:
+        return f"registered in place, and replaced outside objbutler: its etag is {etag}, the registry recorded " \
+               f"{recorded} (--verify-checksums tells whether its bytes changed)"
+    return None
+
+
+def _inside_repository(butler: Butler, ref: DatasetRef) -> str | None:
+    """The repository-relative key of data registered in place that lies inside the repository (never
+    written by ingest, which refuses it; a hand-made record could), so that vacuum never takes it for an orphan."""
+    from objbutler.butler import direct_location
+    from objbutler.stores.locations import parse_location
+
+    try:
+        location, root = direct_location(ref), parse_location(butler.store.uri)
+    except ObjButlerError:
+        return None
+    if (location.scheme, location.container) != (root.scheme, root.container):
+        return None
+    if not root.key:
+        return location.key
+    return location.key[len(root.key) + 1:] if location.key.startswith(root.key + "/") else None
 
 
 def fsck(butler: Butler, verify_checksums: bool = False) -> FsckReport:
@@ -187,15 +257,19 @@ def fsck(butler: Butler, verify_checksums: bool = False) -> FsckReport:
     refs = butler.registry.refresh().all_refs()
     dangling = []
     for ref in refs:
-        problem = _problem(butler, ref, groups.get(ref.key), verify_checksums)
+        if ref.is_direct:
+            problem = _direct_problem(butler, ref, verify_checksums)
+        else:
+            problem = _problem(butler, ref, groups.get(ref.key), verify_checksums)
         if problem:
             dangling.append((ref, problem))
-    referenced = {ref.key for ref in refs}
+    referenced = {ref.key for ref in refs if not ref.is_direct}
+    in_place = [key for ref in refs if ref.is_direct and (key := _inside_repository(butler, ref)) is not None]
     orphans = [
         Orphan(key, tuple(m.key for m in metas), sum(m.size for m in metas),
                max((m.last_modified for m in metas if m.last_modified), default=None))
         for key, metas in sorted(groups.items())
-        if key not in referenced
+        if key not in referenced and not any(key == kept or key.startswith(kept + "/") for kept in in_place)
     ]
     return FsckReport(len(refs), dangling, orphans)
 

@@ -166,9 +166,9 @@ def read_fits_cutouts(
         Store cost model for the range planner; by default chosen from the
         store (:meth:`CostModel.for_store`).
     layout : dict, optional
-        The registry's :func:`fits_layout` of the object: the header is then
-        not read unless a stamp's WCS is asked for (ignored with ``hdu``, or
-        if it does not fit ``object_size``).
+        The registry's :func:`fits_layout` (or :func:`hdu_layout`) of the object: the header is then
+        not read unless a stamp's WCS is asked for (ignored with an ``hdu`` other than the
+        layout's, or if it does not fit ``object_size``).
     object_size : int, optional
         The object's size in bytes, to check ``layout`` and the header against
         (the data an HDU declares must fit in it). Without it, the size is
@@ -194,7 +194,8 @@ def read_fits_cutouts(
     """
     cost = cost or CostModel.for_store(store)
     reader = HeaderReader(store, key, cost)
-    hinted = layout_info(layout, object_size) if layout is not None and hdu is None else None
+    recorded = layout.get("hdu") if isinstance(layout, dict) else None
+    hinted = layout_info(layout, object_size) if layout is not None and hdu in (None, recorded) else None
     info = hinted or locate(reader, hdu)
     if hinted is None:  # the layout was checked against object_size; a header is checked here
         size = object_size if object_size is not None else _size_if_known(reader)
@@ -206,7 +207,7 @@ def read_fits_cutouts(
     if parent_wcs is not None:
         wcs = ParentWCS(lambda: parent_wcs)
     elif hinted is not None:
-        wcs = ParentWCS(lambda: read_fits_wcs(store, key))
+        wcs = ParentWCS(lambda: read_fits_wcs(store, key, hdu=hinted.index))
     else:
         wcs = ParentWCS(lambda: _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header))
     if info.kind == "compressed":

@@ -40,6 +40,7 @@ __all__ = [
     "check_declared_sizes",
     "check_fits_bytes",
     "fits_layout",
+    "hdu_layout",
     "layout_info",
     "locate",
 ]
@@ -441,30 +442,50 @@ def fits_layout(data: bytes) -> dict[str, Any] | None:
         tile-compressed, not 2-D, or not in the primary HDU.
     """
     info = HeaderReader(_BytesSource(data), "", CostModel.local()).header_at(0, 0)
-    if info is None or info.kind != "image" or len(info.image_shape) != 2 or not info.has_data:
+    return hdu_layout(info) if info is not None and info.index == 0 else None
+
+
+def hdu_layout(info: HduInfo) -> dict[str, Any] | None:
+    """Where the pixels of one uncompressed 2-D image HDU lie (what :func:`fits_layout` records), or None.
+
+    Parameters
+    ----------
+    info : HduInfo
+        The HDU, as :func:`locate` found it.
+
+    Returns
+    -------
+    dict or None
+        ``{"hdu": index, "data_start", "shape": [ny, nx], "bitpix"}`` plus any of
+        BSCALE, BZERO, BLANK (lower-case keys); None for a tile-compressed image,
+        one that is not 2-D, or an HDU without image data.
+    """
+    if info.kind != "image" or len(info.image_shape) != 2 or not info.has_data:
         return None
     layout: dict[str, Any] = {
-        "hdu": 0, "data_start": info.data_start, "shape": list(info.image_shape), "bitpix": info.header["BITPIX"],
+        "hdu": info.index, "data_start": info.data_start, "shape": list(info.image_shape),
+        "bitpix": info.header["BITPIX"],
     }
     layout.update({key.lower(): info.header[key] for key in _LAYOUT_SCALING if key in info.header})
     return layout
 
 
 def layout_info(layout: Any, size: int | None) -> HduInfo | None:
-    """The HduInfo a registry layout describes (None if it is malformed or does not fit the object)."""
+    """The HduInfo a registry layout describes (None if it is malformed, partial or does not fit the object)."""
     try:
+        index = layout["hdu"]
         ny, nx = (int(n) for n in layout["shape"])
-        header = fits.Header([("SIMPLE", True), ("BITPIX", int(layout["bitpix"])), ("NAXIS", 2),
-                              ("NAXIS1", nx), ("NAXIS2", ny)])
+        first = ("SIMPLE", True) if index == 0 else ("XTENSION", "IMAGE")
+        header = fits.Header([first, ("BITPIX", int(layout["bitpix"])), ("NAXIS", 2), ("NAXIS1", nx), ("NAXIS2", ny)])
         for key in _LAYOUT_SCALING:
             if key.lower() in layout:
                 header[key] = layout[key.lower()]
-        info = HduInfo(0, header, int(layout["data_start"]))
+        info = HduInfo(index, header, int(layout["data_start"]))
         end = info.data_start + nx * ny * abs(int(layout["bitpix"])) // 8
     except (KeyError, TypeError, ValueError):
         return None
     sane = nx > 0 and ny > 0 and info.data_start > 0 and info.data_start % BLOCK == 0
-    if not sane or layout.get("hdu") != 0 or int(layout["bitpix"]) not in BITPIX_DTYPES or (
+    if not sane or type(index) is not int or index < 0 or int(layout["bitpix"]) not in BITPIX_DTYPES or (
             size is not None and end > size):
         return None
     return info

@@ -103,6 +103,8 @@ __all__ = [
     "write_zarr",
     "write_zarr_objects",
     "zarr_checksum",
+    "zarr_checksum_of_digests",
+    "zarr_image_attributes",
 ]
 
 ZARR_JSON = "zarr.json"
@@ -327,9 +329,25 @@ def zarr_checksum(objects: Mapping[str, bytes]) -> str:
         Hex SHA-256 over the lines ``f"{key}\\0{sha256(bytes).hexdigest()}\\n"``
         (UTF-8), keys sorted.
     """
+    return zarr_checksum_of_digests({key: hashlib.sha256(data).hexdigest() for key, data in objects.items()})
+
+
+def zarr_checksum_of_digests(digests: Mapping[str, str]) -> str:
+    """:func:`zarr_checksum` from each object's hex SHA-256 (objects hashed one at a time, as they stream by).
+
+    Parameters
+    ----------
+    digests : mapping of str to str
+        Relative key -> hex SHA-256 of that object's bytes.
+
+    Returns
+    -------
+    str
+        The same hex digest :func:`zarr_checksum` gives for those objects.
+    """
     digest = hashlib.sha256()
-    for key in sorted(objects):
-        digest.update(f"{key}\0{hashlib.sha256(objects[key]).hexdigest()}\n".encode())
+    for key in sorted(digests):
+        digest.update(f"{key}\0{digests[key]}\n".encode())
     return digest.hexdigest()
 
 
@@ -466,6 +484,23 @@ def _load_image(store: Store, prefix: str) -> tuple[str, dict[str, Any], ArrayV3
         prefix = _join(prefix, members["image"])
         raw = store.get(_join(prefix, ZARR_JSON))
     return (prefix, *_parse_metadata(raw, prefix))
+
+
+def zarr_image_attributes(store: Any, prefix: str) -> dict[str, Any]:
+    """The attributes of the image a prefix holds (an array, or an objbutler image group's ``image``).
+
+    Reads ``zarr.json`` (and the image member's) with ``store.get`` and checks that objbutler can
+    read the array (:func:`_parse_metadata`): what an ingest does before registering an array
+    written by someone else.
+
+    Raises
+    ------
+    FormatError
+        Not Zarr v3 array metadata (or a group objbutler did not write), or chunks it cannot read.
+    NotSupportedError
+        An irregular chunk grid or storage transformers.
+    """
+    return dict(_load_image(store, prefix)[2].attributes)
 
 
 def _parse_metadata(raw: bytes, prefix: str) -> tuple[dict[str, Any], ArrayV3Metadata]:

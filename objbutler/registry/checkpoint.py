@@ -21,6 +21,8 @@ dataset:
 ``sky_mjd``      float64, or null: observation time (MJD)
 ``sky_band``     string, or null: band or filter
 ``sky``          JSON, or null: the rest of the sky record (shape, WCS cards, ``error_px``)
+``direct``       JSON, or null: ``{"etag": ...}`` of a dataset registered in
+                 place (then ``key`` is the absolute URI of its data)
 ``dim.<name>``   one column per data ID key (int64 or string), for queries
 ===============  ==========================================================
 
@@ -74,6 +76,7 @@ _BASE_FIELDS = [
     pa.field("data_id", pa.string()),
     pa.field("provenance", pa.string()),
     pa.field("layout", pa.string()),
+    pa.field("direct", pa.string()),
 ]
 _SKY_FIELDS = [
     pa.field("sky_ra", pa.list_(pa.float64())),
@@ -147,6 +150,7 @@ def refs_to_table(refs: Iterable[DatasetRef], dimensions: dict[str, str]) -> pa.
         "provenance": [None if r.provenance is None else json.dumps(r.provenance, sort_keys=True) for r in refs],
         "layout": [None if r.layout is None else json.dumps(r.layout, sort_keys=True) for r in refs],
         **_sky_columns(refs),
+        "direct": [None if r.direct is None else json.dumps(r.direct, sort_keys=True) for r in refs],
     }
     for name in sorted(dimensions):
         columns[f"{DIM_PREFIX}{name}"] = [r.data_id.get(name) for r in refs]
@@ -251,7 +255,7 @@ def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
             raise FormatError(f"checkpoint {where} names an invalid log position {meta.get('position')!r}")
         if any(kind not in ("int", "str") for kind in dimensions.values()):
             raise FormatError(f"checkpoint {where} declares an unknown dimension kind")
-        table = conform(table, dimensions)  # older checkpoints lack "layout" and "sky*"; any column order is read
+        table = conform(table, dimensions)  # older ones lack "layout", "direct" or "sky*"; any column order
     except FormatError:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
@@ -283,6 +287,7 @@ def rows_to_refs(table: pa.Table, repository: str) -> list[DatasetRef]:
                 repository=repository,
                 layout=None if row["layout"] is None else json.loads(row["layout"]),
                 sky=_sky_of(row),
+                direct=None if row["direct"] is None else json.loads(row["direct"]),
             )
         )
     return refs

@@ -207,7 +207,9 @@ class DatasetRef:
     format : str
         ``"fits"``, ``"zarr"``, ``"json"`` or ``"parquet"``.
     key : str
-        Object key (or key prefix, for Zarr) of the data, relative to the repository.
+        Object key (or key prefix, for Zarr) of the data, relative to the repository;
+        for a dataset registered in place (``direct``), the absolute URI of its
+        object or Zarr prefix (``s3://bucket/raw/x.fits``).
     size : int
         Stored bytes.
     checksum : str
@@ -221,12 +223,23 @@ class DatasetRef:
     layout : dict or None
         Where the pixels of an image objbutler wrote lie in its object (FITS:
         :func:`objbutler.formats.fits_headers.fits_layout`), so cutouts skip the header
-        read; None for other datasets and for files ingested as they are.
+        read; None for other datasets. For a FITS file ingested as it is
+        (:func:`objbutler.ingest.ingest_objects`), ``{"hdu": <index>}`` names the
+        HDU the dataset is, plus where its pixels lie when it is a plain 2-D image
+        in a copy the repository owns.
     sky : dict or None
         An image's footprint polygon, WCS cards, observation time and band
         (:mod:`objbutler.sky.footprint`), so sky queries and cutouts need no
         header read; None for other datasets and images without a celestial WCS
         (and for images put before it existed, until ``objbutler reindex``).
+    direct : dict or None
+        Set for a dataset registered where it already was (``transfer="direct"``):
+        its data is not in the repository but at the absolute URI ``key`` on the
+        repository's store endpoint, and objbutler never writes or deletes it.
+        ``{"etag": <str or None>}``: the store's etag of the object when it was
+        registered (for a Zarr array a digest of every object's etag, see
+        :func:`objbutler.ingest.etag_digest`), so ``fsck`` can tell that it was
+        replaced without reading it. None for data the repository holds.
     """
 
     id: str
@@ -242,12 +255,18 @@ class DatasetRef:
     repository: str = ""
     layout: dict[str, Any] | None = None
     sky: dict[str, Any] | None = None
+    direct: dict[str, Any] | None = None
 
     def __hash__(self) -> int:
         return hash(self.id)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DatasetRef) and other.id == self.id
+
+    @property
+    def is_direct(self) -> bool:
+        """True for a dataset registered in place: ``key`` is then an absolute URI outside the repository."""
+        return self.direct is not None
 
     @property
     def unique_key(self) -> tuple[str, str, str]:
@@ -269,6 +288,7 @@ class DatasetRef:
             "provenance": self.provenance,
             **({"layout": self.layout} if self.layout is not None else {}),
             **({"sky": self.sky} if self.sky is not None else {}),
+            **({"direct": self.direct} if self.direct is not None else {}),
         }
 
     @classmethod
@@ -288,4 +308,14 @@ class DatasetRef:
             repository=repository,
             layout=raw.get("layout"),
             sky=raw.get("sky"),
+            direct=_direct_record(raw.get("direct")),
         )
+
+
+def _direct_record(raw: Any) -> dict[str, Any] | None:
+    """The ``direct`` field of a record: None, or a dict whose ``etag`` is a string or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("etag"), str | None):
+        raise TypeError(f"the direct field of a dataset record must be an object with an etag, got {raw!r}")
+    return dict(raw)

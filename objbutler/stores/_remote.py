@@ -339,6 +339,29 @@ class RemoteStore(abc.ABC):
         )
         return (constructor, (self._container, self.prefix))
 
+    def sibling(self, container: str, prefix: str = "") -> Self:
+        """A store in another bucket or container of the same endpoint, with the same credentials and options.
+
+        What a repository uses to reach data registered in place elsewhere on its endpoint
+        (:mod:`objbutler.stores.locations`): the endpoint and credentials are this store's,
+        never anyone else's, and the bucket is never created.
+
+        Parameters
+        ----------
+        container : str
+            The bucket or container.
+        prefix : str, optional
+            Root of the new store inside it.
+
+        Returns
+        -------
+        RemoteStore
+            A new store of the same class.
+        """
+        options = {k: v for k, v in self._options().items() if k not in ("create_bucket", "create_container")}
+        return type(self)(container, prefix, max_concurrency=self.max_concurrency, retry=self.retry,
+                          read_deadline=self.read_deadline, **options)
+
     @property
     def uri(self) -> str:
         """``scheme://container/prefix``, which :func:`~objbutler.stores.open_store` reopens."""
