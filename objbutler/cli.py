@@ -678,8 +678,8 @@ def rm_repo(uri: str, yes: bool, missing_ok: bool) -> None:
     if yes or not report.total:
         click.echo(report.summary())
         return
-    click.echo(f"refusing without --yes: {report.summary()}", err=True)
-    click.echo(f"to delete them: objbutler rm-repo {uri} --yes", err=True)
+    click.echo(f"error: refusing without --yes: {report.summary()}; to delete them: objbutler rm-repo {uri} --yes",
+               err=True)
     sys.exit(1)
 
 

@@ -165,7 +165,7 @@ def test_cli_rm_repo(tmp_path: Path) -> None:
     assert done.exit_code == 0 and done.output.startswith("deleted ")
     assert not (tmp_path / "repo").exists()
     done = runner.invoke(main, ["rm-repo", uri, "--yes"])
-    assert done.exit_code == 1 and "not an objbutler repository" in done.output
+    assert done.exit_code == 3 and "not an objbutler repository" in done.output  # 3: not found
     assert not (tmp_path / "repo").exists()                     # refusing created nothing
     done = runner.invoke(main, ["rm-repo", uri, "--yes", "--missing-ok"])
     assert done.exit_code == 0 and "nothing to remove" in done.output
