@@ -12,6 +12,7 @@ adds it).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 import click
 
 from objbutler import __version__
-from objbutler.cli_errors import EXIT_CODES, report_errors
+from objbutler.cli_errors import EXIT_CODES, error_message, report_errors
 from objbutler.errors import AlreadyExistsError, FormatError, NotFoundError, ObjButlerError
 
 MAX_WHERE_VALUES = 100_000
@@ -402,6 +403,9 @@ def ingest_command(uri: str, dataset_type: str, sources: tuple[str, ...], data_i
 
     if run is None:
         raise click.BadParameter("a run is required", param_hint="--run")
+    for source in sources:  # a local file named outright (not a glob, not a URI) must exist, as for `put`
+        if "://" not in source and not glob.has_magic(source) and not os.path.exists(source):
+            raise click.BadParameter(f"{source}: no such file or directory", param_hint="SOURCES")
     options = _store_options(source_options) if source_options else None
     refs, failures = ingest_objects(Butler(uri), dataset_type, list(sources), run=run,
                                     data_id=parse_data_id(data_id), header_keys=dict(_split_pairs(header_keys)),
@@ -410,7 +414,7 @@ def ingest_command(uri: str, dataset_type: str, sources: tuple[str, ...], data_i
     for ref in refs:
         click.echo(f"{ref.id}  {ref.dataset_type}  {json.dumps(ref.data_id)}  {ref.key}")
     for source, error in failures:
-        click.echo(f"error: {source}: {type(error).__name__}: {error}", err=True)
+        click.echo(f"error: {source}: {error_message(error, 'ingest')}", err=True)
     click.echo(f"ingested {len(refs)} dataset(s) ({transfer}), {len(failures)} failure(s)")
     if failures:
         sys.exit(1)
