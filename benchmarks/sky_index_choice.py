@@ -60,6 +60,15 @@ def _timed(function: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - started, value
 
 
+def _cell_index(n: int, cover: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, owners) sorted by cell: every HEALPix cell that footprint k's ``cover(k)`` returns."""
+    cells = [np.asarray(cover(k)) for k in range(n)]
+    owners = [np.full(len(c), k) for k, c in enumerate(cells)]
+    c, o = np.concatenate(cells), np.concatenate(owners)
+    order = np.argsort(c, kind="stable")
+    return c[order], o[order]
+
+
 def _pairs_lookup(index: SkyIndex, cells_sorted: np.ndarray, fps_sorted: np.ndarray, cell: np.ndarray,
                   xyz: np.ndarray) -> int:
     """Candidates from sorted (cell, footprint) pairs, then the exact test objbutler uses."""
@@ -92,14 +101,8 @@ def main(n: int = 100_000) -> list[str]:
         import hpgeom
 
         def hp_index() -> tuple[np.ndarray, np.ndarray]:
-            cells, owners = [], []
-            for k in range(n):
-                pixels = hpgeom.query_polygon(512, ra[4 * k : 4 * k + 4], dec[4 * k : 4 * k + 4], inclusive=True)
-                cells.append(pixels)
-                owners.append(np.full(len(pixels), k))
-            c, o = np.concatenate(cells), np.concatenate(owners)
-            order = np.argsort(c, kind="stable")
-            return c[order], o[order]
+            return _cell_index(n, lambda k: hpgeom.query_polygon(512, ra[4 * k : 4 * k + 4], dec[4 * k : 4 * k + 4],
+                                                                 inclusive=True))
 
         started = time.perf_counter()
         hp_cells, hp_owners = hp_index()
@@ -115,15 +118,8 @@ def main(n: int = 100_000) -> list[str]:
         from cdshealpix.nested import lonlat_to_healpix, polygon_search
 
         def cds_index() -> tuple[np.ndarray, np.ndarray]:
-            cells, owners = [], []
-            for k in range(n):
-                pixels, _, _ = polygon_search(Longitude(ra[4 * k : 4 * k + 4] * u.deg),
-                                              Latitude(dec[4 * k : 4 * k + 4] * u.deg), 9, flat=True)
-                cells.append(pixels)
-                owners.append(np.full(len(pixels), k))
-            c, o = np.concatenate(cells), np.concatenate(owners)
-            order = np.argsort(c, kind="stable")
-            return c[order], o[order]
+            return _cell_index(n, lambda k: polygon_search(Longitude(ra[4 * k : 4 * k + 4] * u.deg),
+                                                           Latitude(dec[4 * k : 4 * k + 4] * u.deg), 9, flat=True)[0])
 
         started = time.perf_counter()
         cds_cells, cds_owners = cds_index()

@@ -439,7 +439,7 @@ class Butler:
         InvalidKeyError
             A bad dataset type name, data ID, run, format or key.
         """
-        from objbutler.maintenance import dataset_problem
+        from objbutler.integrity import dataset_problem
 
         state = self.registry.refresh()
         types: dict[str, DatasetType] = {}
@@ -788,7 +788,7 @@ class Butler:
         dict of DatasetRef to list of Cutout
             Stamps per image, each list in request order.
         """
-        from objbutler.stores._concurrency import run_concurrently
+        from objbutler.stores import run_concurrently
 
         refs = list(requests)
         stamps = run_concurrently(

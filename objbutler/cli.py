@@ -24,9 +24,9 @@ from typing import Any
 
 import click
 
-from objbutler import __version__
 from objbutler.cli_errors import EXIT_CODES, error_message, report_errors
 from objbutler.errors import AlreadyExistsError, FormatError, NotFoundError, ObjButlerError
+from objbutler.version import __version__
 
 MAX_WHERE_VALUES = 100_000
 """Most values one ``--where`` key may list (ranges expanded) when they are not one range."""

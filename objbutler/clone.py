@@ -55,9 +55,9 @@ from objbutler.errors import (
 )
 from objbutler.formats.dispatch import delete_dataset
 from objbutler.formats.zarr_array import write_zarr_objects
-from objbutler.maintenance import content_checksum
+from objbutler.integrity import content_checksum
 from objbutler.registry.records import DatasetRef, data_id_slug
-from objbutler.stores._concurrency import run_concurrently
+from objbutler.stores import run_concurrently
 
 __all__ = ["CloneReport", "clone", "cloned_ref", "open_or_create", "select_datasets"]
 

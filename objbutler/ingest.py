@@ -79,6 +79,7 @@ from objbutler.formats.zarr_array import (
     zarr_checksum,
     zarr_checksum_of_digests,
 )
+from objbutler.integrity import etag_digest, object_digests, relative_listing, stream_sha256
 from objbutler.provenance import current_activity, provenance_record
 from objbutler.ranges import CostModel
 from objbutler.registry.commits import utc_now
@@ -91,8 +92,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.stores import ObjectMeta, Store
-from objbutler.stores._concurrency import run_concurrently
+from objbutler.stores import Store, run_concurrently
 from objbutler.stores.locations import (
     Location,
     base_store,
@@ -105,19 +105,14 @@ from objbutler.stores.locations import (
 __all__ = [
     "TRANSFERS",
     "SourceObject",
-    "etag_digest",
     "expand_sources",
     "ingest_files",
     "ingest_objects",
-    "stream_checksum",
     "write_local",
 ]
 
 TRANSFERS = ("copy", "direct")
 _MAGIC = re.compile(r"[*?\[]")
-_PIECE = 8 << 20  # bytes per range read while streaming an object through the checksum
-_WINDOW = 4  # pieces read at once (concurrently) while streaming
-_BATCH_BYTES = 64 << 20  # small Zarr objects fetched with one get_many up to this many bytes
 
 
 def _select_hdu(hdul: fits.HDUList, hdu: str | None) -> Any:
@@ -606,75 +601,6 @@ class _Prefixed:
         return self.store.get(_join(self.prefix, key))
 
 
-def _stream_sha256(store: Store, key: str, size: int, name: str) -> str:
-    """Hex SHA-256 of an object read once, front to back, a few pieces (range reads) at a time."""
-    digest = hashlib.sha256()
-    start = 0
-    while start < size:
-        ranges = [(at, min(at + _PIECE, size)) for at in range(start, min(size, start + _PIECE * _WINDOW), _PIECE)]
-        for (first, stop), part in zip(ranges, store.get_ranges(key, ranges), strict=True):
-            if len(part) != stop - first:
-                raise FormatError(f"{name} ended at byte {first + len(part):,}, not {size:,}: it was replaced "
-                                  "while being read; ingest it again")
-            digest.update(part)
-        start = ranges[-1][1]
-    return digest.hexdigest()
-
-
-def etag_digest(etags: Mapping[str, str | None]) -> str | None:
-    """One etag for a Zarr array: a digest of its objects' etags (None if the store gave any object none).
-
-    Parameters
-    ----------
-    etags : mapping of str to str or None
-        Relative key -> etag, for every object under the array's prefix (``zarr.json`` included).
-
-    Returns
-    -------
-    str or None
-        ``"etags:" + hex SHA-256`` over the lines ``f"{key}\\0{etag}\\n"``, keys sorted.
-    """
-    if not etags or any(etag is None for etag in etags.values()):
-        return None
-    digest = hashlib.sha256()
-    for key in sorted(etags):
-        digest.update(f"{key}\0{etags[key]}\n".encode())
-    return f"etags:{digest.hexdigest()}"
-
-
-def stream_checksum(store: Store, key: str, fmt: str, name: str = "") -> str:
-    """``sha256:<hex>`` of a dataset's stored bytes, as the registry records it, reading each object once.
-
-    Parameters
-    ----------
-    store : Store
-        Where the data is.
-    key : str
-        The object's key (a Zarr array: its prefix).
-    fmt : str
-        ``"zarr"`` or a single-object format.
-    name : str, optional
-        How messages name it.
-
-    Returns
-    -------
-    str
-        The checksum (Zarr: :func:`~objbutler.formats.zarr_array.zarr_checksum` over relative keys).
-    """
-    name = name or key
-    if fmt != "zarr":
-        return f"sha256:{_stream_sha256(store, key, store.head(key).size, name)}"
-    listed = _relative(store.list(_join(key, "")), key)
-    if not listed:
-        raise NotFoundError(f"no Zarr objects under {name}")
-    return f"sha256:{zarr_checksum_of_digests(_zarr_digests(store, listed, name))}"
-
-
-def _relative(metas: Iterable[ObjectMeta], prefix: str) -> dict[str, ObjectMeta]:
-    base = len(_join(prefix, ""))
-    return {meta.key[base:]: meta for meta in metas}
-
-
 def _prepare(job: _Job, source: SourceObject) -> _Prepared:
     """Inspect one source, check its data ID, and (copy) write its bytes into the repository."""
     actual = "zarr" if source.zarr else "fits"
@@ -693,7 +619,7 @@ def _prepare_fits(job: _Job, source: SourceObject) -> _Prepared:
     data_id = job.data_id(lookup, name, "header card")
     job.check(data_id, "fits")  # before reading it all
     if job.transfer == "direct":
-        checksum = _stream_sha256(store, key, meta.size, name)
+        checksum = stream_sha256(store, key, meta.size, name)
         after = store.head(key)
         if (after.size, after.etag) != (meta.size, meta.etag):
             raise FormatError(f"{name} was replaced while being read; ingest it again")
@@ -720,15 +646,15 @@ def _prepare_zarr(job: _Job, source: SourceObject) -> _Prepared:
     store, prefix, name = source.store, source.location.key, source.name
     if job.hdu not in (None, 0, "PRIMARY"):
         raise NotSupportedError(f"hdu={job.hdu!r} picks an HDU of a FITS file; {name} is a Zarr array")
-    listed = _relative(store.list(_join(prefix, "")), prefix)
+    listed = relative_listing(store.list(_join(prefix, "")), prefix)
     if ZARR_JSON not in listed:
         raise NotFoundError(f"{name} has no {ZARR_JSON}")
     own, image = _zarr_attributes(_Prefixed(store, prefix), name)
     data_id = job.data_id(_zarr_lookup(source, own, image), name, "attribute")
     job.check(data_id, "zarr")
     if job.transfer == "direct":
-        digests = _zarr_digests(store, listed, name)
-        again = _relative(store.list(_join(prefix, "")), prefix)
+        digests = object_digests(store, listed, name)
+        again = relative_listing(store.list(_join(prefix, "")), prefix)
         if {k: (m.size, m.etag) for k, m in again.items()} != {k: (m.size, m.etag) for k, m in listed.items()}:
             raise FormatError(f"{name} changed while being read; ingest it again")
         etag = etag_digest({key: meta.etag for key, meta in listed.items()})
@@ -745,34 +671,6 @@ def _prepare_zarr(job: _Job, source: SourceObject) -> _Prepared:
                   f"sha256:{zarr_checksum(objects)}")
     write_zarr_objects(job.butler.store, ref.key, objects)  # deletes what it wrote if it fails
     return _Prepared(source, ref, written=True)
-
-
-def _zarr_digests(store: Store, listed: Mapping[str, ObjectMeta], name: str) -> dict[str, str]:
-    """Hex SHA-256 of every object of an array, each read once (small ones many at a time)."""
-    digests: dict[str, str] = {}
-    batch: list[tuple[str, ObjectMeta]] = []
-
-    def flush() -> None:
-        for (key, meta), data in zip(batch, store.get_many([meta.key for _, meta in batch]), strict=True):
-            if len(data) != meta.size:
-                raise FormatError(f"{name}: {key} has {len(data):,} bytes, it was listed with {meta.size:,}: "
-                                  "it changed while being read; ingest it again")
-            digests[key] = hashlib.sha256(data).hexdigest()
-        batch.clear()
-
-    total = 0
-    for key, meta in sorted(listed.items()):
-        if meta.size > _PIECE:
-            digests[key] = _stream_sha256(store, meta.key, meta.size, f"{name}: {key}")
-            continue
-        batch.append((key, meta))
-        total += meta.size
-        if total >= _BATCH_BYTES or len(batch) >= 256:
-            flush()
-            total = 0
-    if batch:
-        flush()
-    return digests
 
 
 # -- direct: where the data may be -----------------------------------------------------------------------

@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import os
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from typing import Any
 from objbutler.butler import Butler
 from objbutler.config import CONFIG_KEY, parse_config
 from objbutler.errors import NotFoundError, ObjButlerError, StoreError
-from objbutler.formats.zarr_array import zarr_checksum
+from objbutler.integrity import content_checksum, dataset_problem, direct_problem, listed_problem
 from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
 from objbutler.registry.log import LOG_PREFIX
 from objbutler.registry.records import DatasetRef
@@ -109,118 +107,6 @@ def _group_objects(butler: Butler) -> dict[str, list[ObjectMeta]]:
     return groups
 
 
-def _problem(butler: Butler, ref: DatasetRef, objects: list[ObjectMeta] | None, verify: bool) -> str | None:
-    if not objects:
-        return "data object is missing"
-    if ref.format == "zarr" and not any(m.key.endswith("/zarr.json") for m in objects):
-        return "zarr.json is missing"
-    size = sum(m.size for m in objects)
-    if size != ref.size:
-        return f"size is {size} bytes, the registry recorded {ref.size}"
-    if verify:
-        keys = [m.key for m in objects]
-        digest = content_checksum(ref, dict(zip(keys, butler.store.get_many(keys), strict=True)))
-        if digest != ref.checksum:
-            return f"checksum is {digest}, the registry recorded {ref.checksum}"
-    return None
-
-
-def content_checksum(ref: DatasetRef, objects: Mapping[str, bytes]) -> str:
-    """The checksum of a dataset's stored bytes, computed as the registry records it.
-
-    Parameters
-    ----------
-    ref : DatasetRef
-        The dataset (its format and key).
-    objects : mapping of str to bytes
-        Store key -> bytes of every object it consists of (one, except for Zarr).
-
-    Returns
-    -------
-    str
-        ``sha256:<hex>`` (Zarr: :func:`~objbutler.formats.zarr_array.zarr_checksum` over relative keys).
-    """
-    if ref.format == "zarr":
-        base = len(ref.key.rstrip("/")) + 1
-        return f"sha256:{zarr_checksum({key[base:]: data for key, data in objects.items()})}"
-    return f"sha256:{hashlib.sha256(objects[ref.key]).hexdigest()}"
-
-
-def dataset_problem(butler: Butler, ref: DatasetRef, verify_checksums: bool = False) -> str | None:
-    """Why one registry entry's data is missing or corrupt, or None when it is in place.
-
-    Parameters
-    ----------
-    butler : Butler
-        The repository.
-    ref : DatasetRef
-        The entry.
-    verify_checksums : bool
-        Also read the data and compare checksums (sizes are always compared).
-
-    Returns
-    -------
-    str or None
-        The problem, as fsck reports it.
-    """
-    if ref.is_direct:
-        return _direct_problem(butler, ref, verify_checksums)
-    if ref.format == "zarr":
-        objects = list(butler.store.list(ref.key.rstrip("/") + "/"))
-    else:
-        try:
-            objects = [butler.store.head(ref.key)]
-        except NotFoundError:
-            objects = []
-    return _problem(butler, ref, objects, verify_checksums)
-
-
-def _direct_problem(butler: Butler, ref: DatasetRef, verify: bool) -> str | None:
-    """Why data registered in place no longer is what was registered (deleted or replaced), or None.
-
-    Its size and etag (one HEAD, or one listing of a Zarr array) are compared with the record. An
-    etag that changed with the size unchanged means the object was rewritten: with ``verify`` the
-    checksum decides whether its bytes changed; without, it is reported.
-    """
-    from objbutler.ingest import etag_digest, stream_checksum
-
-    try:
-        store, key = butler.data_location(ref)
-        if ref.format == "zarr":
-            base = len(key) + 1
-            listed = {meta.key[base:]: meta for meta in store.list(key + "/")}
-            if not listed:
-                raise NotFoundError(key)
-            if "zarr.json" not in listed:
-                return "registered in place, and its zarr.json was deleted outside objbutler"
-            size, etag = sum(meta.size for meta in listed.values()), etag_digest(
-                {name: meta.etag for name, meta in listed.items()})
-        else:
-            meta = store.head(key)
-            size, etag = meta.size, meta.etag
-    except NotFoundError:
-        return "registered in place, and deleted outside objbutler (nothing is there now)"
-    except ObjButlerError as exc:
-        return f"registered in place, and could not be checked: {type(exc).__name__}: {exc}"
-    if size != ref.size:
-        return f"registered in place, and replaced outside objbutler: its size is {size} bytes, the registry " \
-               f"recorded {ref.size}"
-    recorded = (ref.direct or {}).get("etag")
-    if verify:
-        try:
-            digest = stream_checksum(store, key, ref.format, ref.key)
-        except ObjButlerError as exc:
-            return f"registered in place, and could not be read: {type(exc).__name__}: {exc}"
-        if digest != ref.checksum:
-            return f"registered in place, and replaced outside objbutler: its checksum is {digest}, the registry " \
-                   f"recorded {ref.checksum}"
-        return None
-    if recorded is not None and etag != recorded:
-        return f"registered in place, and replaced outside objbutler: its etag is {etag}, the registry recorded " \
-               f"{recorded} (--verify-checksums tells whether its bytes changed)"
-    return None
-
-
 def _inside_repository(butler: Butler, ref: DatasetRef) -> str | None:
     """The repository-relative key of data registered in place that lies inside the repository (never
     written by ingest, which refuses it; a hand-made record could), so that vacuum never takes it for an orphan."""
@@ -258,9 +144,9 @@ def fsck(butler: Butler, verify_checksums: bool = False) -> FsckReport:
     dangling = []
     for ref in refs:
         if ref.is_direct:
-            problem = _direct_problem(butler, ref, verify_checksums)
+            problem = direct_problem(butler, ref, verify_checksums)
         else:
-            problem = _problem(butler, ref, groups.get(ref.key), verify_checksums)
+            problem = listed_problem(butler, ref, groups.get(ref.key), verify_checksums)
         if problem:
             dangling.append((ref, problem))
     referenced = {ref.key for ref in refs if not ref.is_direct}

@@ -83,7 +83,7 @@ def _prepared(obj: Any) -> Any:
 
     if kind_of(obj) != "image":
         return obj
-    from objbutler.formats._image import as_image, to_nddata
+    from objbutler.formats import as_image, to_nddata
 
     try:
         return to_nddata(as_image(obj))

@@ -99,7 +99,7 @@ def software_versions() -> dict[str, str]:
     import astropy
     import numpy
 
-    from objbutler import __version__
+    from objbutler.version import __version__
 
     return {
         "objbutler": __version__,
@@ -280,7 +280,7 @@ def stamp_fits_cards(obj: Any, record: Mapping[str, Any] | None, fmt: str) -> An
 
     if record is None or fmt != "fits" or kind_of(obj) != "image":
         return obj
-    from objbutler.formats._image import as_image
+    from objbutler.formats import as_image
 
     try:
         image = as_image(obj)

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from objbutler.stores._base import ByteRange, RangeLike
+from objbutler.stores import ByteRange, RangeLike
 
 __all__ = [
     "DEFAULT_MAX_BLOCK",

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from objbutler import errors as _errors
+import objbutler.errors as _errors
 from objbutler.cutouts import Cutout
 from objbutler.registry.records import DatasetRef
 

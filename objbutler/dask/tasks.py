@@ -20,7 +20,7 @@ from objbutler.cutouts import Box, ClipMode, Cutout, boxes_from_skycoords
 from objbutler.dask.results import ErrorRecord, FilesOutput, Output, RepositoryOutput, error_record
 from objbutler.errors import InvalidCutoutError, NotSupportedError
 from objbutler.registry.records import DatasetRef
-from objbutler.stores._concurrency import run_concurrently
+from objbutler.stores import run_concurrently
 
 __all__ = [
     "IMAGES_IN_FLIGHT", "CutSpec", "ImageGroup", "IngestSpec", "Item", "Opener", "Stamp", "TaskResult", "WcsHeader",

@@ -39,8 +39,7 @@ from objbutler.formats.fits_headers import (
 )
 from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
-from objbutler.stores._base import Store
-from objbutler.stores._concurrency import run_concurrently
+from objbutler.stores import Store, run_concurrently
 
 __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
 

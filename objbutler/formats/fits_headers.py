@@ -28,7 +28,7 @@ from astropy.io import fits
 from objbutler.errors import FormatError
 from objbutler.formats._limits import check_bytes, nbytes
 from objbutler.ranges import CostModel, ReadPlan
-from objbutler.stores._base import RangeLike, normalize_ranges
+from objbutler.stores import RangeLike, normalize_ranges
 
 __all__ = [
     "BITPIX_DTYPES",

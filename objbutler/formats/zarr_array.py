@@ -84,8 +84,7 @@ from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError,
 from objbutler.formats._image import Image
 from objbutler.formats._limits import MAX_CHUNKS, check_bytes, check_count, nbytes
 from objbutler.formats.wcs_cards import header_wcs, superseded_keys
-from objbutler.stores._base import Store
-from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
+from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Store, run_concurrently
 
 __all__ = [
     "DEFAULT_COMPRESSOR",

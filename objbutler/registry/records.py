@@ -238,7 +238,7 @@ class DatasetRef:
         repository's store endpoint, and objbutler never writes or deletes it.
         ``{"etag": <str or None>}``: the store's etag of the object when it was
         registered (for a Zarr array a digest of every object's etag, see
-        :func:`objbutler.ingest.etag_digest`), so ``fsck`` can tell that it was
+        :func:`objbutler.integrity.etag_digest`), so ``fsck`` can tell that it was
         replaced without reading it. None for data the repository holds.
     """
 

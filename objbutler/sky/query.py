@@ -243,7 +243,7 @@ def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, 
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     from objbutler.ranges import CostModel
-    from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY
+    from objbutler.stores import DEFAULT_MAX_CONCURRENCY
 
     if not jobs:
         return

@@ -101,7 +101,7 @@ def reindex(butler: Butler, dataset_type: str | None = None, *, jobs: int = 16, 
     -------
     ReindexReport
     """
-    from objbutler.stores._concurrency import run_concurrently
+    from objbutler.stores import run_concurrently
 
     state = butler.registry.refresh()
     todo = [ref for ref in state.query(dataset_type) if ref.sky is None and ref.format in ("fits", "zarr")]

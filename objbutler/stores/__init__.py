@@ -24,11 +24,13 @@ from objbutler.stores._base import (
     normalize_ranges,
     validate_key,
 )
+from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
 from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
 
 __all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
     "ByteRange",
     "ConditionalWriteProbe",
     "ObjectMeta",
@@ -42,6 +44,7 @@ __all__ = [
     "parse_store_uri",
     "probe_conditional_writes",
     "probe_timestamp_resolution",
+    "run_concurrently",
     "split_bucket_uri",
     "validate_bucket_name",
     "validate_key",

@@ -101,7 +101,7 @@ def check_file(path: Path | str, workdir: Path | str) -> Iterator[dict[str, Any]
     dict
         One result per HDU (or one ``skipped`` result for a file astropy cannot open).
     """
-    from objbutler import Butler
+    from objbutler.butler import Butler
 
     name = str(path)
     try:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from objbutler.errors import StoreError, TransientStoreError
-from objbutler.stores._base import ObjectMeta, RangeLike, Store, StoreCapabilities
+from objbutler.stores import ObjectMeta, RangeLike, Store, StoreCapabilities
 
 __all__ = [
     "FAULT_KINDS",

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from objbutler.stores._base import ByteRange, ObjectMeta, RangeLike, Store, StoreCapabilities, normalize_ranges
+from objbutler.stores import ByteRange, ObjectMeta, RangeLike, Store, StoreCapabilities, normalize_ranges
 
 __all__ = ["CountingStore"]
 
