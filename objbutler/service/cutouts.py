@@ -8,6 +8,7 @@ with plain range requests, many calls at once on the server's thread pool.
 from __future__ import annotations
 
 import base64
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -187,7 +188,11 @@ class CutoutService:
             value = parse_pixels_or_angle(size_text, f"SIZE={size_text!r}")
             size = value if isinstance(value, int) else (value, "arcsec")
         time = parse_time(params)
-        window = None if time is None else tuple(None if abs(t) == float("inf") else t for t in time)
+        window = None
+        if time is not None:  # SODA intervals are closed; the sky index's stop is excluded
+            start, stop = time
+            window = (None if math.isinf(start) else start,
+                      None if math.isinf(stop) else math.nextafter(stop, math.inf))
         return ra, dec, size, dataset_type, params.one("RUN"), window
 
     def history(self, params: Params) -> tuple[float, float, list[tuple[DatasetRef, Any]]]:

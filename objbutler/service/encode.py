@@ -131,12 +131,16 @@ def _char_param(votable: Any, name: str, value: str, ucd: str | None = None, ref
                  ref=ref)
 
 
-def _array_param(votable: Any, name: str, xtype: str, unit: str, ucd: str) -> Any:
-    """An input parameter the client fills in (no default value: ``arraysize="*"`` writes ``value=""``)."""
+def _array_param(votable: Any, name: str, xtype: str, arraysize: str, unit: str, ucd: str) -> Any:
+    """An input parameter the client fills in.
+
+    A fixed-size array cannot be written without a value: astropy writes zeros, which pyvo (like
+    any DataLink client that skips all-zero defaults) does not send.
+    """
     from astropy.io.votable.tree import Param
 
-    return Param(votable, name=name, ID=f"param_{name}", datatype="double", arraysize="*", xtype=xtype, unit=unit,
-                 value="", ucd=ucd)
+    return Param(votable, name=name, ID=f"param_{name}", datatype="double", arraysize=arraysize, xtype=xtype,
+                 unit=unit, value="", ucd=ucd)
 
 
 def datalink_votable(ref: DatasetRef, this_url: str, sync_url: str) -> bytes:
@@ -183,9 +187,9 @@ def datalink_votable(ref: DatasetRef, this_url: str, sync_url: str) -> bytes:
     inputs.entries.extend([
         _char_param(votable, "ID", ref.id, ucd="meta.id;meta.dataset"),
         _char_param(votable, "POS", "", ucd="obs.field"),
-        _array_param(votable, "CIRCLE", "circle", "deg", "obs.field"),
-        _array_param(votable, "POLYGON", "polygon", "deg", "obs.field"),
-        _array_param(votable, "TIME", "interval", "d", "time.interval;obs.exposure"),
+        _array_param(votable, "CIRCLE", "circle", "3", "deg", "obs.field"),
+        _array_param(votable, "POLYGON", "polygon", "*", "deg", "obs.field"),
+        _array_param(votable, "TIME", "interval", "2", "d", "time.interval;obs.exposure"),
         _char_param(votable, "RESPONSEFORMAT", ""),
     ])
     out = io.BytesIO()

@@ -39,9 +39,9 @@ def png_bytes(data: np.ndarray) -> bytes:
         low, high = np.percentile(image[finite], [1.0, 99.5])
         scale = 255.0 / (high - low) if high > low else 0.0
         grey[finite] = np.clip((image[finite] - low) * scale, 0, 255).astype(np.uint8)
-    rows = np.flipud(grey)
+    rows: np.ndarray[tuple[int, ...], np.dtype[np.uint8]] = np.flipud(grey)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
-    height, width = rows.shape
+    height, width = rows.shape[0], rows.shape[1]
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunks = _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + chunks
