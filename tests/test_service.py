@@ -391,3 +391,29 @@ def test_gallery_page_in_headless_chromium(served: Served, tmp_path: Path) -> No
         assert screenshot.stat().st_size > 0
     finally:
         driver.quit()
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_bench_service_quick_runs_without_errors(localstack_server: ServerInfo, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from objbutler.cli import main
+
+    for name, value in localstack_server.env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "rows.json"
+    bucket = f"s3://bench-{uuid.uuid4().hex[:8]}"
+    result = CliRunner().invoke(main, ["bench", "service", "--target", bucket, "--quick", "--smoke",
+                                       "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    print(result.output[-1500:])
+    rows = json.loads(out.read_text())
+    measured = [row for row in rows if row["method"] == "objbutler serve"]
+    assert {row["workload"] for row in measured} == {"stamp (direct)", "history (direct)", "stamp (20ms)",
+                                                       "history (20ms)"}
+    assert sum(row["n"] for row in measured) == 2 * 10 * 8
+    assert all(row["errors"] == 0 for row in measured), [row["error"] for row in measured]
+    assert "NOTE service under load" in result.output
