@@ -247,7 +247,7 @@ def _bad_requests(ref_id: str) -> list[tuple[str, str, dict[str, str] | list[tup
         ("GET", sync, {**good, "POS": "RANGE 0 360 -90 90"}, 400, "UsageError"),                    # whole sky
         ("GET", sync, {**good, "POS": "POLYGON 150.1 2.2 150.2 2.2"}, 400, "UsageError"),          # 2 vertices
         ("GET", sync, {**good, "POLYGON": "150.1 2.2 150.2 2.2 150.3"}, 400, "UsageError"),        # odd count
-        ("GET", sync, {**good, "POLYGON": "150.1 2.2 150.1001 2.2 150.1002 2.2"}, 400, "UsageError"),  # no area
+        ("GET", sync, {**good, "POLYGON": "150.1 2.2 150.1 2.2 150.1001 2.2001"}, 400, "UsageError"),  # no area
         ("GET", sync, {**good, "CIRCLE": "10 -40 0.001"}, 400, "UsageError"),                       # off the image
         ("GET", sync, {**good, "CIRCLE": "150.1 2.2 0.001", "RESPONSEFORMAT": "text/xml"}, 400, "UsageError"),
         ("GET", sync, {**good, "CIRCLE": "150.1 2.2 0.001", "BAND": "0.5e-6 0.6e-6"}, 400, "UsageError"),

@@ -272,10 +272,24 @@ def _polygon(values: list[float], limits: Limits, what: str) -> Polygon:
     if float(spread.max()) > limits.max_radius_deg:
         raise SodaError(f"{what}: the polygon reaches further than this service's limit of "
                         f"{limits.max_radius_deg} deg from its centre")
-    a = _xyz(ras, decs)
-    if float(np.linalg.norm(np.cross(a[1] - a[0], a[2:] - a[0]), axis=-1).max()) < 1e-12:
-        raise SodaError(f"{what}: the polygon has no area (its vertices are on one line)")
+    if _on_one_great_circle(_xyz(ras, decs)):
+        raise SodaError(f"{what}: the polygon has no area (its vertices are on one great circle)")
     return Polygon(vertices)
+
+
+def _on_one_great_circle(points: np.ndarray) -> bool:
+    """True when every vertex lies on one great circle: a straight line in the gnomonic projection."""
+    from objbutler.sky.geometry import gnomonic, tangent_frame
+
+    centre = points.sum(axis=0)
+    centre = centre / np.linalg.norm(centre)
+    x, y, _ = gnomonic(points, centre, *tangent_frame(centre))
+    dx, dy = x - x[0], y - y[0]
+    extent = float(np.hypot(dx, dy).max())
+    if extent == 0.0:
+        return True
+    cross = dx[:, None] * dy[None, :] - dy[:, None] * dx[None, :]
+    return float(np.abs(cross).max()) <= 1e-9 * extent**2
 
 
 def parse_position(text: str, what: str) -> tuple[float, float]:

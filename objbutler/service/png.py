@@ -38,7 +38,7 @@ def png_bytes(data: np.ndarray) -> bytes:
     if finite.any():
         low, high = np.percentile(image[finite], [1.0, 99.5])
         scale = 255.0 / (high - low) if high > low else 0.0
-        grey[finite] = np.clip((image[finite] - low) * scale, 0, 255).astype(np.uint8)
+        grey[finite] = np.rint(np.clip((image[finite] - low) * scale, 0, 255)).astype(np.uint8)
     rows: np.ndarray[tuple[int, ...], np.dtype[np.uint8]] = np.flipud(grey)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
     height, width = rows.shape[0], rows.shape[1]
