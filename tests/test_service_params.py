@@ -126,3 +126,33 @@ def test_png_round_trip_keeps_orientation() -> None:
     assert image.shape == (5, 7)
     assert image[-1].min() == 255 and image[0].max() == 0
     assert image[-2, 2] == 0  # NaN is black
+
+
+def test_fits_writer_output_passes_astropy_verification() -> None:
+    import warnings
+
+    from astropy.io import fits
+
+    from objbutler.service import fitsio
+
+    arrays = [np.arange(12, dtype="<f4").reshape(3, 4), np.array([[0, 65535]], dtype=np.uint16),
+              np.array([[True, False]]), np.array([[-1.5e300, 2.0]], dtype=">f8")]
+    cards = [fitsio.card("CRPIX1", 1.5e-10), fitsio.card("CRVAL1", 150.10376895633, "deg"),
+             fitsio.card("OBJBID", "it's"), fitsio.card("FLAG", True), fitsio.card("N", -3, "x" * 90)]
+    raw = fitsio.image_hdu(np.zeros((0,), dtype=np.uint8), cards, primary=True) + b"".join(
+        fitsio.image_hdu(a, cards, primary=False, extname="STAMP", extver=k) for k, a in enumerate(arrays, 1))
+    assert len(raw) % 2880 == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(io.BytesIO(raw)) as hdul:
+            hdul.verify("exception")
+            assert len(hdul) == 1 + len(arrays)
+            for k, array in enumerate(arrays, 1):
+                np.testing.assert_array_equal(hdul[k].data, array)
+                assert (hdul[k].header["EXTNAME"], hdul[k].header["EXTVER"]) == ("STAMP", k)
+            header = hdul[0].header
+            assert header["CRPIX1"] == 1.5e-10 and header["CRVAL1"] == 150.10376895633
+            assert header["OBJBID"] == "it's" and header["FLAG"] is True and header["N"] == -3
+    for bad in (("lower", 1), ("NAN", float("nan")), ("LIST", [1]), ("TEXT", "é")):
+        with pytest.raises(ValueError):
+            fitsio.card(*bad)

@@ -15,6 +15,7 @@ from astropy.io import fits
 
 from objbutler.cutouts import Cutout
 from objbutler.registry.records import DatasetRef
+from objbutler.service import fitsio
 
 __all__ = [
     "SODA_SYNC_STANDARD",
@@ -28,30 +29,48 @@ SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync-1"
 _SERVICE_DEF = "soda-sync"
 
 
-def _stamp_header(stamp: Cutout) -> fits.Header:
-    header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
+def _card(keyword: str, value: Any, comment: str = "") -> str:
+    """A card by the fast writer, or astropy's rendering of it when the value needs more (long or odd text)."""
+    try:
+        return fitsio.card(keyword, value, comment)
+    except ValueError:
+        return fits.Card(keyword, value, comment).image[:80]
+
+
+def _stamp_cards(ref: DatasetRef, stamp: Cutout) -> list[str]:
+    """The stamp's WCS (the parent's registry cards, CRPIX moved; else astropy's header of the stamp WCS)."""
     box = stamp.bbox
-    header["LTV1"] = (-box.x0, "parent x = stamp x - LTV1 (0-based offsets)")
-    header["LTV2"] = (-box.y0, "parent y = stamp y - LTV2")
-    return header
+    cards: list[str] | None = None
+    parent = (ref.sky or {}).get("wcs")
+    if parent:
+        try:
+            cards = fitsio.wcs_cards(parent, box.x0, box.y0)
+        except (ValueError, TypeError):
+            cards = None
+    if cards is None:
+        header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
+        cards = [c.image for c in header.cards if c.keyword not in fitsio.STRUCTURAL and len(c.image) == 80]
+    cards.append(_card("LTV1", -box.x0, "parent x = stamp x - LTV1 (0-based offsets)"))
+    cards.append(_card("LTV2", -box.y0, "parent y = stamp y - LTV2"))
+    return cards
 
 
-def _describe(header: fits.Header, ref: DatasetRef) -> None:
-    header["OBJBID"] = (ref.id, "objbutler dataset id of the parent image")
-    header["OBJBTYPE"] = (ref.dataset_type, "dataset type")
-    header["OBJBRUN"] = (ref.run, "run")
-    header["OBJBDID"] = json.dumps(ref.data_id, sort_keys=True)[:68]
+def _describe(ref: DatasetRef, present: Sequence[str] = ()) -> list[str]:
+    keys = {line[:8].rstrip() for line in present}
+    cards = [_card("OBJBID", ref.id, "objbutler dataset id of the parent image"),
+             _card("OBJBTYPE", ref.dataset_type, "dataset type"),
+             _card("OBJBRUN", ref.run, "run"),
+             _card("OBJBDID", json.dumps(ref.data_id, sort_keys=True)[:68])]
     sky = ref.sky or {}
-    if sky.get("mjd") is not None:
-        header["MJD-OBS"] = (float(sky["mjd"]), "observation time of the parent (MJD)")
-    if sky.get("band") is not None:
-        header["FILTER"] = (str(sky["band"]), "band of the parent")
+    if sky.get("mjd") is not None and "MJD-OBS" not in keys:
+        cards.append(_card("MJD-OBS", float(sky["mjd"]), "observation time of the parent (MJD)"))
+    if sky.get("band") is not None and "FILTER" not in keys:
+        cards.append(_card("FILTER", str(sky["band"]), "band of the parent"))
+    return cards
 
 
-def _to_bytes(hdul: fits.HDUList) -> bytes:
-    out = io.BytesIO()
-    hdul.writeto(out, output_verify="silentfix")
-    return out.getvalue()
+def _empty_primary(cards: Sequence[str]) -> bytes:
+    return fitsio.image_hdu(np.zeros((0,), dtype=np.uint8), cards, primary=True)
 
 
 def stamps_fits(ref: DatasetRef, stamps: Sequence[Cutout], regions: Sequence[str]) -> bytes:
@@ -67,19 +86,14 @@ def stamps_fits(ref: DatasetRef, stamps: Sequence[Cutout], regions: Sequence[str
         The stencils in DALI form (recorded as ``SODAREG`` in each stamp's header).
     """
     if len(stamps) == 1:
-        header = _stamp_header(stamps[0])
-        _describe(header, ref)
-        header["SODAREG"] = regions[0][:68]
-        return _to_bytes(fits.HDUList([fits.PrimaryHDU(stamps[0].data, header=header)]))
-    primary = fits.PrimaryHDU()
-    _describe(primary.header, ref)
-    primary.header["NSTAMPS"] = (len(stamps), "one image extension per requested region, in order")
-    hdus: list[Any] = [primary]
+        cards = _stamp_cards(ref, stamps[0])
+        cards += [*_describe(ref, cards), _card("SODAREG", regions[0][:60])]
+        return fitsio.image_hdu(stamps[0].data, cards, primary=True)
+    parts = [_empty_primary([*_describe(ref), _card("NSTAMPS", len(stamps), "one image extension per region")])]
     for number, (stamp, region) in enumerate(zip(stamps, regions, strict=True), start=1):
-        header = _stamp_header(stamp)
-        header["SODAREG"] = region[:68]
-        hdus.append(fits.ImageHDU(stamp.data, header=header, name="STAMP", ver=number))
-    return _to_bytes(fits.HDUList(hdus))
+        cards = [*_stamp_cards(ref, stamp), _card("SODAREG", region[:60])]
+        parts.append(fitsio.image_hdu(stamp.data, cards, primary=False, extname="STAMP", extver=number))
+    return b"".join(parts)
 
 
 def history_rows(history: Sequence[tuple[DatasetRef, Cutout]]) -> list[dict[str, Any]]:
@@ -93,21 +107,28 @@ def history_rows(history: Sequence[tuple[DatasetRef, Cutout]]) -> list[dict[str,
     return rows
 
 
+def _table_bytes(hdu: fits.BinTableHDU) -> bytes:
+    """A table extension's bytes (astropy writes it after a bare primary HDU, dropped here)."""
+    out = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(out)
+    raw = out.getvalue()
+    primary_size = len(_empty_primary([]))
+    return raw[primary_size:]
+
+
 def history_fits(history: Sequence[tuple[DatasetRef, Cutout]], ra: float, dec: float) -> bytes:
     """An object history: one image extension per stamp (time order), then a ``HISTORY`` table.
 
     The table has a row per stamp: ``HDU`` (its extension number), ``ID``, ``TYPE``, ``RUN``,
     ``DATA_ID`` (JSON), ``MJD`` (NaN when unknown), ``BAND`` and the parent box ``X0 Y0 X1 Y1``.
     """
-    primary = fits.PrimaryHDU()
-    primary.header["RA"] = (ra, "requested position (deg, ICRS)")
-    primary.header["DEC"] = (dec, "requested position (deg, ICRS)")
-    primary.header["NSTAMPS"] = (len(history), "image extensions, in observation-time order")
-    hdus: list[Any] = [primary]
+    parts = [_empty_primary([_card("RA", float(ra), "requested position (deg, ICRS)"),
+                             _card("DEC", float(dec), "requested position (deg, ICRS)"),
+                             _card("NSTAMPS", len(history), "image extensions, in observation-time order")])]
     for number, (ref, stamp) in enumerate(history, start=1):
-        header = _stamp_header(stamp)
-        _describe(header, ref)
-        hdus.append(fits.ImageHDU(stamp.data, header=header, name="STAMP", ver=number))
+        cards = _stamp_cards(ref, stamp)
+        cards += _describe(ref, cards)
+        parts.append(fitsio.image_hdu(stamp.data, cards, primary=False, extname="STAMP", extver=number))
     rows = history_rows(history)
     columns = [
         fits.Column("HDU", "J", array=np.arange(1, len(rows) + 1, dtype=np.int32)),
@@ -120,8 +141,8 @@ def history_fits(history: Sequence[tuple[DatasetRef, Cutout]], ra: float, dec: f
     ]
     for index, name in enumerate(("X0", "Y0", "X1", "Y1")):
         columns.append(fits.Column(name, "K", array=np.array([row["bbox"][index] for row in rows], dtype=np.int64)))
-    hdus.append(fits.BinTableHDU.from_columns(columns, name="HISTORY"))
-    return _to_bytes(fits.HDUList(hdus))
+    parts.append(_table_bytes(fits.BinTableHDU.from_columns(columns, name="HISTORY")))
+    return b"".join(parts)
 
 
 def _char_param(votable: Any, name: str, value: str, ucd: str | None = None, ref: str | None = None) -> Any:
