@@ -11,9 +11,12 @@ session, send ``requests`` requests each, as fast as answers come back:
     ``/api/cutout/sky`` at a random point near the centre, 31-px stamps from every PVI holding it
     (one range read per PVI), as multi-extension FITS.
 
-One request in four is a history. Each profile runs against the same object server: ``direct``
-(the service reads LocalStack through the counting proxy) and ``20ms`` (through a second proxy that
-holds every request 20 ms: a cloud round trip). Rows give p50 (``seconds``) and p99 per kind and
+Each profile runs the clients twice: ``stamp only`` (every request a stamp: what one cutout costs
+when the service is not busy with histories) and ``mixed`` (one request in four a history). Each
+profile runs against the same object server: ``direct`` (the service reads LocalStack through the
+counting proxy) and ``20ms`` (through a second proxy that holds every request 20 ms: a cloud round
+trip). A stamp costs two store requests (the registry's log-tail listing, the range read), a
+history one listing and one range read per image. Rows give p50 (``seconds``) and p99 per kind and
 profile, the errors (any answer but 200) and the throughput. Rubin's cutout service reports about
 0.5 s per cutout (one ID, one stencil per job, through a queue and its Butler); that figure is a
 row of its own, labelled as reported, not measured here.
@@ -79,7 +82,8 @@ class _Outcome:
     status: int
 
 
-def _load(url: str, ids: list[str], settings: ServiceSettings, seed: int) -> tuple[list[_Outcome], float]:
+def _load(url: str, ids: list[str], settings: ServiceSettings, seed: int,
+          history_every: int | None = HISTORY_EVERY) -> tuple[list[_Outcome], float]:
     """Every client's requests; returns the outcomes and the wall time."""
     import requests
 
@@ -93,7 +97,7 @@ def _load(url: str, ids: list[str], settings: ServiceSettings, seed: int) -> tup
             for index in range(settings.requests):
                 ra = 150.1 + rng.uniform(-1e-3, 1e-3)  # within 3.6 arcsec of the centre every PVI holds
                 dec = 2.2 + rng.uniform(-1e-3, 1e-3)
-                if index % HISTORY_EVERY == HISTORY_EVERY - 1:
+                if history_every and index % history_every == history_every - 1:
                     kind = "history"
                     params = {"POS": f"{ra} {dec}", "TYPE": "calexp", "SIZE": "31"}
                     path = "/api/cutout/sky"
@@ -119,21 +123,22 @@ def _load(url: str, ids: list[str], settings: ServiceSettings, seed: int) -> tup
     return outcomes, time.perf_counter() - started
 
 
-def _rows(profile: str, outcomes: list[_Outcome], wall: float, settings: ServiceSettings) -> list[Row]:
+def _rows(profile: str, mix: str, outcomes: list[_Outcome], wall: float, settings: ServiceSettings) -> list[Row]:
     rows = []
     for kind in ("stamp", "history"):
         mine = [o for o in outcomes if o.kind == kind]
         if not mine:
             continue
+        label = f"{kind} ({mix}, {profile})"
         seconds = np.array([o.seconds for o in mine])
         errors = sum(o.status != 200 for o in mine)
         p50, p99 = float(np.quantile(seconds, 0.5)), float(np.quantile(seconds, 0.99))
-        rows.append(Row(SUITE, f"{kind} ({profile})", "objbutler serve", len(mine), p50, None, None,
+        rows.append(Row(SUITE, label, "objbutler serve", len(mine), p50, None, None,
                         min=float(seconds.min()), max=float(seconds.max()), reps=len(mine), kind="objbutler",
                         error=f"{errors} of {len(mine)} requests failed: statuses "
                               f"{sorted(collections.Counter(o.status for o in mine if o.status != 200).items())}"
                         if errors else None,
-                        extra={"format": f"fits/{profile}", "profile": profile, "p50": p50, "p99": p99,
+                        extra={"format": f"fits/{profile}", "profile": profile, "mix": mix, "p50": p50, "p99": p99,
                                "errors": errors, "clients": settings.clients,
                                "requests_per_second": round(len(outcomes) / wall, 1),
                                "pvis": settings.pvis, "shape": list(settings.shape)}))
@@ -184,21 +189,22 @@ def run_service(target: Target, settings: ServiceSettings,
         for seed, (name, options, _) in enumerate(profiles):
             with ServiceProcess(uri, env=_env(options)) as service:
                 _load(service.url, ids, dataclasses.replace(settings, requests=2), seed + 100)  # warm up
-                outcomes, wall = _load(service.url, ids, settings, seed)
-            cell = _rows(name, outcomes, wall, settings)
-            rows += cell
-            errors = sum(row.extra["errors"] for row in cell)
-            summary = ", ".join(f"{row.workload.split()[0]} p50 {row.extra['p50'] * 1e3:.0f} ms "
-                                f"p99 {row.extra['p99'] * 1e3:.0f} ms" for row in cell)
-            log(f"  {name}: {summary}; {len(outcomes) / wall:.1f} requests/s, {errors} errors")
-            parts.append(f"{name}: {summary}, {len(outcomes) / wall:.0f} req/s, {errors} errors")
+                for mix, every in (("stamp only", None), ("mixed", HISTORY_EVERY)):
+                    outcomes, wall = _load(service.url, ids, settings, seed, every)
+                    cell = _rows(name, mix, outcomes, wall, settings)
+                    rows += cell
+                    errors = sum(row.extra["errors"] for row in cell)
+                    summary = ", ".join(f"{row.workload.split()[0]} p50 {row.extra['p50'] * 1e3:.0f} ms "
+                                        f"p99 {row.extra['p99'] * 1e3:.0f} ms" for row in cell)
+                    log(f"  {name}, {mix}: {summary}; {len(outcomes) / wall:.1f} requests/s, {errors} errors")
+                    parts.append(f"{name}, {mix}: {summary}, {len(outcomes) / wall:.0f} req/s, {errors} errors")
     finally:
         for _, _, proxy in profiles:
             if proxy is not None:
                 proxy.stop()
     rows.append(Row(SUITE, "stamp (reported)", "Rubin vo-cutouts", 1, RUBIN_SECONDS_PER_CUTOUT, None, None,
                     extra={"format": "reported", "source": "Rubin's cutout service (one ID and stencil per job)"}))
-    note = (f"service under load ({settings.clients} clients x {settings.requests} requests, one in "
+    note = (f"service under load ({settings.clients} clients x {settings.requests} requests; mixed: one in "
             f"{HISTORY_EVERY} an object history over {settings.pvis} PVIs): " + "; ".join(parts)
             + f"; Rubin reports {RUBIN_SECONDS_PER_CUTOUT} s per cutout")
     return rows, [note]

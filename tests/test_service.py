@@ -412,8 +412,9 @@ def test_bench_service_quick_runs_without_errors(localstack_server: ServerInfo, 
     print(result.output[-1500:])
     rows = json.loads(out.read_text())
     measured = [row for row in rows if row["method"] == "objbutler serve"]
-    assert {row["workload"] for row in measured} == {"stamp (direct)", "history (direct)", "stamp (20ms)",
-                                                       "history (20ms)"}
-    assert sum(row["n"] for row in measured) == 2 * 10 * 8
+    assert {row["workload"] for row in measured} == {
+        f"{kind} ({mix}, {profile})" for profile in ("direct", "20ms")
+        for kind, mix in (("stamp", "stamp only"), ("stamp", "mixed"), ("history", "mixed"))}
+    assert sum(row["n"] for row in measured) == 2 * 2 * 10 * 8
     assert all(row["errors"] == 0 for row in measured), [row["error"] for row in measured]
     assert "NOTE service under load" in result.output

@@ -55,6 +55,7 @@ access_log = logging.getLogger("objbutler.service.access")
 error_log = logging.getLogger("objbutler.service")
 _MAX_BODY = 64 * 1024
 _OPEN = ("/health",)
+_EXTENSIONS = {"application/fits": "fits", "image/png": "png"}
 
 
 def error_response(error: SodaError, request_id: str) -> PlainTextResponse:
@@ -149,7 +150,12 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             if error.status >= 500:
                 error_log.exception("request %s failed", request.state.request_id)
             return error_response(error, request.state.request_id)
-        return Response(body, media_type=media_type)
+        headers = {}
+        extension = _EXTENSIONS.get(media_type)
+        if extension is not None:
+            name = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+            headers["Content-Disposition"] = f'inline; filename="{name}-{request.state.request_id}.{extension}"'
+        return Response(body, media_type=media_type, headers=headers)
 
     return endpoint
 
