@@ -156,3 +156,59 @@ def test_fits_writer_output_passes_astropy_verification() -> None:
     for bad in (("lower", 1), ("NAN", float("nan")), ("LIST", [1]), ("TEXT", "é")):
         with pytest.raises(ValueError):
             fitsio.card(*bad)
+
+
+def test_shared_refresh_serves_queued_requests_with_one_later_refresh() -> None:
+    import threading
+    import time
+
+    from objbutler.service.refresh import SharedRefresh
+
+    release = threading.Event()
+    generation = iter(range(1, 100))
+
+    def refresh() -> int:
+        number = next(generation)
+        if number == 1:
+            release.wait(30)
+        return number
+
+    shared = SharedRefresh(refresh)
+    results: dict[str, int] = {}
+
+    def call(name: str) -> None:
+        results[name] = shared.get()
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    while shared.calls < 1:
+        time.sleep(0.001)
+    later = [threading.Thread(target=call, args=(f"later{k}",)) for k in range(4)]
+    for thread in later:
+        thread.start()
+    while len(shared._cond._waiters) < 4:  # type: ignore[attr-defined]  # all four queued behind refresh 1
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *later]:
+        thread.join(30)
+    assert results["first"] == 1
+    # each later call arrived while refresh 1 ran: it must see a refresh begun after it (2), and they share it
+    assert {results[f"later{k}"] for k in range(4)} == {2}
+    assert shared.calls == 2
+
+
+def test_shared_refresh_failure_reaches_the_caller_and_the_next_call_retries() -> None:
+    from objbutler.service.refresh import SharedRefresh
+
+    outcomes = iter([RuntimeError("store down"), 7])
+
+    def refresh() -> int:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    shared = SharedRefresh(refresh)
+    with pytest.raises(RuntimeError, match="store down"):
+        shared.get()
+    assert shared.get() == 7

@@ -1,21 +1,21 @@
 """What the endpoints do, without HTTP: resolve an ID, cut the stencils, build an object history.
 
 One :class:`CutoutService` per process holds one :class:`~objbutler.butler.Butler`. Every call
-refreshes its registry view (under a lock: a refresh updates the view in place), then reads
-with plain range requests, many calls at once on the server's thread pool.
+refreshes its registry view (:class:`~objbutler.service.refresh.SharedRefresh`: one listing in
+flight, shared by the requests that queued for it), then reads with plain range requests, many
+calls at once on the server's thread pool.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 from objbutler.butler import Butler
-from objbutler.errors import InvalidCutoutError, InvalidKeyError, NotFoundError, NotSupportedError
+from objbutler.errors import InvalidCutoutError, InvalidKeyError, NotSupportedError
 from objbutler.registry.records import DatasetRef
 from objbutler.service import encode
 from objbutler.service.params import (
@@ -34,6 +34,7 @@ from objbutler.service.params import (
     parse_time,
 )
 from objbutler.service.png import png_bytes
+from objbutler.service.refresh import SharedRefresh
 from objbutler.service.regions import stencil_boxes
 
 __all__ = ["CutoutService", "Answer"]
@@ -59,13 +60,12 @@ class CutoutService:
     def __init__(self, butler: Butler, limits: Limits | None = None) -> None:
         self.butler = butler
         self.limits = limits or Limits()
-        self._registry_lock = threading.Lock()
+        self._registry = SharedRefresh(butler.registry.refresh)
 
     # -- finding ---------------------------------------------------------------
 
     def _state(self) -> Any:
-        with self._registry_lock:
-            return self.butler.registry.refresh()
+        return self._registry.get()
 
     def resolve(self, name: DatasetName) -> DatasetRef:
         """The dataset an ``ID`` names (404 when there is none, 400 when the name is ambiguous or malformed)."""
@@ -75,14 +75,24 @@ class CutoutService:
                 raise not_found(f"no dataset with id {name.dataset_id}")
             return found[0]
         assert name.dataset_type is not None
+        data_id = dict(name.data_id)
+        run = f" in run {name.run!r}" if name.run else ""
+        state = self._state()
+        if name.dataset_type not in state.dataset_types:
+            raise not_found(f"no dataset type {name.dataset_type!r} in this repository")
+        keys = sorted(state.dataset_types[name.dataset_type].dimensions)
+        if sorted(data_id) != keys:
+            raise SodaError(f"{name.dataset_type} data IDs have keys {keys}, not {sorted(data_id)}")
         try:
-            with self._registry_lock:
-                return self.butler.find(name.dataset_type, dict(name.data_id), name.run)
-        except NotFoundError:  # the library's message names the repository's location: keep it in the server
-            run = f" in run {name.run!r}" if name.run else ""
-            raise not_found(f"no {name.dataset_type} with data ID {dict(name.data_id)}{run}") from None
+            matches = [r for r in state.query(name.dataset_type, data_id, name.run) if r.data_id == data_id]
         except InvalidKeyError as exc:
             raise SodaError(str(exc)) from None
+        if not matches:
+            raise not_found(f"no {name.dataset_type} with data ID {data_id}{run}")
+        if len(matches) > 1:
+            raise SodaError(f"{name.dataset_type} {data_id} is in several runs {sorted(r.run for r in matches)}: "
+                            "add &run=RUN to the ID")
+        return matches[0]
 
     def image(self, params: Params) -> DatasetRef:
         """The image an ``ID`` parameter names."""
