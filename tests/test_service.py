@@ -56,6 +56,10 @@ def repo(localstack_backend: Backend) -> tuple[str, list[DatasetRef], list[fits.
     uri = localstack_backend.new_uri()
     butler = Butler.create(uri, **localstack_backend.options)
     hdus = list(pvis(N_IMAGES, shape=(160, 140), seed=11))
+    for k, hdu in enumerate(hdus):  # a star at the field centre, brightening visit by visit (for the gallery)
+        x, y = WCS(hdu.header).world_to_pixel(FIELD)
+        yy, xx = np.mgrid[: hdu.data.shape[0], : hdu.data.shape[1]]
+        hdu.data += (2000.0 * (k + 1) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)).astype(np.float32)
     refs = [butler.put(hdu, "calexp", {"visit": k}, run="pvi", format="fits") for k, hdu in enumerate(hdus)]
     return uri, refs, hdus
 
@@ -418,3 +422,14 @@ def test_bench_service_quick_runs_without_errors(localstack_server: ServerInfo, 
     assert sum(row["n"] for row in measured) == 2 * 2 * 10 * 8
     assert all(row["errors"] == 0 for row in measured), [row["error"] for row in measured]
     assert "NOTE service under load" in result.output
+
+
+def test_serve_refuses_an_empty_token_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from objbutler.cli import main
+
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    result = CliRunner().invoke(main, ["serve", str(tmp_path / "repo"), "--token-file", str(empty)])
+    assert result.exit_code == 2 and "is empty" in result.output
