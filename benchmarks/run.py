@@ -12,9 +12,9 @@ from benchmarks.measure import Row
 
 __all__ = ["SUITES", "format_table", "main"]
 
-SUITES = ("cutouts", "registry", "verify", "sky", "all")
+SUITES = ("cutouts", "registry", "verify", "sky", "service", "all")
 """``all`` is cutouts and registry (the committed report); ``verify`` (:mod:`benchmarks.verify`) and ``sky``
-(:mod:`benchmarks.sky`) run on their own."""
+(:mod:`benchmarks.sky`) and ``service`` (:mod:`benchmarks.service`) run on their own."""
 
 
 def _logger(started: float) -> Callable[[str], None]:
@@ -81,7 +81,7 @@ def main(
 
     Parameters
     ----------
-    suite : {"cutouts", "registry", "verify", "sky", "all"}
+    suite : {"cutouts", "registry", "verify", "sky", "service", "all"}
         What to run (``all``: cutouts and registry).
     target : str
         ``localstack`` (default), ``moto``, ``swift``, ``local``, an ``s3://`` URI or a path.
@@ -134,6 +134,12 @@ def main(
             sky_rows, sky_notes = run_sky(where, sky_settings(quick, smoke), log)
             rows += sky_rows
             notes += sky_notes
+        if suite == "service":
+            from benchmarks.service import run_service, service_settings
+
+            service_rows, service_notes = run_service(where, service_settings(quick, smoke), log)
+            rows += service_rows
+            notes += service_notes
     elapsed = time.perf_counter() - started
     meta: dict[str, Any] = {
         "suite": suite, "target": target, "quick": quick, "image_size": image_size or 4096,
@@ -150,7 +156,8 @@ def main(
     headlines = cutout_headlines(rows) + verify_headlines(rows)
     for line in headlines:
         print(line)
-    checks = verdicts(rows, meta) if suite not in ("verify", "sky") else []  # cutouts' and registry's targets
+    # cutouts' and registry's targets
+    checks = verdicts(rows, meta) if suite not in ("verify", "sky", "service") else []
     print()
     for verdict in checks:
         print(f"TARGET issue {verdict.issue} [{verdict.status}] {verdict.target}: {verdict.measured}")

@@ -899,7 +899,28 @@ def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], 
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["cutouts", "registry", "verify", "sky", "all"]))
+@click.argument("uri")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File holding the bearer token every endpoint but /health then requires.")
+def serve(uri: str, host: str, port: int, token_file: Path | None) -> None:
+    """Serve cutouts of URI over HTTP: IVOA SODA and DataLink, object histories, a gallery page."""
+    try:
+        from objbutler.service.app import serve as run_service
+    except ImportError as exc:
+        raise click.ClickException(f"objbutler serve needs the serve extra (pip install 'objbutler[serve]'): "
+                                   f"{exc}") from None
+    token = None
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+    run_service(uri, host=host, port=port, token=token)
+
+
+@main.command()
+@click.argument("suite", type=click.Choice(["cutouts", "registry", "verify", "sky", "service", "all"]))
 @click.option("--target", default="localstack", show_default=True,
               help="localstack, moto, swift, local, an s3:// URI (AWS_* variables) or a directory.")
 @click.option("--quick", is_flag=True, help="Short run (under 3 minutes; slow baselines on a few stamps, labelled ~).")

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "objbutler"
 # Subpackages that serve one optional feature: their module-level imports may come from extras.
-OPTIONAL_SUBPACKAGES = ("objbutler/dask/", "objbutler/testing/")
+OPTIONAL_SUBPACKAGES = ("objbutler/dask/", "objbutler/service/", "objbutler/testing/")
 # Development-only tools the testing helpers import lazily (installed by the CI script, not by pip).
 DEV_ONLY = {"localstack", "swift"}
 

@@ -1,0 +1,233 @@
+"""The ASGI application: routes, SODA error documents, bearer-token auth, request ids, access log, metrics.
+
+Routes::
+
+    GET       /                      the gallery page
+    GET       /health                {"status": "ok"} (never needs the token)
+    GET       /metrics               request counts and latency quantiles (Prometheus text)
+    GET|POST  /api/cutout/sync       SODA 1.0 sync: ID, POS/CIRCLE/POLYGON (repeatable), TIME, RESPONSEFORMAT
+    GET       /api/datalink/links    DataLink {links} of ID, with the SODA service descriptor
+    GET       /api/cutout/sky        object history: POS, TYPE[, SIZE, TIME, RUN, RESPONSEFORMAT=fits|json]
+    GET       /api/datasets/{id}     the whole image as FITS (the DataLink #this link)
+
+Every error is ``text/plain`` beginning ``UsageError:`` (400), ``NotFoundError:`` (404),
+``AuthenticationError:`` (401), ``TransientFault:`` (503) or ``DefaultFault:`` (500, a fault of
+the service, never of the input), with the request id on the last line and in ``X-Request-ID``.
+Blocking work (registry refresh, range reads, encoding) runs on the server's thread pool.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from objbutler.butler import Butler
+from objbutler.errors import (
+    InvalidCutoutError,
+    InvalidKeyError,
+    NotFoundError,
+    NotSupportedError,
+    ObjButlerError,
+    TransientStoreError,
+)
+from objbutler.service.cutouts import Answer, CutoutService
+from objbutler.service.metrics import Metrics
+from objbutler.service.page import PAGE
+from objbutler.service.params import Limits, Params, SodaError, response_format
+
+__all__ = ["create_app", "serve"]
+
+access_log = logging.getLogger("objbutler.service.access")
+error_log = logging.getLogger("objbutler.service")
+_MAX_BODY = 64 * 1024
+_OPEN = ("/health",)
+_EXTENSIONS = {"application/fits": "fits", "image/png": "png"}
+
+
+def error_response(error: SodaError, request_id: str) -> PlainTextResponse:
+    """A SODA/DALI error document."""
+    headers = {"X-Request-ID": request_id}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="objbutler"'
+    return PlainTextResponse(f"{error.kind}: {error}\n\nrequest id: {request_id}\n", error.status, headers=headers)
+
+
+def as_soda_error(exc: Exception) -> SodaError:
+    """The SODA error an exception from the library means (input problems 4xx, faults 5xx)."""
+    if isinstance(exc, SodaError):
+        return exc
+    if isinstance(exc, NotFoundError):
+        return SodaError(str(exc), 404, "NotFoundError")
+    if isinstance(exc, InvalidKeyError | InvalidCutoutError | NotSupportedError):
+        return SodaError(str(exc))
+    if isinstance(exc, TransientStoreError):
+        return SodaError(f"the object store is unavailable, try again: {exc}", 503, "TransientFault")
+    if isinstance(exc, ObjButlerError):
+        return SodaError(f"{type(exc).__name__}: {exc}", 500, "DefaultFault")
+    return SodaError(f"internal error ({type(exc).__name__})", 500, "DefaultFault")
+
+
+class _Guard(BaseHTTPMiddleware):
+    """Request id, bearer-token check, timing, metrics, access log, and a last-resort error document."""
+
+    def __init__(self, app: Any, token: str | None, metrics: Metrics) -> None:
+        super().__init__(app)
+        self.token = token
+        self.metrics = metrics
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        request_id = request.headers.get("x-request-id", "")[:64]
+        if not request_id.isalnum():
+            request_id = uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        started = time.perf_counter()
+        if self.token is not None and request.url.path not in _OPEN and not self._authorized(request):
+            response: Response = error_response(
+                SodaError("a valid bearer token is required (Authorization: Bearer ...)", 401, "AuthenticationError"),
+                request_id)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # a bug: answer a document, log the trace, keep serving
+                error_log.exception("request %s failed", request_id)
+                response = error_response(as_soda_error(exc), request_id)
+        response.headers["X-Request-ID"] = request_id
+        seconds = time.perf_counter() - started
+        route = request.scope.get("route")
+        self.metrics.record(getattr(route, "path", "other"), response.status_code, seconds)
+        client = request.client.host if request.client else "-"
+        access_log.info('%s %s "%s %s" %d %.1fms', client, request_id, request.method, request.url.path,
+                        response.status_code, seconds * 1e3)
+        return response
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        assert self.token is not None
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+
+async def _params(request: Request) -> Params:
+    pairs = list(request.query_params.multi_items())
+    if request.method == "POST":
+        kind = request.headers.get("content-type", "application/x-www-form-urlencoded").split(";")[0].strip()
+        if kind != "application/x-www-form-urlencoded":
+            raise SodaError(f"POST parameters as application/x-www-form-urlencoded, not {kind}")
+        body = await request.body()
+        if len(body) > _MAX_BODY:
+            raise SodaError(f"the request body is over {_MAX_BODY} bytes")
+        try:
+            pairs += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        except (UnicodeDecodeError, ValueError):
+            raise SodaError("the request body is not UTF-8 form data") from None
+    return Params(pairs)
+
+
+Handler = Callable[[Request, Params], Awaitable[Answer]]
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Parse the parameters, run the handler, and turn every refusal into a SODA error document."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            body, media_type = await handler(request, await _params(request))
+        except Exception as exc:
+            error = as_soda_error(exc)
+            if error.status >= 500:
+                error_log.exception("request %s failed", request.state.request_id)
+            return error_response(error, request.state.request_id)
+        headers = {}
+        extension = _EXTENSIONS.get(media_type)
+        if extension is not None:
+            name = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+            headers["Content-Disposition"] = f'inline; filename="{name}-{request.state.request_id}.{extension}"'
+        return Response(body, media_type=media_type, headers=headers)
+
+    return endpoint
+
+
+def create_app(butler: Butler, *, token: str | None = None, limits: Limits | None = None) -> Starlette:
+    """The service's ASGI application on one repository.
+
+    Parameters
+    ----------
+    butler : Butler
+        The repository, shared by every request (its registry refreshes on each call).
+    token : str, optional
+        The bearer token every route but ``/health`` requires; None for an open service.
+    limits : Limits, optional
+        Per-request limits on stencils, region size and history length.
+    """
+    service = CutoutService(butler, limits)
+    metrics = Metrics()
+
+    def base(request: Request) -> str:
+        return str(request.base_url)
+
+    async def sync(request: Request, params: Params) -> Answer:
+        fmt = response_format(params, ("fits", "png"))
+        return await run_in_threadpool(service.sync, params, fmt)
+
+    async def links(request: Request, params: Params) -> Answer:
+        return await run_in_threadpool(service.links, params, base(request))
+
+    async def sky(request: Request, params: Params) -> Answer:
+        fmt = response_format(params, ("fits", "json"))
+        return await run_in_threadpool(service.history_answer, params, fmt, base(request))
+
+    async def dataset(request: Request, params: Params) -> Answer:
+        return await run_in_threadpool(service.dataset, request.path_params["dataset_id"])
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(PAGE)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_text(request: Request) -> Response:
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        kind = "NotFoundError" if status == 404 else "UsageError" if status < 500 else "DefaultFault"
+        return error_response(SodaError(f"{request.method} {request.url.path}: "
+                                        f"{getattr(exc, 'detail', 'error')}", status, kind),
+                              getattr(request.state, "request_id", "-"))
+
+    routes = [
+        Route("/", page),
+        Route("/health", health),
+        Route("/metrics", metrics_text),
+        Route("/api/cutout/sync", _endpoint(sync), methods=["GET", "POST"]),
+        Route("/api/datalink/links", _endpoint(links)),
+        Route("/api/cutout/sky", _endpoint(sky)),
+        Route("/api/datasets/{dataset_id}", _endpoint(dataset)),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(_Guard, token=token, metrics=metrics)],
+                    exception_handlers={HTTPException: http_error})
+    app.state.metrics = metrics
+    return app
+
+
+def serve(uri: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          log_level: str = "info") -> None:
+    """Run the service on uvicorn until interrupted (what ``objbutler serve`` does)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(Butler(uri), token=token)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
