@@ -348,6 +348,32 @@ def test_cli_cutouts_at_directory_resumes(tmp_path: Path) -> None:
         np.testing.assert_array_equal(hdu.data, expected.data)
 
 
+def test_catalog_stamp_extensions_carry_the_stamp_wcs(tmp_path: Path) -> None:
+    """The fast stamp serializer writes what astropy would: valid FITS, the stamp's pixels and WCS (SIP shifted)."""
+    from objbutler.sky.catalog import write_catalog_cutouts
+
+    butler = Butler.create(str(tmp_path / "repo"))
+    _fill(butler, 4)  # FITS and Zarr parents
+    positions = _positions(12, spread=0.002)
+    expected = butler.cutouts_at(positions, 9, "calexp")
+    summary = write_catalog_cutouts(butler, "calexp", positions, 9, tmp_path / "out")
+    assert summary.stamps == sum(len(pairs) for pairs in expected) > 12
+    with fits.open(tmp_path / "out" / "stamps-00000.fits", memmap=False, lazy_load_hdus=False) as handle:
+        handle.verify("exception")
+        by_name = {hdu.name: hdu for hdu in handle[1:]}
+        for hdu in by_name.values():
+            hdu.data  # noqa: B018 (read before the file closes)
+    grid = np.array([[0.0, 0.0], [8.0, 0.0], [4.0, 6.0]])
+    for i, pairs in enumerate(expected):
+        for ref, stamp in pairs:
+            hdu = by_name[f"P{i}_{ref.id[:8]}".upper()]  # EXTNAME is read upper-cased
+            np.testing.assert_array_equal(hdu.data, stamp.data)
+            assert (hdu.header["BBOX_X0"], hdu.header["BBOX_Y1"]) == (stamp.bbox.x0, stamp.bbox.y1)
+            assert hdu.header["DATASET"] == ref.id and hdu.header["MJD-OBS"] == ref.sky["mjd"]
+            written = WCS(hdu.header).all_pix2world(grid, 0)
+            np.testing.assert_allclose(written, stamp.wcs.all_pix2world(grid, 0), rtol=0, atol=1e-10)
+
+
 def test_cli_cutouts_at_single_fits(tmp_path: Path) -> None:
     uri = str(tmp_path / "repo")
     butler = Butler.create(uri)
