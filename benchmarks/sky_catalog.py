@@ -127,9 +127,14 @@ def _cases(target: Target, uri: str, options: dict[str, Any], counter: Counter, 
         if stamps != len(pairs):
             raise RuntimeError(f"the header route cut {stamps} of {len(pairs)} stamps")
 
+    fsspec_options = target.fsspec_options
+    if "endpoint_url" in options and fsspec_options:  # through this profile's proxy, as objbutler goes
+        fsspec_options = {**fsspec_options, "client_kwargs": {**fsspec_options["client_kwargs"],
+                                                              "endpoint_url": options["endpoint_url"]}}
+
     def astropy_route() -> None:
         for index, ref in picked:
-            _astropy_pair(target.object_url(uri, ref.key), target.fsspec_options, coords[index])
+            _astropy_pair(target.object_url(uri, ref.key), fsspec_options, coords[index])
 
     cases = [Case("objbutler", objbutler, len(pairs), counter=counter, kind="objbutler")]
     if writer:
