@@ -688,7 +688,8 @@ class Butler:
         if ref.format == "zarr":
             from objbutler.formats.zarr_array import read_zarr_cutouts
 
-            return read_zarr_cutouts(self.store, ref.key, boxes, mode, fill_value, size=ref.size)
+            return read_zarr_cutouts(self.store, ref.key, boxes, mode, fill_value, size=ref.size, layout=ref.layout,
+                                     parent_wcs=wcs)
         raise NotSupportedError(f"cutouts need an image dataset; {ref.dataset_type} is {ref.format}")
 
     def get_cutouts_many(

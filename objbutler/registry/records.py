@@ -220,8 +220,10 @@ class DatasetRef:
         URI of the repository that holds it.
     layout : dict or None
         Where the pixels of an image objbutler wrote lie in its object (FITS:
-        :func:`objbutler.formats.fits_headers.fits_layout`), so cutouts skip the header
-        read; None for other datasets and for files ingested as they are.
+        :func:`objbutler.formats.fits_headers.fits_layout`; Zarr:
+        :func:`objbutler.formats.zarr_layout.zarr_layout`), so cutouts skip the header
+        or ``zarr.json`` read; None for other datasets, for files ingested as they are
+        and for Zarr images put before Zarr layouts were recorded.
     sky : dict or None
         An image's footprint polygon, WCS cards, observation time and band
         (:mod:`objbutler.sky.footprint`), so sky queries and cutouts need no
