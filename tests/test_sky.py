@@ -395,6 +395,46 @@ def test_cli_cutouts_at_single_fits(tmp_path: Path) -> None:
                                   if stamp and not flag.startswith(("skipped", "no_image")))
 
 
+def test_cli_cutouts_at_png_draws_one_light_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import objbutler.stamps_io as stamps_io
+
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri)
+    _fill(butler, 5)
+    catalog = tmp_path / "one.csv"
+    catalog.write_text(f"ra,dec\n{FIELD[0]!r},{FIELD[1]!r}\n")
+    drawn: dict[str, object] = {}
+    real = stamps_io.write_contact_sheet
+
+    def spy(stamps: list, path: Path, **kwargs: object) -> None:
+        drawn.update(stamps=stamps, **kwargs)
+        real(stamps, path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stamps_io, "write_contact_sheet", spy)
+    args = ["cutouts-at", uri, "calexp", "--radec", str(catalog), "--size", "11", "--out", str(tmp_path / "out"),
+            "--no-progress", "--png", str(tmp_path / "lc.png")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lc.png").read_bytes()[:4] == b"\x89PNG"
+    history = butler.cutouts_at(SkyCoord(FIELD[0] * u.deg, FIELD[1] * u.deg), 11, "calexp")[0]
+    from astropy.time import Time
+
+    dates = [Time(ref.sky["mjd"], format="mjd").iso[:16] for ref, _ in history]
+    assert dates == sorted(dates) and len(dates) == 5
+    assert drawn["labels"] == [f"{d} {ref.sky['band']}" for d, (ref, _) in zip(dates, history, strict=True)]
+    for got, (_, want) in zip(drawn["stamps"], history, strict=True):  # type: ignore[call-overload]
+        np.testing.assert_array_equal(got.data, want.data)  # in time order
+    two = tmp_path / "two.csv"
+    two.write_text(f"ra,dec\n{FIELD[0]!r},{FIELD[1]!r}\n{FIELD[0]!r},{FIELD[1]!r}\n")
+    refused = CliRunner().invoke(main, [*args[:4], str(two), *args[5:]])
+    assert refused.exit_code != 0 and "one position" in refused.output
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 1 and "NotSupportedError" in missing.output and "plots" in missing.output
+
+
 # --------------------------------------------------------------------- the benchmark suite and its proxy
 
 
