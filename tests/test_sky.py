@@ -170,24 +170,48 @@ def test_find_images_and_cutouts_match_astropy_local(tmp_path: Path, size: int, 
     assert _check_stamps(butler, positions[:60], result, size, mode) > 60
 
 
-@pytest.mark.servers
-def test_find_images_and_cutouts_match_astropy_localstack(localstack_backend: Backend) -> None:
-    butler = Butler.create(localstack_backend.new_uri(), checkpoint_interval=32, **localstack_backend.options)
-    hdus = _fill(butler, 60, shape=(90, 80))
-    positions = _positions(1000)
-    _check_find(butler, hdus, positions)
-    result = butler.cutouts_at(positions[:40], 11, "calexp")
-    assert _check_stamps(butler, positions[:40], result, 11, "trim") > 40
+def _check_remote(backend: Backend, n: int, positions: int, stamps: int, interval: int) -> None:
+    """find_images and stamps against astropy, request accounting, and reindex, on a server."""
+    from objbutler.stores import open_store
+
+    uri = backend.new_uri()
+    counting = CountingStore(open_store(uri, **backend.options))
+    butler = Butler.create(uri, checkpoint_interval=interval, store=counting)
+    hdus = _fill(butler, n, shape=(90, 80))  # FITS and Zarr alternately
+    _check_find(butler, hdus, _positions(positions))
+    result = butler.cutouts_at(_positions(positions)[:stamps], 11, "calexp")
+    assert _check_stamps(butler, _positions(positions)[:stamps], result, 11, "trim") >= stamps // 2
+    centre = SkyCoord(FIELD[0] * u.deg, FIELD[1] * u.deg)
+    butler.cutouts_at(centre, 11, "calexp")  # warm
+    counting.reset()
+    images = len(butler.cutouts_at(centre, 11, "calexp")[0])
+    by_method = dict(counting.requests_by_method)
+    assert images >= n - 3 and counting.requests <= images + 2, by_method  # FITS: one range; Zarr: one chunk
+    assert by_method.get("get", 0) == 0, by_method  # no header, no zarr.json
+
+
+def _check_reindex(backend: Backend, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    uri = backend.new_uri()
+    butler = Butler.create(uri, checkpoint_interval=4, **backend.options)
+    hdus = _put_without_sky(butler, monkeypatch, n)
+    from objbutler.sky.reindex import reindex
+
+    assert reindex(butler).recorded == n
+    reader = Butler(uri, **backend.options)
+    _check_find(reader, hdus, _positions(200))
+    assert len(reader.find_images(SkyCoord(FIELD[0] * u.deg, FIELD[1] * u.deg), "calexp")[0]) >= n - 2
 
 
 @pytest.mark.servers
-def test_find_images_and_cutouts_match_astropy_swift(swift_backend: Backend) -> None:
-    butler = Butler.create(swift_backend.new_uri(), checkpoint_interval=8, **swift_backend.options)
-    hdus = _fill(butler, 12, shape=(90, 80))
-    positions = _positions(300)
-    _check_find(butler, hdus, positions)
-    result = butler.cutouts_at(positions[:20], 11, "calexp")
-    assert _check_stamps(butler, positions[:20], result, 11, "trim") >= 10
+def test_sky_on_localstack(localstack_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_remote(localstack_backend, 60, 1000, 40, interval=32)
+    _check_reindex(localstack_backend, monkeypatch, 8)
+
+
+@pytest.mark.servers
+def test_sky_on_swift(swift_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_remote(swift_backend, 12, 300, 20, interval=8)
+    _check_reindex(swift_backend, monkeypatch, 6)
 
 
 def test_query_contains_and_filters(tmp_path: Path) -> None:
