@@ -363,7 +363,8 @@ def test_cli_cutouts_at_directory_resumes(tmp_path: Path) -> None:
     rerun = CliRunner().invoke(main, args)
     assert "4 chunks resumed" in rerun.output
     assert (out / "results.csv").read_text().splitlines() == first
-    with fits.open(out / "stamps-00000.fits") as stamps:
+    first_file = next(path for path in sorted(out.glob("stamps-*.fits")) if len(fits.open(path)) > 1)
+    with fits.open(first_file) as stamps:
         hdu = stamps[1]
         position, dataset = hdu.name[1:].split("_")
         ref = next(r for r in butler.query("calexp") if r.id.startswith(dataset.lower()))
@@ -396,6 +397,35 @@ def test_catalog_stamp_extensions_carry_the_stamp_wcs(tmp_path: Path) -> None:
             assert hdu.header["DATASET"] == ref.id and hdu.header["MJD-OBS"] == ref.sky["mjd"]
             written = WCS(hdu.header).all_pix2world(grid, 0)
             np.testing.assert_allclose(written, stamp.wcs.all_pix2world(grid, 0), rtol=0, atol=1e-10)
+
+
+def test_catalog_chunks_follow_the_sky_so_images_are_read_by_fewer_chunks(tmp_path: Path) -> None:
+    from objbutler.sky.catalog import write_catalog_cutouts
+    from objbutler.testing.skyfield import tiles
+
+    butler = Butler.create(str(tmp_path / "repo"))
+    hdus, (ra0, ra1, dec0, dec1) = tiles(9, shape=(60, 60))
+    for visit, hdu in enumerate(hdus):
+        butler.put(hdu, "calexp", {"visit": visit}, run="pvi")
+    rng = np.random.default_rng(4)
+    coords = SkyCoord(rng.uniform(ra0, ra1, 450) * u.deg, rng.uniform(dec0, dec1, 450) * u.deg)  # rows in no order
+    reads: list[int] = []
+    real = butler.cutouts_at
+
+    def spy(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]
+        reads.append(len({ref.id for pairs in result for ref, _ in pairs}))
+        return result
+
+    butler.cutouts_at = spy  # type: ignore[method-assign]
+    summary = write_catalog_cutouts(butler, "calexp", coords, 5, tmp_path / "out", chunk=50)
+    assert len(reads) == 9 and summary.stamps > 450
+    found = butler.find_images(coords, "calexp")
+    row_order = sum(len({ref.id for refs in found[k : k + 50] for ref in refs}) for k in range(0, 450, 50))
+    assert row_order >= 70 and sum(reads) <= 0.7 * row_order, (reads, row_order)  # rows: every image, every chunk
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()[1:]
+    positions = [int(row.split(",")[0]) for row in rows]
+    assert positions == sorted(positions) and set(positions) == set(range(450))  # the table is in row order
 
 
 def test_cli_cutouts_at_single_fits(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 The catalogue is cut in chunks of positions (``chunk``); each chunk is one
 :meth:`~objbutler.butler.Butler.cutouts_at` call (every image it touches read once, concurrently),
-written out, and dropped, so memory holds one chunk's stamps at a time.
+written out, and dropped, so memory holds one chunk's stamps at a time. Chunks follow the
+positions' order along a Z-order curve (:func:`objbutler.sky.geometry.spatial_order`), not the
+catalogue's rows: each chunk is a compact patch of sky, so an image is read by one or two chunks
+rather than by every chunk of a catalogue in random order. The results table is in row order.
 
 Output
     ``--out DIR``: per chunk ``stamps-NNNNN.fits`` (one image extension per stamp, ``EXTNAME``
@@ -37,6 +40,7 @@ import numpy as np
 
 from objbutler.cutouts import ClipMode, Cutout
 from objbutler.errors import InvalidCutoutError
+from objbutler.sky.geometry import radec_to_xyz, spatial_order
 from objbutler.sky.stamp_fits import StampEncoder, primary_header
 
 if TYPE_CHECKING:
@@ -104,7 +108,7 @@ def _requested(size: Any) -> tuple[int, int]:
         return (-1, -1)  # an angle: the shape differs per image, only clipping is flagged
 
 
-def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], first: int,
+def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], rows_of: np.ndarray,
                 coords: SkyCoord, stamp_file: str, requested: tuple[int, int], mode: ClipMode,
                 encoder: StampEncoder) -> tuple[list[dict[str, Any]], list[bytes]]:
     rows, hdus = [], []
@@ -113,7 +117,7 @@ def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: 
     for item in skipped:
         skipped_by_position.setdefault(item.position, []).append(item)
     for offset, pairs in enumerate(result):
-        position = first + offset
+        position = int(rows_of[offset])
         ra, dec = float(ras[offset]), float(decs[offset])
         for ref, stamp in pairs:
             name = f"P{position}_{ref.id[:8]}"
@@ -175,8 +179,9 @@ def write_catalog_cutouts(
     requested = _requested(size)
     summary = CatalogSummary(positions=total)
     single = out.suffix.lower() in (".fits", ".fit", ".fts")
-    identity = {"type": dataset_type, "positions": total, "chunk": chunk, "size": str(size), "mode": mode,
-                "run": run, "where": where and {k: str(v) for k, v in where.items()}, "time": str(time)}
+    order = spatial_order(radec_to_xyz(coords.icrs.ra.deg, coords.icrs.dec.deg))
+    identity = {"order": "zorder-1", "type": dataset_type, "positions": total, "chunk": chunk, "size": str(size),
+                "mode": mode, "run": run, "where": where and {k: str(v) for k, v in where.items()}, "time": str(time)}
     done: set[int] = set()
     encoder = StampEncoder()
     if single:
@@ -193,14 +198,15 @@ def write_catalog_cutouts(
     chunks = math.ceil(total / chunk)
     for number in range(chunks):
         first, last = number * chunk, min(total, (number + 1) * chunk)
+        rows_of = order[first:last]
         if number in done:
             if progress is not None:
                 progress(last - first)
             continue
-        part = coords[first:last]
+        part = coords[rows_of]
         result = butler.cutouts_at(part, size, dataset_type, run, where, time, mode=mode, on_error="skip")
         stamp_file = out.name if single else f"stamps-{number:05d}.fits"
-        rows, hdus = _chunk_rows(result, result.skipped, first, part, stamp_file, requested, mode,  # type: ignore[attr-defined]
+        rows, hdus = _chunk_rows(result, result.skipped, rows_of, part, stamp_file, requested, mode,  # type: ignore[attr-defined]
                                  encoder)
         summary.stamps += len(hdus)
         summary.skipped += len(result.skipped)  # type: ignore[attr-defined]
@@ -224,6 +230,7 @@ def write_catalog_cutouts(
     if single:
         from astropy.table import Table
 
+        all_rows.sort(key=lambda row: int(row["position"]))  # chunks went in sky order; the table is by row
         table = Table(rows=[[row[c] for c in COLUMNS] for row in all_rows], names=COLUMNS,
                       dtype=[object] * len(COLUMNS)) if all_rows else Table(names=COLUMNS)
         for name in COLUMNS:
@@ -240,9 +247,12 @@ def write_catalog_cutouts(
         with open(results.with_suffix(".csv.part"), "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
+            joined: list[dict[str, Any]] = []
             for number in range(chunks):
                 with open(out / f"results-{number:05d}.csv", newline="") as part_handle:
-                    writer.writerows(csv.DictReader(part_handle))
+                    joined += csv.DictReader(part_handle)
+            joined.sort(key=lambda row: int(row["position"]))  # chunks went in sky order; the table is by row
+            writer.writerows(joined)
         os.replace(results.with_suffix(".csv.part"), results)
         summary.results = results
     return summary
