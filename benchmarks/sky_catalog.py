@@ -6,14 +6,16 @@ uniform over the patch. Methods, timed in the same interleaved rounds:
 
 ``objbutler``
     ``butler.cutouts_at(chunk, 51, "calexp")`` per chunk of the catalogue (10,000 positions: memory
-    holds one chunk's stamps), the stamps dropped.
+    holds one chunk's stamps), the stamps dropped. Chunks follow the sky (a Z-order of the
+    positions, as the writer cuts them), so each image is read by few chunks.
 ``objbutler writer``
     What ``objbutler cutouts-at URI calexp --radec cat --size 51 --out DIR`` runs
     (:func:`objbutler.sky.catalog.write_catalog_cutouts`): the same reads plus one FITS extension
     and one results row per stamp, written to a local directory.
 ``header-per-image``
     The public route before sky queries, **given** which positions each image holds (untimed: a
-    user would have to compute that from every image's WCS): ``get_cutouts_many`` per chunk with
+    user would have to compute that from every image's WCS): ``get_cutouts_many`` per chunk (the same
+    chunks) with
     each image's positions as a SkyCoord, 16 images in flight; each image's header is read for
     its WCS before its stamps.
 ``astropy``
@@ -68,8 +70,12 @@ def _catalog(bounds: tuple[float, float, float, float], m: int, seed: int = 17) 
     return SkyCoord(rng.uniform(ra_low, ra_high, m) * u.deg, rng.uniform(dec_low, dec_high, m) * u.deg)
 
 
-def _chunks(m: int) -> list[slice]:
-    return [slice(start, min(m, start + CHUNK)) for start in range(0, m, CHUNK)]
+def _chunks(coords: Any) -> list[np.ndarray]:
+    """Row indices per chunk of ``CHUNK`` positions, in sky order (as ``objbutler cutouts-at`` cuts a catalogue)."""
+    from objbutler.sky.geometry import radec_to_xyz, spatial_order
+
+    order = spatial_order(radec_to_xyz(coords.ra.deg, coords.dec.deg))
+    return [order[start : start + CHUNK] for start in range(0, len(order), CHUNK)]
 
 
 def _astropy_pair(url: str, fsspec_options: dict[str, Any], position: Any) -> np.ndarray:
@@ -92,23 +98,23 @@ def _cases(target: Target, uri: str, options: dict[str, Any], counter: Counter, 
     from objbutler import Butler
     from objbutler.sky.catalog import write_catalog_cutouts
 
-    m = len(coords)
     butler = Butler(uri, **options)
     public = Butler(uri, **options)
     found = butler.find_images(coords, "calexp")
     pairs = [(i, ref) for i, refs in enumerate(found) for ref in refs]
+    chunks = _chunks(coords)
     grouped = []
-    for part in _chunks(m):
+    for part in chunks:
         by_ref: dict[Any, list[int]] = {}
-        for offset, refs in enumerate(found[part]):
-            for ref in refs:
-                by_ref.setdefault(ref, []).append(part.start + offset)
+        for row in part.tolist():
+            for ref in found[row]:
+                by_ref.setdefault(ref, []).append(row)
         grouped.append({ref: coords[indices] for ref, indices in by_ref.items()})
     rng = np.random.default_rng(3)
     picked = [pairs[k] for k in rng.choice(len(pairs), size=min(sample, len(pairs)), replace=False)]
 
     def objbutler() -> None:
-        stamps = sum(sum(len(p) for p in butler.cutouts_at(coords[part], STAMP, "calexp")) for part in _chunks(m))
+        stamps = sum(sum(len(p) for p in butler.cutouts_at(coords[part], STAMP, "calexp")) for part in chunks)
         if stamps != len(pairs):
             raise RuntimeError(f"objbutler cut {stamps} of {len(pairs)} stamps")
 
