@@ -343,6 +343,11 @@ class ProxyProcess:
         with urllib.request.urlopen(request, timeout=60) as response:
             return bytes(response.read())
 
+    @property
+    def pid(self) -> int:
+        """The proxy process's id (for CPU accounting)."""
+        return int(self._popen.pid)
+
     def reset(self) -> None:
         """Zero the counters and the log."""
         self._call("reset", "POST")

@@ -53,15 +53,27 @@ class SkySettings:
     footprints: int
     positions: int
     latency_ms: float = 20.0
+    users: int = 10
+    user_sample: int = 100  # images per user the header route is timed on (extrapolated to all)
+    catalog: tuple[int, ...] = (10_000,)
+    catalog_pvis: int = 100
+    catalog_shape: tuple[int, int] = (512, 512)
+    astropy_sample: int = 12
+    writer_up_to: int = 10_000
 
 
 def sky_settings(quick: bool, smoke: bool = False) -> SkySettings:
-    """Quick: 200 PVIs of 128 x 128; full: 200 and 1,000 of 256 x 256; smoke: seconds."""
+    """Quick: 200 PVIs of 128 x 128, 10k positions; full: 200 and 1,000 PVIs, 10k and 100k positions; smoke: seconds.
+
+    The full run is ``objbutler bench sky`` (docs/design.md quotes it).
+    """
     if smoke:
-        return SkySettings((12,), (64, 64), 2, 2_000, 2_000)
+        return SkySettings((12,), (64, 64), 2, 2_000, 2_000, users=3, user_sample=4, catalog=(300,), catalog_pvis=4,
+                           catalog_shape=(128, 128), astropy_sample=3)
     if quick:
-        return SkySettings((200,), (128, 128), 5, 100_000, 100_000)
-    return SkySettings((200, 1000), (256, 256), 7, 100_000, 100_000)
+        return SkySettings((200,), (128, 128), 5, 100_000, 100_000, user_sample=50)
+    return SkySettings((200, 1000), (256, 256), 5, 100_000, 100_000, catalog=(10_000, 100_000),
+                       catalog_shape=(1024, 1024))
 
 
 def _fill(uri: str, options: dict[str, Any], n: int, shape: tuple[int, int], log: Callable[[str], None]) -> None:
@@ -150,6 +162,93 @@ def _profiles(target: Target, settings: SkySettings) -> list[tuple[str, dict[str
     return profiles
 
 
+def _user_positions(k: int) -> Any:
+    """``k`` distinct positions within 2 arcsec of the field centre (so every PVI holds nearly all of them)."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    angles = np.linspace(0, 2 * np.pi, k, endpoint=False)
+    radius = 2.0 / 3600.0
+    return SkyCoord((150.1 + radius * np.cos(angles) / np.cos(np.radians(2.2))) * u.deg,
+                    (2.2 + radius * np.sin(angles)) * u.deg)
+
+
+def _each_user(work: Callable[[int], object], users: int) -> list[float]:
+    """Run ``work(user)`` for every user at once (a thread each); each user's seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(user: int) -> float:
+        started = time.perf_counter()
+        work(user)
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(max_workers=users) as pool:
+        return list(pool.map(timed, range(users)))
+
+
+def _users_cases(uri: str, options: dict[str, Any], counter: Any, n: int, settings: SkySettings,
+                 latencies: dict[str, list[float]]) -> list[Case]:
+    """10 users at once, each asking for the history of a position of their own across ``n`` PVIs.
+
+    One warm Butler serves them all (a cutout service); each user's call is timed, and
+    ``latencies[method]`` keeps the last round's per-user seconds.
+    """
+    from objbutler import Butler
+    from objbutler.stores import open_store
+    from objbutler.stores._concurrency import run_concurrently
+
+    positions = _user_positions(settings.users)
+    butler = Butler(uri, **options)
+    public = Butler(uri, **options)
+    raw = open_store(uri, **options)
+    spans = [_floor_ranges(butler, position) for position in positions]
+    holding = [butler.find_images(position, "calexp")[0][: settings.user_sample] for position in positions]
+    sample = min(len(refs) for refs in holding)
+
+    def record(method: str, seconds: list[float]) -> None:
+        latencies[method] = seconds
+
+    def objbutler() -> None:
+        record("objbutler", _each_user(lambda u: butler.cutouts_at(positions[u], STAMP, "calexp"), settings.users))
+
+    def floor() -> None:
+        record("floor", _each_user(
+            lambda u: run_concurrently(lambda item: raw.get_ranges(item[0], [item[1]]), spans[u], LANES),
+            settings.users))
+
+    def header_route() -> None:
+        record("header-per-image", _each_user(
+            lambda u: public.get_cutouts_many({ref: positions[u] for ref in holding[u][:sample]}, size=STAMP,
+                                              max_images_in_flight=LANES), settings.users))
+
+    return [
+        Case("objbutler", objbutler, n, counter=counter, kind="objbutler"),
+        Case("header-per-image", header_route, n, measured=sample, counter=counter, budget=1.0),
+        Case("floor", floor, n, counter=counter, kind="fixed"),
+    ]
+
+
+def _cpu_split(cases: list[Case], meter: Any, per: int, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Run each case once more under the CPU meter: milliseconds of CPU per image for each party."""
+    split = {}
+    for case in cases:
+        if case.error is not None:
+            continue
+        with meter.measure() as used:
+            case.run()
+        per_image = {party: round(1000 * seconds * case.scale / per, 3) for party, seconds in used.items()}
+        split[case.method] = per_image
+        log(f"    cpu {case.method:<24} per image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per_image.items()))
+    return split
+
+
+def _meter(target: Target, counter: Any) -> Any:
+    from benchmarks.cpu import CpuMeter
+
+    proxy = getattr(counter, "proxy", None)
+    return CpuMeter({"proxy": [proxy.pid] if proxy is not None else [], "server": target.server_pids})
+
+
 def _find_at_scale(settings: SkySettings, log: Callable[[str], None]) -> list[Row]:
     """find_images for many positions over many registered footprints, in memory."""
     from astropy import units as u
@@ -215,6 +314,8 @@ def run_sky(target: Target, settings: SkySettings, log: Callable[[str], None] = 
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
+    from benchmarks.sky_catalog import catalog_rows
+
     rows: list[Row] = []
     notes: list[str] = []
     position = SkyCoord(150.1 * u.deg, 2.2 * u.deg)
@@ -229,11 +330,23 @@ def run_sky(target: Target, settings: SkySettings, log: Callable[[str], None] = 
                 log(f"  profile {name}")
                 cases = _history_cases(uri, options, counter, position, n)
                 interleave(cases, settings.reps, budget_seconds=30.0, log=log)
+                cpu = _cpu_split(cases, _meter(target, counter), n, log)
                 cell = rows_for(SUITE, f"history {n} PVIs", cases, {"format": f"fits/{name}", "profile": name,
                                                                      "shape": list(settings.shape)})
+                for row in cell:
+                    row.extra["cpu_ms_per_image"] = cpu.get(row.method)
                 rows += cell
                 by_profile[name] = {row.method: row.seconds for row in cell}
             notes.append(_side_by_side(n, by_profile))
+            if n == max(settings.pvis):
+                rows_users, note = _users(target, uri, profiles[-1], n, settings, log)
+                rows += rows_users
+                notes.append(note)
+        catalogue, catalogue_notes = catalog_rows(target, profiles, settings.catalog, settings.catalog_pvis,
+                                                  settings.catalog_shape, max(2, settings.reps // 2),
+                                                  settings.astropy_sample, settings.writer_up_to, log)
+        rows += catalogue
+        notes += catalogue_notes
         log(f"sky: find_images for {settings.positions:,} positions over {settings.footprints:,} footprints")
         rows += _find_at_scale(settings, log)
     finally:
@@ -241,6 +354,29 @@ def run_sky(target: Target, settings: SkySettings, log: Callable[[str], None] = 
             if proxy is not None:
                 proxy.stop()
     return rows, notes
+
+
+def _users(target: Target, uri: str, profile: tuple[str, dict[str, Any], Any, Any], n: int, settings: SkySettings,
+           log: Callable[[str], None]) -> tuple[list[Row], str]:
+    """The concurrent-users cell on one profile (the slowest: 20 ms where there is a server)."""
+    name, options, counter, _ = profile
+    log(f"sky: {settings.users} concurrent users of distinct positions across {n} PVIs, profile {name}")
+    latencies: dict[str, list[float]] = {}
+    cases = _users_cases(uri, options, counter, n, settings, latencies)
+    interleave(cases, max(2, settings.reps // 2), budget_seconds=40.0, log=log)
+    cpu = _cpu_split(cases, _meter(target, counter), n * settings.users, log)
+    cell = rows_for(SUITE, f"{settings.users} users x {n} PVIs", cases,
+                    {"format": f"fits/{name}", "profile": name, "shape": list(settings.shape)})
+    for row in cell:
+        row.extra["cpu_ms_per_image"] = cpu.get(row.method)
+        scale = n / cases[1].measured if row.method == "header-per-image" and cases[1].measured else 1.0
+        row.extra["user_seconds"] = [round(s * scale, 3) for s in latencies.get(row.method, [])]
+    ours = latencies.get("objbutler", [])
+    floor = latencies.get("floor", [])
+    note = (f"{settings.users} concurrent users, {n} PVIs each, {name}: objbutler slowest user "
+            f"{max(ours, default=float('nan')):.2f} s (median {float(np.median(ours)) if ours else float('nan'):.2f} s;"
+            f" Rubin DMS-REQ-0375 asks 10 s), floor slowest {max(floor, default=float('nan')):.2f} s")
+    return cell, note
 
 
 def _side_by_side(n: int, by_profile: dict[str, dict[str, float | None]]) -> str:

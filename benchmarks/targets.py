@@ -50,6 +50,8 @@ class Target:
         The counting proxy (None for local targets).
     server_endpoint : str or None
         The server behind the proxy.
+    server_pids : tuple of int
+        The server's processes when this run started it (for CPU accounting), else empty.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Target:
     server_endpoint: str | None = None
 
     s3_keys: tuple[str, str] | None = None
+    server_pids: tuple[int, ...] = ()
 
     @property
     def is_local(self) -> bool:
@@ -96,7 +99,7 @@ class Target:
 
 
 def _s3_target(name: str, bucket_uri: str, endpoint: str, access_key: str, secret_key: str,
-               region: str = "us-east-1") -> Iterator[Target]:
+               region: str = "us-east-1", server_pids: tuple[int, ...] = ()) -> Iterator[Target]:
     from objbutler.stores.s3 import S3Store
 
     proxy = ProxyProcess(endpoint) if _is_loopback(endpoint) else None
@@ -112,7 +115,7 @@ def _s3_target(name: str, bucket_uri: str, endpoint: str, access_key: str, secre
                          secret_key=secret_key, region=region, create_bucket=True)
         list(bucket.list("none/"))
         base = f"{bucket_uri.rstrip('/')}/bench-{uuid.uuid4().hex[:8]}"
-        yield Target(name, base, options, proxy, endpoint)
+        yield Target(name, base, options, proxy, endpoint, server_pids=server_pids)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -128,7 +131,7 @@ def _swift_target(info: Any, log: Any) -> Iterator[Target]:
         list(SwiftStore("objbutler-bench", create_container=True, **options).list("none/"))
         keys = (info.s3_env["AWS_ACCESS_KEY_ID"], info.s3_env["AWS_SECRET_ACCESS_KEY"])
         yield Target("swift", f"swift://objbutler-bench/bench-{uuid.uuid4().hex[:8]}", options, proxy, info.endpoint,
-                     s3_keys=keys)
+                     s3_keys=keys, server_pids=tuple(info.pids))
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -167,7 +170,8 @@ def open_target(name: str, log: Any = print) -> Iterator[Target]:
             endpoint = env["AWS_ENDPOINT_URL"]
             log(f"{name} is up at {endpoint}")
             yield from _s3_target(name, "s3://objbutler-bench", endpoint, env["AWS_ACCESS_KEY_ID"],
-                                  env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_DEFAULT_REGION", "us-east-1"))
+                                  env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_DEFAULT_REGION", "us-east-1"),
+                                  tuple(info.pids))
         log(f"stopped {name}")
         return
     if name.startswith("s3://"):

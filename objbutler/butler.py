@@ -760,7 +760,8 @@ class Butler:
             from objbutler.formats.zarr_array import read_zarr_cutouts
 
             with _gone_in_place(ref):
-                return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size)
+                return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size, layout=ref.layout,
+                                         parent_wcs=wcs)
         raise NotSupportedError(f"cutouts need an image dataset; {ref.dataset_type} is {ref.format}")
 
     def get_cutouts_many(

@@ -797,8 +797,10 @@ def _parse_size(text: str | None) -> Any:
 @click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Positions per batch (memory holds one batch's stamps).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Light curve: a catalogue of one position; its stamps in time order with their dates.")
 def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, run: str | None,
-               where: tuple[str, ...], mode: str, chunk: int, no_progress: bool) -> None:
+               where: tuple[str, ...], mode: str, chunk: int, no_progress: bool, png: Path | None) -> None:
     """Stamps of every image of TYPE at every catalogue position, with a results table."""
     import time
 
@@ -809,6 +811,9 @@ def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, r
 
     butler = Butler(uri)
     coords = read_catalog(radec)
+    if png is not None and len(coords) != 1:
+        raise click.BadParameter(f"--png draws one position's light curve; {radec} has {len(coords)} positions",
+                                 param_hint="--png")
     conditions = parse_data_id(where) if where else None
     started = time.perf_counter()
     with tqdm(total=len(coords), unit="pos", disable=no_progress) as bar:
@@ -819,6 +824,15 @@ def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, r
                f"({summary.without_image} positions in no image, {summary.skipped} skipped"
                + (f", {summary.chunks_resumed} chunks resumed" if summary.chunks_resumed else "") + ")")
     click.echo(f"wrote {out} (results: {summary.results})")
+    if png is not None:
+        from objbutler.stamps_io import write_light_curve
+
+        history = butler.cutouts_at(coords[0], _parse_size(size), dataset_type, run, conditions,
+                                    mode=mode)[0]  # type: ignore[arg-type]
+        position = coords[0]
+        write_light_curve(history, png, title=f"{dataset_type} at RA {position.ra.deg:.6f} Dec "
+                                              f"{position.dec.deg:.6f}: {len(history)} images")
+        click.echo(f"wrote {png}")
 
 
 @main.command()

@@ -13,7 +13,7 @@ from objbutler.cutouts import Box, Cutout
 from objbutler.errors import InvalidCutoutError, NotSupportedError
 
 __all__ = ["read_boxes_csv", "read_radec_csv", "stamp_file_name", "write_contact_sheet", "write_fits_file",
-           "write_fits_stamps", "write_npz"]
+           "write_fits_stamps", "write_light_curve", "write_npz"]
 
 
 def _rows(path: Path, columns: Sequence[str]) -> list[list[float]]:
@@ -106,8 +106,11 @@ def write_npz(stamps: Sequence[Cutout], path: Path) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 64, title: str = "") -> None:
+def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 64, title: str = "",
+                        labels: Sequence[str] | None = None) -> None:
     """A PNG grid of the first stamps, each scaled by its own robust percentiles, so a person can look.
+
+    Each stamp is titled by its label (default ``#<index>``).
 
     Raises
     ------
@@ -124,7 +127,8 @@ def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [s for s in stamps if s.data.size][:max_stamps]
+    named = list(zip(stamps, labels if labels is not None else [f"#{s.index}" for s in stamps], strict=True))
+    shown = [(s, label) for s, label in named if s.data.size][:max_stamps]
     if not shown:
         raise InvalidCutoutError("no non-empty stamps to draw")
     columns = int(np.ceil(np.sqrt(len(shown))))
@@ -132,13 +136,34 @@ def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.4 + 0.4), squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
-    for axis, stamp in zip(axes.flat, shown, strict=False):
+    for axis, (stamp, label) in zip(axes.flat, shown, strict=False):
         finite = stamp.data[np.isfinite(stamp.data)]
         low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
         axis.imshow(stamp.data, origin="lower", cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-        axis.set_title(f"#{stamp.index}", fontsize=6)
+        axis.set_title(label, fontsize=6)
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def write_light_curve(history: Sequence[tuple[Any, Cutout]], path: Path, title: str = "",
+                      max_stamps: int = 100) -> None:
+    """A PNG of one position's stamps in time order, each labelled with its date and band.
+
+    ``history`` is one position's ``(DatasetRef, Cutout)`` pairs from
+    :meth:`objbutler.butler.Butler.cutouts_at` (already in time order; images
+    without a recorded time last). Raises as :func:`write_contact_sheet`.
+    """
+    from astropy.time import Time
+
+    def label(ref: Any) -> str:
+        sky = ref.sky or {}
+        mjd = sky.get("mjd")
+        date = Time(mjd, format="mjd").iso[:16] if mjd is not None else "no date"
+        return f"{date} {sky['band']}" if sky.get("band") else date
+
+    pairs = [(ref, stamp) for ref, stamp in history if stamp.data.size][:max_stamps]
+    write_contact_sheet([stamp for _, stamp in pairs], path, max_stamps=max_stamps, title=title,
+                        labels=[label(ref) for ref, _ in pairs])

@@ -300,6 +300,38 @@ def test_packing_keeps_images_whole_and_splits_big_ones() -> None:
     assert _auto_task_size(10**7, 8) == 2000
 
 
+def test_sky_positions_without_an_image_use_the_sky_index(client: Any, tmp_path: Path) -> None:
+    """A catalogue of positions alone: each row answers once per image holding it, as Butler.cutouts_at cuts them."""
+    from objbutler.testing.skyfield import pvis
+
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri)
+    for visit, hdu in enumerate(pvis(6, shape=(90, 80), field=(150.1, 2.2))):
+        butler.put(hdu, "calexp", {"visit": visit}, run="pvi", format="zarr" if visit % 2 else "fits")
+    rng = np.random.default_rng(2)
+    ra, dec = 150.1 + rng.uniform(-0.003, 0.003, 15), 2.2 + rng.uniform(-0.003, 0.003, 15)
+    table = Table({"ra": [*ra, 151.0], "dec": [*dec, 3.0], "mag": rng.uniform(18, 22, 16)})  # the last: no image
+    results = cutouts(uri, table, client=client, dataset_type="calexp", size=9, data_id_keys=())
+    expected = butler.cutouts_at(SkyCoord(ra, dec, unit="deg"), 9, "calexp")
+    found = butler.find_images(SkyCoord(ra, dec, unit="deg"), "calexp")
+    assert results.unmatched == [15]
+    assert [(row, ref.id) for row, ref in zip(results.rows, results.refs, strict=True)] == [
+        (row, ref.id) for row, refs in enumerate(found) for ref in refs]
+    assert len(results) > 30
+    want = {(row, ref.id): stamp for row, pairs in enumerate(expected) for ref, stamp in pairs}
+    failed = {record.index for record in results.errors}
+    for index, (row, ref, stamp) in enumerate(zip(results.rows, results.refs, results.stamps, strict=True)):
+        assert ref is not None
+        if (row, ref.id) not in want:  # cutouts_at skipped it (a position past the pixel bounds)
+            assert index in failed
+            continue
+        assert stamp is not None and stamp.ref == ref and stamp.index == index
+        assert stamp.bbox == want[(row, ref.id)].bbox
+        np.testing.assert_array_equal(stamp.data, want[(row, ref.id)].data)
+    with pytest.raises(InvalidKeyError, match="name the image"):
+        parse_requests([{"box": (0, 0, 1, 1)}])  # a box still needs its image
+
+
 def test_cli_cutout_runs_on_a_scheduler(client: Any, tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -170,24 +170,48 @@ def test_find_images_and_cutouts_match_astropy_local(tmp_path: Path, size: int, 
     assert _check_stamps(butler, positions[:60], result, size, mode) > 60
 
 
-@pytest.mark.servers
-def test_find_images_and_cutouts_match_astropy_localstack(localstack_backend: Backend) -> None:
-    butler = Butler.create(localstack_backend.new_uri(), checkpoint_interval=32, **localstack_backend.options)
-    hdus = _fill(butler, 60, shape=(90, 80))
-    positions = _positions(1000)
-    _check_find(butler, hdus, positions)
-    result = butler.cutouts_at(positions[:40], 11, "calexp")
-    assert _check_stamps(butler, positions[:40], result, 11, "trim") > 40
+def _check_remote(backend: Backend, n: int, positions: int, stamps: int, interval: int) -> None:
+    """find_images and stamps against astropy, request accounting, and reindex, on a server."""
+    from objbutler.stores import open_store
+
+    uri = backend.new_uri()
+    counting = CountingStore(open_store(uri, **backend.options))
+    butler = Butler.create(uri, checkpoint_interval=interval, store=counting)
+    hdus = _fill(butler, n, shape=(90, 80))  # FITS and Zarr alternately
+    _check_find(butler, hdus, _positions(positions))
+    result = butler.cutouts_at(_positions(positions)[:stamps], 11, "calexp")
+    assert _check_stamps(butler, _positions(positions)[:stamps], result, 11, "trim") >= stamps // 2
+    centre = SkyCoord(FIELD[0] * u.deg, FIELD[1] * u.deg)
+    butler.cutouts_at(centre, 11, "calexp")  # warm
+    counting.reset()
+    images = len(butler.cutouts_at(centre, 11, "calexp")[0])
+    by_method = dict(counting.requests_by_method)
+    assert images >= n - 3 and counting.requests <= images + 2, by_method  # FITS: one range; Zarr: one chunk
+    assert by_method.get("get", 0) == 0, by_method  # no header, no zarr.json
+
+
+def _check_reindex(backend: Backend, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    uri = backend.new_uri()
+    butler = Butler.create(uri, checkpoint_interval=4, **backend.options)
+    hdus = _put_without_sky(butler, monkeypatch, n)
+    from objbutler.sky.reindex import reindex
+
+    assert reindex(butler).recorded == n
+    reader = Butler(uri, **backend.options)
+    _check_find(reader, hdus, _positions(200))
+    assert len(reader.find_images(SkyCoord(FIELD[0] * u.deg, FIELD[1] * u.deg), "calexp")[0]) >= n - 2
 
 
 @pytest.mark.servers
-def test_find_images_and_cutouts_match_astropy_swift(swift_backend: Backend) -> None:
-    butler = Butler.create(swift_backend.new_uri(), checkpoint_interval=8, **swift_backend.options)
-    hdus = _fill(butler, 12, shape=(90, 80))
-    positions = _positions(300)
-    _check_find(butler, hdus, positions)
-    result = butler.cutouts_at(positions[:20], 11, "calexp")
-    assert _check_stamps(butler, positions[:20], result, 11, "trim") >= 10
+def test_sky_on_localstack(localstack_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_remote(localstack_backend, 60, 1000, 40, interval=32)
+    _check_reindex(localstack_backend, monkeypatch, 8)
+
+
+@pytest.mark.servers
+def test_sky_on_swift(swift_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_remote(swift_backend, 12, 300, 20, interval=8)
+    _check_reindex(swift_backend, monkeypatch, 6)
 
 
 def test_query_contains_and_filters(tmp_path: Path) -> None:
@@ -339,13 +363,69 @@ def test_cli_cutouts_at_directory_resumes(tmp_path: Path) -> None:
     rerun = CliRunner().invoke(main, args)
     assert "4 chunks resumed" in rerun.output
     assert (out / "results.csv").read_text().splitlines() == first
-    with fits.open(out / "stamps-00000.fits") as stamps:
+    first_file = next(path for path in sorted(out.glob("stamps-*.fits")) if len(fits.open(path)) > 1)
+    with fits.open(first_file) as stamps:
         hdu = stamps[1]
         position, dataset = hdu.name[1:].split("_")
         ref = next(r for r in butler.query("calexp") if r.id.startswith(dataset.lower()))
         expected = Cutout2D(hdus[ref.data_id["visit"]].data, positions[int(position)], 11, mode="trim",
                             wcs=WCS(hdus[ref.data_id["visit"]].header))
         np.testing.assert_array_equal(hdu.data, expected.data)
+
+
+def test_catalog_stamp_extensions_carry_the_stamp_wcs(tmp_path: Path) -> None:
+    """The fast stamp serializer writes what astropy would: valid FITS, the stamp's pixels and WCS (SIP shifted)."""
+    from objbutler.sky.catalog import write_catalog_cutouts
+
+    butler = Butler.create(str(tmp_path / "repo"))
+    _fill(butler, 4)  # FITS and Zarr parents
+    positions = _positions(12, spread=0.002)
+    expected = butler.cutouts_at(positions, 9, "calexp")
+    summary = write_catalog_cutouts(butler, "calexp", positions, 9, tmp_path / "out")
+    assert summary.stamps == sum(len(pairs) for pairs in expected) > 12
+    with fits.open(tmp_path / "out" / "stamps-00000.fits", memmap=False, lazy_load_hdus=False) as handle:
+        handle.verify("exception")
+        by_name = {hdu.name: hdu for hdu in handle[1:]}
+        for hdu in by_name.values():
+            hdu.data  # noqa: B018 (read before the file closes)
+    grid = np.array([[0.0, 0.0], [8.0, 0.0], [4.0, 6.0]])
+    for i, pairs in enumerate(expected):
+        for ref, stamp in pairs:
+            hdu = by_name[f"P{i}_{ref.id[:8]}".upper()]  # EXTNAME is read upper-cased
+            np.testing.assert_array_equal(hdu.data, stamp.data)
+            assert (hdu.header["BBOX_X0"], hdu.header["BBOX_Y1"]) == (stamp.bbox.x0, stamp.bbox.y1)
+            assert hdu.header["DATASET"] == ref.id and hdu.header["MJD-OBS"] == ref.sky["mjd"]
+            written = WCS(hdu.header).all_pix2world(grid, 0)
+            np.testing.assert_allclose(written, stamp.wcs.all_pix2world(grid, 0), rtol=0, atol=1e-10)
+
+
+def test_catalog_chunks_follow_the_sky_so_images_are_read_by_fewer_chunks(tmp_path: Path) -> None:
+    from objbutler.sky.catalog import write_catalog_cutouts
+    from objbutler.testing.skyfield import tiles
+
+    butler = Butler.create(str(tmp_path / "repo"))
+    hdus, (ra0, ra1, dec0, dec1) = tiles(9, shape=(60, 60))
+    for visit, hdu in enumerate(hdus):
+        butler.put(hdu, "calexp", {"visit": visit}, run="pvi")
+    rng = np.random.default_rng(4)
+    coords = SkyCoord(rng.uniform(ra0, ra1, 450) * u.deg, rng.uniform(dec0, dec1, 450) * u.deg)  # rows in no order
+    reads: list[int] = []
+    real = butler.cutouts_at
+
+    def spy(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]
+        reads.append(len({ref.id for pairs in result for ref, _ in pairs}))
+        return result
+
+    butler.cutouts_at = spy  # type: ignore[method-assign]
+    summary = write_catalog_cutouts(butler, "calexp", coords, 5, tmp_path / "out", chunk=50)
+    assert len(reads) == 9 and summary.stamps > 450
+    found = butler.find_images(coords, "calexp")
+    row_order = sum(len({ref.id for refs in found[k : k + 50] for ref in refs}) for k in range(0, 450, 50))
+    assert row_order >= 70 and sum(reads) <= 0.7 * row_order, (reads, row_order)  # rows: every image, every chunk
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()[1:]
+    positions = [int(row.split(",")[0]) for row in rows]
+    assert positions == sorted(positions) and set(positions) == set(range(450))  # the table is in row order
 
 
 def test_cli_cutouts_at_single_fits(tmp_path: Path) -> None:
@@ -367,6 +447,46 @@ def test_cli_cutouts_at_single_fits(tmp_path: Path) -> None:
         stamps = [h for h in handle[1:-1]]
         assert len(stamps) == sum(1 for flag, stamp in zip(table["flags"], table["stamp"], strict=True)
                                   if stamp and not flag.startswith(("skipped", "no_image")))
+
+
+def test_cli_cutouts_at_png_draws_one_light_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import objbutler.stamps_io as stamps_io
+
+    uri = str(tmp_path / "repo")
+    butler = Butler.create(uri)
+    _fill(butler, 5)
+    catalog = tmp_path / "one.csv"
+    catalog.write_text(f"ra,dec\n{FIELD[0]!r},{FIELD[1]!r}\n")
+    drawn: dict[str, object] = {}
+    real = stamps_io.write_contact_sheet
+
+    def spy(stamps: list, path: Path, **kwargs: object) -> None:
+        drawn.update(stamps=stamps, **kwargs)
+        real(stamps, path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stamps_io, "write_contact_sheet", spy)
+    args = ["cutouts-at", uri, "calexp", "--radec", str(catalog), "--size", "11", "--out", str(tmp_path / "out"),
+            "--no-progress", "--png", str(tmp_path / "lc.png")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lc.png").read_bytes()[:4] == b"\x89PNG"
+    history = butler.cutouts_at(SkyCoord(FIELD[0] * u.deg, FIELD[1] * u.deg), 11, "calexp")[0]
+    from astropy.time import Time
+
+    dates = [Time(ref.sky["mjd"], format="mjd").iso[:16] for ref, _ in history]
+    assert dates == sorted(dates) and len(dates) == 5
+    assert drawn["labels"] == [f"{d} {ref.sky['band']}" for d, (ref, _) in zip(dates, history, strict=True)]
+    for got, (_, want) in zip(drawn["stamps"], history, strict=True):  # type: ignore[call-overload]
+        np.testing.assert_array_equal(got.data, want.data)  # in time order
+    two = tmp_path / "two.csv"
+    two.write_text(f"ra,dec\n{FIELD[0]!r},{FIELD[1]!r}\n{FIELD[0]!r},{FIELD[1]!r}\n")
+    refused = CliRunner().invoke(main, [*args[:4], str(two), *args[5:]])
+    assert refused.exit_code != 0 and "one position" in refused.output
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code == 1 and "NotSupportedError" in missing.output and "plots" in missing.output
 
 
 # --------------------------------------------------------------------- the benchmark suite and its proxy

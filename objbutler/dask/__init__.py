@@ -46,6 +46,7 @@ parses request tables, :mod:`~objbutler.dask.results` holds what comes back, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections import defaultdict
@@ -171,7 +172,9 @@ def cutouts(
     options = dict(store_options or {})
     sink = FilesOutput(out) if isinstance(out, str | os.PathLike) else out
     client = _client(client)
-    refs, errors = _resolve(Butler(butler_uri, **options), parsed)
+    butler = Butler(butler_uri, **options)
+    parsed, rows, unmatched = _expand_sky(butler, parsed, frame)
+    refs, errors = _resolve(butler, parsed)
     groups = _group(parsed, refs, size)
     target = stamps_per_task or _auto_task_size(len(parsed), _threads(client))
     tasks = _pack(groups, target)
@@ -183,13 +186,19 @@ def cutouts(
             errors.extend(error_record(i.index, g.target, outcome, g.ref.id) for g in task for i in g.items)
             continue
         for index, value in outcome.values.items():
-            values[index] = unship(index, value, parents) if isinstance(value, Stamp) else value
+            if isinstance(value, Stamp):
+                value = unship(index, value, parents)
+                value.ref = refs[index]
+            values[index] = value
         errors.extend(outcome.errors)
     ordered = [values.get(i) for i in range(len(parsed))]
     results = CutoutResults(
         stamps=ordered if sink is None else [None] * len(parsed),
         outputs=ordered if sink is not None else [],
         errors=sorted(errors, key=lambda r: r.index),
+        rows=rows,
+        refs=refs,
+        unmatched=unmatched,
     )
     if on_error == "raise":
         results.raise_for_errors()
@@ -215,6 +224,40 @@ def _threads(client: Client) -> int:
 
 def _auto_task_size(total: int, threads: int) -> int:
     return max(MIN_STAMPS_PER_TASK, min(MAX_STAMPS_PER_TASK, math.ceil(total / (TASKS_PER_THREAD * threads))))
+
+
+def _expand_sky(butler: Butler, requests: Sequence[CutoutRequest],
+                frame: str) -> tuple[list[CutoutRequest], list[int], list[int]]:
+    """Give each sky position that names no image one request per image holding it, found in the sky index.
+
+    Returns the requests (the others unchanged, in order; a position's images in time order), the
+    caller's row of each, and the rows whose position no image holds.
+    """
+    wanted: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        if request.finds_images:
+            wanted[(request.dataset_type, request.run)].append(index)
+    if not wanted:
+        return list(requests), list(range(len(requests))), []
+    from astropy.coordinates import SkyCoord
+
+    holding: dict[int, list[DatasetRef]] = {}
+    for (dataset_type, run), indices in wanted.items():
+        coords = SkyCoord([requests[i].ra for i in indices], [requests[i].dec for i in indices], unit="deg",
+                          frame=frame)
+        holding.update(zip(indices, butler.find_images(coords, dataset_type, run=run), strict=True))
+    expanded: list[CutoutRequest] = []
+    rows: list[int] = []
+    for index, request in enumerate(requests):
+        found = holding.get(index)
+        if found is None:
+            expanded.append(request)
+            rows.append(index)
+            continue
+        expanded += [dataclasses.replace(request, dataset_id=ref.id) for ref in found]
+        rows += [index] * len(found)
+    unmatched = [index for index, found in holding.items() if not found]
+    return expanded, rows, sorted(unmatched)
 
 
 def _resolve(butler: Butler, requests: Sequence[CutoutRequest]) -> tuple[list[DatasetRef | None], list[ErrorRecord]]:

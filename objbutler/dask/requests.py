@@ -54,10 +54,17 @@ class CutoutRequest:
     stamp_id: int | str | None = None
 
     @property
+    def finds_images(self) -> bool:
+        """True for a sky position that names no image: every image holding it answers (the sky index)."""
+        return self.dataset_id is None and self.data_id is None and self.ra is not None
+
+    @property
     def image(self) -> str:
         """A readable name of the image this request asks for."""
         if self.dataset_id is not None:
             return f"dataset {self.dataset_id}"
+        if self.data_id is None:
+            return f"every {self.dataset_type or 'image'} holding ({self.ra}, {self.dec})"
         run = f" in run {self.run!r}" if self.run else ""
         return f"{self.dataset_type} {dict(self.data_id or {})}{run}"
 
@@ -83,6 +90,10 @@ def parse_requests(
         ra, dec`` works as is. Missing or masked
         values (``None``, NaN, masked) count as absent. A path is read with
         :meth:`astropy.table.Table.read` (ECSV, FITS, Parquet, CSV ...).
+        A row with a sky position and no image (no data ID, no dataset ID) asks
+        for every image holding the position (:func:`objbutler.dask.cutouts`
+        finds them in the registry's sky index); for a catalogue with further
+        columns, pass ``data_id_keys=()``.
     dataset_type, run : str, optional
         Defaults for rows that do not say.
     size : optional
@@ -177,9 +188,10 @@ def _check_request(request: CutoutRequest, default_size: Any) -> None:
         raise InvalidCutoutError("give exactly one of a box (x0, y0, x1, y1) and a sky position (ra, dec)")
     if sky[0] and request.size is None and default_size is None:
         raise InvalidCutoutError("a sky position needs a size (a size column, or size=)")
-    if request.dataset_id is None:
+    if request.dataset_id is None and not request.finds_images:
         if request.dataset_type is None or request.data_id is None:
-            raise InvalidKeyError("name the image: dataset_type and a data ID, or dataset_id / ref")
+            raise InvalidKeyError("name the image: dataset_type and a data ID, or dataset_id / ref (or give a sky "
+                                  "position alone: the images holding it are found in the sky index)")
         validate_data_id(request.data_id)
 
 

@@ -90,21 +90,36 @@ class _Collected:
 class CutoutResults(_Collected):
     """What :func:`cutouts` returns, in request order.
 
+    A row that is a sky position alone (no image named) becomes one request per
+    image holding it (found in the registry's sky index, in time order), so
+    requests and the caller's rows differ: ``rows[i]`` is the row request ``i``
+    came from. Without such rows, request ``i`` is row ``i``.
+
     Parameters
     ----------
     stamps : list of Cutout or None
-        ``stamps[i]`` answers request ``i`` (its ``index`` is ``i``); None where
-        the request failed, or where stamps were written out instead.
+        ``stamps[i]`` answers request ``i`` (its ``index`` is ``i``, its ``ref``
+        the image); None where the request failed, or where stamps were written
+        out instead.
     outputs : list
         With ``out=``: the written file (Path) or stamp dataset (DatasetRef) per
         request, None where it failed. Empty otherwise.
     errors : list of ErrorRecord
         One per failed request, sorted by request.
+    rows : list of int
+        The caller's row of each request.
+    refs : list of DatasetRef or None
+        The image of each request (None where it could not be found).
+    unmatched : list of int
+        Rows with a sky position alone that no image holds (they have no request).
     """
 
     stamps: list[Cutout | None]
     outputs: list[Any]
     errors: list[ErrorRecord]
+    rows: list[int] = dataclasses.field(default_factory=list)
+    refs: list[DatasetRef | None] = dataclasses.field(default_factory=list)
+    unmatched: list[int] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.stamps)

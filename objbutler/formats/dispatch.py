@@ -138,10 +138,11 @@ def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> Encoded
         sky = sky_record(image.wcs, image.data.shape, image.header, relax=True)
         return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data), sky)
     from objbutler.formats.zarr_array import _WCS_RELAX, encode_zarr, zarr_checksum
+    from objbutler.formats.zarr_layout import zarr_layout
 
     objects = encode_zarr(image, **options)
     sky = sky_record(image.wcs, image.data.shape, image.header, relax=_WCS_RELAX)
-    return EncodedDataset("image", fmt, objects, f"sha256:{zarr_checksum(objects)}", sky=sky)
+    return EncodedDataset("image", fmt, objects, f"sha256:{zarr_checksum(objects)}", zarr_layout(objects), sky)
 
 
 def _encode_metadata(obj: dict[str, Any]) -> bytes:

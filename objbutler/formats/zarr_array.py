@@ -789,7 +789,8 @@ def _reads_inner_chunks(metadata: ArrayV3Metadata) -> bool:
 
 
 def _fetch_chunks(
-    store: Store, prefix: str, document: dict[str, Any], metadata: ArrayV3Metadata, plans: Sequence[StampPlan]
+    store: Store, prefix: str, document: dict[str, Any], metadata: ArrayV3Metadata, plans: Sequence[StampPlan],
+    shard_sizes: Mapping[str, int] | None = None,
 ) -> tuple[zarr.Array, tuple[int, ...], list[Chunk]]:
     """Fetch the (outer) chunks the stamps touch; a decoder, the chunk shape and the chunks."""
     chunk_shape = _grid_chunk_shape(metadata)
@@ -825,9 +826,13 @@ def _read_shard_indexes(
 
 
 def _fetch_inner_chunks(
-    store: Store, prefix: str, document: dict[str, Any], metadata: ArrayV3Metadata, plans: Sequence[StampPlan]
+    store: Store, prefix: str, document: dict[str, Any], metadata: ArrayV3Metadata, plans: Sequence[StampPlan],
+    shard_sizes: Mapping[str, int] | None = None,
 ) -> tuple[zarr.Array, tuple[int, ...], list[Chunk]]:
-    """Fetch only the inner chunks of a sharded array the stamps touch: shard indexes, then byte ranges."""
+    """Fetch only the inner chunks of a sharded array the stamps touch: shard indexes, then byte ranges.
+
+    ``shard_sizes``: every shard's size as the registry recorded it (no listing), else the prefix is listed.
+    """
     codec = metadata.codecs[0]
     assert isinstance(codec, ShardingCodec)  # checked by _reads_inner_chunks
     inner_shape = codec.chunk_shape
@@ -837,7 +842,7 @@ def _fetch_inner_chunks(
     for coords in needed:
         shard = tuple(c // p for c, p in zip(coords, per_shard, strict=True))
         by_shard[metadata.encode_chunk_key(shard)].append(coords)
-    existing = _existing(store, prefix) if by_shard else {}
+    existing = (dict(shard_sizes) if shard_sizes is not None else _existing(store, prefix)) if by_shard else {}
     sizes = {key: existing[key] for key in by_shard if key in existing}  # a missing shard is all fill
 
     def read_inner(item: tuple[str, np.ndarray]) -> dict[str, bytes]:
@@ -903,6 +908,8 @@ def read_zarr_cutouts(
     fill_value: float = np.nan,
     *,
     size: int | None = None,
+    layout: Any = None,
+    parent_wcs: WCS | None = None,
 ) -> list[Cutout]:
     """Cut many stamps out of a 2-D Zarr v3 array, fetching and decoding each chunk once.
 
@@ -921,6 +928,12 @@ def read_zarr_cutouts(
     size : int, optional
         The dataset's recorded size in bytes: an array whose every chunk was
         written cannot have more chunks than that.
+    layout : dict, optional
+        The registry's :func:`objbutler.formats.zarr_layout.zarr_layout` of the
+        dataset: no ``zarr.json`` is read (one chunk read per stamp for an
+        unsharded array, no listing for a sharded one). Ignored when malformed.
+    parent_wcs : astropy.wcs.WCS, optional
+        The image's WCS when the caller has it (e.g. from the registry's sky record).
 
     Returns
     -------
@@ -936,17 +949,33 @@ def read_zarr_cutouts(
         chunk too large to decode in memory, more chunks than ``size`` bytes
         can hold, or a shard shorter than its index.
     """
-    prefix, document, metadata = _load_image(store, prefix)
+    known = None
+    if layout is not None:
+        from objbutler.formats.zarr_layout import layout_metadata
+
+        known = layout_metadata(layout, prefix, size)
+    if known is not None:
+        stored_at, shard_sizes = prefix, known.shards
+        prefix, document, metadata = known.prefix, known.document, known.metadata
+    else:
+        stored_at, shard_sizes = None, None
+        prefix, document, metadata = _load_image(store, prefix)
     if size is not None and _all_chunks_written(metadata):
         _check_chunk_count(metadata, prefix, size, size)
     if len(metadata.shape) != 2:
         raise InvalidCutoutError(f"cutouts need a 2-D image, this array has shape {metadata.shape}")
     plans = plan_stamps(boxes, metadata.shape, mode)
     fetch = _fetch_inner_chunks if _reads_inner_chunks(metadata) else _fetch_chunks
-    decoder, chunk_shape, chunks = fetch(store, prefix, document, metadata, plans)
+    decoder, chunk_shape, chunks = fetch(store, prefix, document, metadata, plans, shard_sizes)
     stamps = [new_stamp(plan, decoder.dtype, fill_value) for plan in plans]
     _assemble(decoder, chunk_shape, chunks, plans, stamps)
-    wcs = ParentWCS(lambda: _stored_wcs(metadata))
+    wcs: WCS | ParentWCS | None
+    if parent_wcs is not None:
+        wcs = parent_wcs
+    elif stored_at is not None:  # the layout holds no WCS cards: zarr.json is read if a stamp's WCS is asked for
+        wcs = ParentWCS(functools.partial(read_zarr_wcs, store, stored_at))
+    else:
+        wcs = ParentWCS(functools.partial(_stored_wcs, metadata))
     return [
         Cutout.from_parent(stamp, plan.bbox, wcs, plan.index)
         for plan, stamp in zip(plans, stamps, strict=True)

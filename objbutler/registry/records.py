@@ -222,8 +222,10 @@ class DatasetRef:
         URI of the repository that holds it.
     layout : dict or None
         Where the pixels of an image objbutler wrote lie in its object (FITS:
-        :func:`objbutler.formats.fits_headers.fits_layout`), so cutouts skip the header
-        read; None for other datasets. For a FITS file ingested as it is
+        :func:`objbutler.formats.fits_headers.fits_layout`; Zarr:
+        :func:`objbutler.formats.zarr_layout.zarr_layout`), so cutouts skip the header
+        or ``zarr.json`` read; None for other datasets and for Zarr images put before Zarr layouts were
+        recorded. For a FITS file ingested as it is
         (:func:`objbutler.ingest.ingest_objects`), ``{"hdu": <index>}`` names the
         HDU the dataset is, plus where its pixels lie when it is a plain 2-D image
         in a copy the repository owns.

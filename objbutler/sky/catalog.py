@@ -2,7 +2,10 @@
 
 The catalogue is cut in chunks of positions (``chunk``); each chunk is one
 :meth:`~objbutler.butler.Butler.cutouts_at` call (every image it touches read once, concurrently),
-written out, and dropped, so memory holds one chunk's stamps at a time.
+written out, and dropped, so memory holds one chunk's stamps at a time. Chunks follow the
+positions' order along a Z-order curve (:func:`objbutler.sky.geometry.spatial_order`), not the
+catalogue's rows: each chunk is a compact patch of sky, so an image is read by one or two chunks
+rather than by every chunk of a catalogue in random order. The results table is in row order.
 
 Output
     ``--out DIR``: per chunk ``stamps-NNNNN.fits`` (one image extension per stamp, ``EXTNAME``
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -36,6 +40,8 @@ import numpy as np
 
 from objbutler.cutouts import ClipMode, Cutout
 from objbutler.errors import InvalidCutoutError
+from objbutler.sky.geometry import radec_to_xyz, spatial_order
+from objbutler.sky.stamp_fits import StampEncoder, primary_header
 
 if TYPE_CHECKING:
     from astropy.coordinates import SkyCoord
@@ -102,33 +108,20 @@ def _requested(size: Any) -> tuple[int, int]:
         return (-1, -1)  # an angle: the shape differs per image, only clipping is flagged
 
 
-def _stamp_hdu(stamp: Cutout, name: str) -> Any:
-    from astropy.io import fits
-
-    header = stamp.wcs.to_header(relax=True) if stamp.wcs is not None else fits.Header()
-    for key in ("x0", "y0", "x1", "y1"):
-        header[f"BBOX_{key.upper()}"] = getattr(stamp.bbox, key)
-    ref: DatasetRef = stamp.ref
-    header["DATASET"] = ref.id
-    header["RUN"] = ref.run[:68]
-    if ref.sky and ref.sky.get("mjd") is not None:
-        header["MJD-OBS"] = ref.sky["mjd"]
-    return fits.ImageHDU(stamp.data, header=header, name=name)
-
-
-def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], first: int,
-                coords: SkyCoord, stamp_file: str, requested: tuple[int, int],
-                mode: ClipMode) -> tuple[list[dict[str, Any]], list[Any]]:
+def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], rows_of: np.ndarray,
+                coords: SkyCoord, stamp_file: str, requested: tuple[int, int], mode: ClipMode,
+                encoder: StampEncoder) -> tuple[list[dict[str, Any]], list[bytes]]:
     rows, hdus = [], []
+    ras, decs = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
     skipped_by_position: dict[int, list[Any]] = {}
     for item in skipped:
         skipped_by_position.setdefault(item.position, []).append(item)
     for offset, pairs in enumerate(result):
-        position = first + offset
-        ra, dec = float(coords[offset].ra.deg), float(coords[offset].dec.deg)
+        position = int(rows_of[offset])
+        ra, dec = float(ras[offset]), float(decs[offset])
         for ref, stamp in pairs:
             name = f"P{position}_{ref.id[:8]}"
-            hdus.append(_stamp_hdu(stamp, name))
+            hdus.append(encoder.encode(stamp, name))
             x, y = stamp.input_position_original or (math.nan, math.nan)
             rows.append(_row(position, ra, dec, ref, stamp.bbox, x, y, f"{stamp_file}[{name}]",
                              _flags(stamp, requested, mode)))
@@ -186,12 +179,14 @@ def write_catalog_cutouts(
     requested = _requested(size)
     summary = CatalogSummary(positions=total)
     single = out.suffix.lower() in (".fits", ".fit", ".fts")
-    identity = {"type": dataset_type, "positions": total, "chunk": chunk, "size": str(size), "mode": mode,
-                "run": run, "where": where and {k: str(v) for k, v in where.items()}, "time": str(time)}
+    order = spatial_order(radec_to_xyz(coords.icrs.ra.deg, coords.icrs.dec.deg))
+    identity = {"order": "zorder-1", "type": dataset_type, "positions": total, "chunk": chunk, "size": str(size),
+                "mode": mode, "run": run, "where": where and {k: str(v) for k, v in where.items()}, "time": str(time)}
     done: set[int] = set()
+    encoder = StampEncoder()
     if single:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fits.HDUList([fits.PrimaryHDU()]).writeto(out, overwrite=True)
+        out.write_bytes(primary_header())
     else:
         out.mkdir(parents=True, exist_ok=True)
         if (out / PROGRESS).exists():
@@ -203,26 +198,29 @@ def write_catalog_cutouts(
     chunks = math.ceil(total / chunk)
     for number in range(chunks):
         first, last = number * chunk, min(total, (number + 1) * chunk)
+        rows_of = order[first:last]
         if number in done:
             if progress is not None:
                 progress(last - first)
             continue
-        part = coords[first:last]
+        part = coords[rows_of]
         result = butler.cutouts_at(part, size, dataset_type, run, where, time, mode=mode, on_error="skip")
         stamp_file = out.name if single else f"stamps-{number:05d}.fits"
-        rows, hdus = _chunk_rows(result, result.skipped, first, part, stamp_file, requested, mode)  # type: ignore[attr-defined]
+        rows, hdus = _chunk_rows(result, result.skipped, rows_of, part, stamp_file, requested, mode,  # type: ignore[attr-defined]
+                                 encoder)
         summary.stamps += len(hdus)
         summary.skipped += len(result.skipped)  # type: ignore[attr-defined]
         summary.without_image += sum(1 for row in rows if row["flags"] == "no_image")
         if single:
-            with fits.open(out, mode="append") as handle:
-                for hdu in hdus:
-                    handle.append(hdu)
+            with open(out, "ab") as handle:
+                handle.writelines(hdus)
             all_rows += rows
         else:
             stamps_path = out / stamp_file
             temporary = stamps_path.with_suffix(".part")
-            fits.HDUList([fits.PrimaryHDU(), *hdus]).writeto(temporary, overwrite=True)
+            with open(temporary, "wb") as handle:
+                handle.write(primary_header())
+                handle.writelines(hdus)
             os.replace(temporary, stamps_path)
             _write_csv(out / f"results-{number:05d}.csv", rows)
             done.add(number)
@@ -232,22 +230,29 @@ def write_catalog_cutouts(
     if single:
         from astropy.table import Table
 
+        all_rows.sort(key=lambda row: int(row["position"]))  # chunks went in sky order; the table is by row
         table = Table(rows=[[row[c] for c in COLUMNS] for row in all_rows], names=COLUMNS,
                       dtype=[object] * len(COLUMNS)) if all_rows else Table(names=COLUMNS)
         for name in COLUMNS:
             table[name] = [str(v) for v in table[name]] if len(table) else table[name]
-        with fits.open(out, mode="append") as handle:
-            handle.append(fits.table_to_hdu(table) if len(table) else fits.BinTableHDU(name="RESULTS"))
-            handle[-1].name = "RESULTS"
+        hdu = fits.table_to_hdu(table) if len(table) else fits.BinTableHDU(name="RESULTS")
+        hdu.name = "RESULTS"
+        buffer = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+        with open(out, "ab") as handle:  # appended as bytes: astropy's append mode would parse every stamp first
+            handle.write(buffer.getvalue()[len(primary_header()):])
         summary.results = out
     else:
         results = out / "results.csv"
         with open(results.with_suffix(".csv.part"), "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
+            joined: list[dict[str, Any]] = []
             for number in range(chunks):
                 with open(out / f"results-{number:05d}.csv", newline="") as part_handle:
-                    writer.writerows(csv.DictReader(part_handle))
+                    joined += csv.DictReader(part_handle)
+            joined.sort(key=lambda row: int(row["position"]))  # chunks went in sky order; the table is by row
+            writer.writerows(joined)
         os.replace(results.with_suffix(".csv.part"), results)
         summary.results = results
     return summary

@@ -220,7 +220,8 @@ def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: 
     elif ref.format == "zarr":
         from objbutler.formats.zarr_array import read_zarr_cutouts
 
-        stamps = read_zarr_cutouts(store, ref.key, job.boxes, mode, fill_value, size=ref.size)
+        stamps = read_zarr_cutouts(store, ref.key, job.boxes, mode, fill_value, size=ref.size, layout=ref.layout,
+                                   parent_wcs=job.wcs)
     else:  # plan_images keeps images only
         raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image")
     ny, nx = (int(n) for n in ref.sky["shape"])  # type: ignore[index]

@@ -196,7 +196,7 @@ def _check_format(butler: Any, hdu: Any, index: int, data: np.ndarray, original:
             return {"status": "refused", "error_class": f"{type(exc).__module__}.{type(exc).__qualname__}",
                     "objbutler_error": isinstance(exc, ObjButlerError), "message": str(exc),
                     "notes": _warning_notes(caught, WCSWarning)}
-        if ref.layout:
+        if ref.layout and ref.format == "fits":
             outcome["stored_layout"] = {k: v for k, v in ref.layout.items() if k in ("bitpix", "bscale", "bzero")}
         case = _Case(butler, ref, data, original, astropy_wcs, outcome)
         for stage in (_compare_get, _compare_boxes, _compare_sky):

@@ -14,7 +14,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
-__all__ = ["pvi", "pvis"]
+__all__ = ["pvi", "pvis", "tiles"]
 
 BANDS = ("u", "g", "r", "i", "z", "y")
 
@@ -89,3 +89,34 @@ def pvis(n: int, shape: tuple[int, int] = (256, 256), field: tuple[float, float]
     for k in range(n):
         yield pvi(rng, shape, field, jitter=jitter, sip=sip, mjd=60000.0 + float(days[k]) + 0.3,
                   band=BANDS[k % len(BANDS)])
+
+
+def tiles(n: int, shape: tuple[int, int] = (256, 256), field: tuple[float, float] = (150.1, 2.2), *, seed: int = 11,
+          sip: bool = True) -> tuple[list[fits.PrimaryHDU], tuple[float, float, float, float]]:
+    """``n`` images tiling a square patch around ``field`` (a survey area), and the patch's RA/Dec bounds.
+
+    Pointings lie on a ``ceil(sqrt(n))``-wide grid spaced by 0.7 of an image's side, so with any
+    rotation every point of the patch is in at least one image (about two on average).
+
+    Returns
+    -------
+    hdus : list of astropy.io.fits.PrimaryHDU
+        The images, a day apart, bands cycling.
+    bounds : (ra_min, ra_max, dec_min, dec_max)
+        The patch every point of which some image holds (degrees).
+    """
+    rng = np.random.default_rng(seed)
+    side = min(shape) * 0.2 / 3600.0
+    step = 0.7 * side
+    width = int(np.ceil(np.sqrt(n)))
+    cos_dec = np.cos(np.radians(field[1]))
+    hdus = []
+    for k in range(n):
+        row, col = divmod(k, width)
+        dec = field[1] + (row - (width - 1) / 2) * step
+        ra = field[0] + (col - (width - 1) / 2) * step / cos_dec
+        hdus.append(pvi(rng, shape, (ra, dec), jitter=0.0, sip=sip, mjd=60000.0 + k + 0.3, band=BANDS[k % len(BANDS)]))
+    rows = int(np.ceil(n / width))
+    half_ra, half_dec = (width - 1) / 2 * step, (rows - 1) / 2 * step
+    dec_low, dec_high = field[1] - half_dec, field[1] - half_dec + (rows - 1) * step
+    return hdus, (field[0] - half_ra / cos_dec, field[0] + half_ra / cos_dec, dec_low, dec_high)
