@@ -758,9 +758,11 @@ class Butler:
             raise NotSupportedError(f"hdu={hdu!r} picks an HDU of a FITS image; {ref.dataset_type} is {ref.format}")
         if ref.format == "zarr":
             from objbutler.formats.zarr_array import read_zarr_cutouts
+            from objbutler.formats.zarr_layout import layout_metadata
 
+            known = None if ref.is_direct else layout_metadata(ref.layout, key, ref.size)
             with _gone_in_place(ref):
-                return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size, layout=ref.layout,
+                return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size, known=known,
                                          parent_wcs=wcs)
         raise NotSupportedError(f"cutouts need an image dataset; {ref.dataset_type} is {ref.format}")
 

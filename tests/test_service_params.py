@@ -17,7 +17,7 @@ from objbutler.service.params import (
     Params,
     Polygon,
     Range,
-    SodaError,
+    _SodaError,
     parse_id,
     parse_stencils,
     parse_time,
@@ -67,9 +67,9 @@ def test_box_of_a_circle_on_a_plain_tan_wcs() -> None:
 
 
 def test_boxes_outside_the_image_or_over_the_pixel_limit_are_refused() -> None:
-    with pytest.raises(SodaError, match="does not overlap"):
+    with pytest.raises(_SodaError, match="does not overlap"):
         stencil_boxes([Circle(150.1, 2.0, 0.001)], _wcs(), (100, 100), LIMITS)
-    with pytest.raises(SodaError, match=r"answers at most 100$"):
+    with pytest.raises(_SodaError, match=r"answers at most 100$"):
         stencil_boxes([Circle(150.0, 2.0, 0.001)], _wcs(), None, Limits(max_pixels=100))
 
 
@@ -77,7 +77,7 @@ def test_boxes_outside_the_image_or_over_the_pixel_limit_are_refused() -> None:
                                    "CIRCLE 1 -91 0.1", "RANGE 2 1 0 1", "RANGE 1 2 1 0", "POLYGON 1 2 3 4",
                                    "POLYGON 1 2 3 4 5", "POLYGON 1 0 1.1 0 1.2 0", "BOX 1 2 3 4", "CIRCLE"])
 def test_bad_stencils(value: str) -> None:
-    with pytest.raises(SodaError) as caught:
+    with pytest.raises(_SodaError) as caught:
         parse_stencils(Params([("POS", value)]), LIMITS)
     assert caught.value.status == 400 and caught.value.kind == "UsageError"
 
@@ -89,7 +89,7 @@ def test_thin_but_real_polygons_are_accepted() -> None:
 
 
 def test_too_many_stencils() -> None:
-    with pytest.raises(SodaError, match="at most 2"):
+    with pytest.raises(_SodaError, match="at most 2"):
         parse_stencils(Params([("CIRCLE", "1 2 0.1")] * 3), Limits(max_stencils=2))
 
 
@@ -100,7 +100,7 @@ def test_ids() -> None:
     assert name.run == "night1"
     for bad in ("", "../x", "objbutler://calexp/../x?visit=1", "objbutler://calexp", "objbutler://a b?visit=1",
                 "objbutler://calexp?visit=1&visit=2", "objbutler://calexp?../=1", "s3://bucket/key"):
-        with pytest.raises(SodaError):
+        with pytest.raises(_SodaError):
             parse_id(bad)
 
 
@@ -108,11 +108,11 @@ def test_time_and_response_format() -> None:
     assert parse_time(Params([("TIME", "60000 60001.5")])) == (60000.0, 60001.5)
     assert parse_time(Params([("TIME", "-Inf 60001")])) == (-math.inf, 60001.0)
     for bad in ("60001 60000", "nan 1", "1", "a b"):
-        with pytest.raises(SodaError):
+        with pytest.raises(_SodaError):
             parse_time(Params([("TIME", bad)]))
     assert response_format(Params([]), ("fits", "png")) == "fits"
     assert response_format(Params([("responseformat", "image/png")]), ("fits", "png")) == "png"
-    with pytest.raises(SodaError):
+    with pytest.raises(_SodaError):
         response_format(Params([("RESPONSEFORMAT", "votable")]), ("fits", "png"))
 
 

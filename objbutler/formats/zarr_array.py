@@ -65,7 +65,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -85,6 +85,9 @@ from objbutler.formats._image import Image
 from objbutler.formats._limits import MAX_CHUNKS, check_bytes, check_count, nbytes
 from objbutler.formats.wcs_cards import header_wcs, superseded_keys
 from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Store, run_concurrently
+
+if TYPE_CHECKING:
+    from objbutler.formats.zarr_layout import ZarrLayout
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
@@ -908,7 +911,7 @@ def read_zarr_cutouts(
     fill_value: float = np.nan,
     *,
     size: int | None = None,
-    layout: Any = None,
+    known: ZarrLayout | None = None,
     parent_wcs: WCS | None = None,
 ) -> list[Cutout]:
     """Cut many stamps out of a 2-D Zarr v3 array, fetching and decoding each chunk once.
@@ -928,10 +931,11 @@ def read_zarr_cutouts(
     size : int, optional
         The dataset's recorded size in bytes: an array whose every chunk was
         written cannot have more chunks than that.
-    layout : dict, optional
-        The registry's :func:`objbutler.formats.zarr_layout.zarr_layout` of the
-        dataset: no ``zarr.json`` is read (one chunk read per stamp for an
-        unsharded array, no listing for a sharded one). Ignored when malformed.
+    known : ZarrLayout, optional
+        The registry's layout of the dataset, checked by
+        :func:`objbutler.formats.zarr_layout.layout_metadata`: no ``zarr.json``
+        is read (one chunk read per stamp for an unsharded array, no listing
+        for a sharded one).
     parent_wcs : astropy.wcs.WCS, optional
         The image's WCS when the caller has it (e.g. from the registry's sky record).
 
@@ -949,11 +953,6 @@ def read_zarr_cutouts(
         chunk too large to decode in memory, more chunks than ``size`` bytes
         can hold, or a shard shorter than its index.
     """
-    known = None
-    if layout is not None:
-        from objbutler.formats.zarr_layout import layout_metadata
-
-        known = layout_metadata(layout, prefix, size)
     if known is not None:
         stored_at, shard_sizes = prefix, known.shards
         prefix, document, metadata = known.prefix, known.document, known.metadata

@@ -3,7 +3,7 @@
 ``objbutler serve URI`` runs :func:`objbutler.service.app.create_app` on uvicorn. The modules:
 
 ``params``
-    SODA/DALI parameters -> stencils, dataset names, time intervals; every bad input a :class:`SodaError`.
+    SODA/DALI parameters -> stencils, dataset names, time intervals; every bad input a :class:`_SodaError`.
 ``regions``
     A stencil -> the pixel box that bounds it on an image (its WCS), with the service's size limits.
 ``encode``

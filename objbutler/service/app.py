@@ -47,7 +47,7 @@ from objbutler.errors import (
 from objbutler.service.cutouts import Answer, CutoutService
 from objbutler.service.metrics import Metrics
 from objbutler.service.page import PAGE
-from objbutler.service.params import Limits, Params, SodaError, response_format
+from objbutler.service.params import Limits, Params, _SodaError, response_format
 
 __all__ = ["create_app", "serve"]
 
@@ -58,7 +58,7 @@ _OPEN = ("/health",)
 _EXTENSIONS = {"application/fits": "fits", "image/png": "png"}
 
 
-def error_response(error: SodaError, request_id: str) -> PlainTextResponse:
+def error_response(error: _SodaError, request_id: str) -> PlainTextResponse:
     """A SODA/DALI error document."""
     headers = {"X-Request-ID": request_id}
     if error.status == 401:
@@ -66,19 +66,19 @@ def error_response(error: SodaError, request_id: str) -> PlainTextResponse:
     return PlainTextResponse(f"{error.kind}: {error}\n\nrequest id: {request_id}\n", error.status, headers=headers)
 
 
-def as_soda_error(exc: Exception) -> SodaError:
+def as_soda_error(exc: Exception) -> _SodaError:
     """The SODA error an exception from the library means (input problems 4xx, faults 5xx)."""
-    if isinstance(exc, SodaError):
+    if isinstance(exc, _SodaError):
         return exc
     if isinstance(exc, NotFoundError):
-        return SodaError(str(exc), 404, "NotFoundError")
+        return _SodaError(str(exc), 404, "NotFoundError")
     if isinstance(exc, InvalidKeyError | InvalidCutoutError | NotSupportedError):
-        return SodaError(str(exc))
+        return _SodaError(str(exc))
     if isinstance(exc, TransientStoreError):
-        return SodaError(f"the object store is unavailable, try again: {exc}", 503, "TransientFault")
+        return _SodaError(f"the object store is unavailable, try again: {exc}", 503, "TransientFault")
     if isinstance(exc, ObjButlerError):
-        return SodaError(f"{type(exc).__name__}: {exc}", 500, "DefaultFault")
-    return SodaError(f"internal error ({type(exc).__name__})", 500, "DefaultFault")
+        return _SodaError(f"{type(exc).__name__}: {exc}", 500, "DefaultFault")
+    return _SodaError(f"internal error ({type(exc).__name__})", 500, "DefaultFault")
 
 
 class _Guard(BaseHTTPMiddleware):
@@ -97,7 +97,7 @@ class _Guard(BaseHTTPMiddleware):
         started = time.perf_counter()
         if self.token is not None and request.url.path not in _OPEN and not self._authorized(request):
             response: Response = error_response(
-                SodaError("a valid bearer token is required (Authorization: Bearer ...)", 401, "AuthenticationError"),
+                _SodaError("a valid bearer token is required (Authorization: Bearer ...)", 401, "AuthenticationError"),
                 request_id)
         else:
             try:
@@ -125,14 +125,14 @@ async def _params(request: Request) -> Params:
     if request.method == "POST":
         kind = request.headers.get("content-type", "application/x-www-form-urlencoded").split(";")[0].strip()
         if kind != "application/x-www-form-urlencoded":
-            raise SodaError(f"POST parameters as application/x-www-form-urlencoded, not {kind}")
+            raise _SodaError(f"POST parameters as application/x-www-form-urlencoded, not {kind}")
         body = await request.body()
         if len(body) > _MAX_BODY:
-            raise SodaError(f"the request body is over {_MAX_BODY} bytes")
+            raise _SodaError(f"the request body is over {_MAX_BODY} bytes")
         try:
             pairs += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
         except (UnicodeDecodeError, ValueError):
-            raise SodaError("the request body is not UTF-8 form data") from None
+            raise _SodaError("the request body is not UTF-8 form data") from None
     return Params(pairs)
 
 
@@ -204,7 +204,7 @@ def create_app(butler: Butler, *, token: str | None = None, limits: Limits | Non
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         kind = "NotFoundError" if status == 404 else "UsageError" if status < 500 else "DefaultFault"
-        return error_response(SodaError(f"{request.method} {request.url.path}: "
+        return error_response(_SodaError(f"{request.method} {request.url.path}: "
                                         f"{getattr(exc, 'detail', 'error')}", status, kind),
                               getattr(request.state, "request_id", "-"))
 

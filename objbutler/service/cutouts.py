@@ -23,8 +23,8 @@ from objbutler.service.params import (
     DatasetName,
     Limits,
     Params,
-    SodaError,
     Stencil,
+    _SodaError,
     not_found,
     parse_id,
     parse_pixels_or_angle,
@@ -82,15 +82,15 @@ class CutoutService:
             raise not_found(f"no dataset type {name.dataset_type!r} in this repository")
         keys = sorted(state.dataset_types[name.dataset_type].dimensions)
         if sorted(data_id) != keys:
-            raise SodaError(f"{name.dataset_type} data IDs have keys {keys}, not {sorted(data_id)}")
+            raise _SodaError(f"{name.dataset_type} data IDs have keys {keys}, not {sorted(data_id)}")
         try:
             matches = [r for r in state.query(name.dataset_type, data_id, name.run) if r.data_id == data_id]
         except InvalidKeyError as exc:
-            raise SodaError(str(exc)) from None
+            raise _SodaError(str(exc)) from None
         if not matches:
             raise not_found(f"no {name.dataset_type} with data ID {data_id}{run}")
         if len(matches) > 1:
-            raise SodaError(f"{name.dataset_type} {data_id} is in several runs {sorted(r.run for r in matches)}: "
+            raise _SodaError(f"{name.dataset_type} {data_id} is in several runs {sorted(r.run for r in matches)}: "
                             "add &run=RUN to the ID")
         return matches[0]
 
@@ -98,7 +98,7 @@ class CutoutService:
         """The image an ``ID`` parameter names."""
         ref = self.resolve(parse_id(params.one("ID")))
         if ref.format not in ("fits", "zarr"):
-            raise SodaError(f"{ref.dataset_type} {ref.id} is {ref.format}, not an image: nothing to cut")
+            raise _SodaError(f"{ref.dataset_type} {ref.id} is {ref.format}, not an image: nothing to cut")
         return ref
 
     # -- SODA sync -------------------------------------------------------------
@@ -113,29 +113,29 @@ class CutoutService:
         try:
             wcs = self.butler.get_wcs(ref)
         except NotSupportedError as exc:
-            raise SodaError(str(exc)) from None
+            raise _SodaError(str(exc)) from None
         if wcs is None or not wcs.has_celestial:
-            raise SodaError(f"{ref.dataset_type} {ref.id} has no celestial WCS: sky regions cannot be cut from it")
+            raise _SodaError(f"{ref.dataset_type} {ref.id} has no celestial WCS: sky regions cannot be cut from it")
         return wcs, None
 
     def _check_axes(self, params: Params, ref: DatasetRef) -> None:
         for name in ("BAND", "POL"):
             if params.all(name):
-                raise SodaError(f"{name}: {ref.dataset_type} images have no spectral or polarization axis")
+                raise _SodaError(f"{name}: {ref.dataset_type} images have no spectral or polarization axis")
         interval = parse_time(params)
         if interval is None:
             return
         mjd = (ref.sky or {}).get("mjd")
         if mjd is None:
-            raise SodaError(f"TIME: {ref.dataset_type} {ref.id} has no recorded observation time")
+            raise _SodaError(f"TIME: {ref.dataset_type} {ref.id} has no recorded observation time")
         if not interval[0] <= float(mjd) <= interval[1]:
-            raise SodaError(f"TIME {interval[0]} {interval[1]} does not hold the image's time (MJD {mjd})")
+            raise _SodaError(f"TIME {interval[0]} {interval[1]} does not hold the image's time (MJD {mjd})")
 
     def sync(self, params: Params, fmt: str) -> Answer:
         """SODA sync: one FITS (one stencil), a multi-extension FITS (several), or a PNG (one)."""
         stencils = parse_stencils(params, self.limits)
         if fmt == "png" and len(stencils) != 1:
-            raise SodaError(f"a PNG answer holds one stencil; this request has {len(stencils)}")
+            raise _SodaError(f"a PNG answer holds one stencil; this request has {len(stencils)}")
         ref = self.image(params)
         self._check_axes(params, ref)
         stamps = self._cut(ref, stencils)
@@ -149,7 +149,7 @@ class CutoutService:
         try:
             return self.butler.get_cutouts(ref, boxes, mode="trim")
         except InvalidCutoutError as exc:  # a box outside an image whose shape the registry did not know
-            raise SodaError(str(exc)) from None
+            raise _SodaError(str(exc)) from None
 
     # -- DataLink and downloads ------------------------------------------------
 
@@ -165,7 +165,7 @@ class CutoutService:
         if ref.format == "fits":
             return self.butler.store.get(ref.key), _FITS
         if ref.format != "zarr":
-            raise SodaError(f"{ref.dataset_type} {ref.id} is {ref.format}; only images are served here")
+            raise _SodaError(f"{ref.dataset_type} {ref.id} is {ref.format}; only images are served here")
         import io
 
         from astropy.io import fits
@@ -181,10 +181,10 @@ class CutoutService:
     def _history_request(self, params: Params) -> tuple[float, float, Any, str, str | None, Any]:
         dataset_type = params.one("TYPE")
         if not dataset_type:
-            raise SodaError("TYPE is required (a dataset type, e.g. calexp)")
+            raise _SodaError("TYPE is required (a dataset type, e.g. calexp)")
         pos = params.one("POS")
         if not pos:
-            raise SodaError("POS is required: 'ra dec' or 'CIRCLE ra dec r' (degrees)")
+            raise _SodaError("POS is required: 'ra dec' or 'CIRCLE ra dec r' (degrees)")
         size_text = params.one("SIZE")
         if pos.upper().startswith("CIRCLE"):
             stencil = parse_stencil("POS", pos, self.limits)
@@ -222,11 +222,11 @@ class CutoutService:
         try:
             found = find_images(state, position, dataset_type, run, None, window)[0]
             if len(found) > self.limits.max_history_images:
-                raise SodaError(f"{len(found)} images hold this position; this service answers at most "
+                raise _SodaError(f"{len(found)} images hold this position; this service answers at most "
                                 f"{self.limits.max_history_images}: narrow it with TIME or RUN")
             result = cutouts_at(self.butler.store, state, position, size, dataset_type, run, None, window)
         except (InvalidCutoutError, InvalidKeyError) as exc:
-            raise SodaError(str(exc)) from None
+            raise _SodaError(str(exc)) from None
         return ra, dec, list(result[0])
 
     def history_answer(self, params: Params, fmt: str, base_url: str) -> Answer:

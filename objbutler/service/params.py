@@ -2,7 +2,7 @@
 
 Parameter names are case-insensitive (DALI), values are not. Unknown parameter names are
 ignored, as DALI asks; unsupported *values* of known parameters are errors. Every problem
-raises :class:`SodaError`, which carries the HTTP status and the SODA error kind
+raises :class:`_SodaError`, which carries the HTTP status and the SODA error kind
 (``UsageError`` -> 400, ``NotFoundError`` -> 404, ...) that the answer's ``text/plain`` body
 begins with.
 
@@ -33,7 +33,6 @@ __all__ = [
     "Params",
     "Polygon",
     "Range",
-    "SodaError",
     "Stencil",
     "parse_id",
     "parse_pixels_or_angle",
@@ -72,7 +71,7 @@ class Limits:
     max_history_images: int = 500
 
 
-class SodaError(Exception):
+class _SodaError(Exception):
     """A request the service refuses: an HTTP status and a SODA error kind.
 
     Parameters
@@ -92,9 +91,9 @@ class SodaError(Exception):
         self.kind = kind
 
 
-def not_found(message: str) -> SodaError:
+def not_found(message: str) -> _SodaError:
     """A 404 ``NotFoundError``."""
-    return SodaError(message, 404, "NotFoundError")
+    return _SodaError(message, 404, "NotFoundError")
 
 
 class Params:
@@ -110,9 +109,9 @@ class Params:
         self.pairs: list[tuple[str, str]] = []
         for name, value in pairs:
             if len(value) > _MAX_TEXT:
-                raise SodaError(f"parameter {name} is longer than {_MAX_TEXT} characters")
+                raise _SodaError(f"parameter {name} is longer than {_MAX_TEXT} characters")
             if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
-                raise SodaError(f"parameter {name} holds control characters")
+                raise _SodaError(f"parameter {name} holds control characters")
             self.pairs.append((name.upper(), value.strip()))
 
     def all(self, name: str) -> list[str]:
@@ -123,7 +122,7 @@ class Params:
         """The single value of ``name`` (``default`` when absent); two values are an error."""
         values = self.all(name)
         if len(values) > 1:
-            raise SodaError(f"{name} may be given once, got {len(values)} values")
+            raise _SodaError(f"{name} may be given once, got {len(values)} values")
         return values[0] if values else default
 
     def stencil_values(self) -> list[tuple[str, str]]:
@@ -135,17 +134,17 @@ def _numbers(text: str, what: str) -> list[float]:
     try:
         values = [float(word) for word in text.split()]
     except ValueError:
-        raise SodaError(f"{what}: expected numbers, got {text!r}") from None
+        raise _SodaError(f"{what}: expected numbers, got {text!r}") from None
     if not all(math.isfinite(v) for v in values):
-        raise SodaError(f"{what}: every number must be finite, got {text!r}")
+        raise _SodaError(f"{what}: every number must be finite, got {text!r}")
     return values
 
 
 def _check_position(ra: float, dec: float, what: str) -> None:
     if not 0.0 <= ra <= 360.0:
-        raise SodaError(f"{what}: RA {ra} is outside [0, 360] degrees")
+        raise _SodaError(f"{what}: RA {ra} is outside [0, 360] degrees")
     if not -90.0 <= dec <= 90.0:
-        raise SodaError(f"{what}: Dec {dec} is outside [-90, 90] degrees")
+        raise _SodaError(f"{what}: Dec {dec} is outside [-90, 90] degrees")
 
 
 def _xyz(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -233,33 +232,33 @@ Stencil = Circle | Range | Polygon
 
 def _circle(values: list[float], limits: Limits, what: str) -> Circle:
     if len(values) != 3:
-        raise SodaError(f"{what}: a circle is 'ra dec radius' (3 numbers), got {len(values)}")
+        raise _SodaError(f"{what}: a circle is 'ra dec radius' (3 numbers), got {len(values)}")
     ra, dec, radius = values
     _check_position(ra, dec, what)
     if radius <= 0:
-        raise SodaError(f"{what}: the radius must be positive, got {radius}")
+        raise _SodaError(f"{what}: the radius must be positive, got {radius}")
     if radius > limits.max_radius_deg:
-        raise SodaError(f"{what}: radius {radius} deg is over this service's limit of {limits.max_radius_deg} deg")
+        raise _SodaError(f"{what}: radius {radius} deg is over this service's limit of {limits.max_radius_deg} deg")
     return Circle(ra, dec, radius)
 
 
 def _range(values: list[float], limits: Limits, what: str) -> Range:
     if len(values) != 4:
-        raise SodaError(f"{what}: a range is 'ra1 ra2 dec1 dec2' (4 numbers), got {len(values)}")
+        raise _SodaError(f"{what}: a range is 'ra1 ra2 dec1 dec2' (4 numbers), got {len(values)}")
     ra1, ra2, dec1, dec2 = values
     _check_position(ra1, dec1, what)
     _check_position(ra2, dec2, what)
     if not (ra1 < ra2 and dec1 < dec2):
-        raise SodaError(f"{what}: a range needs ra1 < ra2 and dec1 < dec2, got {values}")
+        raise _SodaError(f"{what}: a range needs ra1 < ra2 and dec1 < dec2, got {values}")
     cos_dec = max(math.cos(math.radians(max(abs(dec1), abs(dec2)))), 1e-6)
     if (ra2 - ra1) * cos_dec > 2 * limits.max_radius_deg or dec2 - dec1 > 2 * limits.max_radius_deg:
-        raise SodaError(f"{what}: the range is wider than this service's limit of {2 * limits.max_radius_deg} deg")
+        raise _SodaError(f"{what}: the range is wider than this service's limit of {2 * limits.max_radius_deg} deg")
     return Range(ra1, ra2, dec1, dec2)
 
 
 def _polygon(values: list[float], limits: Limits, what: str) -> Polygon:
     if len(values) < 6 or len(values) % 2:
-        raise SodaError(f"{what}: a polygon is 'ra1 dec1 ra2 dec2 ra3 dec3 ...' (an even count >= 6), "
+        raise _SodaError(f"{what}: a polygon is 'ra1 dec1 ra2 dec2 ra3 dec3 ...' (an even count >= 6), "
                         f"got {len(values)} numbers")
     vertices = tuple((values[i], values[i + 1]) for i in range(0, len(values), 2))
     for ra, dec in vertices:
@@ -267,13 +266,13 @@ def _polygon(values: list[float], limits: Limits, what: str) -> Polygon:
     ras, decs = np.array([v[0] for v in vertices]), np.array([v[1] for v in vertices])
     centre_ra, centre_dec = _radec(_xyz(ras, decs).sum(axis=0))
     if not np.all(np.isfinite([centre_ra, centre_dec])):
-        raise SodaError(f"{what}: the polygon's vertices cancel out (no centre)")
+        raise _SodaError(f"{what}: the polygon's vertices cancel out (no centre)")
     spread = _separation_deg(ras, decs, centre_ra, centre_dec)
     if float(spread.max()) > limits.max_radius_deg:
-        raise SodaError(f"{what}: the polygon reaches further than this service's limit of "
+        raise _SodaError(f"{what}: the polygon reaches further than this service's limit of "
                         f"{limits.max_radius_deg} deg from its centre")
     if _on_one_great_circle(_xyz(ras, decs)):
-        raise SodaError(f"{what}: the polygon has no area (its vertices are on one great circle)")
+        raise _SodaError(f"{what}: the polygon has no area (its vertices are on one great circle)")
     return Polygon(vertices)
 
 
@@ -296,7 +295,7 @@ def parse_position(text: str, what: str) -> tuple[float, float]:
     """``ra dec`` in degrees."""
     values = _numbers(text, what)
     if len(values) != 2:
-        raise SodaError(f"{what}: a position is 'ra dec' (2 numbers), got {len(values)}")
+        raise _SodaError(f"{what}: a position is 'ra dec' (2 numbers), got {len(values)}")
     _check_position(values[0], values[1], what)
     return values[0], values[1]
 
@@ -316,16 +315,16 @@ def parse_stencil(name: str, value: str, limits: Limits) -> Stencil:
         return _range(_numbers(rest, what), limits, what)
     if shape == "POLYGON":
         return _polygon(_numbers(rest, what), limits, what)
-    raise SodaError(f"{what}: POS must begin with CIRCLE, RANGE or POLYGON")
+    raise _SodaError(f"{what}: POS must begin with CIRCLE, RANGE or POLYGON")
 
 
 def parse_stencils(params: Params, limits: Limits, *, required: bool = True) -> list[Stencil]:
     """Every stencil of a request, in order; none (when ``required``) or too many is an error."""
     values = params.stencil_values()
     if not values and required:
-        raise SodaError("give at least one POS, CIRCLE or POLYGON")
+        raise _SodaError("give at least one POS, CIRCLE or POLYGON")
     if len(values) > limits.max_stencils:
-        raise SodaError(f"{len(values)} stencils in one request; this service takes at most {limits.max_stencils}")
+        raise _SodaError(f"{len(values)} stencils in one request; this service takes at most {limits.max_stencils}")
     return [parse_stencil(name, value, limits) for name, value in values]
 
 
@@ -342,19 +341,19 @@ class DatasetName:
 def parse_id(text: str | None) -> DatasetName:
     """An ``ID`` value: ``<uuid>`` or ``objbutler://TYPE?KEY=VALUE&...[&run=RUN]``."""
     if not text:
-        raise SodaError("ID is required: a dataset UUID or objbutler://TYPE?KEY=VALUE&...&run=RUN")
+        raise _SodaError("ID is required: a dataset UUID or objbutler://TYPE?KEY=VALUE&...&run=RUN")
     if not text.lower().startswith("objbutler://"):
         try:
             return DatasetName(dataset_id=str(uuid.UUID(text)))
         except ValueError:
-            raise SodaError(f"ID {text!r} is neither a dataset UUID nor objbutler://TYPE?KEY=VALUE&...") from None
+            raise _SodaError(f"ID {text!r} is neither a dataset UUID nor objbutler://TYPE?KEY=VALUE&...") from None
     parts = urlsplit(text)
     if parts.path not in ("", "/") or parts.fragment or not _ID_TYPE.match(parts.netloc):
-        raise SodaError(f"ID {text!r}: expected objbutler://TYPE?KEY=VALUE&... (a dataset type name, no path)")
+        raise _SodaError(f"ID {text!r}: expected objbutler://TYPE?KEY=VALUE&... (a dataset type name, no path)")
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
-        raise SodaError(f"ID {text!r}: the data ID is not KEY=VALUE&KEY=VALUE") from None
+        raise _SodaError(f"ID {text!r}: the data ID is not KEY=VALUE&KEY=VALUE") from None
     data_id: dict[str, int | str] = {}
     run = None
     for key, value in pairs:
@@ -362,10 +361,10 @@ def parse_id(text: str | None) -> DatasetName:
             run = value
             continue
         if not _DATA_ID_KEY.match(key) or key in data_id:
-            raise SodaError(f"ID {text!r}: bad or repeated data ID key {key!r}")
+            raise _SodaError(f"ID {text!r}: bad or repeated data ID key {key!r}")
         data_id[key] = int(value) if re.fullmatch(r"-?\d{1,18}", value) else value
     if not data_id:
-        raise SodaError(f"ID {text!r} names no data ID (objbutler://TYPE?KEY=VALUE&...)")
+        raise _SodaError(f"ID {text!r} names no data ID (objbutler://TYPE?KEY=VALUE&...)")
     return DatasetName(dataset_type=parts.netloc, data_id=tuple(data_id.items()), run=run)
 
 
@@ -377,9 +376,9 @@ def parse_time(params: Params) -> tuple[float, float] | None:
     try:
         values = [float(word) for word in text.split()]
     except ValueError:
-        raise SodaError(f"TIME={text!r}: expected 'mjd1 mjd2'") from None
+        raise _SodaError(f"TIME={text!r}: expected 'mjd1 mjd2'") from None
     if len(values) != 2 or any(math.isnan(v) for v in values) or values[0] > values[1]:
-        raise SodaError(f"TIME={text!r}: expected 'mjd1 mjd2' with mjd1 <= mjd2")
+        raise _SodaError(f"TIME={text!r}: expected 'mjd1 mjd2' with mjd1 <= mjd2")
     return values[0], values[1]
 
 
@@ -392,7 +391,7 @@ def response_format(params: Params, allowed: Sequence[str]) -> str:
         return allowed[0]
     chosen = mime.get(text.lower())
     if chosen is None or chosen not in allowed:
-        raise SodaError(f"RESPONSEFORMAT={text!r} is not offered here; use one of {list(allowed)}")
+        raise _SodaError(f"RESPONSEFORMAT={text!r} is not offered here; use one of {list(allowed)}")
     return chosen
 
 
@@ -402,8 +401,8 @@ def parse_pixels_or_angle(text: str, what: str) -> int | float:
     if lowered.endswith("arcsec"):
         values = _numbers(lowered[: -len("arcsec")], what)
         if len(values) != 1 or not 0 < values[0] <= 7200:
-            raise SodaError(f"{what}: an angle must be one number in (0, 7200] arcsec")
+            raise _SodaError(f"{what}: an angle must be one number in (0, 7200] arcsec")
         return float(values[0])
     if not re.fullmatch(r"\d{1,5}", lowered) or not 1 <= int(lowered) <= 4096:
-        raise SodaError(f"{what}: a size is whole pixels 1..4096 or an angle like 10arcsec, got {text!r}")
+        raise _SodaError(f"{what}: a size is whole pixels 1..4096 or an angle like 10arcsec, got {text!r}")
     return int(lowered)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from objbutler.cutouts import Box
-from objbutler.service.params import Limits, SodaError, Stencil
+from objbutler.service.params import Limits, Stencil, _SodaError
 
 if TYPE_CHECKING:
     from astropy.wcs import WCS
@@ -29,7 +29,7 @@ def stencil_box(stencil: Stencil, wcs: WCS) -> Box:
 
     Raises
     ------
-    SodaError
+    _SodaError
         When part of the stencil has no pixel position in this WCS (e.g. behind a TAN projection).
     """
     ra, dec = stencil.boundary()
@@ -37,7 +37,7 @@ def stencil_box(stencil: Stencil, wcs: WCS) -> Box:
         xs, ys = wcs.world_to_pixel_values(ra, dec)
     xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise SodaError(f"{stencil.text()} cannot be projected onto this image (too far from it)")
+        raise _SodaError(f"{stencil.text()} cannot be projected onto this image (too far from it)")
     x0, x1 = math.floor(float(xs.min()) + 0.5), math.floor(float(xs.max()) + 0.5) + 1
     y0, y1 = math.floor(float(ys.min()) + 0.5), math.floor(float(ys.max()) + 0.5) + 1
     return Box(x0, y0, x1, y1)
@@ -69,8 +69,8 @@ def stencil_boxes(stencils: Sequence[Stencil], wcs: WCS, shape: tuple[int, int] 
     for stencil, box in zip(stencils, boxes, strict=True):
         pixels = _clipped_pixels(box, shape)
         if shape is not None and pixels == 0:
-            raise SodaError(f"{stencil.text()} does not overlap the image")
+            raise _SodaError(f"{stencil.text()} does not overlap the image")
         total += pixels
     if total > limits.max_pixels:
-        raise SodaError(f"the stamps would hold {total} pixels; this service answers at most {limits.max_pixels}")
+        raise _SodaError(f"the stamps would hold {total} pixels; this service answers at most {limits.max_pixels}")
     return boxes

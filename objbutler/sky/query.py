@@ -219,9 +219,10 @@ def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: 
                                    object_size=ref.size, parent_wcs=job.wcs)
     elif ref.format == "zarr":
         from objbutler.formats.zarr_array import read_zarr_cutouts
+        from objbutler.formats.zarr_layout import layout_metadata
 
-        stamps = read_zarr_cutouts(store, ref.key, job.boxes, mode, fill_value, size=ref.size, layout=ref.layout,
-                                   parent_wcs=job.wcs)
+        stamps = read_zarr_cutouts(store, ref.key, job.boxes, mode, fill_value, size=ref.size,
+                                   known=layout_metadata(ref.layout, ref.key, ref.size), parent_wcs=job.wcs)
     else:  # plan_images keeps images only
         raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image")
     ny, nx = (int(n) for n in ref.sky["shape"])  # type: ignore[index]
