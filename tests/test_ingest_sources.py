@@ -61,7 +61,7 @@ def web(tmp_path: Path) -> Iterator[tuple[str, dict[int, np.ndarray]]]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
