@@ -513,13 +513,13 @@ class _Job:
 
     def ref(self, data_id: dict[str, int | str], fmt: str, key: str | None, size: int, checksum: str,
             layout: dict[str, Any] | None = None, direct: dict[str, Any] | None = None,
-            ref_id: str | None = None) -> DatasetRef:
+            ref_id: str | None = None, sky: dict[str, Any] | None = None) -> DatasetRef:
         ref_id = ref_id or str(uuid.uuid4())
         if key is None:
             key = f"data/{self.run}/{self.dataset_type}/{data_id_slug(data_id)}-{ref_id[:8]}{EXTENSIONS[fmt]}"
         return DatasetRef(id=ref_id, dataset_type=self.dataset_type, data_id=data_id, run=self.run, format=fmt,
                           key=key, size=size, checksum=checksum, created=utc_now(), provenance=self.provenance,
-                          repository=self.butler.uri, layout=layout, direct=direct)
+                          repository=self.butler.uri, layout=layout, direct=direct, sky=sky)
 
 
 def _id_value(value: Any, key: str, card: str, name: str) -> int | str:
@@ -624,7 +624,7 @@ def _prepare_fits(job: _Job, source: SourceObject) -> _Prepared:
         if (after.size, after.etag) != (meta.size, meta.etag):
             raise FormatError(f"{name} was replaced while being read; ingest it again")
         ref = job.ref(data_id, "fits", source.location.uri, meta.size, f"sha256:{checksum}",
-                      layout={"hdu": info.index}, direct={"etag": meta.etag})
+                      layout={"hdu": info.index}, direct={"etag": meta.etag}, sky=_fits_sky(info))
         return _Prepared(source, ref, written=False)
     data = store.get(key)
     info, lookup = _inspect_fits(_Bytes(data), key, name, job.hdu, len(data))  # what is copied decides
@@ -632,7 +632,7 @@ def _prepare_fits(job: _Job, source: SourceObject) -> _Prepared:
     if copied_id != data_id:
         job.check(copied_id, "fits")
     ref = job.ref(copied_id, "fits", None, len(data), f"sha256:{hashlib.sha256(data).hexdigest()}",
-                  layout=hdu_layout(info) or {"hdu": info.index})
+                  layout=hdu_layout(info) or {"hdu": info.index}, sky=_fits_sky(info))
     try:
         job.butler.store.put(ref.key, data)
     except BaseException:
@@ -640,6 +640,25 @@ def _prepare_fits(job: _Job, source: SourceObject) -> _Prepared:
             job.butler.store.delete(ref.key)
         raise
     return _Prepared(source, ref, written=True)
+
+
+def _fits_sky(info: HduInfo) -> dict[str, Any] | None:
+    """The sky record (footprint, WCS, time, band) of the HDU being ingested, from its header."""
+    from objbutler.formats.fits_tiles import image_header
+    from objbutler.sky.footprint import sky_record_from_header
+
+    header = image_header(info.header) if info.kind == "compressed" else info.header
+    return sky_record_from_header(header, tuple(info.image_shape), relax=True) if info.has_data else None
+
+
+def _zarr_sky(source: SourceObject, ref: DatasetRef) -> dict[str, Any] | None:
+    """The sky record of a Zarr array being ingested, from its attributes (one small read)."""
+    from objbutler.sky.reindex import read_sky_record
+
+    try:
+        return read_sky_record(source.store, dataclasses.replace(ref, key=source.location.key))
+    except ObjButlerError:
+        return None
 
 
 def _prepare_zarr(job: _Job, source: SourceObject) -> _Prepared:
@@ -660,7 +679,7 @@ def _prepare_zarr(job: _Job, source: SourceObject) -> _Prepared:
         etag = etag_digest({key: meta.etag for key, meta in listed.items()})
         ref = job.ref(data_id, "zarr", source.location.uri, sum(m.size for m in listed.values()),
                       f"sha256:{zarr_checksum_of_digests(digests)}", direct={"etag": etag})
-        return _Prepared(source, ref, written=False)
+        return _Prepared(source, dataclasses.replace(ref, sky=_zarr_sky(source, ref)), written=False)
     keys = sorted(listed)
     objects = dict(zip(keys, store.get_many([listed[key].key for key in keys]), strict=True))
     own, image = _zarr_attributes(_Objects(objects), name)  # what is copied decides
@@ -669,6 +688,7 @@ def _prepare_zarr(job: _Job, source: SourceObject) -> _Prepared:
         job.check(copied_id, "zarr")
     ref = job.ref(copied_id, "zarr", None, sum(len(data) for data in objects.values()),
                   f"sha256:{zarr_checksum(objects)}")
+    ref = dataclasses.replace(ref, sky=_zarr_sky(source, ref))
     write_zarr_objects(job.butler.store, ref.key, objects)  # deletes what it wrote if it fails
     return _Prepared(source, ref, written=True)
 

@@ -7,6 +7,8 @@ A *location* is an absolute URI of one object or key prefix, in any bucket:
 ``swift://container/some/key``     an object in a Swift container
 ``file:///abs/path/x.fits``        a local file (a plain path means the same)
 ``memory://name/key``              an object of an in-process memory store
+``https://host/path/x.fits``       anything fsspec reads (``gs://``, ``az://``, ...):
+                                   an ingest source to copy, never data in place
 =================================  ============================================
 
 A repository reaches data registered in place elsewhere (``transfer="direct"``,
@@ -28,6 +30,7 @@ from typing import Any
 
 from objbutler.errors import InvalidKeyError, NotSupportedError
 from objbutler.stores._base import Store
+from objbutler.stores.fsspec_source import FsspecSourceStore, fsspec_knows
 
 __all__ = [
     "Location",
@@ -102,8 +105,9 @@ def parse_location(text: str | os.PathLike[str]) -> Location:
     if scheme == "file":
         path = urllib.parse.unquote(parsed.path)
         return Location("file", "", os.path.abspath(path).lstrip("/"))
-    if scheme not in SCHEMES:
-        raise NotSupportedError(f"unsupported scheme {scheme!r} in {text!r} (use a path, file://, s3://, swift://)")
+    if scheme not in SCHEMES and not fsspec_knows(scheme):
+        raise NotSupportedError(f"unsupported scheme {scheme!r} in {text!r} (use a path, file://, s3://, swift://, "
+                                "or a URL fsspec reads, with fsspec installed)")
     if not parsed.netloc:
         raise InvalidKeyError(f"{text!r} names no bucket or container")
     return Location(scheme, parsed.netloc, text.split("://", 1)[1][len(parsed.netloc):].strip("/"))
@@ -199,6 +203,8 @@ def open_source_store(location: Location, repository_store: Store, options: Mapp
         from objbutler.stores.local import LocalStore
 
         return LocalStore("/")
+    if location.scheme not in SCHEMES:  # read through fsspec, with the options given and nothing else
+        return FsspecSourceStore(location.scheme, location.container, options)
     if options is None and location.scheme == scheme_of(base_store(repository_store)):
         return sibling_store(repository_store, location)
     from objbutler.stores import open_store
