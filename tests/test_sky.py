@@ -486,7 +486,8 @@ def test_cli_cutouts_at_png_draws_one_light_curve(tmp_path: Path, monkeypatch: p
     assert refused.exit_code != 0 and "one position" in refused.output
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
     missing = CliRunner().invoke(main, args)
-    assert missing.exit_code == 1 and "error: PNG output needs matplotlib" in missing.output and "plots" in missing.output
+    assert missing.exit_code == 1
+    assert "error: PNG output needs matplotlib" in missing.output and "plots" in missing.output
 
 
 # --------------------------------------------------------------------- the benchmark suite and its proxy

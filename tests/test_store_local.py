@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -64,3 +65,36 @@ def test_local_key_below_an_object_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         store.put("a/b", b"2")
     assert store.get("a") == b"1"
+
+
+def test_put_survives_deletes_emptying_its_directory(tmp_path: Path) -> None:
+    """A delete of a directory's last object removes the directory; a put racing it must still land."""
+    store = LocalStore(tmp_path)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        name = f"d/e/other-{threading.get_ident()}"
+        while not stop.is_set():
+            try:
+                store.put(name, b"x")
+                store.delete(name)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=churn) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        for n in range(5000):
+            try:
+                store.put(f"d/e/k{n}", b"payload")
+                store.delete(f"d/e/k{n}")
+            except BaseException as exc:
+                errors.append(exc)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert errors == []

@@ -31,6 +31,7 @@ from objbutler.stores._base import (
 
 __all__ = ["LocalStore"]
 
+_MKDIR_ATTEMPTS = 16  # a directory removed under a put by concurrent deletes is made again
 _TMP_PREFIX = ".objbutler-tmp-"
 
 
@@ -125,17 +126,35 @@ class LocalStore:
         return _meta(key, stat)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise StoreError(f"cannot create a key below the object {path.parent}") from exc
+        """Write ``data`` to a new temporary file beside ``path`` (its directory made as needed).
+
+        A concurrent ``delete`` of the directory's last object removes the directory it leaves
+        empty, possibly between our ``mkdir`` and ``open``; once the temporary file exists the
+        directory is no longer empty, so making it again and retrying closes that window.
+        """
         temp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            if self.durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        return temp
+        for attempt in range(_MKDIR_ATTEMPTS):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(temp, "wb")  # noqa: SIM115 (closed below; the retry needs the open alone)
+            except (FileExistsError, NotADirectoryError) as exc:
+                blocker = next((p for p in (path.parent, *path.parent.parents) if p.is_file()), None)
+                if blocker is not None:
+                    raise StoreError(f"cannot create a key below the object {blocker}") from exc
+                if attempt == _MKDIR_ATTEMPTS - 1:
+                    raise StoreError(f"the directory {path.parent} keeps vanishing under concurrent deletes") from exc
+                continue  # the directory was there, then removed by a concurrent delete: make it again
+            except FileNotFoundError:  # a parent was removed between making it and using it
+                if attempt == _MKDIR_ATTEMPTS - 1:
+                    raise
+                continue
+            with handle:
+                handle.write(data)
+                if self.durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            return temp
+        raise AssertionError("unreachable")
 
     def put(self, key: str, data: bytes) -> ObjectMeta:
         """Write or replace an object atomically (temp file + rename)."""
