@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.util
 import io
 import json
 import uuid
@@ -662,7 +663,9 @@ def test_locations_parse() -> None:
     assert parse_location("/data/x.fits").uri == "file:///data/x.fits"
     assert str(parse_location("file:///data/x.fits")) == "/data/x.fits"
     with pytest.raises(NotSupportedError):
-        parse_location("gs://b/x")
+        parse_location("nosuchscheme://b/x")
+    if importlib.util.find_spec("fsspec") is not None:  # any scheme fsspec knows is a source to copy from
+        assert parse_location("gs://b/x").uri == "gs://b/x"
 
 
 def test_source_stores_never_get_another_endpoints_credentials() -> None:
