@@ -16,7 +16,7 @@ import enum
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -393,14 +393,16 @@ class Butler:
 
     def provenance(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
                    run: str | None = None, *, depth: int | None = None,
-                   repositories: Iterable[Butler] = ()) -> LineageGraph:
+                   repositories: Iterable[Butler] = (),
+                   resolver: Callable[[str], Butler] | None = None) -> LineageGraph:
         """The upstream lineage of a dataset (inputs, recursively, across repositories).
 
         ``depth`` limits the generations followed (None: all); ``repositories``
-        supplies Butlers for other repositories' URIs (see
-        :func:`objbutler.provenance.walk_upstream`).
+        supplies Butlers for other repositories' URIs and ``resolver`` opens any
+        other (default: from the environment alone, never with this Butler's
+        credentials; see :func:`objbutler.provenance.walk_upstream`).
         """
-        return walk_upstream(self, self._resolve(ref_or_type, data_id, run), depth, repositories)
+        return walk_upstream(self, self._resolve(ref_or_type, data_id, run), depth, repositories, resolver)
 
     def descendants(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
                     run: str | None = None, *, depth: int | None = None) -> LineageGraph:

@@ -52,7 +52,7 @@ import re
 import socket
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from objbutler.errors import FormatError, NotFoundError, ObjButlerError
@@ -553,8 +553,9 @@ def _activity_attributes(activity: Activity) -> dict[str, Any]:
 class _Walk:
     """Per-walk state: Butlers and registry views by repository URI, completed activities."""
 
-    def __init__(self, butler: Butler, others: Iterable[Butler]) -> None:
+    def __init__(self, butler: Butler, others: Iterable[Butler], resolver: Callable[[str], Butler] | None) -> None:
         self.home = butler
+        self.resolver = resolver
         self.butlers: dict[str, Butler | None] = {b.uri: b for b in others}
         self.butlers[butler.uri] = butler
         self.problems: dict[str, str] = {}
@@ -563,11 +564,11 @@ class _Walk:
 
     def _butler(self, uri: str) -> Butler | None:
         if uri not in self.butlers:
-            home = self.home
-            same_scheme = uri.partition("://")[0] == home.uri.partition("://")[0]
-            options = home._store_options if same_scheme and "://" in uri else {}
+            # Another repository is opened by the caller's resolver, or from the environment alone: never
+            # with this repository's store options, whose keys are not the caller's to lend elsewhere.
+            open_other = self.resolver or type(self.home)
             try:
-                self.butlers[uri] = type(home)(uri, **options)
+                self.butlers[uri] = open_other(uri)
             except (ObjButlerError, OSError, ValueError) as exc:
                 self.butlers[uri] = None
                 self.problems[uri] = f"cannot open repository {uri}: {type(exc).__name__}: {exc}"
@@ -613,7 +614,8 @@ def _links_of(ref: DatasetRef | None) -> list[tuple[dict[str, Any], EdgeKind]]:
 
 
 def walk_upstream(butler: Butler, ref: DatasetRef, depth: int | None = None,
-                  repositories: Iterable[Butler] = ()) -> LineageGraph:
+                  repositories: Iterable[Butler] = (), resolver: Callable[[str], Butler] | None = None
+                  ) -> LineageGraph:
     """The lineage of ``ref``: its inputs, their inputs, ... across repositories.
 
     Parameters
@@ -625,15 +627,18 @@ def walk_upstream(butler: Butler, ref: DatasetRef, depth: int | None = None,
     depth : int, optional
         Generations to follow (1: direct inputs only); None: all.
     repositories : iterable of Butler
-        Butlers to use for those repositories' URIs (e.g. with credentials);
-        others are opened with this Butler's store options when the URI
-        scheme matches, else with none.
+        Butlers to use for those repositories' URIs (e.g. with credentials).
+    resolver : callable, optional
+        ``uri -> Butler`` for any other repository a link names. Without it,
+        another repository is opened from the environment alone
+        (``Butler(uri)``): this Butler's store options (endpoint, keys) are
+        never lent to a URI that a provenance record names.
 
     Returns
     -------
     LineageGraph
     """
-    walk = _Walk(butler, repositories)
+    walk = _Walk(butler, repositories, resolver)
     root = LineageNode.from_ref(ref)
     graph = LineageGraph(ref.id, "upstream", {ref.id: root})
     walk.note_activity(root)
@@ -677,7 +682,7 @@ def walk_downstream(butler: Butler, ref: DatasetRef, depth: int | None = None) -
     for candidate in butler.registry.refresh().all_refs():
         for link, kind in _links_of(candidate):
             made_from[str(link["id"])].append((candidate, kind))
-    walk = _Walk(butler, ())
+    walk = _Walk(butler, (), None)
     root = LineageNode.from_ref(ref)
     graph = LineageGraph(ref.id, "downstream", {ref.id: root})
     walk.note_activity(root)

@@ -197,7 +197,9 @@ def _lineage_on(backend: Backend) -> Lineage:
 @pytest.mark.parametrize("backend_name", ["local", pytest.param("localstack", marks=pytest.mark.servers)])
 def test_three_generations_with_a_cross_repository_input(request: pytest.FixtureRequest, backend_name: str) -> None:
     lin = _lineage_on(request.getfixturevalue(f"{backend_name}_backend"))
-    graph = lin.a.provenance(lin.coadd)
+    # A local repository opens from its path alone; one on a server is given (its options are not lent).
+    given = [] if backend_name == "local" else [lin.b]
+    graph = lin.a.provenance(lin.coadd, repositories=given)
     expected = {lin.coadd.id, lin.bias.id, *(r.id for r in lin.raws), *(c.id for c in lin.calexps)}
     assert set(graph.nodes) == expected
     assert all(node.resolved for node in graph.nodes.values())
@@ -216,7 +218,7 @@ def test_three_generations_with_a_cross_repository_input(request: pytest.Fixture
     shallow = lin.a.provenance(lin.coadd, depth=1)
     assert set(shallow.nodes) == {lin.coadd.id, *(c.id for c in lin.calexps)}
     assert set(lin.a.provenance(lin.coadd, depth=0).nodes) == {lin.coadd.id}
-    by_name = lin.a.provenance("deepCoadd", {"tract": 1}, "coadds")
+    by_name = lin.a.provenance("deepCoadd", {"tract": 1}, "coadds", repositories=given)
     assert set(by_name.nodes) == expected
 
 
@@ -270,6 +272,37 @@ def test_other_repositories_can_be_given(lineage: Lineage) -> None:
     calls.clear()
     spy.provenance(lineage.coadd, repositories=[lineage.b])
     assert calls == []
+
+
+@pytest.mark.servers
+def test_a_walk_never_lends_this_repositorys_credentials(moto_backend: Backend,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another repository named by a provenance record is opened without this Butler's store options."""
+    lin = _lineage_on(moto_backend)
+    opened: list[tuple[str, dict[str, object]]] = []
+
+    class Spy(Butler):
+        def __init__(self, uri: str, **options: object) -> None:
+            opened.append((uri, dict(options)))
+            super().__init__(uri, **options)  # type: ignore[arg-type]
+
+    home = Spy(lin.a.uri, **moto_backend.options)
+    env = moto_backend.options  # the environment configures the other repository, with its own keys
+    monkeypatch.setenv("AWS_ENDPOINT_URL", str(env["endpoint_url"]))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "OTHER-KEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "OTHER-SECRET")
+    graph = home.provenance(lin.coadd)
+    assert graph.nodes[lin.bias.id].resolved  # reached through the environment
+    others = [options for uri, options in opened if uri == lin.b.uri]
+    assert others == [{}], others  # no endpoint, no key of this repository's was passed on
+    resolved: list[str] = []
+
+    def resolver(uri: str) -> Butler:
+        resolved.append(uri)
+        return Butler(uri, **moto_backend.options)
+
+    assert home.provenance(lin.coadd, resolver=resolver).nodes[lin.bias.id].resolved
+    assert resolved == [lin.b.uri]
 
 
 def test_tree_text(lineage: Lineage) -> None:
