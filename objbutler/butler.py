@@ -602,7 +602,7 @@ class Butler:
         from objbutler.sky.query import cutouts_at
 
         return cutouts_at(self.store, self.registry.refresh(), positions, size, dataset_type, run, where, time,
-                          mode, fill_value, max_images_in_flight, on_error)
+                          mode, fill_value, max_images_in_flight, on_error, read=self.read_image_cutouts)
 
     def find(self, dataset_type: str, data_id: Mapping[str, Any], run: str | None = None) -> DatasetRef:
         """The one dataset of this type and data ID (in ``run``, or in the only run that has it).
@@ -747,6 +747,19 @@ class Butler:
         ref = self._resolve(ref_or_type, data_id, run)
         hdu = _default_hdu(ref, hdu)
         boxes, wcs = self._boxes_for(ref, boxes_or_coords, size, hdu)
+        return self.read_image_cutouts(ref, boxes, mode, fill_value, cost=cost, parent_wcs=wcs, hdu=hdu)
+
+    def read_image_cutouts(self, ref: DatasetRef, boxes: Sequence[Box], mode: ClipMode = "trim",
+                           fill_value: float = np.nan, *, cost: Any = None, parent_wcs: Any = None,
+                           hdu: int | str | None = None) -> list[Cutout]:
+        """Stamps at pixel boxes of one image dataset, wherever its data is (the one reader of image pixels).
+
+        What :meth:`get_cutouts` and :meth:`cutouts_at` use once the boxes are known: data registered in
+        place is read where it is (its recorded pixel layout not trusted), an ingested file's HDU is the
+        default, and FITS and Zarr take the registry's layout so no header is read when it can be avoided.
+        """
+        hdu = _default_hdu(ref, hdu)
+        wcs = parent_wcs
         store, key = self.data_location(ref)
         if ref.format == "fits":
             from objbutler.formats.fits_cutouts import read_fits_cutouts

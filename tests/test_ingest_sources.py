@@ -108,3 +108,19 @@ def test_ingest_records_footprints_so_the_sky_index_finds_the_images(tmp_path: P
     found = butler.find_images(SkyCoord([10.0, 20.0, 200.0] * u.deg, [-30.0, -30.0, -30.0] * u.deg), "raw")
     assert [[ref.data_id["visit"] for ref in hits] for hits in found] == [[1], [2], []]
     assert butler.query("raw", contains=SkyCoord(20.0 * u.deg, -30.0 * u.deg))[0].sky["mjd"] == 61002.0
+
+
+def test_object_history_reads_data_registered_in_place(tmp_path: Path) -> None:
+    """cutouts_at reads an image where a direct ingest left it, from the HDU that was ingested."""
+    files = tmp_path / "files"
+    files.mkdir()
+    data = _write(files / "raw-1.fits", 1)
+    butler = Butler.create(str(tmp_path / "repo"))
+    (ref,), failures = ingest_objects(butler, "raw", [str(files / "raw-1.fits")], run="r", hdu="SCI",
+                                      header_keys={"visit": "EXPNUM"}, transfer="direct")
+    assert failures == [] and ref.is_direct
+    (history,) = butler.cutouts_at(SkyCoord(10.0 * u.deg, -30.0 * u.deg), 5, "raw")
+    (found, stamp), = history
+    assert found.id == ref.id
+    y0, x0 = stamp.slices_original[0].start, stamp.slices_original[1].start
+    np.testing.assert_array_equal(stamp.data, data[y0:y0 + 5, x0:x0 + 5])

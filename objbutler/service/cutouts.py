@@ -224,7 +224,8 @@ class CutoutService:
             if len(found) > self.limits.max_history_images:
                 raise _SodaError(f"{len(found)} images hold this position; this service answers at most "
                                 f"{self.limits.max_history_images}: narrow it with TIME or RUN")
-            result = cutouts_at(self.butler.store, state, position, size, dataset_type, run, None, window)
+            result = cutouts_at(self.butler.store, state, position, size, dataset_type, run, None, window,
+                                read=self.butler.read_image_cutouts)
         except (InvalidCutoutError, InvalidKeyError) as exc:
             raise _SodaError(str(exc)) from None
         return ra, dec, list(result[0])

@@ -210,9 +210,16 @@ def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRe
     return jobs, skipped
 
 
-def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: Any) -> list[Cutout]:
+ImageReader = Callable[..., list[Cutout]]
+"""``(ref, boxes, mode, fill_value, *, cost, parent_wcs) -> stamps``: ``Butler.read_image_cutouts``."""
+
+
+def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: Any,
+         read: ImageReader | None = None) -> list[Cutout]:
     ref = job.ref
-    if ref.format == "fits":
+    if read is not None:
+        stamps = read(ref, job.boxes, mode, fill_value, cost=cost, parent_wcs=job.wcs)
+    elif ref.format == "fits":
         from objbutler.formats.fits_cutouts import read_fits_cutouts
 
         stamps = read_fits_cutouts(store, ref.key, job.boxes, mode, fill_value, cost=cost, layout=ref.layout,
@@ -237,6 +244,7 @@ def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: 
 
 def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, fill_value: float,
                        max_images_in_flight: int | None = None, on_error: str = "raise",
+                       read: ImageReader | None = None,
                        ) -> Iterator[tuple[_ImageJob, list[Cutout] | None, str | None]]:
     """Cut every job's stamps, images concurrently in one bounded pool, yielding each image as it finishes.
 
@@ -254,14 +262,14 @@ def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, 
     lanes = max(1, min(lanes, len(jobs)))
     if lanes == 1:
         for job in jobs:
-            yield _outcome(job, functools.partial(_cut, store, job, mode, fill_value, cost), on_error)
+            yield _outcome(job, functools.partial(_cut, store, job, mode, fill_value, cost, read), on_error)
         return
     pending = iter(jobs)
     with ThreadPoolExecutor(max_workers=lanes) as pool:
         running: dict[Future[list[Cutout]], _ImageJob] = {}
         try:
             for job in pending:
-                running[pool.submit(_cut, store, job, mode, fill_value, cost)] = job
+                running[pool.submit(_cut, store, job, mode, fill_value, cost, read)] = job
                 if len(running) >= 2 * lanes:  # bounded memory: a few images ahead of the consumer
                     break
             while running:
@@ -271,7 +279,7 @@ def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, 
                     yield _outcome(job, future.result, on_error)
                     following = next(pending, None)
                     if following is not None:
-                        running[pool.submit(_cut, store, following, mode, fill_value, cost)] = following
+                        running[pool.submit(_cut, store, following, mode, fill_value, cost, read)] = following
         finally:
             for future in running:
                 future.cancel()
@@ -290,8 +298,12 @@ def _outcome(job: _ImageJob, result: Callable[[], list[Cutout]],
 def cutouts_at(store: Store, state: RegistryState, positions: Any, size: Any, dataset_type: str | None = None,
                run: str | None = None, where: Mapping[str, Any] | None = None, time: Any = None,
                mode: ClipMode = "trim", fill_value: float = np.nan, max_images_in_flight: int | None = None,
-               on_error: str = "raise") -> SkyCutouts:
-    """Stamps of every image holding each position; see :meth:`objbutler.butler.Butler.cutouts_at`."""
+               on_error: str = "raise", read: ImageReader | None = None) -> SkyCutouts:
+    """Stamps of every image holding each position; see :meth:`objbutler.butler.Butler.cutouts_at`.
+
+    ``read`` (a Butler's ``read_image_cutouts``) reads each image wherever its data is; without it the
+    images are read from ``store`` under their keys (datasets the repository holds).
+    """
     if mode not in ("trim", "partial", "strict"):
         raise InvalidCutoutError(f"mode must be one of ('trim', 'partial', 'strict'), got {mode!r}")
     if on_error not in ("raise", "skip"):
@@ -302,7 +314,7 @@ def cutouts_at(store: Store, state: RegistryState, positions: Any, size: Any, da
     position, refs = state_sky_index(state).find(xyz, dataset_type, where, run, mjd_range(time))
     jobs, skipped = plan_images(coords, position, refs, size, mode)
     stamps: dict[tuple[int, str], Cutout] = {}
-    for job, cut, reason in iter_image_cutouts(store, jobs, mode, fill_value, max_images_in_flight, on_error):
+    for job, cut, reason in iter_image_cutouts(store, jobs, mode, fill_value, max_images_in_flight, on_error, read):
         if cut is None:
             skipped += [Skipped(i, job.ref, reason or "failed") for i in job.positions]
             continue
