@@ -32,6 +32,8 @@ The tree is locked by ``tests/test_errors.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AlreadyExistsError",
     "BucketNotFoundError",
@@ -107,7 +109,22 @@ class PreconditionFailedError(ObjButlerError):
 
 
 class ConflictError(ObjButlerError):
-    """A registry commit cannot happen: the data ID is taken, types disagree, or a race was lost."""
+    """A registry commit cannot happen: the data ID is taken, types disagree, or a race was lost.
+
+    Parameters
+    ----------
+    message : str
+        What happened.
+    conflicts : sequence of str, optional
+        The ids of the datasets of the refused commit whose data ID is taken
+        (empty when the refusal is not about particular datasets, e.g. a
+        dataset type that disagrees). A group commit drops exactly these and
+        commits the rest.
+    """
+
+    def __init__(self, message: str = "", conflicts: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.conflicts: tuple[str, ...] = tuple(conflicts)
 
 
 class FormatError(ObjButlerError, ValueError):

@@ -237,14 +237,18 @@ class Registry:
                refs: list[DatasetRef]) -> None:
         state.check_types(types, dimensions)
         in_checkpoint = state.checkpoint_members(ref.unique_key for ref in refs)
-        for ref in refs:
-            unique = ref.unique_key
-            if unique in in_checkpoint or (unique in state.tail and state.tail[unique].id != ref.id):
-                holder = state.find_unique(unique)
-                raise ConflictError(
-                    f"{ref.dataset_type} {ref.data_id} already exists in run {ref.run!r} "
-                    f"(dataset {holder.id if holder else '?'})"
-                )
+        taken = [ref for ref in refs
+                 if ref.unique_key in in_checkpoint
+                 or (ref.unique_key in state.tail and state.tail[ref.unique_key].id != ref.id)]
+        if taken:
+            first = taken[0]
+            holder = state.find_unique(first.unique_key)
+            more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+            raise ConflictError(
+                f"{first.dataset_type} {first.data_id} already exists in run {first.run!r} "
+                f"(dataset {holder.id if holder else '?'}){more}",
+                conflicts=[ref.id for ref in taken],
+            )
 
     def _commit_sequenced(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
                           annotations: list[dict[str, Any]] | None = None) -> None:
@@ -390,10 +394,12 @@ class Registry:
                 f"the commit lost a race to dataset(s) {holders}, but an earlier failed write of it may still "
                 "land; the data is kept (objbutler fsck tells)"
             )
-        first = refs[0]
+        lost = [ref for ref in refs if (h := state.find_unique(ref.unique_key)) is not None and h.id != ref.id]
+        first = lost[0] if lost else refs[0]
         raise ConflictError(
             f"{first.dataset_type} {first.data_id} in run {first.run!r} was committed first by dataset(s) "
-            f"{holders}; this put was rolled back"
+            f"{holders}; this put was rolled back",
+            conflicts=[ref.id for ref in lost],
         )
 
     def _after_commit(self) -> None:
