@@ -366,7 +366,7 @@ class CommitPointMachine(RuleBasedStateMachine):
         butler = self.butlers[action.session]
         try:
             if action.cutout and entry.dataset_type != "metric":
-                stamps = butler.get_cutouts(entry.dataset_type, [(1, 1, 3, 4)], entry.data_id, run=entry.run)
+                stamps = butler.get_cutouts(entry.dataset_type, entry.data_id, entry.run, [(1, 1, 3, 4)])
                 assert [token_of(stamp) for stamp in stamps] == [entry.token]
             else:
                 assert token_of(butler.get(entry.dataset_type, entry.data_id, run=entry.run)) == entry.token
