@@ -241,3 +241,16 @@ def test_slices_original_of_a_partial_stamp_is_exact(tmp_path: Path, fmt: str) -
     theirs = Cutout2D(PIXELS, (49.5, 39.5), (10, 10), mode="partial", fill_value=-1.0)
     assert stamp.slices_original == theirs.slices_original == (slice(35, 40), slice(45, 50))
     assert np.array_equal(stamp.data, theirs.data)
+
+
+def test_get_wcs_takes_hdu_as_get_cutouts_does(tmp_path: Path) -> None:
+    butler = Butler.create(str(tmp_path / "repo"))
+    other = _wcs()
+    other.wcs.crval = [10.0, -5.0]
+    hdus = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(PIXELS, header=_wcs().to_header(), name="SCI"),
+                         fits.ImageHDU(PIXELS, header=other.to_header(), name="ALT")])
+    ref = butler.put(hdus, "multi", {"visit": 1}, run="r")
+    assert butler.get_wcs(ref).wcs.crval.tolist() == [150.0, 2.0]
+    assert butler.get_wcs(ref, hdu="ALT").wcs.crval.tolist() == [10.0, -5.0]
+    [stamp] = butler.get_cutouts(ref, (10, 12), size=4, hdu="ALT")
+    assert stamp.wcs is not None and stamp.wcs.wcs.crval.tolist() == [10.0, -5.0]
