@@ -16,8 +16,7 @@ import boto3
 import pytest
 import swiftclient
 from botocore.exceptions import ClientError
-
-from objbutler.testing.servers import ServerInfo
+from objbutler_servers import ServerInfo
 
 # The fixtures' plugin; loading it again from tests/conftest.py is harmless (pytest registers a name once).
 pytest_plugins = ["conftest_servers"]

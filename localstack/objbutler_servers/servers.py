@@ -24,9 +24,9 @@ Examples
 
 From a shell::
 
-    python -m objbutler.testing.servers install all
-    eval "$(python -m objbutler.testing.servers start localstack --pidfile /tmp/ls.json)"
-    python -m objbutler.testing.servers stop --pidfile /tmp/ls.json
+    python -m objbutler_servers install all
+    eval "$(python -m objbutler_servers start localstack --pidfile /tmp/ls.json)"
+    python -m objbutler_servers stop --pidfile /tmp/ls.json
 """
 
 from __future__ import annotations
@@ -54,9 +54,13 @@ from typing import Any
 
 __all__ = [
     "KINDS",
+    "LOCALSTACK_REQUIREMENTS",
     "RunningServer",
     "ServerError",
     "ServerInfo",
+    "SWIFT_KEY",
+    "SWIFT_REQUIREMENTS",
+    "SWIFT_USER",
     "install_localstack",
     "install_memcached",
     "install_swift",
@@ -962,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m objbutler.testing.servers", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="python -m objbutler_servers", description=__doc__.splitlines()[0] if __doc__ else None
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install", help="install server venvs (and memcached)")
@@ -992,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.write_state(args.pidfile)
             print(
                 f"# {args.kind} ready in {time.monotonic() - began:.1f} s; "
-                f"stop with: python -m objbutler.testing.servers stop --pidfile {pidfile}"
+                f"stop with: python -m objbutler_servers stop --pidfile {pidfile}"
             )
             print("\n".join(server.info.export_lines()))
         elif args.all:
