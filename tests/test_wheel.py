@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 import zipfile
 from collections.abc import Iterator
@@ -61,18 +62,28 @@ def _build_wheel(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    out = tmp_path_factory.mktemp("wheel")
+def installed() -> Iterator[Installed]:
+    # A directory of its own, not pytest's numbered temp dirs: those are pruned by other pytest runs.
+    out = Path(tempfile.mkdtemp(prefix="objbutler-wheel-test-"))
+    try:
+        yield _install(out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _install(out: Path) -> Installed:
     wheel = _build_wheel(out)
     env_dir = out / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
+    # --ignore-installed: the venv sees this interpreter's objbutler (an editable install of the same
+    # version), which pip would otherwise take as already there and install nothing.
     result = subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install",
-                             "--no-deps", "--no-index", "--quiet", str(wheel)],
+                             "--no-deps", "--no-index", "--ignore-installed", "--quiet", str(wheel)],
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     workdir = out / "work"
     workdir.mkdir()
-    yield Installed(wheel, env_dir, workdir)
+    return Installed(wheel, env_dir, workdir)
 
 
 def test_the_venv_imports_objbutler_from_the_wheel(installed: Installed) -> None:
@@ -124,6 +135,6 @@ def test_the_wheel_ships_the_runtime_and_no_server_installation(installed: Insta
 
 def test_the_pattern_finds_server_installation_code() -> None:
     """The wheel check would see the module that left (so its silence above means something)."""
-    servers = (ROOT / "localstack" / "objbutler_servers" / "servers.py").read_text()
-    found = set(SERVER_INSTALLATION.findall(servers))
+    package = ROOT / "localstack" / "objbutler_servers"
+    found = {word for path in package.glob("*.py") for word in SERVER_INSTALLATION.findall(path.read_text())}
     assert {"apt-get", "tmpfs", "memcached"} <= found, found

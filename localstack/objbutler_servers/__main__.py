@@ -2,6 +2,6 @@
 
 import sys
 
-from objbutler_servers.servers import main
+from objbutler_servers.cli import main
 
 sys.exit(main())
