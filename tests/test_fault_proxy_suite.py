@@ -64,6 +64,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from conftest import s3_options, swift_options
+from objbutler_servers import ServerInfo
 
 from objbutler import Box, Butler
 from objbutler.clone import clone
@@ -75,7 +76,6 @@ from objbutler.stores import RetryPolicy, open_store
 from objbutler.stores.s3 import S3Store
 from objbutler.stores.swift import SwiftStore
 from objbutler.testing.faultproxy import FAULT_KINDS, FaultProxy, Rule, kinds_summary
-from objbutler.testing.servers import ServerInfo
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(900)]
 

@@ -24,13 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 from conftest import s3_options, swift_options
+from objbutler_servers import ServerInfo
 
 from objbutler import Box, Butler
 from objbutler.errors import TransientStoreError
 from objbutler.stores._retry import RetryPolicy
 from objbutler.stores.s3 import S3Store
 from objbutler.stores.swift import SwiftStore
-from objbutler.testing.servers import ServerInfo
 
 pytestmark = pytest.mark.servers
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import remote_store_helpers as remote
+from objbutler_servers import ServerInfo
 from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer, Seen
 
 from objbutler.errors import (
@@ -29,7 +30,6 @@ from objbutler.errors import (
 from objbutler.stores import RetryPolicy, open_store
 from objbutler.stores.swift import SwiftStore, _timestamp
 from objbutler.testing.conformance import StoreConformanceTests, race
-from objbutler.testing.servers import ServerInfo
 
 
 def _store_for(server: ServerInfo, container: str, prefix: str, **options: object) -> SwiftStore:
