@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import s3_options
+from objbutler_servers import ServerInfo
 
 from objbutler import Butler
 from objbutler.cli import main
@@ -26,7 +27,6 @@ from objbutler.clone import clone
 from objbutler.multi import put_many_repos
 from objbutler.stores.s3 import S3Store
 from objbutler.testing.faultproxy import FaultProxy, LogEntry
-from objbutler.testing.servers import ServerInfo
 
 pytestmark = pytest.mark.servers
 
