@@ -120,10 +120,10 @@ def _write(butler: Butler, item: BatchItem, run: str, activity: Activity | None)
 
 
 def _commit(butler: Butler, written: Sequence[PendingPut | BaseException],
-            activity: Activity | None) -> list[Outcome]:
+            activity: Activity | None, chunk_size: int | None) -> list[Outcome]:
     """Commit the written items (one request to the combiner); every item's outcome, in order."""
     pending = [w for w in written if isinstance(w, PendingPut)]
-    committed = iter(butler.commit_pending(pending) if pending else [])
+    committed = iter(butler.commit_pending(pending, chunk_size) if pending else [])
     outcomes = [w if isinstance(w, BaseException) else next(committed) for w in written]
     if activity is not None:
         activity.outputs.extend(o.id for o in outcomes if isinstance(o, DatasetRef))
@@ -158,7 +158,7 @@ def _duplicates(items: Sequence[BatchItem], run: str) -> dict[int, BaseException
 
 def put_many(butler: Butler, items: Sequence[Any], run: str, *, format: str | None = None,
              format_options: Mapping[str, Any] | None = None, errors: ErrorMode = "raise",
-             max_concurrency: int | None = None) -> list[Any]:
+             max_concurrency: int | None = None, chunk_size: int | None = None) -> list[Any]:
     """:meth:`Butler.put_many <objbutler.butler.Butler.put_many>`: see the module docstring for the semantics."""
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
@@ -179,7 +179,7 @@ def put_many(butler: Butler, items: Sequence[Any], run: str, *, format: str | No
     done = dict(zip((index for index, _ in todo), written_todo, strict=True))
     for index, item in enumerate(parsed):
         written.append(item if isinstance(item, BaseException) else refused.get(index) or done[index])
-    return _finish(_commit(butler, written, activity), errors)
+    return _finish(_commit(butler, written, activity, chunk_size), errors)
 
 
 class Batch:
@@ -206,11 +206,14 @@ class Batch:
         As :func:`put_many`.
     max_concurrency : int, optional
         Most uploads at once (default: the store's ``max_concurrency``, else 16).
+    chunk_size : int, optional
+        Most datasets per registry commit (default
+        :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE`).
     """
 
     def __init__(self, butler: Butler, run: str, *, format: str | None = None,
                  format_options: Mapping[str, Any] | None = None, errors: ErrorMode = "raise",
-                 max_concurrency: int | None = None) -> None:
+                 max_concurrency: int | None = None, chunk_size: int | None = None) -> None:
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
         self.butler = butler
@@ -219,6 +222,7 @@ class Batch:
         self.format_options = format_options
         self.errors: ErrorMode = errors
         self._workers = _concurrency(butler, max_concurrency)
+        self.chunk_size = chunk_size
         self._slots = threading.BoundedSemaphore(self._workers)
         self._pool: ThreadPoolExecutor | None = None
         self._items: list[BatchItem] = []
@@ -297,7 +301,7 @@ class Batch:
                 item.future.set_exception(exc)
             self._results = [exc] * len(self._items)
             return
-        outcomes = _commit(self.butler, written, self._activity)
+        outcomes = _commit(self.butler, written, self._activity, self.chunk_size)
         self._results = list(outcomes)
         for item, outcome in zip(self._items, outcomes, strict=True):
             if isinstance(outcome, BaseException):

@@ -365,6 +365,7 @@ class Butler:
         format_options: Mapping[str, Any] | None = None,
         errors: Literal["raise", "return"] = "raise",
         max_concurrency: int | None = None,
+        chunk_size: int | None = None,
     ) -> list[Any]:
         """Store many datasets: upload concurrently, then commit them in as few commits as possible.
 
@@ -388,6 +389,9 @@ class Butler:
             ``"return"``: return the per-item list (refs and exceptions) instead.
         max_concurrency : int, optional
             Most encodes/uploads at once (default: the store's ``max_concurrency``, else 16).
+        chunk_size : int, optional
+            Most datasets per registry commit (default
+            :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE`).
 
         Returns
         -------
@@ -402,10 +406,11 @@ class Butler:
         from objbutler.batch import put_many
 
         return put_many(self, list(items), run, format=format, format_options=format_options, errors=errors,
-                        max_concurrency=max_concurrency)
+                        max_concurrency=max_concurrency, chunk_size=chunk_size)
 
     def batch(self, run: str, *, format: str | None = None, format_options: Mapping[str, Any] | None = None,
-              errors: Literal["raise", "return"] = "raise", max_concurrency: int | None = None) -> Batch:
+              errors: Literal["raise", "return"] = "raise", max_concurrency: int | None = None,
+              chunk_size: int | None = None) -> Batch:
         """A context whose ``put`` calls upload at once and commit together when it exits.
 
         Examples
@@ -420,7 +425,7 @@ class Butler:
         from objbutler.batch import Batch
 
         return Batch(self, run, format=format, format_options=format_options, errors=errors,
-                     max_concurrency=max_concurrency)
+                     max_concurrency=max_concurrency, chunk_size=chunk_size)
 
     def prepare_put(self, obj: Any, dataset_type: str, data_id: Mapping[str, Any], run: str, *,
                     format: str | None = None, inputs: Sequence[DatasetRef] | None = None,
@@ -460,14 +465,14 @@ class Butler:
             pending.discard()  # no commit names this key yet
             raise
 
-    def commit_pending(self, puts: Sequence[PendingPut]) -> list[Any]:
+    def commit_pending(self, puts: Sequence[PendingPut], chunk_size: int | None = None) -> list[Any]:
         """Commit written datasets through this Butler's commit combiner: per item the ref or the exception.
 
         Concurrent callers (threads) share registry commits; see
         :class:`objbutler.group_commit.CommitCombiner` and
         :func:`objbutler.group_commit.commit_group` for what each item gets.
         """
-        return self._combiner.submit(puts)
+        return self._combiner.submit(puts, chunk_size)
 
     def _discard(self, key: str, fmt: str) -> None:
         """Delete the data of a put that did not commit (best effort: a leftover is an orphan for vacuum)."""

@@ -178,6 +178,7 @@ def _conflict_of(exc: ConflictError, ref: DatasetRef) -> ConflictError:
 @dataclasses.dataclass(eq=False)
 class _Request:
     puts: Sequence[PendingPut]
+    chunk_size: int
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     outcomes: list[Outcome] | None = None  # None when woken up to lead the next round
 
@@ -208,12 +209,17 @@ class CommitCombiner:
         self._queue: list[_Request] = []
         self._busy = False  # a leader is committing a round
 
-    def submit(self, puts: Sequence[PendingPut]) -> list[Outcome]:
+    def submit(self, puts: Sequence[PendingPut], chunk_size: int | None = None) -> list[Outcome]:
         """Commit ``puts`` (alone or with other threads' items); per item the ref or the exception.
 
-        Blocks until the round holding these items has finished.
+        Blocks until the round holding these items has finished. ``chunk_size``
+        (default: the combiner's) caps the datasets per commit of a round
+        holding these items.
         """
-        request = _Request(list(puts))
+        size = self.chunk_size if chunk_size is None else chunk_size
+        if size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {size}")
+        request = _Request(list(puts), size)
         with self._lock:
             self._queue.append(request)
             lead = not self._busy
@@ -239,7 +245,7 @@ class CommitCombiner:
         try:
             self.rounds += 1
             results = commit_group(self.registry, [put for request in taken for put in request.puts],
-                                   self.chunk_size)
+                                   min(request.chunk_size for request in taken))
         except BaseException as exc:  # not an ObjButlerError (those are per item): tell every waiter
             results = [exc] * count
             raise
