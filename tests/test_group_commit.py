@@ -302,11 +302,10 @@ def test_batch_commits_once_on_exit_with_bounded_uploads(local_backend: Backend)
 def test_batch_exception_inside_commits_nothing_and_deletes_everything(local_backend: Backend) -> None:
     uri = local_backend.new_uri()
     butler = Butler.create(uri)
-    with pytest.raises(RuntimeError, match="boom"):
-        with butler.batch(run="r") as batch:
-            for i in range(10):
-                batch.put(_image(i), "raw", {"exposure": i})
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), butler.batch(run="r") as batch:
+        for i in range(10):
+            batch.put(_image(i), "raw", {"exposure": i})
+        raise RuntimeError("boom")
     assert _data_keys(butler.store) == []
     assert _log_objects(butler.store) == 0
     assert all(isinstance(r, RuntimeError) for r in batch.results)
@@ -314,10 +313,9 @@ def test_batch_exception_inside_commits_nothing_and_deletes_everything(local_bac
 
 def test_batch_raises_batch_error_after_committing_the_rest(local_backend: Backend) -> None:
     butler = Butler.create(local_backend.new_uri())
-    with pytest.raises(BatchError) as caught:
-        with butler.batch(run="r") as batch:
-            batch.put({"i": 0}, "metric", {"visit": 0})
-            batch.put(object(), "metric", {"visit": 1})
+    with pytest.raises(BatchError) as caught, butler.batch(run="r") as batch:
+        batch.put({"i": 0}, "metric", {"visit": 0})
+        batch.put(object(), "metric", {"visit": 1})
     assert isinstance(caught.value.results[0], DatasetRef)
     assert butler.find("metric", {"visit": 0}, run="r").id == caught.value.results[0].id
 
