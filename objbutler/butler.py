@@ -127,6 +127,12 @@ class Butler:
     **store_options
         Passed to :func:`objbutler.stores.open_store` (endpoint, credentials, ...).
 
+    Attributes
+    ----------
+    combiner : CommitCombiner
+        Shares registry commits between threads putting through this Butler
+        (see :mod:`objbutler.group_commit`); its ``rounds`` and ``waits`` count them.
+
     Raises
     ------
     RepositoryNotFoundError
@@ -171,7 +177,7 @@ class Butler:
             settle_seconds=self.config.settle_seconds,
             timestamp_resolution=self.config.timestamp_resolution,
         )
-        self._combiner = CommitCombiner(self.registry)  # threads of this process share commits
+        self.combiner = CommitCombiner(self.registry)  # threads of this process share commits
         if isinstance(self.store, CachingStore) and not self.store.offline:
             self.registry.refresh()  # read the manifest through the cache now, so it is there offline
 
@@ -472,7 +478,7 @@ class Butler:
         :class:`objbutler.group_commit.CommitCombiner` and
         :func:`objbutler.group_commit.commit_group` for what each item gets.
         """
-        return self._combiner.submit(puts, chunk_size)
+        return self.combiner.submit(puts, chunk_size)
 
     def _discard(self, key: str, fmt: str) -> None:
         """Delete the data of a put that did not commit (best effort: a leftover is an orphan for vacuum)."""

@@ -199,12 +199,15 @@ class CommitCombiner:
     ----------
     rounds : int
         Rounds led so far (each makes one registry commit per chunk).
+    waits : int
+        Times a submitter waited for another thread's round (a lone caller never does).
     """
 
     def __init__(self, registry: Registry, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         self.registry = registry
         self.chunk_size = chunk_size
         self.rounds = 0
+        self.waits = 0
         self._lock = threading.Lock()
         self._queue: list[_Request] = []
         self._busy = False  # a leader is committing a round
@@ -224,6 +227,8 @@ class CommitCombiner:
             self._queue.append(request)
             lead = not self._busy
             self._busy = True
+            if not lead:
+                self.waits += 1
         if not lead:
             request.done.wait()
             if request.outcomes is not None:

@@ -155,13 +155,19 @@ def test_per_item_semantics_with_a_mix(backend_name: str, request: pytest.Fixtur
 def test_type_disagreement_refuses_only_that_item(local_backend: Backend) -> None:
     butler = Butler.create(local_backend.new_uri())
     butler.put({"i": 0}, "metric", {"visit": 0}, run="r")
-    results = butler.put_many([({"i": 1}, "metric", {"visit": 1, "detector": 3}),  # keys disagree
+    results = butler.put_many([({"i": 1}, "metric", {"visit": 1, "detector": 3}),  # keys disagree with the registry
                                ({"i": 2}, "metric", {"visit": 2}),
-                               ({"i": 3}, "other", {"visit": "three"})],           # visit is an int key
+                               ({"i": 3}, "other", {"visit": "three"}),            # visit is an int key
+                               ({"i": 4}, "new1", {"band": 1}),                    # a new key, int ...
+                               ({"i": 5}, "new2", {"band": "g"}),                  # ... and str in the same batch
+                               ({"i": 6}, "fresh", {"a": 1}),                      # a new type ...
+                               ({"i": 7}, "fresh", {"b": 1})],                     # ... with other keys
                               run="r", errors="return")
-    assert isinstance(results[0], ConflictError) and isinstance(results[2], ConflictError)
-    assert isinstance(results[1], DatasetRef)
-    _only_data_of(butler.store, [results[1], *butler.query("metric", run="r")])
+    assert [type(r).__name__ for r in results] == ["ConflictError", "DatasetRef", "ConflictError", "DatasetRef",
+                                                   "ConflictError", "DatasetRef", "ConflictError"]
+    committed = [r for r in results if isinstance(r, DatasetRef)]
+    _only_data_of(butler.store, [*committed, *butler.query("metric", run="r")])
+    assert Butler(butler.uri).find("new1", {"band": 1}, run="r").id == results[3].id
 
 
 # -- the commit point ------------------------------------------------------------------------------------------
@@ -356,6 +362,7 @@ def test_threads_share_commits(backend_name: str, request: pytest.FixtureRequest
     assert all(isinstance(out[i], DatasetRef) for i in range(4, 32))
     commits = _log_objects(butler.store)
     assert commits < 29  # 29 datasets committed, in fewer commits
+    assert butler.combiner.waits > 0 and butler.combiner.rounds < 32
     fresh = Butler(uri, **backend.options)
     refs = fresh.query("metric", run="r")
     assert len(refs) == 29
@@ -379,4 +386,5 @@ def test_a_lone_put_leads_at_once(tmp_path: Path) -> None:
     for i in range(5):
         butler.put({"i": i}, "metric", {"visit": i}, run="r")
     assert _log_objects(butler.store) == 5  # nobody to wait for: each put is its own commit
+    assert butler.combiner.rounds == 5 and butler.combiner.waits == 0  # ... and leads at once
 
