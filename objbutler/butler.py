@@ -582,7 +582,8 @@ class Butler:
             new[ref.unique_key] = ref
             out.append(ref)
         if new:
-            self.registry.commit(list(types.values()), kinds, list(new.values()))
+            with self.combiner.exclusive():  # all or nothing, and never racing this process's group commits
+                self.registry.commit(list(types.values()), kinds, list(new.values()))
         return out
 
     # -- finding ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from objbutler.errors import CommitOutcomeUnknownError, ConflictError, ObjButlerError
@@ -179,6 +179,7 @@ def _conflict_of(exc: ConflictError, ref: DatasetRef) -> ConflictError:
 class _Request:
     puts: Sequence[PendingPut]
     chunk_size: int
+    exclusive: bool = False  # a caller committing directly (all or nothing), not a round's items
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     outcomes: list[Outcome] | None = None  # None when woken up to lead the next round
 
@@ -238,12 +239,45 @@ class CommitCombiner:
             self._lead()
         return request.outcomes
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the commit role for a commit made directly on the registry (no round runs meanwhile).
+
+        For an all-or-nothing commit (``Butler.ingest_refs``) that must not be
+        split per item yet must not race this combiner's rounds on the
+        registry's view. Waits its turn in the queue like a round.
+        """
+        request = _Request([], 1, exclusive=True)
+        with self._lock:
+            self._queue.append(request)
+            lead = not self._busy
+            self._busy = True
+            if not lead:
+                self.waits += 1
+        if not lead:
+            request.done.wait()  # woken at the head of the queue: its turn
+        with self._lock:
+            self._queue.remove(request)
+        try:
+            yield
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the head of the queue to take the commit role, or leave it free."""
+        with self._lock:
+            if self._queue:
+                self._queue[0].done.set()  # outcomes None: the head of the queue leads the next round
+            else:
+                self._busy = False
+
     def _lead(self) -> None:
         """Commit one round: queued requests, at least one, up to ``chunk_size`` items in all."""
         with self._lock:
             taken: list[_Request] = []
             count = 0
-            while self._queue and (not taken or count + len(self._queue[0].puts) <= self.chunk_size):
+            while self._queue and not self._queue[0].exclusive and (
+                    not taken or count + len(self._queue[0].puts) <= self.chunk_size):
                 count += len(self._queue[0].puts)
                 taken.append(self._queue.pop(0))
         results: list[Any] = []
@@ -259,10 +293,6 @@ class CommitCombiner:
             for request in taken:
                 request.outcomes = results[start:start + len(request.puts)]
                 start += len(request.puts)
-            with self._lock:
-                if self._queue:
-                    self._queue[0].done.set()  # outcomes None: the head of the queue leads the next round
-                else:
-                    self._busy = False
+            self._hand_over()
             for request in taken:
                 request.done.set()

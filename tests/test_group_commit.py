@@ -388,3 +388,15 @@ def test_a_lone_put_leads_at_once(tmp_path: Path) -> None:
     assert _log_objects(butler.store) == 5  # nobody to wait for: each put is its own commit
     assert butler.combiner.rounds == 5 and butler.combiner.waits == 0  # ... and leads at once
 
+
+
+def test_ingest_refs_holds_the_commit_role_against_rounds(tmp_path: Path) -> None:
+    butler = Butler.create(str(tmp_path / "repo"))
+    out: list[Any] = []
+    with butler.combiner.exclusive():
+        thread = threading.Thread(target=lambda: out.append(butler.put({"i": 1}, "metric", {"visit": 1}, run="r")))
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and out == []  # the put waits while the role is held
+    thread.join()
+    assert isinstance(out[0], DatasetRef) and butler.combiner.waits == 1
