@@ -400,3 +400,36 @@ def test_ingest_refs_holds_the_commit_role_against_rounds(tmp_path: Path) -> Non
         assert thread.is_alive() and out == []  # the put waits while the role is held
     thread.join()
     assert isinstance(out[0], DatasetRef) and butler.combiner.waits == 1
+    # ingest_refs (what clone commits with) takes the same role: it waits while a round would hold it
+    source = Butler.create(str(tmp_path / "source"))
+    ref = source.put({"i": 2}, "metric", {"visit": 2}, run="r")
+    butler.store.put(ref.key, source.store.get(ref.key))
+    with butler.combiner.exclusive():
+        thread = threading.Thread(target=lambda: out.append(butler.ingest_refs([ref])))
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and butler.combiner.waits == 2
+    thread.join()
+    assert out[1][0].id == ref.id and butler.find("metric", {"visit": 2}, run="r").id == ref.id
+
+
+def test_ingest_files_commits_a_group_at_once(tmp_path: Path) -> None:
+    from astropy.io import fits
+
+    from objbutler.ingest import ingest_files
+
+    butler = Butler.create(str(tmp_path / "repo"))
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"raw{i}.fits"
+        fits.PrimaryHDU(_image(i), header=fits.Header([("EXPNUM", i)])).writeto(path)
+        paths.append(path)
+    (tmp_path / "broken.fits").write_bytes(b"not FITS")
+    butler.put(_image(0), "raw", {"exposure": 3}, run="r")  # one file's data ID is taken
+    refs, failures = ingest_files(butler, "raw", [*paths, tmp_path / "broken.fits"], {}, {"exposure": "EXPNUM"},
+                                  "r")
+    assert [r.data_id["exposure"] for r in refs] == [0, 1, 2, 4, 5]
+    assert [(p.name, type(e).__name__) for p, e in failures][0] == ("raw3.fits", "ConflictError")
+    assert [p.name for p, _ in failures] == ["raw3.fits", "broken.fits"]
+    assert _log_objects(butler.store) == 2  # the earlier put, and one for the whole group
+    _only_data_of(butler.store, [*refs, butler.find("raw", {"exposure": 3}, run="r")])
