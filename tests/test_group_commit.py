@@ -429,7 +429,7 @@ def test_ingest_files_commits_a_group_at_once(tmp_path: Path) -> None:
     refs, failures = ingest_files(butler, "raw", [*paths, tmp_path / "broken.fits"], {}, {"exposure": "EXPNUM"},
                                   "r")
     assert [r.data_id["exposure"] for r in refs] == [0, 1, 2, 4, 5]
-    assert [(p.name, type(e).__name__) for p, e in failures][0] == ("raw3.fits", "ConflictError")
+    assert isinstance(failures[0][1], ConflictError)
     assert [p.name for p, _ in failures] == ["raw3.fits", "broken.fits"]
     assert _log_objects(butler.store) == 2  # the earlier put, and one for the whole group
     _only_data_of(butler.store, [*refs, butler.find("raw", {"exposure": 3}, run="r")])
