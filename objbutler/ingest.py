@@ -960,12 +960,21 @@ def _commit_items(job: _Job, items: list[_Prepared], refs: list[DatasetRef],
         kinds.update(dimension_kinds(item.ref.data_id))
     types = [DatasetType(job.dataset_type, tuple(items[0].ref.data_id), "image")]
     try:
-        job.butler.registry.commit(types, kinds, [item.ref for item in items])
+        with job.butler.combiner.exclusive():  # all or nothing; never racing this process's group commits
+            job.butler.registry.commit(types, kinds, [item.ref for item in items])
     except CommitOutcomeUnknownError as exc:
         failures.extend((item.source.name, exc) for item in items)  # the commit may land: keep the data, fsck tells
         return
     except ConflictError as exc:
-        if len(items) > 1:  # a concurrent writer took a data ID: commit the others one by one
+        named = set(exc.conflicts)
+        taken = [item for item in items if item.ref.id in named]
+        if taken and len(taken) < len(items):  # a concurrent writer took these data IDs: commit the others
+            for item in taken:
+                _discard(job.butler, item)
+                failures.append((item.source.name, exc))
+            _commit_items(job, [item for item in items if item.ref.id not in named], refs, failures)
+            return
+        if len(items) > 1:  # the refusal names no dataset of ours: find the culprits one by one
             for item in items:
                 _commit_items(job, [item], refs, failures)
             return
