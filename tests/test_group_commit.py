@@ -433,3 +433,44 @@ def test_ingest_files_commits_a_group_at_once(tmp_path: Path) -> None:
     assert [p.name for p, _ in failures] == ["raw3.fits", "broken.fits"]
     assert _log_objects(butler.store) == 2  # the earlier put, and one for the whole group
     _only_data_of(butler.store, [*refs, butler.find("raw", {"exposure": 3}, run="r")])
+
+
+class RacingStore:
+    """Forwards to a real store; just before the first commit write, lets another writer commit first."""
+
+    def __init__(self, inner: Store, rival: Any) -> None:
+        self.inner = inner
+        self.rival = rival
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
+        if key.startswith(LOG) and self.rival is not None:
+            rival, self.rival = self.rival, None
+            rival()
+        return self.inner.put_if_absent(key, data)
+
+
+def test_remote_ingest_drops_exactly_the_data_ids_a_rival_took(tmp_path: Path) -> None:
+    from astropy.io import fits
+
+    from objbutler.ingest import ingest_objects
+
+    uri = str(tmp_path / "repo")
+    Butler.create(uri)
+    for i in range(6):
+        fits.PrimaryHDU(_image(i), header=fits.Header([("EXPNUM", i)])).writeto(tmp_path / f"raw{i}.fits")
+    rival = Butler(uri)
+    taken: list[DatasetRef] = []
+    store = RacingStore(open_store(uri), lambda: taken.append(
+        rival.put(_image(9), "raw", {"exposure": 2}, run="r")))
+    butler = Butler(uri, store=store)  # type: ignore[arg-type]
+    refs, failures = ingest_objects(butler, "raw", str(tmp_path / "raw*.fits"), run="r",
+                                    header_keys={"exposure": "EXPNUM"}, batch_size=32)
+    assert sorted(r.data_id["exposure"] for r in refs) == [0, 1, 3, 4, 5]
+    assert [(name.rsplit("/", 1)[-1], type(e).__name__) for name, e in failures] == [("raw2.fits", "ConflictError")]
+    assert _log_objects(store.inner) == 2  # the rival's, and one for the five others (not one each)
+    fresh = Butler(uri)
+    assert fresh.find("raw", {"exposure": 2}, run="r").id == taken[0].id
+    _only_data_of(fresh.store, [*refs, taken[0]])
