@@ -18,7 +18,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
@@ -38,7 +38,6 @@ from objbutler.errors import (
     AlreadyExistsError,
     AmbiguousRunError,
     BucketNotFoundError,
-    CommitOutcomeUnknownError,
     ConflictError,
     FormatError,
     InvalidCutoutError,
@@ -51,6 +50,7 @@ from objbutler.errors import (
 )
 from objbutler.formats.dispatch import (
     FORMATS,
+    EncodedDataset,
     Recorded,
     delete_dataset,
     encode_dataset,
@@ -58,6 +58,7 @@ from objbutler.formats.dispatch import (
     signature_problem,
     write_dataset,
 )
+from objbutler.group_commit import CommitCombiner, PendingPut
 from objbutler.provenance import (
     Activity,
     LineageGraph,
@@ -89,6 +90,9 @@ from objbutler.stores import (
 )
 from objbutler.stores.cache import CachingStore, cache_settings
 from objbutler.stores.locations import Location, parse_location, sibling_store
+
+if TYPE_CHECKING:
+    from objbutler.batch import Batch
 
 __all__ = ["CONFIG_KEY", "UNSET", "Butler"]
 
@@ -135,6 +139,12 @@ class Butler:
     **store_options
         Passed to :func:`objbutler.stores.open_store` (endpoint, credentials, ...).
 
+    Attributes
+    ----------
+    combiner : CommitCombiner
+        Shares registry commits between threads putting through this Butler
+        (see :mod:`objbutler.group_commit`); its ``rounds`` and ``waits`` count them.
+
     Raises
     ------
     RepositoryNotFoundError
@@ -179,6 +189,7 @@ class Butler:
             settle_seconds=self.config.settle_seconds,
             timestamp_resolution=self.config.timestamp_resolution,
         )
+        self.combiner = CommitCombiner(self.registry)  # threads of this process share commits
         if isinstance(self.store, CachingStore) and not self.store.offline:
             self.registry.refresh()  # read the manifest through the cache now, so it is there offline
 
@@ -349,10 +360,106 @@ class Butler:
             The commit write failed and whether it landed cannot be read back;
             the data is kept (``objbutler fsck`` tells which).
         """
+        activity = activity if activity is not None else current_activity(self)
+        pending, encoded = self.prepare_put(obj, dataset_type, data_id, run, format=format, inputs=inputs,
+                                            derived_from=derived_from, format_options=format_options,
+                                            activity=activity)
+        # fail before uploading when the view already says no
+        self.registry.check([pending.dataset_type], pending.kinds, [pending.ref])
+        self.upload(pending, encoded)
+        outcome = self.commit_pending([pending])[0]  # shares a commit with other threads' puts, if any
+        if isinstance(outcome, BaseException):
+            raise outcome  # data deleted, or kept when the outcome is unknown (see commit_group)
+        if activity is not None:
+            activity.outputs.append(outcome.id)
+        return outcome
+
+    def put_many(
+        self,
+        items: Iterable[tuple[Any, str, Mapping[str, Any]] | Mapping[str, Any]],
+        run: str,
+        *,
+        format: str | None = None,
+        format_options: Mapping[str, Any] | None = None,
+        errors: Literal["raise", "return"] = "raise",
+        max_concurrency: int | None = None,
+        chunk_size: int | None = None,
+    ) -> list[Any]:
+        """Store many datasets: upload concurrently, then commit them in as few commits as possible.
+
+        See :func:`objbutler.batch.put_many` for the per-item semantics (an
+        item refused does not stop the others; chunks of
+        :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE` datasets per commit).
+
+        Parameters
+        ----------
+        items : iterable
+            ``(obj, dataset_type, data_id)`` tuples, or mappings with keys
+            ``obj``, ``dataset_type``, ``data_id`` and optionally ``inputs``,
+            ``derived_from``, ``format``, ``format_options``.
+        run : str
+            The run of every dataset.
+        format, format_options : optional
+            As for :meth:`put`, for every item (an item's mapping may override them).
+        errors : {"raise", "return"}
+            ``"raise"``: after committing what can be, raise
+            :class:`~objbutler.errors.BatchError` if any item failed.
+            ``"return"``: return the per-item list (refs and exceptions) instead.
+        max_concurrency : int, optional
+            Most encodes/uploads at once (default: the store's ``max_concurrency``, else 16).
+        chunk_size : int, optional
+            Most datasets per registry commit (default
+            :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE`).
+
+        Returns
+        -------
+        list
+            One entry per item, in order: its ``DatasetRef`` (with ``errors="return"``, or the exception).
+
+        Raises
+        ------
+        BatchError
+            ``errors="raise"`` and some items failed; ``.results`` holds every item's outcome.
+        """
+        from objbutler.batch import put_many
+
+        return put_many(self, list(items), run, format=format, format_options=format_options, errors=errors,
+                        max_concurrency=max_concurrency, chunk_size=chunk_size)
+
+    def batch(self, run: str, *, format: str | None = None, format_options: Mapping[str, Any] | None = None,
+              errors: Literal["raise", "return"] = "raise", max_concurrency: int | None = None,
+              chunk_size: int | None = None) -> Batch:
+        """A context whose ``put`` calls upload at once and commit together when it exits.
+
+        Examples
+        --------
+        >>> with butler.batch(run="run1") as batch:  # doctest: +SKIP
+        ...     for visit in visits:
+        ...         batch.put(images[visit], "calexp", {"visit": visit})
+        >>> refs = batch.results  # doctest: +SKIP
+
+        See :class:`objbutler.batch.Batch`.
+        """
+        from objbutler.batch import Batch
+
+        return Batch(self, run, format=format, format_options=format_options, errors=errors,
+                     max_concurrency=max_concurrency, chunk_size=chunk_size)
+
+    def prepare_put(self, obj: Any, dataset_type: str, data_id: Mapping[str, Any], run: str, *,
+                    format: str | None = None, inputs: Sequence[DatasetRef] | None = None,
+                    derived_from: Sequence[DatasetRef] | None = None,
+                    format_options: Mapping[str, Any] | None = None,
+                    activity: Activity | None = None) -> tuple[PendingPut, EncodedDataset]:
+        """Validate and encode one dataset: its ref (fresh id and key) and bytes, nothing written yet.
+
+        Raises
+        ------
+        InvalidKeyError, FormatError
+            As :meth:`put`.
+        """
         dataset_type = validate_dataset_type_name(dataset_type)
         clean_id = validate_data_id(data_id)
         run = validate_run(run)
-        activity = activity if activity is not None else current_activity(self)
         provenance = provenance_record(inputs, derived_from, activity)
         obj = stamp_fits_cards(obj, provenance, format or self.config["default_format"])
         encoded = encode_dataset(obj, format, self.config["default_format"], dict(format_options or {}))
@@ -365,22 +472,25 @@ class Butler:
             size=encoded.size, checksum=encoded.checksum, created=utc_now(), provenance=provenance,
             repository=self.uri, layout=encoded.layout, sky=encoded.sky,
         )
-        self.registry.check([new_type], kinds, [ref])  # fail before uploading when the view already says no
+        fmt = encoded.format
+        return PendingPut(ref, new_type, kinds, lambda: self._discard(key, fmt)), encoded
+
+    def upload(self, pending: PendingPut, encoded: EncodedDataset) -> None:
+        """Write a prepared dataset's objects; on failure delete what was written and raise."""
         try:
-            write_dataset(self.store, key, encoded)
+            write_dataset(self.store, pending.ref.key, encoded)
         except Exception:
-            self._discard(key, encoded.format)  # no commit names this key yet
+            pending.discard()  # no commit names this key yet
             raise
-        try:
-            self.registry.commit([new_type], kinds, [ref])
-        except CommitOutcomeUnknownError:
-            raise  # the commit may have landed or may still land: keep the data, fsck tells
-        except ObjButlerError:
-            self._discard(key, encoded.format)  # Registry.commit promises that nothing was or will be committed
-            raise
-        if activity is not None:
-            activity.outputs.append(ref.id)
-        return ref
+
+    def commit_pending(self, puts: Sequence[PendingPut], chunk_size: int | None = None) -> list[Any]:
+        """Commit written datasets through this Butler's commit combiner: per item the ref or the exception.
+
+        Concurrent callers (threads) share registry commits; see
+        :class:`objbutler.group_commit.CommitCombiner` and
+        :func:`objbutler.group_commit.commit_group` for what each item gets.
+        """
+        return self.combiner.submit(puts, chunk_size)
 
     def _discard(self, key: str, fmt: str) -> None:
         """Delete the data of a put that did not commit (best effort: a leftover is an orphan for vacuum)."""
@@ -484,7 +594,8 @@ class Butler:
             new[ref.unique_key] = ref
             out.append(ref)
         if new:
-            self.registry.commit(list(types.values()), kinds, list(new.values()))
+            with self.combiner.exclusive():  # all or nothing, and never racing this process's group commits
+                self.registry.commit(list(types.values()), kinds, list(new.values()))
         return out
 
     # -- finding ---------------------------------------------------------------

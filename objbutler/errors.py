@@ -12,6 +12,8 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── PreconditionFailedError                  a conditional write lost (stale etag)
     ├── ConflictError                            a registry commit cannot happen as asked
     │                                            (data ID taken, dataset type mismatch, lost race)
+    ├── BatchError                               some items of a put_many/batch failed (the rest
+    │                                            committed); ``.results`` holds each item's outcome
     ├── FormatError (ValueError)                 stored bytes are not what they claim to be
     │   └── ConfigError                          a repository setting is invalid (names the field)
     ├── InvalidKeyError (ValueError)             an object key or data ID value is unsafe
@@ -39,6 +41,7 @@ from collections.abc import Sequence
 __all__ = [
     "AlreadyExistsError",
     "AmbiguousRunError",
+    "BatchError",
     "BucketNotFoundError",
     "CommitOutcomeUnknownError",
     "ConfigError",
@@ -128,6 +131,36 @@ class ConflictError(ObjButlerError):
     def __init__(self, message: str = "", conflicts: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.conflicts: tuple[str, ...] = tuple(conflicts)
+
+
+class BatchError(ObjButlerError):
+    """Some items of a group put (``Butler.put_many``, ``Butler.batch``) failed; the others committed.
+
+    Parameters
+    ----------
+    message : str
+        What happened (how many items failed, the first failure).
+    results : sequence
+        Per item, in the order given: the committed ``DatasetRef`` or the
+        exception that item got (``ConflictError``, ``FormatError``,
+        ``StoreError``, ``CommitOutcomeUnknownError``, ...).
+
+    Attributes
+    ----------
+    results : list
+        As given.
+    failures : list of (int, BaseException)
+        The failed items' indices and exceptions.
+    """
+
+    def __init__(self, message: str, results: Sequence[object]) -> None:
+        super().__init__(message)
+        self.results: list[object] = list(results)
+
+    @property
+    def failures(self) -> list[tuple[int, BaseException]]:
+        """The index and exception of every item that failed, in order."""
+        return [(i, r) for i, r in enumerate(self.results) if isinstance(r, BaseException)]
 
 
 class FormatError(ObjButlerError, ValueError):

@@ -202,6 +202,8 @@ def test_bad_box_fails_alone_and_outputs_go_to_a_repository(campaign: Campaign, 
     np.testing.assert_array_equal(out.get(stored["c"]).data, want.data)
     assert stored["c"].provenance is not None
     assert stored["c"].provenance["derived_from"][0]["id"] == ref.id
+    # the task's stamps went into one group commit (one log object), the refused one aside
+    assert sum(1 for meta in out.store.list("manifest/log/") if meta.key.endswith(".json")) == 1
 
 
 @pytest.mark.servers
@@ -265,6 +267,26 @@ def test_ingest_of_file_paths_only_as_in_the_docs(client: Any, tmp_path: Path) -
     with fits.open(paths[1]) as hdul:
         np.testing.assert_array_equal(butler.get("raw", {"instrument": "LATISS", "exposure": 101, "detector": 7}).data,
                                       hdul[0].data)
+
+
+def test_an_ingest_task_commits_its_items_together(client: Any, tmp_path: Path) -> None:
+    """One task of 6 files and 6 objects makes two registry commits, not twelve; a taken data ID fails alone."""
+    butler = Butler.create(str(tmp_path / "repo"))
+    rng = np.random.default_rng(5)
+    items: list[Any] = []
+    for i in range(6):
+        path = tmp_path / f"f{i}.fits"
+        fits.PrimaryHDU(rng.normal(size=(8, 8)).astype("float32")).writeto(path)
+        items.append(path)
+    items += [NDData(rng.normal(size=(8, 8)).astype("float32")) for _ in range(6)]
+    butler.put(items[-1], "raw", {"exposure": 11}, run="night1")  # taken before the ingest
+    before = sum(1 for meta in butler.store.list("manifest/log/") if meta.key.endswith(".json"))
+    results = ingest(butler.uri, items, "raw", [{"exposure": i} for i in range(12)], run="night1", client=client,
+                     items_per_task=12)
+    assert [(e.index, e.error_type) for e in results.errors] == [(11, "ConflictError")]
+    after = sum(1 for meta in butler.store.list("manifest/log/") if meta.key.endswith(".json"))
+    assert after - before == 2
+    assert len(butler.query("raw", run="night1")) == 12
 
 
 # -- no cluster needed ----------------------------------------------------------------------------

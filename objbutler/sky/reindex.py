@@ -132,7 +132,8 @@ def reindex(butler: Butler, dataset_type: str | None = None, *, jobs: int = 16, 
             else:
                 notes.append({"id": ref.id, "sky": record})
         if notes:
-            butler.registry.commit([], {}, [], annotations=notes)
+            with butler.combiner.exclusive():  # never racing this process's group commits
+                butler.registry.commit([], {}, [], annotations=notes)
             report.commits += 1
             report.recorded += len(notes)
     if checkpoint and report.recorded:
