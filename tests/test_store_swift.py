@@ -22,11 +22,10 @@ from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer, Seen
 from objbutler.errors import (
     AlreadyExistsError,
     NotFoundError,
-    NotSupportedError,
     StoreError,
     TransientStoreError,
 )
-from objbutler.stores import RetryPolicy, open_store
+from objbutler.stores import CompareAndSwap, ConditionalWrite, RetryPolicy, open_store
 from objbutler.stores.swift import SwiftStore, _timestamp
 from objbutler.testing.conformance import StoreConformanceTests, race
 from objbutler.testing.servers import ServerInfo
@@ -116,10 +115,12 @@ def test_x_timestamp_parsing_is_exact() -> None:
 
 
 @pytest.mark.servers
-def test_swift_ignores_if_match_so_the_store_refuses(swift_store: SwiftStore) -> None:
-    meta = swift_store.put("m", b"v1")
-    with pytest.raises(NotSupportedError):
-        swift_store.put_if_match("m", b"v2", meta.etag or "")
+def test_swift_ignores_if_match_so_the_store_has_no_put_if_match(swift_store: SwiftStore) -> None:
+    swift_store.put("m", b"v1")
+    assert not isinstance(swift_store, CompareAndSwap)
+    assert isinstance(swift_store, ConditionalWrite)  # put_if_absent: checked, one writer at a time
+    with pytest.raises(AttributeError):
+        swift_store.put_if_match("m", b"v2", "etag")  # type: ignore[attr-defined]
     assert swift_store.get("m") == b"v1"
 
 
@@ -317,9 +318,9 @@ def test_lost_answer_to_a_create_that_landed(scripted: ScriptedSwift) -> None:
     assert meta.last_modified == _timestamp("1795667952.15510")
 
 
-def test_put_if_match_sends_nothing(scripted: ScriptedSwift) -> None:
-    with pytest.raises(NotSupportedError):
-        scripted.store().put_if_match("k", b"x", "etag")
+def test_no_put_if_match_and_nothing_sent(scripted: ScriptedSwift) -> None:
+    store = scripted.store()
+    assert not hasattr(store, "put_if_match")
     assert scripted.seen == [] and scripted.auths == 0
 
 
