@@ -13,6 +13,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,10 +26,13 @@ from objbutler.errors import (
     StoreError,
     TransientStoreError,
 )
-from objbutler.stores import CompareAndSwap, ConditionalWrite, RetryPolicy, open_store
+from objbutler.stores import CompareAndSwap, ConditionalWrite, RetryPolicy, Store, open_store
+from objbutler.stores.cache import CachePolicy, CachingStore
 from objbutler.stores.swift import SwiftStore, _timestamp
-from objbutler.testing.conformance import StoreConformanceTests, race
+from objbutler.testing.conformance import WRITE_ONCE_PREFIXES, StoreConformanceTests, race
+from objbutler.testing.faults import FastClockStore, FaultyStore
 from objbutler.testing.servers import ServerInfo
+from objbutler.testing.wrappers import CountingStore
 
 
 def _store_for(server: ServerInfo, container: str, prefix: str, **options: object) -> SwiftStore:
@@ -65,6 +69,17 @@ class TestSwiftStore(StoreConformanceTests):
     @pytest.fixture
     def store(self, swift_server: ServerInfo, swift_container: str) -> SwiftStore:
         return _store_for(swift_server, swift_container, f"t/{uuid.uuid4().hex}")
+
+
+@pytest.mark.servers
+class TestCachingStoreSwift(StoreConformanceTests):
+    """CachingStore around Swift: the wrapper, like Swift, has no put_if_match."""
+
+
+    @pytest.fixture
+    def store(self, swift_server: ServerInfo, swift_container: str, tmp_path: Path) -> CachingStore:
+        inner = _store_for(swift_server, swift_container, f"c/{uuid.uuid4().hex}")
+        return CachingStore(inner, tmp_path / "cache", policy=CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES))
 
 
 # -- what Swift does and does not promise ----------------------------------------------------
@@ -318,9 +333,14 @@ def test_lost_answer_to_a_create_that_landed(scripted: ScriptedSwift) -> None:
     assert meta.last_modified == _timestamp("1795667952.15510")
 
 
-def test_no_put_if_match_and_nothing_sent(scripted: ScriptedSwift) -> None:
+def test_no_put_if_match_and_nothing_sent(scripted: ScriptedSwift, tmp_path: Path) -> None:
     store = scripted.store()
     assert not hasattr(store, "put_if_match")
+    wrappers = [CountingStore(store), FaultyStore(store), FastClockStore(store), CachingStore(store, tmp_path / "c"),
+                FaultyStore(CachingStore(CountingStore(store), tmp_path / "c"))]
+    for wrapper in wrappers:
+        assert isinstance(wrapper, Store) and isinstance(wrapper, ConditionalWrite), wrapper
+        assert not isinstance(wrapper, CompareAndSwap) and not hasattr(wrapper, "put_if_match"), wrapper
     assert scripted.seen == [] and scripted.auths == 0
 
 

@@ -12,8 +12,13 @@ subclasses it and overrides only what it changes::
 A wrapper has a member exactly when the store it wraps has it: wrapping a
 Swift store (no compare-and-swap) gives a store without ``put_if_match``, so
 ``isinstance(wrapper, CompareAndSwap)`` answers as it would for the backend.
-Members a subclass overrides that only some backends have are decorated with
-:class:`if_inner_has` to keep that property.
+Runtime-checkable protocols look members up on the *class*, so this is decided
+when the wrapper is made: a member marked :class:`if_inner_has` is kept out of
+the class, and a wrapper whose ``inner`` has it is an instance of a subclass
+made once per wrapper class (same name, ``isinstance`` of the class) that adds
+it. Members a subclass overrides that only some backends have are marked so
+too; such an override reaches ``inner`` through ``self._cas_inner()``, not
+``super()``.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ W = TypeVar("W", bound="StoreWrapper")
 
 
 class if_inner_has(Generic[W, P, R]):  # noqa: N801 - used as a decorator, like property
-    """Decorate a wrapper method that exists only where the wrapped store has a method of that name.
+    """Mark a wrapper method that exists only where the wrapped store has a method of that name.
 
-    On an instance whose ``inner`` lacks the member, looking the method up
-    raises AttributeError, so ``hasattr`` and runtime-checkable protocols see
-    the wrapper as they see the backend.
+    :class:`StoreWrapper` takes marked methods out of the class body and adds
+    them back, in a subclass, for the wrappers whose ``inner`` has the member
+    (see the module docstring), so ``hasattr`` and runtime-checkable protocols
+    see the wrapper as they see the backend. Type checkers see an ordinary method.
 
     Parameters
     ----------
@@ -61,11 +67,24 @@ class if_inner_has(Generic[W, P, R]):  # noqa: N801 - used as a decorator, like 
     def __get__(self, obj: W | None, owner: type | None = None) -> if_inner_has[W, P, R] | Callable[P, R]:
         if obj is None:
             return self
-        if not hasattr(obj.inner, self.name):
-            raise AttributeError(
-                f"{type(obj).__name__} has no {self.name!r}: the store it wraps ({obj.inner!r}) does not offer it"
-            )
         return cast(Callable[P, R], types.MethodType(self.method, obj))
+
+
+def _optional_members(cls: type) -> dict[str, Callable[..., Any]]:
+    """The marked methods of ``cls`` and its bases, the most derived one of each name."""
+    table: dict[str, Callable[..., Any]] = {}
+    for klass in reversed(cls.__mro__):
+        table.update(klass.__dict__.get("_own_optional_members", {}))
+    return table
+
+
+def _take_out_optional_members(cls: type) -> None:
+    own = {name: value.method for name, value in list(vars(cls).items()) if isinstance(value, if_inner_has)}
+    for name in own:
+        delattr(cls, name)
+    cls._own_optional_members = own  # type: ignore[attr-defined]
+    cls._with_members = {}  # type: ignore[attr-defined]  # frozenset of names -> the subclass that has them
+    cls._wrapper_class = cls  # type: ignore[attr-defined]
 
 
 class StoreWrapper:
@@ -83,6 +102,29 @@ class StoreWrapper:
         The store that does the work (a backend or another wrapper).
     """
 
+    _wrapper_class: type[StoreWrapper]
+    """The class as written (a wrapper may be an instance of a subclass that adds optional members)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("_is_member_variant", False):
+            _take_out_optional_members(cls)
+
+    def __new__(cls, inner: Store, *args: Any, **kwargs: Any) -> Any:
+        present = frozenset(name for name in _optional_members(cls) if hasattr(inner, name))
+        if not present:
+            return super().__new__(cls)
+        variants: dict[frozenset[str], type] = cls.__dict__["_with_members"]
+        variant = variants.get(present)
+        if variant is None:
+            members = {name: function for name, function in _optional_members(cls).items() if name in present}
+            variant = type(cls.__name__, (cls,), {
+                **members, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__, "_is_member_variant": True,
+            })
+            variants[present] = variant
+        return super().__new__(variant)
+
     def __init__(self, inner: Store) -> None:
         self.inner = inner
 
@@ -90,7 +132,7 @@ class StoreWrapper:
         return f"{type(self).__name__}({self.inner!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.inner,))
+        return (self._wrapper_class, (self.inner,))
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes the wrapper lacks; never for dunders (pickle, copy probe those)
@@ -151,3 +193,6 @@ class StoreWrapper:
         if not isinstance(inner, CompareAndSwap):
             raise TypeError(f"{inner!r} has no put_if_match")
         return inner
+
+
+_take_out_optional_members(StoreWrapper)

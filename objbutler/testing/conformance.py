@@ -42,9 +42,14 @@ from objbutler.stores import (
     probe_conditional_writes,
 )
 
-__all__ = ["StoreConformanceTests", "race"]
+__all__ = ["WRITE_ONCE_PREFIXES", "StoreConformanceTests", "race"]
 
 RACERS = 16
+
+#: Key prefixes the suite writes at most once per store and never replaces, so a
+#: :class:`~objbutler.stores.cache.CachingStore` under test may call them immutable
+#: (``CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES)``) and serve them from disk.
+WRITE_ONCE_PREFIXES = ("obj/", "large/", "many/", "r", "big", "page/", "unicode/", "p")
 
 
 def race(function: Callable[[int], Any], racers: int = RACERS) -> list[Any]:

@@ -95,7 +95,7 @@ class FailingWritesStore(StoreWrapper):
         self.failures: list[tuple[str, str]] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.inner, self.should_fail, self.error))
+        return (self._wrapper_class, (self.inner, self.should_fail, self.error))
 
     def _write(self, method: str, key: str, *args: Any) -> ObjectMeta:
         if self.should_fail(method, key):
