@@ -31,9 +31,9 @@ from objbutler.errors import (
     TransientStoreError,
 )
 from objbutler.stores import RetryPolicy, open_store
-from objbutler.stores.cache import CachePolicy, CachingStore
+from objbutler.stores.cache import CachingStore
 from objbutler.stores.s3 import S3Store
-from objbutler.testing.conformance import WRITE_ONCE_PREFIXES, StoreConformanceTests
+from objbutler.testing.conformance import StoreConformanceTests, write_once_cache
 from objbutler.testing.servers import ServerInfo
 
 
@@ -90,11 +90,10 @@ class TestS3StoreLocalStack(StoreConformanceTests):
 class TestCachingStoreS3LocalStack(StoreConformanceTests):
     """CachingStore around S3 on LocalStack, the suite's write-once keys served from disk."""
 
-
     @pytest.fixture
     def store(self, localstack_server: ServerInfo, localstack_bucket: str, tmp_path: Path) -> CachingStore:
         inner = _store_for(localstack_server, localstack_bucket, f"c/{uuid.uuid4().hex}")
-        return CachingStore(inner, tmp_path / "cache", policy=CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES))
+        return write_once_cache(inner, tmp_path / "cache")
 
 
 # -- a scripted S3 endpoint -----------------------------------------------------------------

@@ -27,9 +27,9 @@ from objbutler.errors import (
     TransientStoreError,
 )
 from objbutler.stores import CompareAndSwap, ConditionalWrite, RetryPolicy, Store, open_store
-from objbutler.stores.cache import CachePolicy, CachingStore
+from objbutler.stores.cache import CachingStore
 from objbutler.stores.swift import SwiftStore, _timestamp
-from objbutler.testing.conformance import WRITE_ONCE_PREFIXES, StoreConformanceTests, race
+from objbutler.testing.conformance import StoreConformanceTests, race, write_once_cache
 from objbutler.testing.faults import FastClockStore, FaultyStore
 from objbutler.testing.servers import ServerInfo
 from objbutler.testing.wrappers import CountingStore
@@ -75,11 +75,10 @@ class TestSwiftStore(StoreConformanceTests):
 class TestCachingStoreSwift(StoreConformanceTests):
     """CachingStore around Swift: the wrapper, like Swift, has no put_if_match."""
 
-
     @pytest.fixture
     def store(self, swift_server: ServerInfo, swift_container: str, tmp_path: Path) -> CachingStore:
-        inner = _store_for(swift_server, swift_container, f"c/{uuid.uuid4().hex}")
-        return CachingStore(inner, tmp_path / "cache", policy=CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES))
+        return write_once_cache(_store_for(swift_server, swift_container, f"c/{uuid.uuid4().hex}"),
+                                tmp_path / "cache")
 
 
 # -- what Swift does and does not promise ----------------------------------------------------

@@ -24,7 +24,6 @@ from objbutler.stores import (
     CompareAndSwap,
     ConditionalWrite,
     List,
-    ObjectMeta,
     ReadRanges,
     Store,
     StoreCapabilities,
@@ -113,39 +112,14 @@ def test_every_store_wrapper_subclasses_the_forwarding_base() -> None:
     assert [cls.__qualname__ for cls in wrappers if not issubclass(cls, StoreWrapper)] == []
 
 
-class NoCompareAndSwap:
-    """A minimal store without put_if_match, shaped like Swift (a real Swift is in test_store_swift.py)."""
-
-    def __init__(self) -> None:
-        self.memory = MemoryStore(uuid.uuid4().hex)
-
-    uri = "test://no-cas"
-    capabilities = StoreCapabilities(atomic_create=False, compare_and_swap=False, conditional_create_header=True,
-                                     server_timestamps=True)
-
-    def get(self, key: str) -> bytes:
-        return self.memory.get(key)
-
-    def get_ranges(self, key: str, ranges: Any) -> list[bytes]:
-        return self.memory.get_ranges(key, ranges)
-
-    def get_many(self, keys: Any) -> list[bytes]:
-        return self.memory.get_many(keys)
-
-    def head(self, key: str) -> ObjectMeta:
-        return self.memory.head(key)
-
-    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
-        return self.memory.list(prefix, start_after)
-
-    def put(self, key: str, data: bytes) -> ObjectMeta:
-        return self.memory.put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
-        return self.memory.put_if_absent(key, data)
-
-    def delete(self, key: str) -> None:
-        self.memory.delete(key)
+SWIFT_LIKE = StoreCapabilities(atomic_create=False, compare_and_swap=False, conditional_create_header=True,
+                               server_timestamps=True)
+NoCompareAndSwap: Callable[[], Store] = type("NoCompareAndSwap", (), {
+    **{name: value for name, value in vars(MemoryStore).items()
+       if name not in ("put_if_match", "__reduce__", "__dict__", "__weakref__")},
+    "capabilities": SWIFT_LIKE,
+})
+"""A memory store without put_if_match, shaped like Swift (a real Swift is in test_store_swift.py)."""
 
 
 ALL_WRAPPERS: dict[str, Callable[[Store], Store]] = {

@@ -41,8 +41,9 @@ from objbutler.stores import (
     Write,
     probe_conditional_writes,
 )
+from objbutler.stores.cache import CachePolicy, CachingStore
 
-__all__ = ["WRITE_ONCE_PREFIXES", "StoreConformanceTests", "race"]
+__all__ = ["WRITE_ONCE_PREFIXES", "StoreConformanceTests", "race", "write_once_cache"]
 
 RACERS = 16
 
@@ -50,6 +51,24 @@ RACERS = 16
 #: :class:`~objbutler.stores.cache.CachingStore` under test may call them immutable
 #: (``CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES)``) and serve them from disk.
 WRITE_ONCE_PREFIXES = ("obj/", "large/", "many/", "r", "big", "page/", "unicode/", "p")
+
+
+def write_once_cache(inner: Store, cache_dir: os.PathLike[str]) -> CachingStore:
+    """A CachingStore around ``inner`` for the suite: its write-once keys are served from disk.
+
+    Parameters
+    ----------
+    inner : Store
+        The store to cache.
+    cache_dir : path
+        A fresh cache directory.
+
+    Returns
+    -------
+    CachingStore
+        The store to run the suite on.
+    """
+    return CachingStore(inner, cache_dir, policy=CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES))
 
 
 def race(function: Callable[[int], Any], racers: int = RACERS) -> list[Any]:

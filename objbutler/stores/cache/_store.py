@@ -108,11 +108,6 @@ class CachingStore(StoreWrapper):
         """True when calls are answered from the cache alone (asked for, or the server is unreachable)."""
         return self._switch.offline
 
-    @property
-    def auto_offline(self) -> bool:
-        """Whether an unreachable server switches this store offline for a while."""
-        return self._switch.auto
-
     def _remote(self, call: Callable[[], Any]) -> Any:
         return self._switch.remote(call, self.inner.uri)
 
@@ -347,20 +342,9 @@ class CachingStore(StoreWrapper):
     # -- size bound ----------------------------------------------------------------
 
     def usage(self) -> int:
-        """Bytes the whole cache holds now (a walk of the directory)."""
+        """Bytes the whole cache holds now (:meth:`LruEviction.usage`)."""
         return self._lru.usage()
 
     def evict(self, target: int | None = None) -> int:
-        """Remove least recently used files until the cache holds at most ``target`` bytes.
-
-        Parameters
-        ----------
-        target : int, optional
-            Default: 90 % of ``max_bytes``.
-
-        Returns
-        -------
-        int
-            Bytes removed (0 when another process is evicting right now).
-        """
+        """Evict least recently used files down to ``target`` bytes, default 90 % (:meth:`LruEviction.evict`)."""
         return self._lru.evict(target)
