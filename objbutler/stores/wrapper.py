@@ -92,7 +92,7 @@ class StoreWrapper:
 
     Attributes other than the store members (a backend's ``endpoint_url``,
     ``root``, ...) are looked up on ``inner`` too. Pickling a wrapper pickles
-    ``inner`` and calls ``type(self)(inner)`` on the other side (state such as
+    ``inner`` and calls the wrapper class (as written) with it on the other side (state such as
     counters starts afresh); subclasses whose constructor needs more override
     ``__reduce__``.
 
