@@ -16,15 +16,27 @@ import enum
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import numpy as np
 
 from objbutler.config import CONFIG_KEY, RepositoryConfig, parse_config
-from objbutler.cutouts import Box, ClipMode, Cutout, as_boxes
+from objbutler.cutouts import (
+    Box,
+    ClipMode,
+    Cutout,
+    as_boxes,
+    boxes_at,
+    is_angular,
+    pixel_positions,
+    size_in_pixels,
+    sky_to_pixels,
+)
 from objbutler.errors import (
     AlreadyExistsError,
+    AmbiguousRunError,
     BucketNotFoundError,
     CommitOutcomeUnknownError,
     ConflictError,
@@ -612,8 +624,8 @@ class Butler:
         ------
         NotFoundError
             If there is none.
-        InvalidKeyError
-            If ``run`` is None and several runs hold it.
+        AmbiguousRunError
+            If ``run`` is None and several runs hold it (an InvalidKeyError).
         """
         clean_id = validate_data_id(data_id)
         state = self.registry.refresh()
@@ -634,7 +646,7 @@ class Butler:
             raise NotFoundError(f"no {dataset_type} with data ID {clean_id}{where} in {self.uri}")
         if len(matches) > 1:
             runs = sorted(r.run for r in matches)
-            raise InvalidKeyError(f"{dataset_type} {clean_id} exists in several runs {runs}: pass run=")
+            raise AmbiguousRunError(f"{dataset_type} {clean_id} exists in several runs {runs}: pass run=", runs)
         return matches[0]
 
     def _resolve(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None, run: str | None) -> DatasetRef:
@@ -711,30 +723,43 @@ class Butler:
     def get_cutouts(
         self,
         ref_or_type: DatasetRef | str,
-        boxes_or_coords: Any,
+        *args: Any,
         data_id: Mapping[str, Any] | None = None,
         run: str | None = None,
-        *,
+        boxes_or_positions: Any = UNSET,
+        size: Any = None,
         mode: ClipMode = "trim",
         fill_value: float = np.nan,
-        size: Any = None,
         cost: Any = None,
         hdu: int | str | None = None,
     ) -> list[Cutout]:
         """Cut many postage stamps out of one image with a few coalesced range reads.
 
+        Called as :meth:`get` is, with what to cut after the dataset:
+        ``get_cutouts(ref_or_type, data_id=None, run=None, boxes_or_positions, *, size=None, ...)``.
+        A ref needs no data ID or run, so ``get_cutouts(ref, boxes)`` reads as it always has: a
+        first argument after ``ref_or_type`` that is not a mapping (a data ID) is what to cut.
+
         Parameters
         ----------
         ref_or_type : DatasetRef or str
-            The image (a ref, or a dataset type name with ``data_id``/``run``).
-        boxes_or_coords : sequence of Box or (x0, y0, x1, y1), or SkyCoord
-            Pixel boxes (half-open, 0-based), or sky positions (then ``size``).
+            The image: a ref, or a dataset type name with ``data_id`` (and ``run`` when several
+            runs hold the data ID).
+        data_id : mapping, optional
+            With a dataset type name.
+        run : str, optional
+            With a dataset type name.
+        boxes_or_positions : Box, sequence of Box, (x, y) pixel positions, or SkyCoord
+            Pixel boxes (half-open, 0-based ``(x0, y0, x1, y1)``); or, with ``size``, stamp centres:
+            one ``(x, y)``, a list of them or an ``(N, 2)`` array (0-based pixels, integers at pixel
+            centres, as Cutout2D's ``position``), or a SkyCoord (one or many).
+        size : int, (ny, nx) or Quantity
+            Stamp size for positions: pixels, or an angle (converted with the image's WCS).
+            Boxes carry their own size: ``size`` with boxes raises InvalidCutoutError.
         mode : {"trim", "partial", "strict"}
             Clipping, as astropy's Cutout2D.
         fill_value : float
             For pixels outside the image in ``partial`` mode.
-        size : int, (ny, nx) or Quantity
-            Stamp size for sky positions.
         cost : objbutler.ranges.CostModel, optional
             Latency/bandwidth model for planning FITS reads.
         hdu : int, str or None
@@ -743,12 +768,33 @@ class Butler:
         Returns
         -------
         list of Cutout
-            In request order.
+            In request order; always a list, so one Box, one ``(x, y)`` or a scalar SkyCoord gives
+            a list of one (where Cutout2D would give the stamp itself). A stamp cut around a
+            position knows it (``input_position_original``, ``position_cutout``, ...: Cutout2D's).
+
+        Raises
+        ------
+        InvalidCutoutError
+            A request that cannot be cut as asked (``size`` with boxes, positions without ``size``,
+            a box the mode refuses, ...).
+        AmbiguousRunError
+            A dataset type and data ID held by several runs, and no ``run``.
+
+        Warns
+        -----
+        DeprecationWarning
+            For the old order, a data ID after the boxes: ``get_cutouts(type, boxes, data_id, run)``
+            still works; spell it ``get_cutouts(type, data_id, run, boxes)``.
         """
+        data_id, run, request = _cutout_arguments(ref_or_type, args, data_id, run, boxes_or_positions)
         ref = self._resolve(ref_or_type, data_id, run)
         hdu = _default_hdu(ref, hdu)
-        boxes, wcs = self._boxes_for(ref, boxes_or_coords, size, hdu)
-        return self.read_image_cutouts(ref, boxes, mode, fill_value, cost=cost, parent_wcs=wcs, hdu=hdu)
+        boxes, wcs, positions = self._boxes_for(ref, request, size, hdu)
+        stamps = self.read_image_cutouts(ref, boxes, mode, fill_value, cost=cost, parent_wcs=wcs, hdu=hdu)
+        if positions is not None:
+            for stamp, (x, y) in zip(stamps, positions.tolist(), strict=True):
+                stamp.input_position_original = (x, y)
+        return stamps
 
     def read_image_cutouts(self, ref: DatasetRef, boxes: Sequence[Box], mode: ClipMode = "trim",
                            fill_value: float = np.nan, *, cost: Any = None, parent_wcs: Any = None,
@@ -789,15 +835,16 @@ class Butler:
         mode: ClipMode = "trim",
         fill_value: float = np.nan,
         size: Any = None,
+        cost: Any = None,
         max_images_in_flight: int = 4,
     ) -> dict[DatasetRef, list[Cutout]]:
         """Cut stamps out of many images, running the per-image plans concurrently.
 
         Parameters
         ----------
-        requests : mapping of DatasetRef to boxes or SkyCoord
-            Per image, what :meth:`get_cutouts` takes.
-        mode, fill_value, size
+        requests : mapping of DatasetRef to boxes or positions
+            Per image, what :meth:`get_cutouts` takes as ``boxes_or_positions``.
+        mode, fill_value, size, cost
             As for :meth:`get_cutouts`.
         max_images_in_flight : int
             Images processed at once (each already reads its blocks concurrently).
@@ -811,41 +858,43 @@ class Butler:
 
         refs = list(requests)
         stamps = run_concurrently(
-            lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size),
+            lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size, cost=cost),
             refs,
             max_images_in_flight,
         )
         return dict(zip(refs, stamps, strict=True))
 
     def get_wcs(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
-                run: str | None = None) -> Any:
+                run: str | None = None, *, hdu: int | str | None = None) -> Any:
         """An image's WCS, read from its header alone (no pixels), or None if it has none.
 
-        Used to turn sky positions into the pixel boxes :meth:`get_cutouts` would cut
-        (:func:`objbutler.cutouts.boxes_from_skycoords`), e.g. when each position has its own size.
+        Arguments as for :meth:`get`. Used to turn sky positions into the pixel boxes
+        :meth:`get_cutouts` would cut (:func:`objbutler.cutouts.boxes_from_skycoords`), e.g. when
+        each position has its own size.
         """
         ref = self._resolve(ref_or_type, data_id, run)
         if FORMATS.get(ref.format) != "image":
             raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
-        return self._image_wcs(ref, _default_hdu(ref, None))
+        return self._image_wcs(ref, _default_hdu(ref, hdu))
 
-    def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any,
-                   hdu: int | str | None = None) -> tuple[list[Box], Any]:
-        """Pixel boxes, and the image's WCS when it had to be read to make them (sky positions)."""
+    def _boxes_for(self, ref: DatasetRef, request: Any, size: Any,
+                   hdu: int | str | None = None) -> tuple[list[Box], Any, np.ndarray | None]:
+        """Pixel boxes; the image's WCS when it had to be read to make them; the ``(N, 2)`` centres asked for."""
         from astropy.coordinates import SkyCoord
 
-        if not isinstance(boxes_or_coords, SkyCoord):
-            if size is not None:
-                raise InvalidCutoutError("size= goes with sky positions; pixel boxes carry their own size")
-            return as_boxes(boxes_or_coords), None
         if size is None:
-            raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
-        from objbutler.cutouts import boxes_from_skycoords
-
-        wcs = self._image_wcs(ref, hdu)
-        if wcs is None:
-            raise NotSupportedError(f"{ref.dataset_type} {ref.data_id} has no WCS: use pixel boxes")
-        return boxes_from_skycoords(boxes_or_coords, wcs, size), wcs
+            if isinstance(request, SkyCoord):
+                raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
+            return as_boxes(request), None, None
+        sky = isinstance(request, SkyCoord)
+        xy = None if sky else pixel_positions(request)  # refuses boxes before any read
+        wcs = self._image_wcs(ref, hdu) if sky or is_angular(size) else None
+        if wcs is None and (sky or is_angular(size)):
+            raise NotSupportedError(f"{ref.dataset_type} {ref.data_id} has no WCS: use pixel boxes or positions "
+                                    "with a size in pixels")
+        if xy is None:
+            xy = sky_to_pixels(request, wcs)
+        return boxes_at(xy, size_in_pixels(size, wcs)), wcs, xy
 
     def _image_wcs(self, ref: DatasetRef, hdu: int | str | None = None) -> Any:
         store, key = self.data_location(ref)
@@ -893,6 +942,58 @@ class Butler:
                 found = sibling_store(self.store, location)
                 self._location_stores[(location.scheme, location.container)] = found
             return found
+
+
+def _cutout_arguments(ref_or_type: DatasetRef | str, args: tuple[Any, ...], data_id: Mapping[str, Any] | None,
+                      run: str | None, request: Any) -> tuple[Mapping[str, Any] | None, str | None, Any]:
+    """``(data_id, run, boxes_or_positions)`` of a :meth:`Butler.get_cutouts` call, in whichever spelling it came.
+
+    New order (get's): ``(ref_or_type, data_id, run, boxes_or_positions)``; a first positional
+    argument that is not a mapping is what to cut (``get_cutouts(ref, boxes)``); data ID and
+    run positional after it is the old order, still served with a DeprecationWarning.
+    """
+    given = list(args)
+    if len(given) > 3:
+        raise TypeError(f"get_cutouts() takes ref_or_type and at most 3 more positional arguments "
+                        f"(data_id, run, boxes_or_positions), {len(given)} were given")
+
+    def take(name: str, current: Any, unset: Any, value: Any) -> Any:
+        if current is not unset:
+            raise TypeError(f"get_cutouts() got multiple values for {name}")
+        return value
+
+    if given and given[0] is not None and not isinstance(given[0], Mapping):
+        request = take("boxes_or_positions", request, UNSET, given.pop(0))
+        old_order = bool(given)
+        if given:
+            data_id = take("data_id", data_id, None, given.pop(0))
+        if given:
+            run = take("run", run, None, given.pop(0))
+        if old_order:
+            what = ref_or_type.dataset_type if isinstance(ref_or_type, DatasetRef) else ref_or_type
+            warnings.warn(
+                f"get_cutouts(ref_or_type, boxes, data_id, run) is deprecated: name the dataset first, as "
+                f"get() does: get_cutouts({what!r}, data_id, run, boxes) (or data_id=, run= and "
+                "boxes_or_positions= by keyword)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    else:
+        if given:
+            data_id = take("data_id", data_id, None, given.pop(0))
+        if given:
+            run = take("run", run, None, given.pop(0))
+        if given:
+            request = take("boxes_or_positions", request, UNSET, given.pop(0))
+    if data_id is not None and not isinstance(data_id, Mapping):
+        raise TypeError(f"data_id must be a mapping, got {type(data_id).__name__}")
+    if run is not None and not isinstance(run, str):
+        raise TypeError(f"run must be a str, got {type(run).__name__}: the order is get_cutouts(ref_or_type, "
+                        "data_id, run, boxes_or_positions)")
+    if request is UNSET or request is None:
+        raise InvalidCutoutError("get_cutouts() needs what to cut: get_cutouts(ref, boxes) or "
+                        "get_cutouts(dataset_type, data_id, run, boxes_or_positions, size=...)")
+    return data_id, run, request
 
 
 def direct_location(ref: DatasetRef) -> Location:

@@ -15,8 +15,10 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── FormatError (ValueError)                 stored bytes are not what they claim to be
     │   └── ConfigError                          a repository setting is invalid (names the field)
     ├── InvalidKeyError (ValueError)             an object key or data ID value is unsafe
-    │   └── InvalidURIError                      a store URI is malformed (``s3:/b``, ``s3://``, ...)
-    │       └── InvalidBucketNameError           a bucket or container name breaks the naming rules
+    │   ├── InvalidURIError                      a store URI is malformed (``s3:/b``, ``s3://``, ...)
+    │   │   └── InvalidBucketNameError           a bucket or container name breaks the naming rules
+    │   └── AmbiguousRunError                    a data ID names datasets in several runs and no run
+    │                                            was given (``.runs`` lists them; pass ``run=``)
     ├── InvalidCutoutError (ValueError)          a box or sky position cannot be cut as asked
     ├── NotSupportedError (NotImplementedError)  the backend lacks the primitive asked for
     ├── OfflineError                             offline mode and the object is not cached
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "AlreadyExistsError",
+    "AmbiguousRunError",
     "BucketNotFoundError",
     "CommitOutcomeUnknownError",
     "ConfigError",
@@ -152,6 +155,24 @@ class InvalidBucketNameError(InvalidURIError):
     an IP address; buckets made before 2018 may also have capitals and underscores (up to 255
     characters), so opening such a name is allowed, creating one is not. Swift: 1-256 bytes, no ``/``.
     """
+
+
+class AmbiguousRunError(InvalidKeyError):
+    """A dataset type and data ID were given without a run, and several runs hold that data ID.
+
+    A subclass of :class:`InvalidKeyError` (what was raised before), so code catching that keeps working.
+
+    Parameters
+    ----------
+    message : str
+        What happened.
+    runs : sequence of str
+        The runs that hold the data ID.
+    """
+
+    def __init__(self, message: str = "", runs: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.runs: tuple[str, ...] = tuple(runs)
 
 
 class InvalidCutoutError(ObjButlerError, ValueError):

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from objbutler.cli import main
+from objbutler.cli_errors import ExitCode
 
 pytest.importorskip("matplotlib")
 
@@ -66,3 +67,23 @@ def test_bench_verify_local_smoke(tmp_path: Path) -> None:
     assert {(r["format"], r["method"]) for r in rows} == {
         (fmt, method) for fmt in ("fits", "zarr") for method in ("get verify=False", "get verify=True", "sha256 only")}
     assert all(r["suite"] == "verify" and r["seconds"] > 0 for r in rows)
+
+
+def test_bench_finds_the_harness_through_its_entry_point() -> None:
+    """The installed objbutler-bench distribution (README's test command) registers benchmarks.run.main."""
+    import benchmarks.run
+    from objbutler.cli import bench_harness
+
+    assert bench_harness() is benchmarks.run.main
+
+
+def test_bench_without_the_harness_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As from a wheel: no distribution registers the harness, so one line says what to install."""
+    import objbutler.cli as cli
+
+    monkeypatch.setattr(cli, "BENCH_ENTRY_POINTS", "objbutler.bench-not-installed")
+    result = CliRunner().invoke(main, ["bench", "cutouts", "--target", "local", "--quick"])
+    assert result.exit_code == ExitCode.ERROR, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: objbutler bench needs the benchmark harness, which is not installed; "
+                     f"from a clone of objbutler: {cli.BENCH_INSTALL}"], lines

@@ -13,6 +13,7 @@ import mixed_repo
 import numpy as np
 import pytest
 from conftest import Backend
+from objbutler_servers import start_localstack
 from refusing_endpoint import RefusingEndpoint
 
 from objbutler import Box, Butler
@@ -23,7 +24,6 @@ from objbutler.stores import RetryPolicy, open_store
 from objbutler.stores.cache import CachePolicy, CachingStore, cache_settings, parse_size
 from objbutler.stores.memory import MemoryStore
 from objbutler.testing.faults import STORE_METHODS
-from objbutler.testing.servers import start_localstack
 from objbutler.testing.wrappers import CountingStore
 
 

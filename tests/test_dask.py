@@ -119,6 +119,7 @@ def _assert_same(got: Cutout | None, want: Cutout, index: int) -> None:
     assert got is not None, index
     assert got.index == index
     assert got.bbox == want.bbox, index
+    assert got.slices_original == want.slices_original, index  # Cutout2D's bookkeeping travels too
     assert got.data.dtype == want.data.dtype
     np.testing.assert_array_equal(got.data, want.data)
     assert got.wcs is not None and want.wcs is not None
@@ -201,6 +202,21 @@ def test_bad_box_fails_alone_and_outputs_go_to_a_repository(campaign: Campaign, 
     np.testing.assert_array_equal(out.get(stored["c"]).data, want.data)
     assert stored["c"].provenance is not None
     assert stored["c"].provenance["derived_from"][0]["id"] == ref.id
+
+
+@pytest.mark.servers
+def test_partial_stamps_keep_their_overlap_with_the_image(campaign: Campaign, client: Any) -> None:
+    """A stamp padded past the far edges knows which parent pixels it holds (Cutout2D's slices_original)."""
+    ref = campaign.refs[1]
+    ny, nx = campaign.butler.get(ref).data.shape
+    box = (nx - 4, ny - 3, nx + 6, ny + 7)
+    results = cutouts(campaign.uri, [{"ref": ref, "box": box}], client=client, store_options=campaign.options,
+                      mode="partial", fill_value=0.0)
+    want = campaign.butler.get_cutouts(ref, [Box(*box)], mode="partial", fill_value=0.0)[0]
+    got = results.stamps[0]
+    assert got is not None
+    assert got.slices_original == want.slices_original == (slice(ny - 3, ny), slice(nx - 4, nx))
+    np.testing.assert_array_equal(got.data, want.data)
 
 
 @pytest.mark.servers

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import remote_store_helpers as remote
+from objbutler_servers import ServerInfo
 from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer
 
 from objbutler.errors import (
@@ -34,7 +35,6 @@ from objbutler.stores import RetryPolicy, open_store
 from objbutler.stores.cache import CachingStore
 from objbutler.stores.s3 import S3Store
 from objbutler.testing.conformance import StoreConformanceTests, write_once_cache
-from objbutler.testing.servers import ServerInfo
 
 
 def _store_for(server: ServerInfo, bucket: str, prefix: str, **options: object) -> S3Store:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import remote_store_helpers as remote
+from objbutler_servers import ServerInfo
 from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer, Seen
 
 from objbutler.errors import (
@@ -31,7 +32,6 @@ from objbutler.stores.cache import CachingStore
 from objbutler.stores.swift import SwiftStore, _timestamp
 from objbutler.testing.conformance import StoreConformanceTests, race, write_once_cache
 from objbutler.testing.faults import FastClockStore, FaultyStore
-from objbutler.testing.servers import ServerInfo
 from objbutler.testing.wrappers import CountingStore
 
 

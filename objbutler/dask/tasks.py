@@ -234,12 +234,13 @@ def _same_wcs(a: WCS, b: WCS) -> bool:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Stamp:
-    """A stamp on its way back: pixels and bbox, and its WCS as the parent's header (or itself)."""
+    """A stamp on its way back: pixels and bbox, its WCS as the parent's header (or itself), and its overlap."""
 
     data: np.ndarray
     bbox: Box
     parent: WcsHeader | None
     wcs: WCS | None
+    slices_original: tuple[slice, slice] | None = None
 
 
 def _shippable(cut: list[tuple[Item, Cutout]], parent_wcs: Callable[[], Any]) -> dict[int, Any]:
@@ -248,17 +249,22 @@ def _shippable(cut: list[tuple[Item, Cutout]], parent_wcs: Callable[[], Any]) ->
     parent = parent_wcs()
     header = WcsHeader.exact(parent) if parent is not None else None
     return {
-        item.index: Stamp(stamp.data, stamp.bbox, header, stamp.wcs if header is None else None)
+        item.index: Stamp(stamp.data, stamp.bbox, header, stamp.wcs if header is None else None,
+                          stamp.slices_original)
         for item, stamp in cut
     }
 
 
 def unship(index: int, stamp: Stamp, parents: dict[WcsHeader, WCS]) -> Cutout:
     if stamp.parent is None:
-        return Cutout(stamp.data, stamp.bbox, stamp.wcs, index)
-    if stamp.parent not in parents:
-        parents[stamp.parent] = stamp.parent.rebuild()
-    return Cutout.from_parent(stamp.data, stamp.bbox, parents[stamp.parent], index)
+        cutout = Cutout(stamp.data, stamp.bbox, stamp.wcs, index)
+    else:
+        if stamp.parent not in parents:
+            parents[stamp.parent] = stamp.parent.rebuild()
+        cutout = Cutout.from_parent(stamp.data, stamp.bbox, parents[stamp.parent], index)
+    if stamp.slices_original is not None:
+        cutout.slices_original = stamp.slices_original
+    return cutout
 
 
 def _deliver(

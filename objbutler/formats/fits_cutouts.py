@@ -259,7 +259,7 @@ def _image_cutouts(
                 data[stamp_plan.destination] = raw if plain else scaling.decode(raw)
         else:
             data = new_stamp(stamp_plan, dtype, fill_value)
-        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index))
+        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index, read=stamp_plan.read))
     return stamps
 
 
@@ -303,7 +303,7 @@ def _compressed_cutouts(
         decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
     workers = _decode_threads() if table.algorithm in THREAD_SAFE_ALGORITHMS else 1
     run_concurrently(decode_and_paste, tiles[1:], workers)
-    return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
+    return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index, read=p.read) for p in plans]
 
 
 def _tile_table(reader: HeaderReader, info: HduInfo) -> TileTable:

@@ -976,6 +976,6 @@ def read_zarr_cutouts(
     else:
         wcs = ParentWCS(functools.partial(_stored_wcs, metadata))
     return [
-        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index)
+        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index, read=plan.read)
         for plan, stamp in zip(plans, stamps, strict=True)
     ]

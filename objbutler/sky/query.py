@@ -122,9 +122,9 @@ class _ImageJob:
 
 
 def _stamp_size(size: Any, wcs: WCS) -> tuple[int, int]:
-    from objbutler.cutouts import _size_in_pixels
+    from objbutler.cutouts import size_in_pixels
 
-    return _size_in_pixels(size, wcs)
+    return size_in_pixels(size, wcs)
 
 
 _CELESTIAL: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()

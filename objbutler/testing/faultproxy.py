@@ -75,7 +75,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
-__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "LogEntry", "Rule", "kinds_summary"]
+__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "LogEntry", "Rule", "access_key_of", "kinds_summary"]
 
 FaultKind = Literal["reset", "error", "lost_answer", "late_apply", "truncate", "flip", "stall", "ignore_range"]
 """The faults a :class:`Rule` can inject."""
@@ -258,6 +258,10 @@ class LogEntry:
         Bytes of the request body and of the response body relayed to the client.
     error : str or None
         What went wrong while handling it (upstream unreachable, client gone).
+    access_key : str or None
+        The access key ID an S3 request was signed with (``Credential=AKID/...`` of a SigV4
+        ``Authorization`` header or ``X-Amz-Credential`` query, ``AWS AKID:...`` of SigV2); None
+        for an unsigned request. Lets a test see whose credentials reached an endpoint.
     """
 
     time: float
@@ -272,6 +276,7 @@ class LogEntry:
     request_bytes: int = 0
     response_bytes: int = 0
     error: str | None = None
+    access_key: str | None = None
 
 
 class _Upstream(http.client.HTTPConnection):
@@ -349,7 +354,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         split = urllib.parse.urlsplit(self.path)
         path, query = urllib.parse.unquote(split.path), urllib.parse.unquote(split.query)
-        entry = LogEntry(time.monotonic(), self.command, path, query, request_bytes=len(body))
+        entry = LogEntry(time.monotonic(), self.command, path, query, request_bytes=len(body),
+                         access_key=access_key_of(self.headers.get("Authorization"), query))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
@@ -811,6 +817,29 @@ class FaultProxy:
         if host != "127.0.0.1" or self._upstream_netloc != f"{host}:{port}":
             value = value.replace(f"//{host}:{port}", f"//{own}")
         return value
+
+
+_SIGV4_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def access_key_of(authorization: str | None, query: str = "") -> str | None:
+    """The access key ID of an S3 request: from a SigV4 or SigV2 ``Authorization`` header, or a presigned query.
+
+    Examples
+    --------
+    >>> access_key_of("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/us-east-1/s3/aws4_request, "
+    ...               "SignedHeaders=host, Signature=0")
+    'AKIDEXAMPLE'
+    >>> access_key_of(None, "X-Amz-Credential=AKID2/20250101/us-east-1/s3/aws4_request&X-Amz-Signature=0")
+    'AKID2'
+    """
+    for text in (authorization or "", query):
+        found = _SIGV4_CREDENTIAL.search(text.replace("X-Amz-Credential=", "Credential="))
+        if found:
+            return found.group(1)
+    if authorization and authorization.startswith("AWS ") and ":" in authorization:
+        return authorization[4:].split(":", 1)[0]
+    return None
 
 
 def kinds_summary(counts: Iterable[dict[str, int]]) -> dict[str, int]:
