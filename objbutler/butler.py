@@ -69,6 +69,7 @@ from objbutler.provenance import (
     walk_downstream,
     walk_upstream,
 )
+from objbutler.registry.cache_policy import repository_cache_policy
 from objbutler.registry.commits import utc_now
 from objbutler.registry.records import (
     DatasetRef,
@@ -169,7 +170,7 @@ class Butler:
             cache_dir, offline, max_bytes = cache_settings(cache, offline)
             if cache_dir is not None:
                 self.store = CachingStore(self.store, cache_dir, max_bytes, offline is True,
-                                          auto_offline=offline == "auto")
+                                          auto_offline=offline == "auto", policy=repository_cache_policy(CONFIG_KEY))
         try:
             raw = self.store.get(CONFIG_KEY)
         except BucketNotFoundError:

@@ -39,7 +39,7 @@ from objbutler.formats.fits_headers import (
 )
 from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
-from objbutler.stores import Store, run_concurrently
+from objbutler.stores import ReadRanges, run_concurrently
 
 __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
 
@@ -132,7 +132,7 @@ def stamp_rows(
 
 
 def read_fits_cutouts(
-    store: Store,
+    store: ReadRanges,
     key: str,
     boxes: Sequence[Box],
     mode: ClipMode = "trim",
@@ -148,8 +148,8 @@ def read_fits_cutouts(
 
     Parameters
     ----------
-    store : Store
-        Where the object is.
+    store : ReadRanges
+        Where the object is: anything with range reads (a store, a wrapper, a read-only source).
     key : str
         The FITS object's key.
     boxes : sequence of Box
@@ -214,13 +214,13 @@ def read_fits_cutouts(
     return _image_cutouts(reader, info, plans, fill_value, cost, wcs)
 
 
-def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | None:
+def read_fits_wcs(store: ReadRanges, key: str, *, hdu: HduSelector = None) -> WCS | None:
     """The WCS of a FITS image in a store, from its header alone (a few small range reads).
 
     Parameters
     ----------
-    store : Store
-        Where the object is.
+    store : ReadRanges
+        Where the object is: anything with range reads (a store, a wrapper, a read-only source).
     key : str
         The FITS object's key.
     hdu : int, str or None

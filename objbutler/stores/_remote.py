@@ -301,8 +301,9 @@ class RemoteStore(abc.ABC):
     -----
     A subclass sets ``_scheme`` and ``_native_errors`` and implements the
     abstract methods; the writes whose promises differ per backend (``put``,
-    ``put_if_absent``, ``put_if_match``, ``delete``) are implemented there,
-    on top of :meth:`_put` and :meth:`_call`.
+    ``put_if_absent``, ``delete``, and ``put_if_match`` only where the
+    backend enforces ``If-Match``) are implemented there, on top of
+    :meth:`_put` and :meth:`_call`.
     """
 
     _scheme: ClassVar[str]
@@ -587,10 +588,6 @@ class RemoteStore(abc.ABC):
     @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
         """Create an object only if the key is free; else raise AlreadyExistsError."""
-
-    @abc.abstractmethod
-    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Replace an object only if its etag is still ``etag`` (or raise NotSupportedError)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -32,7 +32,6 @@ from objbutler.errors import (
     AlreadyExistsError,
     BucketNotFoundError,
     NotFoundError,
-    NotSupportedError,
     ObjButlerError,
     RangeNotSatisfiableError,
     StoreError,
@@ -433,19 +432,6 @@ class SwiftStore(RemoteStore):
             If the object existed when the server checked (412).
         """
         return self._put(key, data, "create", {"If-None-Match": "*"})
-
-    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Not available: Swift ignores ``If-Match`` on a PUT.
-
-        Raises
-        ------
-        NotSupportedError
-            Always; no request is sent.
-        """
-        raise NotSupportedError(
-            f"Swift has no compare-and-swap ({self.uri}): it ignores If-Match on PUT; "
-            "check capabilities.compare_and_swap before calling put_if_match"
-        )
 
     def delete(self, key: str) -> None:
         """Delete an object; a missing key is not an error."""
