@@ -799,20 +799,22 @@ class Butler:
         mode, fill_value, size
             As for :meth:`get_cutouts`.
         max_images_in_flight : int
-            Images processed at once (each already reads its blocks concurrently).
+            Images processed at once (each already reads its blocks concurrently); all of it
+            within the store's concurrency budget (its ``max_concurrency``).
 
         Returns
         -------
         dict of DatasetRef to list of Cutout
             Stamps per image, each list in request order.
         """
-        from objbutler.stores import run_concurrently
+        from objbutler.stores import budget_of, run_concurrently
 
         refs = list(requests)
         stamps = run_concurrently(
             lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size),
             refs,
             max_images_in_flight,
+            budget_of(self.store),
         )
         return dict(zip(refs, stamps, strict=True))
 

@@ -24,7 +24,13 @@ from objbutler.stores._base import (
     normalize_ranges,
     validate_key,
 )
-from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
+from objbutler.stores._concurrency import (
+    DEFAULT_MAX_CONCURRENCY,
+    ConcurrencyBudget,
+    budget_of,
+    default_budget,
+    run_concurrently,
+)
 from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
@@ -32,6 +38,7 @@ from objbutler.stores._retry import RetryPolicy
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "ByteRange",
+    "ConcurrencyBudget",
     "ConditionalWriteProbe",
     "ObjectMeta",
     "RangeLike",
@@ -39,6 +46,8 @@ __all__ = [
     "Store",
     "StoreCapabilities",
     "bucket_name_problem",
+    "budget_of",
+    "default_budget",
     "normalize_ranges",
     "open_store",
     "parse_store_uri",
