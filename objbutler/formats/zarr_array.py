@@ -826,7 +826,8 @@ def _read_shard_indexes(
         decoder = _decoder(index_document, {index_key: raw})
         return _decoded(lambda: decoder[...], f"the shard index of {_join(prefix, key)!r}")
 
-    return run_concurrently(read_index, list(sizes), DEFAULT_MAX_CONCURRENCY, budget_of(store))
+    budget = budget_of(store)
+    return run_concurrently(read_index, list(sizes), budget.limit, budget)
 
 
 def _fetch_inner_chunks(
@@ -860,8 +861,8 @@ def _fetch_inner_chunks(
 
     indexes = _read_shard_indexes(store, prefix, codec, per_shard, sizes)
     objects: dict[str, bytes] = {}
-    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), DEFAULT_MAX_CONCURRENCY,
-                                  budget_of(store)):
+    budget = budget_of(store)
+    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), budget.limit, budget):
         objects.update(found)
     inner_document = {
         **document,

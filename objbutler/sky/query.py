@@ -255,7 +255,8 @@ def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, 
 
     if not jobs:
         return
-    cost = CostModel.for_store(store)
+    fits_keys = [job.ref.key for job in jobs if job.ref.format == "fits" and not job.ref.is_direct]
+    cost = CostModel.for_store(store, fits_keys[0] if fits_keys else None)
     budget = budget_of(store)
     lanes = max_images_in_flight or int(getattr(store, "max_concurrency", 0) or DEFAULT_MAX_CONCURRENCY)
     lanes = max(1, min(lanes, len(jobs)))

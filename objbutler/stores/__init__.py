@@ -31,6 +31,12 @@ from objbutler.stores._concurrency import (
     default_budget,
     run_concurrently,
 )
+from objbutler.stores._endpoint import (
+    EndpointProfile,
+    clear_endpoint_profiles,
+    endpoint_profile,
+    measure_endpoint,
+)
 from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
@@ -40,14 +46,18 @@ __all__ = [
     "ByteRange",
     "ConcurrencyBudget",
     "ConditionalWriteProbe",
+    "EndpointProfile",
     "ObjectMeta",
     "RangeLike",
     "RetryPolicy",
     "Store",
     "StoreCapabilities",
     "bucket_name_problem",
+    "clear_endpoint_profiles",
     "budget_of",
     "default_budget",
+    "endpoint_profile",
+    "measure_endpoint",
     "normalize_ranges",
     "open_store",
     "parse_store_uri",
