@@ -59,6 +59,7 @@ import numpy as np
 from objbutler.stores import ByteRange, RangeLike, budget_of, endpoint_profile
 
 __all__ = [
+    "DEFAULT_BANDWIDTH",
     "DEFAULT_MAX_BLOCK",
     "ByteRange",
     "CostModel",

@@ -8,16 +8,17 @@ instead of a guess from its host name:
     The fastest of a few sequential ``HEAD`` requests (of the object about to
     be read, else of a probe key that need not exist: a 404 is a round trip too).
 ``service_time``
-    Wall time of ``width`` concurrent ``HEAD`` requests (``width`` the store's
-    concurrency budget) divided by ``width``: the endpoint's time per request
-    when it is kept busy. A server sharing this machine's CPUs answers four at
+    From the wall time of ``width`` concurrent ``HEAD`` requests (``width`` the
+    store's concurrency budget), taken as ``latency + (width - 1) * service_time``:
+    the endpoint's time per request when it is kept busy. A server sharing this machine's CPUs answers four at
     once four times slower (service time = latency: one lane is all it can use);
     a cloud endpoint answers them in about the time of one (service time =
     latency / width: every lane helps).
 ``bandwidth``
     Bytes per second of one stream, from one ranged read of up to 1 MiB of a
     real object (the first one read); None until an object of at least 64 KiB
-    has been read.
+    has been read in a time visibly longer than the latency (the planner then
+    assumes 100 MB/s).
 
 A profile is cached per endpoint (scheme and endpoint URL) for
 :data:`PROFILE_TTL` seconds in this process, and measured again when a store
@@ -48,6 +49,8 @@ PROFILE_TTL = 600.0
 _SEQUENTIAL = 3
 _BANDWIDTH_BYTES = 1 << 20
 _MIN_BANDWIDTH_BYTES = 64 << 10
+_VISIBLE = 0.25
+"""A transfer shorter than this fraction of the latency is not measured (round trips vary by more)."""
 _PROBE_KEY = f"{PROBE_PREFIX}latency"
 
 
@@ -134,22 +137,26 @@ def measure_endpoint(store: RemoteStore, sample_key: str | None = None, width: i
     latency = min(_timed(lambda: store.head(key)) for _ in range(_SEQUENTIAL))
     start = time.perf_counter()
     budget.map(lambda _: _timed(lambda: store.head(key)), range(width), width)
-    service_time = (time.perf_counter() - start) / width
+    wall = time.perf_counter() - start
+    # n requests at once take about latency + (n - 1) * service_time: the first pays the round trip,
+    # the others queue behind the endpoint's own work (a server on our CPUs: service_time = latency).
+    service_time = (wall - latency) / (width - 1) if width > 1 else latency
     bandwidth = _measure_bandwidth(store, sample_key, latency) if sample_key else None
     probes_run += 1
     return EndpointProfile(max(latency, 1e-6), max(service_time, 1e-6), width, bandwidth, time.monotonic())
 
 
 def _measure_bandwidth(store: RemoteStore, key: str, latency: float) -> float | None:
+    """Bytes/s of one read of up to 1 MiB; None when too small, or when its transfer hides in the latency's noise."""
     start = time.perf_counter()
     try:
         (data,) = store.get_ranges(key, [(0, _BANDWIDTH_BYTES)])
     except ObjButlerError:
         return None
-    elapsed = time.perf_counter() - start
-    if len(data) < _MIN_BANDWIDTH_BYTES:
-        return None
-    return len(data) / max(elapsed - latency, len(data) / 10e9)  # never above 10 GB/s: a cached answer
+    transfer = time.perf_counter() - start - latency
+    if len(data) < _MIN_BANDWIDTH_BYTES or transfer < _VISIBLE * latency:
+        return None  # e.g. 1 MiB at 100 MB/s behind 50 ms: 10 ms of transfer is not measurable
+    return len(data) / transfer
 
 
 def endpoint_profile(store: object, sample_key: str | None = None) -> EndpointProfile | None:
