@@ -38,7 +38,7 @@ from objbutler.group_commit import Outcome, PendingPut
 from objbutler.provenance import current_activity
 from objbutler.registry.records import DatasetRef, validate_data_id, validate_dataset_type_name, validate_run
 from objbutler.registry.state import unique_key
-from objbutler.stores import DEFAULT_MAX_CONCURRENCY, run_concurrently
+from objbutler.stores import DEFAULT_MAX_CONCURRENCY, budget_of, run_concurrently
 
 if TYPE_CHECKING:
     from objbutler.butler import Butler
@@ -174,7 +174,8 @@ def put_many(butler: Butler, items: Sequence[Any], run: str, *, format: str | No
     good = [(i, p) for i, p in enumerate(parsed) if isinstance(p, BatchItem)]
     refused = {good[j][0]: exc for j, exc in _duplicates([p for _, p in good], run).items()}
     todo = [(i, p) for i, p in good if i not in refused]
-    written_todo = run_concurrently(lambda entry: _write(butler, entry[1], run, activity), todo, workers)
+    written_todo = run_concurrently(lambda entry: _write(butler, entry[1], run, activity), todo, workers,
+                                    budget_of(butler.store))
     written: list[PendingPut | BaseException] = []
     done = dict(zip((index for index, _ in todo), written_todo, strict=True))
     for index, item in enumerate(parsed):

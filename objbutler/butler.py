@@ -11,6 +11,7 @@ from a stale view.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import enum
 import os
@@ -934,6 +935,8 @@ class Butler:
             from objbutler.formats.zarr_layout import layout_metadata
 
             known = None if ref.is_direct else layout_metadata(ref.layout, key, ref.size)
+            if wcs is None and known is not None:
+                wcs = _registry_wcs(ref)  # else zarr.json is read when a stamp's WCS is first asked for
             with _gone_in_place(ref):
                 return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size, known=known,
                                          parent_wcs=wcs)
@@ -958,20 +961,22 @@ class Butler:
         mode, fill_value, size, cost
             As for :meth:`get_cutouts`.
         max_images_in_flight : int
-            Images processed at once (each already reads its blocks concurrently).
+            Images processed at once (each already reads its blocks concurrently); all of it
+            within the store's concurrency budget (its ``max_concurrency``).
 
         Returns
         -------
         dict of DatasetRef to list of Cutout
             Stamps per image, each list in request order.
         """
-        from objbutler.stores import run_concurrently
+        from objbutler.stores import budget_of, run_concurrently
 
         refs = list(requests)
         stamps = run_concurrently(
             lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size, cost=cost),
             refs,
             max_images_in_flight,
+            budget_of(self.store),
         )
         return dict(zip(refs, stamps, strict=True))
 
@@ -979,14 +984,17 @@ class Butler:
                 run: str | None = None, *, hdu: int | str | None = None) -> Any:
         """An image's WCS, read from its header alone (no pixels), or None if it has none.
 
-        Arguments as for :meth:`get`. Used to turn sky positions into the pixel boxes
-        :meth:`get_cutouts` would cut (:func:`objbutler.cutouts.boxes_from_skycoords`), e.g. when
-        each position has its own size.
+        Arguments as for :meth:`get`. A Zarr image this repository wrote needs no read at all:
+        its WCS comes from the registry's sky record, made from the same header at put.
+
+        Used to turn sky positions into the pixel boxes :meth:`get_cutouts` would cut
+        (:func:`objbutler.cutouts.boxes_from_skycoords`), e.g. when each position has its own size.
         """
         ref = self._resolve(ref_or_type, data_id, run)
         if FORMATS.get(ref.format) != "image":
             raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
-        return self._image_wcs(ref, _default_hdu(ref, hdu))
+        wcs = self._image_wcs(ref, _default_hdu(ref, hdu))
+        return copy.deepcopy(wcs) if wcs is not None and ref.format == "zarr" else wcs  # the caller's own copy
 
     def _boxes_for(self, ref: DatasetRef, request: Any, size: Any,
                    hdu: int | str | None = None) -> tuple[list[Box], Any, np.ndarray | None]:
@@ -1016,7 +1024,7 @@ class Butler:
                 return read_fits_wcs(store, key, hdu=hdu)
             from objbutler.formats.zarr_array import read_zarr_wcs
 
-            return read_zarr_wcs(store, key)
+            return _registry_wcs(ref) or read_zarr_wcs(store, key)
 
     # -- data registered in place ------------------------------------------------
 
@@ -1131,6 +1139,19 @@ def _gone_in_place(ref: DatasetRef) -> Iterator[None]:
         raise NotFoundError(f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is registered in place at "
                             f"{ref.key}, which is gone: it was deleted outside objbutler ({exc}); "
                             "objbutler fsck lists such datasets") from exc
+
+
+def _registry_wcs(ref: DatasetRef) -> Any:
+    """A Zarr image's WCS from its registry sky record (no ``zarr.json`` read), or None to read it.
+
+    Only for data this repository wrote (the sky record was made from the same header at put); data
+    registered in place may have been replaced since. The WCS object is shared: callers only read it.
+    """
+    if ref.format != "zarr" or ref.is_direct or ref.sky is None or ref.layout is None:
+        return None
+    from objbutler.sky.footprint import sky_wcs
+
+    return sky_wcs(ref.sky)
 
 
 def _default_hdu(ref: DatasetRef, hdu: int | str | None) -> int | str | None:

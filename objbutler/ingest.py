@@ -92,7 +92,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.stores import Store, run_concurrently
+from objbutler.stores import Store, budget_of, run_concurrently
 from objbutler.stores.locations import (
     Location,
     base_store,
@@ -912,7 +912,7 @@ def ingest_objects(
         for start in range(0, len(candidates), batch_size):
             batch = candidates[start : start + batch_size]
             ready = []
-            for source, result in zip(batch, run_concurrently(work, batch, jobs), strict=True):
+            for source, result in zip(batch, run_concurrently(work, batch, jobs, budget_of(butler.store)), strict=True):
                 if isinstance(result, Exception):
                     failures.append((source.name, result))
                 else:

@@ -20,7 +20,7 @@ from objbutler.cutouts import Box, ClipMode, Cutout, boxes_from_skycoords
 from objbutler.dask.results import ErrorRecord, FilesOutput, Output, RepositoryOutput, error_record
 from objbutler.errors import InvalidCutoutError, NotSupportedError
 from objbutler.registry.records import DatasetRef
-from objbutler.stores import run_concurrently
+from objbutler.stores import budget_of, run_concurrently
 
 __all__ = [
     "IMAGES_IN_FLIGHT", "CutSpec", "ImageGroup", "IngestSpec", "Item", "Opener", "Stamp", "TaskResult", "WcsHeader",
@@ -82,7 +82,8 @@ def cut_task(opener: Opener, spec: CutSpec, groups: Sequence[ImageGroup]) -> Tas
     out_butler = Butler(out.uri, **out.store_options) if isinstance(out, RepositoryOutput) else None
     result = TaskResult({}, [])
     for values, errors in run_concurrently(
-        lambda group: _cut_group(butler, out_butler, spec, group), list(groups), IMAGES_IN_FLIGHT
+        lambda group: _cut_group(butler, out_butler, spec, group), list(groups), IMAGES_IN_FLIGHT,
+        budget_of(butler.store),
     ):
         result.values.update(values)
         result.errors.extend(errors)

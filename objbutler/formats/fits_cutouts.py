@@ -191,7 +191,7 @@ def read_fits_cutouts(
     InvalidCutoutError
         In strict mode, for a box not wholly inside the image.
     """
-    cost = cost or CostModel.for_store(store)
+    cost = cost or CostModel.for_store(store, key)
     reader = HeaderReader(store, key, cost)
     recorded = layout.get("hdu") if isinstance(layout, dict) else None
     hinted = layout_info(layout, object_size) if layout is not None and hdu in (None, recorded) else None
@@ -231,7 +231,7 @@ def read_fits_wcs(store: ReadRanges, key: str, *, hdu: HduSelector = None) -> WC
     astropy.wcs.WCS or None
         The image's WCS, or None if its header has none.
     """
-    info = locate(HeaderReader(store, key, CostModel.for_store(store)), hdu)
+    info = locate(HeaderReader(store, key, CostModel.for_store(store, key)), hdu)
     return _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header)
 
 

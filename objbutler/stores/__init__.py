@@ -29,7 +29,19 @@ from objbutler.stores._base import (
     normalize_ranges,
     validate_key,
 )
-from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
+from objbutler.stores._concurrency import (
+    DEFAULT_MAX_CONCURRENCY,
+    ConcurrencyBudget,
+    budget_of,
+    default_budget,
+    run_concurrently,
+)
+from objbutler.stores._endpoint import (
+    EndpointProfile,
+    clear_endpoint_profiles,
+    endpoint_profile,
+    measure_endpoint,
+)
 from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
@@ -39,8 +51,10 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "ByteRange",
     "CompareAndSwap",
+    "ConcurrencyBudget",
     "ConditionalWrite",
     "ConditionalWriteProbe",
+    "EndpointProfile",
     "List",
     "ObjectMeta",
     "RangeLike",
@@ -51,6 +65,11 @@ __all__ = [
     "StoreWrapper",
     "Write",
     "bucket_name_problem",
+    "clear_endpoint_profiles",
+    "budget_of",
+    "default_budget",
+    "endpoint_profile",
+    "measure_endpoint",
     "normalize_ranges",
     "open_store",
     "parse_store_uri",
