@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from conftest import Backend, s3_options
+from objbutler_servers import ServerInfo
 
 from objbutler import Box, Butler
 from objbutler.ranges import CostModel
 from objbutler.testing.faultproxy import FaultProxy
-from objbutler.testing.servers import ServerInfo
 
 BUDGET = 2
 CALLERS = 8

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from conftest import Backend, s3_options
+from objbutler_servers import ServerInfo
 
 from objbutler import Box, Butler
 from objbutler.ranges import DEFAULT_BANDWIDTH, CostModel, lanes_for, plan_reads
@@ -17,7 +18,6 @@ from objbutler.stores import _endpoint as endpoint_module
 from objbutler.stores import clear_endpoint_profiles, endpoint_profile
 from objbutler.stores.s3 import S3Store
 from objbutler.testing.faultproxy import FaultProxy
-from objbutler.testing.servers import ServerInfo
 
 # -- the pure model ------------------------------------------------------------------------
 
