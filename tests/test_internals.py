@@ -160,3 +160,27 @@ def test_the_tested_versions_use_the_internals() -> None:
     if os.environ.get("OBJBUTLER_PUBLIC_INTERNALS", "").strip() not in ("", "0"):
         pytest.skip("forced off by OBJBUTLER_PUBLIC_INTERNALS")
     assert _internals.describe() == dict.fromkeys(_internals.describe(), True)
+
+
+def test_no_other_module_touches_astropy_or_zarr_internals() -> None:
+    """Private astropy/zarr imports and attributes appear in objbutler/formats/_internals.py only."""
+    import ast
+    from pathlib import Path
+
+    known = {"_orig_bitpix", "_orig_bscale", "_orig_bzero", "_orig_blank", "_scale_internal", "_shard_index_size",
+             "_bintable", "_get_raw_data", "_header_to_settings", "_decompress_tile"}
+    package = Path(_internals.__file__).resolve().parents[1]
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.name == "_internals.py" and path.parent.name == "formats":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("astropy", "zarr"):
+                names = [*(node.module or "").split("."), *(alias.name for alias in node.names)]
+                if any(name.startswith("_") for name in names):
+                    offenders.append(f"{path.relative_to(package)}:{node.lineno} imports {node.module}")
+            elif isinstance(node, ast.Attribute) and node.attr in known:
+                offenders.append(f"{path.relative_to(package)}:{node.lineno} uses .{node.attr}")
+            elif isinstance(node, ast.Constant) and node.value in known:
+                offenders.append(f"{path.relative_to(package)}:{node.lineno} names {node.value!r}")
+    assert not offenders, "\n".join(offenders)

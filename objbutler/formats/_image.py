@@ -23,7 +23,7 @@ from astropy.nddata import NDData
 from astropy.wcs import WCS
 
 from objbutler.errors import FormatError
-from objbutler.formats import _internals
+from objbutler.formats._internals import int_dtype, original_scaling
 from objbutler.formats.wcs_cards import header_wcs, merged_header, superseded_keys
 
 __all__ = [
@@ -277,10 +277,10 @@ def _raw_scaling(hdu: Any, data: np.ndarray) -> RawScaling | None:
     """The integer storage of a scaled HDU (BSCALE/BZERO not the unsigned convention, or BLANK), else None.
 
     astropy keeps the scaling it read only in private attributes, read through
-    :func:`objbutler.formats._internals.original_scaling` (None when they are gone: the image stays float).
+    :func:`objbutler.formats.original_scaling` (None when they are gone: the image stays float).
     """
-    bitpix, bscale, bzero, blank = _internals.original_scaling(hdu)
-    dtype = _internals.int_dtype(bitpix)
+    bitpix, bscale, bzero, blank = original_scaling(hdu)
+    dtype = int_dtype(bitpix)
     if dtype is None or data.dtype.kind != "f":
         return None  # floats stored as floats, or integers astropy already gives as integers (uint via BZERO)
     if bscale == 1 and bzero == 0 and blank is None:

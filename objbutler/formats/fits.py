@@ -28,8 +28,8 @@ from astropy.io.fits.hdu.compressed import DITHER_SEED_CHECKSUM, SUBTRACTIVE_DIT
 from astropy.io.fits.verify import VerifyError
 
 from objbutler.errors import FormatError
-from objbutler.formats import _internals
 from objbutler.formats._image import NDDATA_CARD, UNCERTAINTY_CLASSES, Image, as_image
+from objbutler.formats._internals import rescale
 from objbutler.formats.fits_headers import HduSelector, PixelScaling, check_fits_bytes
 
 __all__ = ["COMPRESSION_TYPES", "KEEP", "decode_fits", "encode_fits"]
@@ -115,7 +115,7 @@ def _image_hdus(
         scaling = image.scaling
         # astropy's own rescaling (public ImageHDU.scale has no BLANK argument); raw was checked to round-trip
         # exactly. Without astropy's internals and with a BLANK, the HDU keeps the exact float values.
-        _internals.rescale(hdu, scaling.dtype, scaling.bscale, scaling.bzero, scaling.blank)
+        rescale(hdu, scaling.dtype, scaling.bscale, scaling.bzero, scaling.blank)
     return [fits.PrimaryHDU(), hdu] if primary and isinstance(hdu, fits.CompImageHDU) else [hdu]
 
 

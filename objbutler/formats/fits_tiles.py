@@ -34,7 +34,8 @@ from astropy.io import fits
 
 from objbutler.cutouts import Box
 from objbutler.errors import FormatError
-from objbutler.formats import _internals
+from objbutler.formats._internals import TileDecoder, tile_decoder
+from objbutler.formats._internals import image_header as _internal_image_header
 
 __all__ = ["THREAD_SAFE_ALGORITHMS", "TileGrid", "TileTable", "image_header"]
 
@@ -126,7 +127,7 @@ def _heap_element(header: fits.Header, name: str) -> np.dtype[Any]:
 
 def image_header(bintable_header: fits.Header) -> fits.Header:
     """The image header a compressed HDU stands for (ZBITPIX -> BITPIX, ...), as astropy derives it."""
-    return _internals.image_header(bintable_header)
+    return _internal_image_header(bintable_header)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,7 @@ class TileTable:
     heap_start: int
     grid: TileGrid = dataclasses.field(init=False)
     algorithm: str = dataclasses.field(init=False)
-    _decoder: _internals.TileDecoder = dataclasses.field(init=False, repr=False)
+    _decoder: TileDecoder = dataclasses.field(init=False, repr=False)
     _elements: dict[str, np.dtype[Any]] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,7 +167,7 @@ class TileTable:
         if header.get("ZNAXIS") != 2:
             raise FormatError(f"a {header.get('ZNAXIS')}-D compressed image; cutouts need a 2-D image")
         try:
-            decoder = _internals.tile_decoder(header, names)  # header cards read once here, not per tile
+            decoder = tile_decoder(header, names)  # header cards read once here, not per tile
         except (KeyError, ValueError) as exc:
             raise FormatError(f"unreadable compression settings: {exc}") from exc
         object.__setattr__(self, "grid", TileGrid.from_header(header))

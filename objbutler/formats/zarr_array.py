@@ -81,8 +81,8 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
 from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError, ObjButlerError
-from objbutler.formats import _internals
 from objbutler.formats._image import Image
+from objbutler.formats._internals import shard_index_size
 from objbutler.formats._limits import MAX_CHUNKS, check_bytes, check_count, nbytes
 from objbutler.formats.wcs_cards import header_wcs, superseded_keys
 from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Store, run_concurrently
@@ -697,7 +697,7 @@ def _check_shards(metadata: ArrayV3Metadata, prefix: str, objects: Mapping[str, 
     per_shard = tuple(s // c for s, c in zip(_grid_chunk_shape(metadata), codec.chunk_shape, strict=True))
     where = _join(prefix, ZARR_JSON)
     check_count(math.prod(per_shard), MAX_CHUNKS, f"a shard of {where}")
-    index_size = _internals.shard_index_size(codec, per_shard)
+    index_size = shard_index_size(codec, per_shard)
     for data in (objects[key] for key in keys if key in objects):
         if len(data) < index_size:
             raise FormatError(f"a shard of {where} has {len(data):,} bytes, less than the {index_size:,} "
@@ -807,7 +807,7 @@ def _read_shard_indexes(
     store: Store, prefix: str, codec: ShardingCodec, per_shard: tuple[int, ...], sizes: Mapping[str, int]
 ) -> list[np.ndarray]:
     """Read each shard's index with one range request (concurrently); ``(*per_shard, 2)`` offsets and lengths."""
-    index_size = _internals.shard_index_size(codec, per_shard)
+    index_size = shard_index_size(codec, per_shard)
     for key, size in sizes.items():
         if size < index_size:
             raise FormatError(f"shard {_join(prefix, key)} has {size:,} bytes, less than the {index_size:,} of the "
