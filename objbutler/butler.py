@@ -23,6 +23,7 @@ import numpy as np
 
 from objbutler.config import CONFIG_KEY, RepositoryConfig, parse_config
 from objbutler.cutouts import Box, ClipMode, Cutout, as_boxes
+from objbutler.defaults import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, DEFAULT_TIMESTAMP_RESOLUTION
 from objbutler.errors import (
     AlreadyExistsError,
     BucketNotFoundError,
@@ -66,7 +67,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.registry.registry import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, Registry
+from objbutler.registry.registry import Registry
 from objbutler.registry.state import check_condition_kind
 from objbutler.stores import (
     Store,
@@ -246,7 +247,8 @@ class Butler:
         exists = _has_config(store)
         if not exists:
             protocol = _choose_protocol(store, allow_no_atomic_create)
-            resolution = probe_timestamp_resolution(store) if protocol == "timestamped" else 0.0
+            timestamped = protocol == "timestamped"
+            resolution = probe_timestamp_resolution(store) if timestamped else DEFAULT_TIMESTAMP_RESOLUTION
             config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now())
             body = config.to_json()
             try:
