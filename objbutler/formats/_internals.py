@@ -33,10 +33,11 @@ function reads the flags when called.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from math import prod
 from typing import Any
 
@@ -168,8 +169,12 @@ TileBytes = Callable[[str], np.ndarray]
 """``fetch(column)``: one tile's items in a heap column (an empty array when the tile has none there)."""
 
 
+TileSlices = Callable[[int], tuple[slice, slice]]
+"""``slices(tile)``: where a tile lies in the image (clipped at the edges)."""
+
+
 class TileDecoder:
-    """Decodes single tiles of one compressed image; made by :func:`tile_decoder`.
+    """Decodes tiles of one compressed image; made by :func:`tile_decoder`.
 
     Parameters
     ----------
@@ -180,36 +185,39 @@ class TileDecoder:
     """
 
     public: bool = False
-    """Whether this decoder uses only public astropy APIs."""
+    """Whether this decoder uses only public astropy APIs (then it decodes on one thread)."""
 
     def __init__(self, header: fits.Header, names: tuple[str, ...]) -> None:
         self.header = header
         self.names = names
         self.algorithm = str(header["ZCMPTYPE"]).strip()
         self.zbitpix = int(header["ZBITPIX"])
+        self.dtype = np.dtype(_ZBITPIX_DTYPES[self.zbitpix])
         self.blank = header.get("ZBLANK", header.get("BLANK"))
         self.quantized = "ZSCALE" in names
         self.blank_column = "ZBLANK" in names
-        self.dtype = np.dtype(_ZBITPIX_DTYPES[self.zbitpix])
 
-    def decode(self, tile: int, row: np.ndarray, fetch: TileBytes, shape: tuple[int, int]) -> np.ndarray:
-        """The stored pixels of one tile (before BSCALE/BZERO), as astropy's decompression gives them.
+    def batch(
+        self, rows: np.ndarray, tiles: Sequence[int], fetch_for: Callable[[int], TileBytes], slices: TileSlices
+    ) -> contextlib.AbstractContextManager[Callable[[int], np.ndarray]]:
+        """A decoder of ``tiles`` (each once), open for the ``with`` block.
 
         Parameters
         ----------
-        tile : int
-            Table row of the tile (its dither row).
-        row : numpy.ndarray
-            The tile's table row (a structured array of length 1).
-        fetch : callable
-            ``fetch(column)`` returns the tile's heap items of that column.
-        shape : tuple of int
-            The tile's (clipped) shape.
+        rows : numpy.ndarray
+            The whole tile table.
+        tiles : sequence of int
+            The tiles that will be decoded.
+        fetch_for : callable
+            ``fetch_for(tile)(column)`` returns the tile's heap items of that column.
+        slices : callable
+            ``slices(tile)``: the tile's place in the image.
 
         Returns
         -------
-        numpy.ndarray
-            Integers for integer images (nulls hold ZBLANK/BLANK), floats for float images (nulls are NaN).
+        context manager
+            Yields ``decode(tile)``: the stored pixels of one tile (before BSCALE/BZERO) as astropy's
+            decompression gives them (integers with ZBLANK/BLANK for nulls; floats with NaN).
         """
         raise NotImplementedError
 
@@ -223,7 +231,18 @@ class _PrivateTileDecoder(TileDecoder):
         self.dither_method = _DITHER_METHODS[header.get("ZQUANTIZ", "NO_DITHER")]
         self.dither_seed = header.get("ZDITHER0", 0)
 
-    def decode(self, tile: int, row: np.ndarray, fetch: TileBytes, shape: tuple[int, int]) -> np.ndarray:
+    @contextlib.contextmanager
+    def batch(
+        self, rows: np.ndarray, tiles: Sequence[int], fetch_for: Callable[[int], TileBytes], slices: TileSlices
+    ) -> Iterator[Callable[[int], np.ndarray]]:
+        def decode(tile: int) -> np.ndarray:
+            rows_, cols = slices(tile)
+            shape = (rows_.stop - rows_.start, cols.stop - cols.start)
+            return self._decode(tile, rows[tile : tile + 1], fetch_for(tile), shape)
+
+        yield decode
+
+    def _decode(self, tile: int, row: np.ndarray, fetch: TileBytes, shape: tuple[int, int]) -> np.ndarray:
         algorithm = self.algorithm
         cdata = fetch("COMPRESSED_DATA")
         if not cdata.size:
@@ -265,42 +284,45 @@ _HEAP_COLUMNS = ("COMPRESSED_DATA", "GZIP_COMPRESSED_DATA", "UNCOMPRESSED_DATA")
 
 
 class _PublicTileDecoder(TileDecoder):
-    """Public APIs only: a one-tile compressed HDU around the tile's bytes, read with ``CompImageHDU.section``.
+    """Public APIs only: the fetched tiles in one compressed HDU of their own, read with ``CompImageHDU.section``.
 
-    The one-tile HDU keeps every compression card of the image; its size and
-    tile size are the tile's shape, its one table row is the tile's row with the
-    heap descriptors pointing into a new heap, and ``ZDITHER0`` is moved on by
-    the tile's row number so the dequantizer draws the same dither sequence.
+    The HDU keeps the image's header and its whole tile table (so every tile keeps
+    its row, hence its dither sequence); the heap holds only the fetched tiles, the
+    other rows point at nothing and are never read. It is opened once per batch,
+    and each tile is one ``section`` read of exactly that tile.
     """
 
     public = True
 
     def __init__(self, header: fits.Header, names: tuple[str, ...]) -> None:
         super().__init__(header, names)
-        self.dithered = str(header.get("ZQUANTIZ", "NO_DITHER")).strip() != "NO_DITHER"
-        self.dither_seed = int(header.get("ZDITHER0", 0))
         template = header.copy()
         for keyword in _TABLE_ONLY_CARDS:
             template.remove(keyword, ignore_missing=True)
-        template["NAXIS2"] = 1
         self.template = template
 
-    def decode(self, tile: int, row: np.ndarray, fetch: TileBytes, shape: tuple[int, int]) -> np.ndarray:
-        header = self.template.copy()
-        header["ZNAXIS1"], header["ZNAXIS2"] = shape[1], shape[0]
-        header["ZTILE1"], header["ZTILE2"] = shape[1], shape[0]
-        if self.dithered:
-            header["ZDITHER0"] = tile + self.dither_seed
-        one = row.copy()
+    @contextlib.contextmanager
+    def batch(
+        self, rows: np.ndarray, tiles: Sequence[int], fetch_for: Callable[[int], TileBytes], slices: TileSlices
+    ) -> Iterator[Callable[[int], np.ndarray]]:
+        table = np.zeros_like(rows)  # every descriptor (0, 0): no bytes
         heap = bytearray()
-        for name in (n for n in _HEAP_COLUMNS if n in self.names):
-            items = fetch(name)
-            one[name][0] = (items.size, len(heap))
-            heap += items.tobytes()
+        columns = [name for name in _HEAP_COLUMNS if name in self.names]
+        fixed = [name for name in rows.dtype.names or () if name not in columns]
+        for tile in tiles:
+            fetch = fetch_for(tile)
+            for name in fixed:
+                table[name][tile] = rows[name][tile]
+            for name in columns:
+                items = fetch(name)
+                table[name][tile] = (items.size, len(heap))
+                heap += items.tobytes()
+        header = self.template.copy()
         header["PCOUNT"] = len(heap)
-        data = one.tobytes() + bytes(heap)
+        data = table.tobytes() + bytes(heap)
         with fits.open(io.BytesIO(_fits_bytes(header, data)), do_not_scale_image_data=True) as hdus:
-            return np.asarray(hdus[1].section[:, :])
+            section = hdus[1].section
+            yield lambda tile: np.asarray(section[slices(tile)])
 
 
 def tile_decoder(header: fits.Header, names: tuple[str, ...]) -> TileDecoder:

@@ -24,9 +24,10 @@ astropy's public decompression in the tests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -218,38 +219,67 @@ class TileTable:
         itemsize = (dtype := self._elements[name]).itemsize
         return self.heap_start + offset, self.heap_start + offset + count * itemsize, dtype
 
-    def decode(self, tile: int, read_heap: Any) -> np.ndarray:
-        """The stored pixels of one tile (before BSCALE/BZERO), as astropy's decompression gives them.
+    @property
+    def parallel(self) -> bool:
+        """Whether tiles may be decoded on several threads (the codec allows it, and astropy's internals are used)."""
+        return self.algorithm in THREAD_SAFE_ALGORITHMS and not self._decoder.public
+
+    @contextlib.contextmanager
+    def decoding(self, tiles: Sequence[int], read_heap: Any) -> Iterator[Callable[[int], np.ndarray]]:
+        """A decoder of ``tiles`` for the ``with`` block: ``decode(tile)`` gives one tile's stored pixels.
 
         Parameters
         ----------
-        tile : int
-            Table row of the tile.
+        tiles : sequence of int
+            Table rows of the tiles that will be decoded.
         read_heap : callable
             ``read_heap(start, stop)`` returns the object's bytes ``[start, stop)``
-            (a range :meth:`heap_ranges` listed).
+            (a range :meth:`heap_ranges` listed for those tiles).
 
-        Returns
-        -------
-        numpy.ndarray
-            ``grid.box(tile).shape`` pixels: integers for integer images (nulls
-            hold ZBLANK/BLANK), floats for float images (nulls are NaN).
+        Yields
+        ------
+        callable
+            ``decode(tile)``: ``grid.box(tile).shape`` pixels before BSCALE/BZERO, as astropy's
+            decompression gives them: integers for integer images (nulls hold ZBLANK/BLANK), floats
+            for float images (nulls are NaN).
 
         Raises
         ------
         FormatError
-            If the tile's bytes do not decode (a corrupt or truncated heap).
+            If a tile's bytes do not decode (a corrupt or truncated heap).
         """
+
+        def fetch_for(tile: int) -> Callable[[str], np.ndarray]:
+            def fetch(name: str) -> np.ndarray:
+                start, stop, dtype = self.heap_span(tile, name)
+                return np.frombuffer(read_heap(start, stop), dtype) if stop > start else np.empty(0, dtype)
+
+            return fetch
+
+        def slices(tile: int) -> tuple[slice, slice]:
+            return self.grid.box(tile).slices()
+
         try:
-            return self._decode(tile, read_heap)
+            with self._decoder.batch(self.rows, tiles, fetch_for, slices) as decode:
+
+                def checked(tile: int) -> np.ndarray:
+                    try:
+                        return decode(tile)
+                    except FormatError:
+                        raise
+                    except Exception as exc:  # the codecs raise CfitsioException, zlib.error, ValueError, ...
+                        raise FormatError(f"tile {tile} ({self.algorithm}) does not decode: {exc}") from exc
+
+                yield checked
         except FormatError:
             raise
-        except Exception as exc:  # the codecs raise CfitsioException, zlib.error, ValueError, ...
-            raise FormatError(f"tile {tile} ({self.algorithm}) does not decode: {exc}") from exc
+        except Exception as exc:  # the public path parses the fetched tiles when the batch opens
+            raise FormatError(f"tiles {list(tiles)[:5]} ({self.algorithm}) do not decode: {exc}") from exc
 
-    def _decode(self, tile: int, read_heap: Any) -> np.ndarray:
-        def fetch(name: str) -> np.ndarray:
-            start, stop, dtype = self.heap_span(tile, name)
-            return np.frombuffer(read_heap(start, stop), dtype) if stop > start else np.empty(0, dtype)
+    def decode(self, tile: int, read_heap: Any) -> np.ndarray:
+        """The stored pixels of one tile (before BSCALE/BZERO), as astropy's decompression gives them.
 
-        return self._decoder.decode(tile, self.rows[tile : tile + 1], fetch, self.grid.box(tile).shape)
+        A batch of one (:meth:`decoding`); see there.
+        """
+        with self.decoding([tile], read_heap) as decode:
+            return decode(tile)
