@@ -35,6 +35,7 @@ from objbutler.cutouts import (
     size_in_pixels,
     sky_to_pixels,
 )
+from objbutler.defaults import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, DEFAULT_TIMESTAMP_RESOLUTION
 from objbutler.errors import (
     AlreadyExistsError,
     AmbiguousRunError,
@@ -81,7 +82,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.registry.registry import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, Registry
+from objbutler.registry.registry import Registry
 from objbutler.registry.state import check_condition_kind
 from objbutler.stores import (
     Store,
@@ -271,7 +272,8 @@ class Butler:
         exists = _has_config(store)
         if not exists:
             protocol = _choose_protocol(store, allow_no_atomic_create)
-            resolution = probe_timestamp_resolution(store) if protocol == "timestamped" else 0.0
+            timestamped = protocol == "timestamped"
+            resolution = probe_timestamp_resolution(store) if timestamped else DEFAULT_TIMESTAMP_RESOLUTION
             config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now())
             body = config.to_json()
             try:

@@ -54,7 +54,7 @@ from objbutler.errors import (
     ObjButlerError,
 )
 from objbutler.formats.dispatch import delete_dataset
-from objbutler.formats.zarr_array import write_zarr_objects
+from objbutler.formats.zarr_write import write_zarr_objects
 from objbutler.integrity import content_checksum
 from objbutler.registry.records import DatasetRef, data_id_slug
 from objbutler.stores import budget_of, run_concurrently

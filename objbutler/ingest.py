@@ -73,12 +73,8 @@ from objbutler.formats.fits_headers import (
     hdu_layout,
     locate,
 )
-from objbutler.formats.zarr_array import (
-    ZARR_JSON,
-    write_zarr_objects,
-    zarr_checksum,
-    zarr_checksum_of_digests,
-)
+from objbutler.formats.zarr_header import ZARR_JSON
+from objbutler.formats.zarr_write import write_zarr_objects, zarr_checksum, zarr_checksum_of_digests
 from objbutler.integrity import etag_digest, object_digests, relative_listing, stream_sha256
 from objbutler.provenance import current_activity, provenance_record
 from objbutler.ranges import CostModel

@@ -37,7 +37,7 @@ from objbutler.formats.fits_headers import (
     layout_info,
     locate,
 )
-from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
+from objbutler.formats.fits_tiles import TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
 from objbutler.stores import ReadRanges, run_concurrently
 
@@ -290,19 +290,20 @@ def _compressed_cutouts(
     def read_heap(start: int, stop: int) -> memoryview | bytes:
         return extract(plan, fetched, (start, stop))
 
-    def decode_and_paste(tile: int) -> None:
-        pixels = table.decode(tile, read_heap)
-        if not scaling.is_plain:
-            pixels = scaling.decode(pixels)
-        frame = table.grid.box(tile)
-        for stamp_plan in users[tile]:
-            part = stamp_plan.read.intersection(frame)
-            stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, frame)]
+    with table.decoding(tiles, read_heap) as decode:
 
-    if tiles:
-        decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
-    workers = _decode_threads() if table.algorithm in THREAD_SAFE_ALGORITHMS else 1
-    run_concurrently(decode_and_paste, tiles[1:], workers)
+        def decode_and_paste(tile: int) -> None:
+            pixels = decode(tile)
+            if not scaling.is_plain:
+                pixels = scaling.decode(pixels)
+            frame = table.grid.box(tile)
+            for stamp_plan in users[tile]:
+                part = stamp_plan.read.intersection(frame)
+                stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, frame)]
+
+        if tiles:
+            decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
+        run_concurrently(decode_and_paste, tiles[1:], _decode_threads() if table.parallel else 1)
     return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index, read=p.read) for p in plans]
 
 

@@ -64,7 +64,8 @@ def read_sky_record(store: Store, ref: DatasetRef) -> dict[str, Any] | None:
         return sky_record_from_header(header, tuple(info.image_shape), relax=True)
     if ref.format == "zarr":
         from objbutler.formats.wcs_cards import header_wcs
-        from objbutler.formats.zarr_array import _WCS_RELAX, _load_image, header_from_json
+        from objbutler.formats.zarr_array import _load_image
+        from objbutler.formats.zarr_header import _WCS_RELAX, header_from_json
 
         _, _, metadata = _load_image(store, ref.key)
         cards = metadata.attributes.get("wcs")
