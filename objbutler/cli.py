@@ -179,6 +179,8 @@ _ENV_TEXT = {
              "OBJBUTLER_BENCH_DIR, OBJBUTLER_SERVERS_DIR, OBJBUTLER_SERVERS_PYTHON (where the baselines and "
              "test servers are installed)",
     "debug": "OBJBUTLER_DEBUG=1: print the traceback of an error as well",
+    "internals": "OBJBUTLER_PUBLIC_INTERNALS=1: decode tiled FITS and Zarr shards through public astropy/zarr "
+                 "APIs only (slower; for checking the fallback)",
 }
 _STORE_ENV = ("s3", "swift", "cache")
 _COMMAND_ENV: dict[str, tuple[str, ...]] = {
@@ -213,7 +215,7 @@ def command_epilog(name: str) -> str:
 
 def _main_epilog() -> str:
     codes = [f"  {int(code):>3}  {text}" for code, text in EXIT_CODES.items()]
-    env = [f"  {_ENV_TEXT[key]}" for key in (*_STORE_ENV, "image", "cutout", "debug")]
+    env = [f"  {_ENV_TEXT[key]}" for key in (*_STORE_ENV, "image", "cutout", "internals", "debug")]
     return "\n\n".join([
         _block("Every error is one 'error: ...' line on stderr. Exit codes:", codes, hang=7),
         _block("Environment (each command's --help lists the variables it reads):", env),
