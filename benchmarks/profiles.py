@@ -33,7 +33,9 @@ CLOUD_BANDWIDTH = 100e6
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """How far the server is.
+    """How far the server is: a round trip added to every request and a cap on each connection.
+
+    A profile that adds neither is the target as it is (``loopback``).
 
     Parameters
     ----------
