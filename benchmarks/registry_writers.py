@@ -118,6 +118,21 @@ def _puts(butler: Any, writer: int, puts: int, run: str, barriers: tuple[Any, An
     return result
 
 
+def _release(barriers: tuple[Any, Any], on_ready: Callable[[], object]) -> None:
+    """Wait until every writer is ready, call ``on_ready``, release them together.
+
+    A writer that died before the barrier breaks it: the others then report
+    nothing and count as missing, instead of the whole suite stopping.
+    """
+    try:
+        barriers[0].wait()
+        on_ready()
+        barriers[1].wait()
+    except threading.BrokenBarrierError:
+        for barrier in barriers:
+            barrier.abort()
+
+
 def _process_writer(uri: str, options: dict[str, Any], writer: int, puts: int, run: str,
                     barriers: tuple[Any, Any], queue: Any) -> None:
     from objbutler import Butler
@@ -139,9 +154,7 @@ def _run_processes(uri: str, options: dict[str, Any], writers: int, puts: int, r
     results: list[WriterResult] = []
     deadline = time.monotonic() + timeout
     try:
-        barriers[0].wait()
-        on_ready()
-        barriers[1].wait()
+        _release(barriers, on_ready)
         while len(results) < writers and time.monotonic() < deadline:
             try:
                 _, fields = queue.get(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
@@ -175,9 +188,7 @@ def _run_threads(uri: str, options: dict[str, Any], writers: int, puts: int, run
                for w in range(writers)]
     for thread in threads:
         thread.start()
-    barriers[0].wait()
-    on_ready()
-    barriers[1].wait()
+    _release(barriers, on_ready)
     cpu_start = time.process_time()
     deadline = time.monotonic() + timeout
     for thread in threads:
