@@ -355,7 +355,7 @@ def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str
         with _accounting(where) as used:
             started = time.perf_counter()
             try:
-                refs = list(butler.put_many(items, run="many"))  # type: ignore[attr-defined]
+                refs = list(butler.put_many(items, run="many"))
             except Exception as exc:  # reported in the row
                 failure = f"{type(exc).__name__}: {exc}"[:300]
             seconds = time.perf_counter() - started

@@ -157,7 +157,7 @@ def open_target(name: str, log: Any = print) -> Iterator[Target]:
     ------
     Target
     """
-    from objbutler.testing import servers
+    import objbutler_servers as servers
 
     if name == "swift":
         log("starting swift on 127.0.0.1 ...")

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from benchmarks.proxy import ProxyProcess
 from objbutler.cli import main
+from objbutler.cli_errors import ExitCode
 from objbutler.testing.faultproxy import Pacer
 
 pytest.importorskip("matplotlib")
@@ -206,3 +207,23 @@ def test_proxy_caps_bandwidth_per_connection(slow_upstream: str) -> None:
     assert down >= 0.3 + size / cap and up >= size / cap  # lower bounds: the cap cannot be beaten
     assert [(e["kind"], e["request_bytes"], e["response_bytes"]) for e in log] == [("get", 0, size), ("put", size, 0)]
     assert all(e["seconds"] >= size / cap for e in log)
+
+
+def test_bench_finds_the_harness_through_its_entry_point() -> None:
+    """The installed objbutler-bench distribution (README's test command) registers benchmarks.run.main."""
+    import benchmarks.run
+    from objbutler.cli import bench_harness
+
+    assert bench_harness() is benchmarks.run.main
+
+
+def test_bench_without_the_harness_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As from a wheel: no distribution registers the harness, so one line says what to install."""
+    import objbutler.cli as cli
+
+    monkeypatch.setattr(cli, "BENCH_ENTRY_POINTS", "objbutler.bench-not-installed")
+    result = CliRunner().invoke(main, ["bench", "cutouts", "--target", "local", "--quick"])
+    assert result.exit_code == ExitCode.ERROR, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: objbutler bench needs the benchmark harness, which is not installed; "
+                     f"from a clone of objbutler: {cli.BENCH_INSTALL}"], lines

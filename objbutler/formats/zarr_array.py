@@ -84,7 +84,7 @@ from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError,
 from objbutler.formats._image import Image
 from objbutler.formats._limits import MAX_CHUNKS, check_bytes, check_count, nbytes
 from objbutler.formats.wcs_cards import header_wcs, superseded_keys
-from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Store, run_concurrently
+from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Store, budget_of, run_concurrently
 
 if TYPE_CHECKING:
     from objbutler.formats.zarr_layout import ZarrLayout
@@ -373,7 +373,7 @@ def write_zarr_objects(
     objects : mapping of str to bytes
         Relative key -> bytes (must hold ``zarr.json``).
     max_workers : int
-        Upper bound on concurrent puts.
+        Upper bound on concurrent puts of this call, within the store's concurrency budget.
 
     Returns
     -------
@@ -385,7 +385,8 @@ def write_zarr_objects(
     chunk_keys = [key for key in objects if key != ZARR_JSON]
     written = [_join(prefix, key) for key in [*chunk_keys, ZARR_JSON]]
     try:
-        run_concurrently(lambda key: store.put(_join(prefix, key), objects[key]), chunk_keys, max_workers)
+        run_concurrently(lambda key: store.put(_join(prefix, key), objects[key]), chunk_keys, max_workers,
+                         budget_of(store))
         store.put(written[-1], objects[ZARR_JSON])
     except Exception:
         for key in written:
@@ -825,7 +826,8 @@ def _read_shard_indexes(
         decoder = _decoder(index_document, {index_key: raw})
         return _decoded(lambda: decoder[...], f"the shard index of {_join(prefix, key)!r}")
 
-    return run_concurrently(read_index, list(sizes), DEFAULT_MAX_CONCURRENCY)
+    budget = budget_of(store)
+    return run_concurrently(read_index, list(sizes), budget.limit, budget)
 
 
 def _fetch_inner_chunks(
@@ -859,7 +861,8 @@ def _fetch_inner_chunks(
 
     indexes = _read_shard_indexes(store, prefix, codec, per_shard, sizes)
     objects: dict[str, bytes] = {}
-    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), DEFAULT_MAX_CONCURRENCY):
+    budget = budget_of(store)
+    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), budget.limit, budget):
         objects.update(found)
     inner_document = {
         **document,
@@ -976,6 +979,6 @@ def read_zarr_cutouts(
     else:
         wcs = ParentWCS(functools.partial(_stored_wcs, metadata))
     return [
-        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index)
+        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index, read=plan.read)
         for plan, stamp in zip(plans, stamps, strict=True)
     ]

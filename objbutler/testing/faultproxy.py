@@ -85,7 +85,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
-__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "LogEntry", "Pacer", "Rule", "kinds_summary", "request_kind"]
+__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "LogEntry", "Pacer", "Rule", "access_key_of", "kinds_summary",
+           "request_kind"]
 
 FaultKind = Literal["reset", "error", "lost_answer", "late_apply", "truncate", "flip", "stall", "ignore_range"]
 """The faults a :class:`Rule` can inject."""
@@ -274,6 +275,10 @@ class LogEntry:
         What the request is (:func:`request_kind`).
     seconds : float
         From reading the request to booking it (latency and pacing included).
+    access_key : str or None
+        The access key ID an S3 request was signed with (``Credential=AKID/...`` of a SigV4
+        ``Authorization`` header or ``X-Amz-Credential`` query, ``AWS AKID:...`` of SigV2); None
+        for an unsigned request. Lets a test see whose credentials reached an endpoint.
     """
 
     time: float
@@ -290,6 +295,7 @@ class LogEntry:
     error: str | None = None
     kind: str = ""
     seconds: float = 0.0
+    access_key: str | None = None
 
 
 def request_kind(method: str, query: str, headers: Any) -> str:
@@ -460,7 +466,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         split = urllib.parse.urlsplit(self.path)
         path, query = urllib.parse.unquote(split.path), urllib.parse.unquote(split.query)
         entry = LogEntry(time.monotonic(), self.command, path, query, request_bytes=len(body),
-                         kind=request_kind(self.command, query, self.headers))
+                         kind=request_kind(self.command, query, self.headers),
+                         access_key=access_key_of(self.headers.get("Authorization"), query))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
@@ -988,6 +995,29 @@ class FaultProxy:
         if host != "127.0.0.1" or self._upstream_netloc != f"{host}:{port}":
             value = value.replace(f"//{host}:{port}", f"//{own}")
         return value
+
+
+_SIGV4_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def access_key_of(authorization: str | None, query: str = "") -> str | None:
+    """The access key ID of an S3 request: from a SigV4 or SigV2 ``Authorization`` header, or a presigned query.
+
+    Examples
+    --------
+    >>> access_key_of("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/us-east-1/s3/aws4_request, "
+    ...               "SignedHeaders=host, Signature=0")
+    'AKIDEXAMPLE'
+    >>> access_key_of(None, "X-Amz-Credential=AKID2/20250101/us-east-1/s3/aws4_request&X-Amz-Signature=0")
+    'AKID2'
+    """
+    for text in (authorization or "", query):
+        found = _SIGV4_CREDENTIAL.search(text.replace("X-Amz-Credential=", "Credential="))
+        if found:
+            return found.group(1)
+    if authorization and authorization.startswith("AWS ") and ":" in authorization:
+        return authorization[4:].split(":", 1)[0]
+    return None
 
 
 def kinds_summary(counts: Iterable[dict[str, int]]) -> dict[str, int]:
