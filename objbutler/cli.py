@@ -945,12 +945,23 @@ def serve(uri: str, host: str, port: int, token_file: Path | None) -> None:
               help="Write README.md and PNG plots into this directory.")
 @click.option("--image-size", type=click.IntRange(64), default=None, help="Side of the cutouts image [default: 4096].")
 @click.option("--smoke", is_flag=True, hidden=True, help="Tiny registry suite (for the unit test).")
+@click.option("--profile", "profiles", default="loopback", show_default=True, metavar="NAME[,NAME...]",
+              help="Network profiles, side by side: loopback (the server as it is), cloud-20ms (20 ms per "
+                   "request, 100 MB/s per connection), cloud-<N>ms.")
+@click.option("--writers", default=None, metavar="N[,N...]",
+              help="Writer counts of the registry suite [default: 1,4,16,64; --quick: 1,4].")
 def bench(suite: str, target: str, quick: bool, json_path: Path | None, report_dir: Path | None,
-          image_size: int | None, smoke: bool) -> None:
+          image_size: int | None, smoke: bool, profiles: str, writers: str | None) -> None:
     """Benchmark objbutler against what users do today (needs the harness: a clone's benchmarks/)."""
+    try:
+        counts = tuple(int(part) for part in writers.split(",") if part.strip()) if writers else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--writers") from None
+    if counts is not None and (not counts or min(counts) < 1):
+        raise click.BadParameter("writer counts must be >= 1", param_hint="--writers")
     run_benchmarks = bench_harness()
     sys.exit(run_benchmarks(suite, target, quick=quick, json_path=json_path, report_dir=report_dir,
-                            image_size=image_size, smoke=smoke))
+                            image_size=image_size, smoke=smoke, profiles=profiles, writers=counts))
 
 
 BENCH_ENTRY_POINTS = "objbutler.bench"
