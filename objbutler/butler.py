@@ -164,7 +164,6 @@ class Butler:
         self._store_options = store_options
         self._given_store = store
         self._cache_options = (cache, offline)
-        self._activities: list[Activity] = []  # open ``activity()`` blocks, innermost last
         self._location_stores: dict[tuple[str, str], Store] = {}  # stores of buckets holding direct datasets
         self._location_lock = threading.Lock()
         self.store: Store = store if store is not None else open_store(uri, **store_options)

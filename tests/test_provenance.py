@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from objbutler.provenance import (
     ACTIVITY_PREFIX,
     MAX_HEADER_INPUTS,
     LineageGraph,
+    current_activity,
     provenance_cards,
     software_versions,
 )
@@ -120,8 +122,22 @@ def test_activity_block_ends_even_when_the_body_fails(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), a.activity("crashes") as act:
         a.put({"x": 1}, "m", {"i": 1}, run="r")
         raise RuntimeError("boom")
-    assert act.ended is not None and a._activities == []
+    assert act.ended is not None and current_activity(a) is None
     assert json.loads(a.store.get(f"{ACTIVITY_PREFIX}{act.id}.json"))["ended"] == act.ended
+
+
+def test_an_activity_block_stamps_only_its_own_threads_puts(tmp_path: Path) -> None:
+    """A Butler shared by threads: a block open in one thread never stamps another thread's put."""
+    a = Butler.create(str(tmp_path / "a"))
+    other: list[DatasetRef] = []
+    with a.activity("mine") as act:
+        worker = threading.Thread(target=lambda: other.append(a.put({"x": 2}, "m", {"i": 2}, run="r")))
+        worker.start()
+        worker.join()
+        mine = a.put({"x": 1}, "m", {"i": 1}, run="r")
+    assert mine.provenance["activity"]["id"] == act.id  # type: ignore[index]
+    assert not (other[0].provenance or {}).get("activity")
+    assert act.outputs == [mine.id]
 
 
 def test_derived_from_must_be_a_subset_and_nothing_is_written(tmp_path: Path) -> None:

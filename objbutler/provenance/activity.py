@@ -10,6 +10,7 @@ that lineage walks read for the end time.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import platform
@@ -126,19 +127,29 @@ class Activity:
         )
 
 
+_OPEN: contextvars.ContextVar[tuple[tuple[Butler, Activity], ...]] = contextvars.ContextVar(
+    "objbutler_open_activities", default=()
+)
+"""Open ``activity()`` blocks of this thread / task, outermost first, each with its Butler.
+
+A context variable rather than a list on the Butler: a Butler shared by threads
+gives each thread its own blocks (a block opened in one thread never stamps
+another thread's puts), and provenance needs nothing private from the Butler.
+"""
+
+
 @contextlib.contextmanager
 def activity_scope(butler: Butler, activity: Activity) -> Iterator[Activity]:
-    """Stamp ``activity`` on every put made through ``butler`` until the block closes.
+    """Stamp ``activity`` on every put made through ``butler`` in this thread until the block closes.
 
     On exit the activity is finished and, if it produced datasets, its
     completion record is written to ``provenance/activities/<id>.json``.
     """
-    stack: list[Activity] = butler._activities
-    stack.append(activity)
+    token = _OPEN.set((*_OPEN.get(), (butler, activity)))
     try:
         yield activity
     finally:
-        stack.remove(activity)
+        _OPEN.reset(token)
         activity.finish()
         if activity.outputs:
             try:
@@ -149,6 +160,8 @@ def activity_scope(butler: Butler, activity: Activity) -> Iterator[Activity]:
 
 
 def current_activity(butler: Butler) -> Activity | None:
-    """The innermost open ``butler.activity`` block's activity, if any."""
-    stack: list[Activity] = butler._activities
-    return stack[-1] if stack else None
+    """The innermost ``butler.activity`` block open in this thread, if any."""
+    for owner, activity in reversed(_OPEN.get()):
+        if owner is butler:
+            return activity
+    return None
