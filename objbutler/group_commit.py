@@ -224,13 +224,7 @@ class CommitCombiner:
         if size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {size}")
         request = _Request(list(puts), size)
-        with self._lock:
-            self._queue.append(request)
-            lead = not self._busy
-            self._busy = True
-            if not lead:
-                self.waits += 1
-        if not lead:
+        if not self._enqueue(request):
             request.done.wait()
             if request.outcomes is not None:
                 return request.outcomes
@@ -238,6 +232,16 @@ class CommitCombiner:
         while request.outcomes is None:
             self._lead()
         return request.outcomes
+
+    def _enqueue(self, request: _Request) -> bool:
+        """Queue ``request``; True if this thread leads now (nobody was committing), False if it must wait."""
+        with self._lock:
+            self._queue.append(request)
+            lead = not self._busy
+            self._busy = True
+            if not lead:
+                self.waits += 1
+        return lead
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -248,13 +252,7 @@ class CommitCombiner:
         registry's view. Waits its turn in the queue like a round.
         """
         request = _Request([], 1, exclusive=True)
-        with self._lock:
-            self._queue.append(request)
-            lead = not self._busy
-            self._busy = True
-            if not lead:
-                self.waits += 1
-        if not lead:
+        if not self._enqueue(request):
             request.done.wait()  # woken at the head of the queue: its turn
         with self._lock:
             self._queue.remove(request)
