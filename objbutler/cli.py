@@ -326,7 +326,11 @@ def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: st
 @click.option("--allow-no-atomic-create", is_flag=True, help="Accept a store that ignores conditional writes.")
 @click.option("--create-bucket", "--create-container", "create_bucket", is_flag=True,
               help="Create the S3 bucket (or Swift container) if it does not exist.")
-def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool) -> None:
+@click.option("--commit-protocol", type=click.Choice(["claimed", "sequenced", "timestamped"]), default=None,
+              help="Commit protocol (default: the best the store supports: claimed with an atomic create, "
+                   "timestamped without).")
+def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool,
+           commit_protocol: str | None) -> None:
     """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).
 
     The bucket or container must exist, unless --create-bucket is given (or its alias for Swift,
@@ -336,7 +340,7 @@ def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_b
 
     _refuse_file_as_repository(uri)
     butler = Butler.create(uri, default_format=default_format, allow_no_atomic_create=allow_no_atomic_create,
-                           **_bucket_options(uri, create_bucket))
+                           commit_protocol=commit_protocol, **_bucket_options(uri, create_bucket))
     click.echo(f"created {uri} (commit protocol: {butler.config['commit_protocol']})")
 
 
