@@ -606,7 +606,14 @@ def fsck(uri: str, verify_checksums: bool) -> None:
         click.echo(f"DANGLING {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run} {ref.key}: {reason}")
     for orphan in report.orphans:
         click.echo(f"orphan {orphan.key} ({orphan.size} bytes, modified {orphan.last_modified})")
-    click.echo(f"{report.checked} entries checked, {len(report.dangling)} dangling, {len(report.orphans)} orphan(s)")
+    for claim in report.claims:
+        click.echo(f"unfinished claim {claim.key} (modified {claim.last_modified}): its put crashed or is in flight; "
+                   "vacuum removes it after the grace period")
+    for ref in report.shadowed:
+        click.echo(f"shadowed {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run} dataset {ref.id}: "
+                   "an earlier commit holds this data ID")
+    click.echo(f"{report.checked} entries checked, {len(report.dangling)} dangling, {len(report.orphans)} orphan(s)"
+               + (f", {len(report.claims)} unfinished claim(s)" if report.claims else ""))
     if not report.ok:
         click.echo(f"error: {len(report.dangling)} registry entr{'y' if len(report.dangling) == 1 else 'ies'} of "
                    f"{uri} point at missing or corrupt data (listed above)", err=True)
@@ -618,7 +625,7 @@ def fsck(uri: str, verify_checksums: bool) -> None:
 @click.option("--older-than", default="1h", show_default=True, help="Grace period, e.g. 30m, 1h, 2d.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
-    """Remove orphaned data objects older than the grace period (never a committed dataset)."""
+    """Remove orphaned data objects and unfinished claims older than the grace period (never a committed dataset)."""
     from objbutler.butler import Butler
     from objbutler.maintenance import parse_age
     from objbutler.maintenance import vacuum as run_vacuum

@@ -52,7 +52,7 @@ __all__ = ["HOP_AFTER", "MAX_PLACE_SECONDS", "ShardedWriter"]
 
 log = logging.getLogger(__name__)
 
-HOP_AFTER = 2
+HOP_AFTER = 1
 """Foreign slots in a row after which a writer moves to another shard."""
 MAX_PLACE_SECONDS = 600.0
 """Last resort: a commit that found no free slot for this long (while always skipping ahead) gives up."""
@@ -200,13 +200,13 @@ class ShardedWriter:
             shard = self.shard
             sequence = self.known[shard] + 1
             key = self.log.key(shard, sequence)
-            other = decide_create(self.store, key, body, _same_commit(key, commit_id))
+            other = decide_create(self.store, key, body, _same_commit(key, commit_id), read_foreign=False)
             self.known[shard] = max(self.known[shard], sequence)
             if other is None:
                 return shard, sequence
             foreign += 1
             skipped += 1
-            if foreign >= HOP_AFTER and self.log.shards > 1:
+            if foreign >= HOP_AFTER and self.log.shards > 1:  # another writer is active here: move
                 self.shard = random.choice([k for k in range(self.log.shards) if k != shard])
                 tail = self.log.list_shard_after(self.shard, self.known[self.shard])
                 if tail:

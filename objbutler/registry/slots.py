@@ -28,8 +28,12 @@ CREATE_ATTEMPTS = 6
 
 
 def decide_create(store: Store, key: str, body: bytes, is_ours: Callable[[bytes], bool],
-                  attempts: int = CREATE_ATTEMPTS) -> bytes | None:
+                  attempts: int = CREATE_ATTEMPTS, read_foreign: bool = True) -> bytes | None:
     """Create ``key`` holding ``body``; None if the object is ours, else the bytes another writer put there.
+
+    With ``read_foreign=False``, an object found existing while no attempt of
+    ours is pending is another writer's without reading it: ``b""`` is returned
+    (a log slot: the commit that holds it does not matter to this writer).
 
     ``is_ours(held)`` tells whether bytes read back are this writer's (raising
     FormatError when they are garbled: a garbled read decides nothing and is
@@ -52,7 +56,8 @@ def decide_create(store: Store, key: str, body: bytes, is_ours: Callable[[bytes]
             store.put_if_absent(key, body)
             return None
         except AlreadyExistsError:
-            pass
+            if not read_foreign and not pending:
+                return b""  # no attempt of ours can be in it: another writer's, no need to look
         except TransientStoreError as exc:
             last, pending = exc, True  # it may have landed, or may still land
         except StoreError as exc:
