@@ -192,7 +192,7 @@ def test_a_put_killed_at_every_step_leaves_a_sound_registry(atomic_backend: Back
     assert report.ok, report.dangling
     for ref in reader.query():
         assert reader.get(ref)["v"] in (0, "crashed")  # every committed dataset reads back
-    visible = [r for r in reader.query(dataset_type) if r.data_id == {"visit": 1}]
+    visible = [r for r in reader.query() if r.dataset_type == dataset_type and r.data_id == {"visit": 1}]
     unique = unique_key(dataset_type, "r", {"visit": 1})
     if step == "after_log_entry":
         # The commit point had passed: the put succeeded, its data must never be deleted.
