@@ -257,7 +257,7 @@ def test_a_sequenced_repository_keeps_working(atomic_backend: Backend) -> None:
     Butler.create(uri, commit_protocol="sequenced", checkpoint_interval=3, **atomic_backend.options)
     writer = Butler(uri, **atomic_backend.options)
     assert writer.config.commit_protocol == "sequenced" and writer.registry.shards is None
-    refs = [writer.put({"v": v}, "metric", {"visit": v}, run="r") for v in range(7)]
+    refs = [writer.put({"v": v}, "metric", {"visit": v, "detector": 0}, run="r") for v in range(7)]
     keys = sorted(m.key for m in writer.store.list("manifest/"))
     assert [k for k in keys if k.startswith("manifest/log/")] == [
         f"manifest/log/{n:020d}.json" for n in range(1, 8)]  # the legacy layout, untouched
@@ -265,9 +265,9 @@ def test_a_sequenced_repository_keeps_working(atomic_backend: Backend) -> None:
     reader = Butler(uri, **atomic_backend.options)
     assert [r.id for r in reader.query("metric")] == [r.id for r in refs]
     with pytest.raises(ConflictError, match="already exists"):
-        reader.put({"v": 1}, "metric", {"visit": 1}, run="r")
+        reader.put({"v": 1}, "metric", {"visit": 1, "detector": 0}, run="r")
     results = run_writers(uri, atomic_backend.options, "r", [range(100, 104), range(104, 108)])
-    assert [r["errors"] for r in results] == [[], []]
+    assert [r["errors"] for r in results] == [[], []] and [r["conflicts"] for r in results] == [0, 0]
     assert len(Butler(uri, **atomic_backend.options).query("metric")) == 15
     report = fsck(Butler(uri, **atomic_backend.options))
     assert report.ok and report.orphans == [] and report.claims == []

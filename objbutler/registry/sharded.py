@@ -89,7 +89,26 @@ class ShardedWriter:
 
         ``known_types``/``known_dimensions`` are what the reader's view already
         holds: a commit that uses them exists, so they were registered first.
+        Types go first: a type that disagrees is refused before any data ID
+        key is registered. A registration whose write stays undecided is a StoreError: nothing is
+        committed by it (a late copy only registers what this put would have).
         """
+        try:
+            self._register(types, dimensions, known_types, known_dimensions)
+        except CommitOutcomeUnknownError as exc:
+            raise StoreError(f"a registration of this put could not be decided ({exc}); nothing was committed") \
+                from exc
+
+    def _register(self, types: Sequence[DatasetType], dimensions: dict[str, str],
+                  known_types: dict[str, DatasetType], known_dimensions: dict[str, str]) -> None:
+        for dataset_type in types:
+            registered = self.types.get(dataset_type.name) or known_types.get(dataset_type.name)
+            if registered is None:
+                key = type_key(dataset_type.name)
+                other = decide_create(self.store, key, encode_type(dataset_type), _same_type(key, dataset_type))
+                registered = dataset_type if other is None else decode_type(other, key)
+            self.types[dataset_type.name] = registered
+            registered.check_compatible(dataset_type)
         for name, kind in dimensions.items():
             held = self.dimensions.get(name) or known_dimensions.get(name)
             if held is None:
@@ -101,14 +120,6 @@ class ShardedWriter:
                 raise ConflictError(
                     f"data ID key {name!r} holds {held} values in this repository; this put gives a {kind}"
                 )
-        for dataset_type in types:
-            registered = self.types.get(dataset_type.name) or known_types.get(dataset_type.name)
-            if registered is None:
-                key = type_key(dataset_type.name)
-                other = decide_create(self.store, key, encode_type(dataset_type), _same_type(key, dataset_type))
-                registered = dataset_type if other is None else decode_type(other, key)
-            self.types[dataset_type.name] = registered
-            registered.check_compatible(dataset_type)
 
     # -- 2. claims ------------------------------------------------------------------
 
