@@ -281,3 +281,17 @@ def test_commit_protocol_can_be_chosen_and_is_checked(tmp_path: Any) -> None:
         Butler.create(str(tmp_path / "bad"), commit_protocol="fastest")
     assert not os.path.exists(tmp_path / "bad" / "objbutler.json")
     assert Butler.create(str(tmp_path / "seq"), commit_protocol="sequenced").config.log_shards == 0
+
+
+def test_cli_create_chooses_the_commit_protocol(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from objbutler.cli import main
+
+    for protocol in ("claimed", "sequenced"):
+        repo = str(tmp_path / protocol)
+        result = CliRunner().invoke(main, ["create", repo, "--commit-protocol", protocol], catch_exceptions=False)
+        assert result.exit_code == 0 and f"commit protocol: {protocol}" in result.output
+        assert Butler(repo).config.commit_protocol == protocol
+    result = CliRunner().invoke(main, ["create", str(tmp_path / "default")], catch_exceptions=False)
+    assert "commit protocol: claimed" in result.output
