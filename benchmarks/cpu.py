@@ -56,7 +56,8 @@ class CpuMeter:
     def __init__(self, others: Mapping[str, Iterable[int]]) -> None:
         self.others = {name: tuple(pids) for name, pids in others.items()}
 
-    def _snapshot(self) -> dict[str, float]:
+    def snapshot(self) -> dict[str, float]:
+        """CPU seconds used so far by this process (``client``) and each party, and ``wall`` (perf_counter)."""
         own = os.times()
         out = {"client": own.user + own.system, "wall": time.perf_counter()}
         out.update({name: _process_seconds(pids) for name, pids in self.others.items()})
@@ -66,9 +67,9 @@ class CpuMeter:
     def measure(self) -> Iterator[dict[str, float]]:
         """Yield a dict filled on exit with each party's CPU seconds (and ``wall``) spent in the block."""
         used: dict[str, float] = {}
-        before = self._snapshot()
+        before = self.snapshot()
         try:
             yield used
         finally:
-            after = self._snapshot()
+            after = self.snapshot()
             used.update({name: after[name] - before[name] for name in before})

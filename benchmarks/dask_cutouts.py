@@ -34,7 +34,7 @@ def _s3(endpoint: str | None) -> Iterator[dict[str, Any]]:
     if endpoint is not None:
         yield _s3_options(endpoint)
         return
-    from objbutler.testing.servers import start_localstack
+    from objbutler_servers import start_localstack
 
     with start_localstack() as server:
         yield _s3_options(server.info.env["AWS_ENDPOINT_URL"])

@@ -42,7 +42,7 @@ def _version(name: str) -> str | None:
 
 
 def _localstack_version() -> str | None:
-    from objbutler.testing.servers import LOCALSTACK_REQUIREMENTS
+    from objbutler_servers import LOCALSTACK_REQUIREMENTS
 
     return next((r.split("==", 1)[1] for r in LOCALSTACK_REQUIREMENTS if r.startswith("localstack-core")), None)
 

@@ -1,270 +1,81 @@
-"""A counting HTTP proxy on 127.0.0.1: every benchmark client talks to the server through it.
+"""The benchmark's counting proxy: a FaultProxy with no fault rules, in a process of its own.
 
-Counting happens outside the clients, so objbutler, astropy + fsspec, zarr,
-astrocut and a plain download are all measured the same way: requests, bytes
-of response bodies (what was moved to the client), bytes of request bodies
-(uploads) and one log line per request.
+Every benchmark client talks to the server through it, so objbutler, astropy +
+fsspec, zarr, astrocut and a plain download are all counted the same way,
+outside the clients: requests by method, by status and by kind (``get``,
+``range-get``, ``list``, ``put``, ``put-if-absent``, ...), bytes of response
+bodies (what was moved to the client), bytes of request bodies (uploads),
+requests in flight (now and the peak since the last reset) and one log entry
+per request.
 
-The proxy forwards to one upstream server (``--upstream http://127.0.0.1:PORT``),
-keeps one upstream connection per client connection (keep-alive both ways),
-streams response bodies through in 1 MiB pieces, and answers three control
-paths that are not counted::
+The relay is :class:`objbutler.testing.faultproxy.FaultProxy` (one relay
+implementation for tests and benchmarks); this module only runs it in a child
+process, so forwarding never competes with the measured client for the GIL, and
+answers three control paths on a second port of its own (never counted,
+never delayed)::
 
-    GET  /__proxy__/stats   {"requests", "response_bytes", "request_bytes", "by_method", "by_status"}
-    POST /__proxy__/reset   zero the counters and the log
-    GET  /__proxy__/log     the per-request log since the last reset (JSON lines)
+    GET  /stats   FaultProxy.stats(): requests, response_bytes, request_bytes, by_method,
+                  by_status, by_kind, in_flight, peak_in_flight
+    POST /reset   zero the counters and the log
+    GET  /log     the per-request log since the last reset (JSON lines)
 
-It is standard library only and runs as its own process
-(``python benchmarks/proxy.py --upstream URL``; it prints its port on the first
-line of stdout), so forwarding never competes with the measured client for the
-GIL. :class:`ProxyProcess` starts and stops it from Python.
+A cloud profile (:mod:`benchmarks.profiles`) is the same proxy with
+``--latency-ms N`` (every forwarded request waits N ms first: a round trip;
+requests wait concurrently, so the delay costs latency, not throughput) and
+``--bandwidth B`` (each client connection moves at most B bytes per second in
+each direction, by pacing the writes of request and response bodies).
 
-``--latency-ms N`` (``ProxyProcess(upstream, latency_ms=N)``) holds every
-forwarded request N milliseconds before sending it upstream: a cloud round trip
-in front of a loopback server. Requests wait concurrently (each connection has
-its own thread), so the delay costs latency, not throughput. Control paths are
-never delayed.
+Run it as ``python -m benchmarks.proxy --upstream URL`` (it prints the proxy
+port and the control port on its first line), or from Python with
+:class:`ProxyProcess`.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import http.client
+import dataclasses
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTROL_PREFIX", "ProxyProcess", "serve"]
+from objbutler.testing.faultproxy import FaultProxy
 
-CONTROL_PREFIX = "/__proxy__/"
-_PIECE = 1 << 20
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
-)
-_LOG_LIMIT = 200_000
+__all__ = ["ProxyProcess", "serve"]
+
+_ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Counters:
-    """Thread-safe totals and the per-request log."""
+class _Control(http.server.BaseHTTPRequestHandler):
+    """``/stats``, ``/reset`` and ``/log`` of the proxy in this process."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.in_flight = 0
-            self.requests = 0
-            self.response_bytes = 0
-            self.request_bytes = 0
-            self.by_method: collections.Counter[str] = collections.Counter()
-            self.by_status: collections.Counter[str] = collections.Counter()
-            self.log: list[dict[str, Any]] = []
-
-    def start(self) -> None:
-        with self.lock:
-            self.in_flight += 1
-
-    def settle(self, timeout: float = 5.0) -> None:
-        """Wait until no forwarded request is still being answered or booked.
-
-        A client can read the last byte of a response before the proxy has
-        booked it, so a stats call right after the client's call returns would
-        miss it: stats and log wait here first.
-        """
-        deadline = time.monotonic() + timeout
-        while self.in_flight > 0 and time.monotonic() < deadline:
-            time.sleep(0.0005)
-
-    def abort(self) -> None:
-        with self.lock:
-            self.in_flight = max(0, self.in_flight - 1)
-
-    def add(self, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self.in_flight = max(0, self.in_flight - 1)
-            self.requests += 1
-            self.response_bytes += entry["response_bytes"]
-            self.request_bytes += entry["request_bytes"]
-            self.by_method[entry["method"]] += 1
-            self.by_status[str(entry["status"])] += 1
-            if len(self.log) < _LOG_LIMIT:
-                self.log.append(entry)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            return {
-                "requests": self.requests,
-                "response_bytes": self.response_bytes,
-                "request_bytes": self.request_bytes,
-                "by_method": dict(self.by_method),
-                "by_status": dict(self.by_status),
-            }
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], upstream: str, latency_ms: float = 0.0) -> None:
-        super().__init__(address, _Handler)
-        if latency_ms < 0:
-            raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
-        self.latency = latency_ms / 1000.0
-        parsed = urllib.parse.urlsplit(upstream)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
-        self.upstream = (parsed.hostname, parsed.port or 80)
-        self.counters = _Counters()
-
-
-class _NoDelayConnection(http.client.HTTPConnection):
-    """An upstream connection with Nagle's algorithm off (no 40 ms delayed-ACK stalls)."""
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self._upstream: _NoDelayConnection | None = None
-
-    def finish(self) -> None:
-        super().finish()
-        if self._upstream is not None:
-            self._upstream.close()
+    proxy: FaultProxy
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the request log is kept in memory, not printed."""
+        """Silent."""
 
     def do_GET(self) -> None:
-        self._handle()
-
-    do_HEAD = do_PUT = do_POST = do_DELETE = do_GET  # noqa: N815
-
-    # -- forwarding ---------------------------------------------------------------------
-
-    def _handle(self) -> None:
-        if self.path.startswith(CONTROL_PREFIX):
-            self._control()
-            return
-        self.server.counters.start()
-        try:
-            self._forward()
-        except BaseException:
-            self.server.counters.abort()
-            raise
-
-    def _forward(self) -> None:
-        started = time.perf_counter()
-        body = self._read_body()
-        if self.server.latency:
-            time.sleep(self.server.latency)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-        if body or self.command in ("PUT", "POST"):
-            headers["Content-Length"] = str(len(body))
-        response = self._send_upstream(body, headers)
-        status = response.status
-        self.send_response_only(status, response.reason)
-        length = response.getheader("Content-Length")
-        no_body = self.command == "HEAD" or status in (204, 304) or 100 <= status < 200
-        for name, value in response.getheaders():
-            if name.lower() not in _HOP_BY_HOP:
-                self.send_header(name, value)
-        chunked = not no_body and length is None
-        if chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        sent = 0 if no_body else self._relay(response, chunked)
-        response.close()
-        self.server.counters.add(
-            {
-                "t": round(started, 6),
-                "method": self.command,
-                "path": self.path[:200],
-                "range": self.headers.get("Range"),
-                "status": status,
-                "response_bytes": sent,
-                "request_bytes": len(body),
-                "seconds": round(time.perf_counter() - started, 6),
-            }
-        )
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send_upstream(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
-        for attempt in (1, 2):
-            if self._upstream is None:
-                self._upstream = _NoDelayConnection(*self.server.upstream, timeout=300)
-            try:
-                self._upstream.request(self.command, self.path, body=body, headers=headers)
-                return self._upstream.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionError, BrokenPipeError):
-                # A kept-alive upstream connection the server closed: reconnect once.
-                self._upstream.close()
-                self._upstream = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _relay(self, response: http.client.HTTPResponse, chunked: bool) -> int:
-        sent = 0
-        while True:
-            piece = response.read(_PIECE)
-            if not piece:
-                break
-            sent += len(piece)
-            if chunked:
-                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            else:
-                self.wfile.write(piece)
-        if chunked:
-            self.wfile.write(b"0\r\n\r\n")
-        return sent
-
-    # -- control ------------------------------------------------------------------------
-
-    def _control(self) -> None:
-        self._read_body()
-        action = self.path[len(CONTROL_PREFIX) :].split("?", 1)[0]
-        counters = self.server.counters
+        if length:
+            self.rfile.read(length)
+        action = self.path.strip("/").split("?", 1)[0]
         if action in ("stats", "log"):
-            counters.settle()
+            self.proxy.settle(5.0)  # a client may have read its answer before the proxy booked it
         if action == "stats":
-            payload = json.dumps(counters.snapshot()).encode()
+            payload = json.dumps(self.proxy.stats()).encode()
         elif action == "reset":
-            counters.reset()
+            self.proxy.reset_log()
             payload = b"{}"
         elif action == "log":
-            with counters.lock:
-                payload = "".join(json.dumps(entry) + "\n" for entry in counters.log).encode()
+            payload = "".join(json.dumps(dataclasses.asdict(e)) + "\n" for e in self.proxy.entries()).encode()
         else:
             self.send_error(404, f"unknown control path {self.path}")
             return
@@ -274,22 +85,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    do_POST = do_GET  # noqa: N815
 
-def serve(upstream: str, port: int = 0, latency_ms: float = 0.0) -> None:
-    """Run the proxy in this process until it is killed; print the port first.
+
+def serve(upstream: str, latency_ms: float = 0.0, bandwidth: float | None = None) -> None:
+    """Run the proxy and its control port in this process until it is killed.
+
+    The first line printed is ``PROXY_PORT CONTROL_PORT``.
 
     Parameters
     ----------
     upstream : str
         ``http://127.0.0.1:PORT`` of the server to forward to.
-    port : int
-        Port to listen on (0: a free one).
     latency_ms : float
         Milliseconds every forwarded request waits before going upstream.
+    bandwidth : float, optional
+        Bytes per second per client connection and direction (None: no cap).
     """
-    server = _Server(("127.0.0.1", port), upstream, latency_ms)
-    print(server.server_address[1], flush=True)
-    server.serve_forever(poll_interval=0.5)
+    proxy = FaultProxy(upstream, latency=latency_ms / 1000.0, bandwidth=bandwidth).start()
+    handler = type("Control", (_Control,), {"proxy": proxy})
+    control = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    control.daemon_threads = True
+    print(f"{proxy.port} {control.server_address[1]}", flush=True)
+    try:
+        control.serve_forever(poll_interval=0.5)
+    finally:
+        proxy.stop(drain=0)
 
 
 class ProxyProcess:
@@ -298,9 +119,11 @@ class ProxyProcess:
     Parameters
     ----------
     upstream : str
-        ``http://127.0.0.1:PORT`` of the server.
+        ``http://127.0.0.1:PORT`` of the server (loopback only).
     latency_ms : float
         Milliseconds added to every forwarded request (0: none).
+    bandwidth : float, optional
+        Bytes per second per client connection and direction (None: no cap).
 
     Attributes
     ----------
@@ -308,30 +131,34 @@ class ProxyProcess:
         ``http://127.0.0.1:PORT`` of the proxy: point every client here.
     """
 
-    def __init__(self, upstream: str, latency_ms: float = 0.0) -> None:
+    def __init__(self, upstream: str, latency_ms: float = 0.0, bandwidth: float | None = None) -> None:
         host = urllib.parse.urlsplit(upstream).hostname or ""
         if not (host == "localhost" or host.startswith("127.")):
             raise ValueError(f"the counting proxy only forwards to loopback servers, not {upstream!r}")
         self.upstream = upstream
         self.latency_ms = latency_ms
-        self._popen = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--upstream", upstream, "--latency-ms", str(latency_ms)],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
+        self.bandwidth = bandwidth
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        command = [sys.executable, "-m", "benchmarks.proxy", "--upstream", upstream, "--latency-ms", str(latency_ms)]
+        if bandwidth is not None:
+            command += ["--bandwidth", str(bandwidth)]
+        self._popen = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         assert self._popen.stdout is not None
-        line = self._popen.stdout.readline().strip()
-        if not line.isdigit():
+        ports = self._popen.stdout.readline().split()
+        if len(ports) != 2 or not all(p.isdigit() for p in ports):
             self.stop()
-            raise RuntimeError(f"the counting proxy did not start (said {line!r})")
-        self.endpoint = f"http://127.0.0.1:{int(line)}"
-        self._wait_ready()
+            raise RuntimeError(f"the counting proxy did not start (said {b' '.join(ports)!r})")
+        self.endpoint = f"http://127.0.0.1:{int(ports[0])}"
+        self._control = f"http://127.0.0.1:{int(ports[1])}"
+        self._wait_ready(int(ports[0]))
 
-    def _wait_ready(self, timeout: float = 10.0) -> None:
+    @staticmethod
+    def _wait_ready(port: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", int(self.endpoint.rsplit(":", 1)[1])), timeout=1):
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
                     return
             except OSError:
                 if time.monotonic() > deadline:
@@ -339,7 +166,7 @@ class ProxyProcess:
                 time.sleep(0.05)
 
     def _call(self, action: str, method: str = "GET") -> bytes:
-        request = urllib.request.Request(f"{self.endpoint}{CONTROL_PREFIX}{action}", method=method, data=None)
+        request = urllib.request.Request(f"{self._control}/{action}", method=method, data=None)
         with urllib.request.urlopen(request, timeout=60) as response:
             return bytes(response.read())
 
@@ -349,15 +176,15 @@ class ProxyProcess:
         return int(self._popen.pid)
 
     def reset(self) -> None:
-        """Zero the counters and the log."""
+        """Zero the counters and the log (the in-flight peak restarts from the requests in flight now)."""
         self._call("reset", "POST")
 
     def stats(self) -> dict[str, Any]:
-        """The counters since the last reset: ``requests``, ``response_bytes``, ``request_bytes``, ``by_method``, ..."""
+        """The counters since the last reset (see :meth:`FaultProxy.stats`)."""
         return dict(json.loads(self._call("stats")))
 
     def log(self) -> list[dict[str, Any]]:
-        """Every request since the last reset (method, path, range, status, bytes, seconds)."""
+        """Every request since the last reset (:class:`~objbutler.testing.faultproxy.LogEntry` fields)."""
         return [json.loads(line) for line in self._call("log").splitlines() if line.strip()]
 
     def stop(self) -> None:
@@ -380,12 +207,13 @@ class ProxyProcess:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--upstream", required=True, help="http://127.0.0.1:PORT of the server")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every forwarded request")
+    parser.add_argument("--bandwidth", type=float, default=None,
+                        help="bytes per second per client connection and direction (default: no cap)")
     args = parser.parse_args()
-    serve(args.upstream, args.port, args.latency_ms)
+    serve(args.upstream, args.latency_ms, args.bandwidth)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=51 * 51 * 4, help="Bytes per GET.")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    import objbutler_servers as servers
+
     from objbutler.stores._concurrency import run_concurrently
     from objbutler.stores.s3 import S3Store
-    from objbutler.testing import servers
 
     with servers.start_server("localstack") as server:
         env = server.info.env

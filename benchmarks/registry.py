@@ -9,10 +9,21 @@ Workloads (issue 3):
     target. Rubin's ``lsst-daf-butler`` runs the same workload on a local
     SQLite repository in the same run, from its own venv (skipped with a
     note if it cannot be installed).
-``writers-<w> <where>``
-    ``w`` = 1, 4, 8 writer processes (:func:`objbutler.testing.workload.run_writers`)
-    putting distinct data IDs into one repository: puts per second, requests per
-    put, and whether every put was committed.
+``writers-<w> processes|threads``
+    ``w`` = 1, 4, 16, 64 writers (``--writers``), as spawned processes with a
+    Butler each and as threads sharing one (:mod:`benchmarks.registry_writers`),
+    each putting a fixed number of 16x16 float32 arrays with distinct data IDs
+    into one repository: aggregate puts/s, requests and GETs per put (from the
+    proxy), p50 / p99 / worst put latency, lost puts (returned, but not in a
+    fresh Butler's query) and failed puts (exceptions), and the CPU seconds of
+    the writers, the proxy and the server (two cores: saturation shows here).
+    Where ``Butler.create`` takes ``commit_protocol=``, the ``sequenced``
+    protocol and the default run side by side.
+``put_many <n>``
+    ``Butler.put_many`` of n = 10,000 such arrays from one process (a row
+    saying "not available" where the tree has no ``put_many``), beside the
+    physical floor measured in the same run: raw concurrent PUTs of the same
+    n objects (the FITS bytes a put writes) at the store's concurrency.
 ``open+query cold|warm <n>``
     A manifest of n = 10k / 100k / 1M datasets built synthetically through the
     real commit code (``Registry.commit`` with 10,000 refs per commit, then a
@@ -24,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
+import io
 import json
 import os
 import shutil
@@ -37,6 +50,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from benchmarks.cpu import CpuMeter
 from benchmarks.measure import Case, Row, interleave, rows_for
 from benchmarks.targets import Target
 from objbutler.butler import Butler
@@ -56,23 +72,33 @@ class RegistrySettings:
     """What one run of the registry suite covers."""
 
     latency_puts: int = 100
-    writers: tuple[int, ...] = (1, 4, 8)
-    puts_per_writer: int = 50
+    writers: tuple[int, ...] = (1, 4, 16, 64)
+    puts_per_writer: int = 10
+    writer_modes: tuple[str, ...] = ("processes", "threads")
+    writers_timeout: float = 900.0
+    put_many: int = 10_000
     manifest_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     query_reps: int = 5
     daf_butler: bool = True
     install_daf_butler: bool = True
 
 
-def registry_settings(quick: bool, smoke: bool = False) -> RegistrySettings:
-    """Full, quick (under a minute) or smoke (seconds, for the unit test) settings."""
+def registry_settings(quick: bool, smoke: bool = False, writers: tuple[int, ...] | None = None) -> RegistrySettings:
+    """Full, quick (CI: small counts, under a minute per profile) or smoke (seconds, for the unit test) settings.
+
+    ``writers`` (``--writers 1,4,16,64``) replaces the setting's writer counts.
+    """
     if smoke:
-        return RegistrySettings(latency_puts=5, writers=(1, 2), puts_per_writer=2, manifest_sizes=(1000,),
-                                query_reps=2, daf_butler=False, install_daf_butler=False)
-    if quick:
-        return RegistrySettings(latency_puts=30, writers=(1, 4, 8), puts_per_writer=5, manifest_sizes=(10_000,),
-                                query_reps=3, install_daf_butler=False)
-    return RegistrySettings()
+        settings = RegistrySettings(latency_puts=5, writers=(1, 2), puts_per_writer=2, manifest_sizes=(1000,),
+                                    query_reps=2, put_many=50, daf_butler=False, install_daf_butler=False)
+    elif quick:
+        settings = RegistrySettings(latency_puts=10, writers=(1, 4), puts_per_writer=4, manifest_sizes=(1000,),
+                                    query_reps=2, put_many=200, install_daf_butler=False)
+    else:
+        settings = RegistrySettings()
+    if writers:
+        settings = dataclasses.replace(settings, writers=tuple(writers))
+    return settings
 
 
 @contextlib.contextmanager
@@ -185,39 +211,199 @@ def _daf_butler_rows(settings: RegistrySettings, reference: list[Row],
     return rows, [f"lsst-daf-butler {result['version']} ran in its own venv ({python.parent.parent}), same run"]
 
 
-# -- concurrent writers ------------------------------------------------------------------------
+# -- concurrent writers and put_many ---------------------------------------------------------
 
 
-def _writer_rows(label: str, uri_factory: Callable[[], str], options: dict[str, Any], where: Target,
-                 settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
-    from objbutler.testing.workload import run_writers
+def _protocols() -> tuple[str | None, ...]:
+    """``("sequenced", None)`` where ``Butler.create`` takes ``commit_protocol=`` (None: the default), else ``(None,)``.
+    """
+    if "commit_protocol" in inspect.signature(Butler.create).parameters:
+        return ("sequenced", None)
+    return (None,)
 
+
+def _create(uri: str, options: dict[str, Any], protocol: str | None) -> str:
+    """Create the repository; return the commit protocol it got."""
+    extra: dict[str, Any] = {} if protocol is None else {"commit_protocol": protocol}
+    return str(Butler.create(uri, **extra, **options).config.commit_protocol)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 1)
+
+
+def _parties(where: Target) -> dict[str, list[int]]:
+    """Processes whose CPU the rows report beside the client's: the server (when this run started it) and the proxy."""
+    parties: dict[str, list[int]] = {"server": list(where.server_pids)}
+    if where.proxy is not None:
+        parties["proxy"] = [where.proxy.pid]
+    return parties
+
+
+@contextlib.contextmanager
+def _accounting(where: Target) -> Iterator[dict[str, Any]]:
+    """Reset the proxy, measure server and proxy CPU around the block; fill in the proxy's stats after."""
+    if where.proxy is not None:
+        where.proxy.reset()
+    used: dict[str, Any] = {}
+    with CpuMeter(_parties(where)).measure() as cpu:
+        yield used
+    used["cpu"] = cpu
+    used["stats"] = where.proxy.stats() if where.proxy is not None else None
+
+
+def _per_put(stats: dict[str, Any] | None, returned: int) -> tuple[float | None, float | None]:
+    """Requests and GETs (reads of objects and listings) per returned put."""
+    if stats is None or not returned:
+        return None, None
+    return (round(stats["requests"] / returned, 2),
+            round(stats["by_method"].get("GET", 0) / returned, 2))
+
+
+def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettings,
+                log: Callable[[str], None], requested: str | None) -> Row:
+    from benchmarks.registry_writers import DATASET_TYPE, run_writers
+
+    uri = where.new_uri(f"writers-{mode}-{writers}")
+    options = where.store_options
+    protocol = _create(uri, options, requested)
+    expected = writers * settings.puts_per_writer
+    meter = CpuMeter(_parties(where))
+    before: dict[str, float] = {}
+
+    def ready() -> None:  # every writer is open and warm: count from here
+        if where.proxy is not None:
+            where.proxy.reset()
+        before.update(meter.snapshot())
+
+    outcome = run_writers(uri, options, writers, settings.puts_per_writer, mode,  # type: ignore[arg-type]
+                          run="writers", timeout=settings.writers_timeout, on_ready=ready)
+    after = meter.snapshot()
+    stats = where.proxy.stats() if where.proxy is not None else None
+    cpu = {name: after[name] - before.get(name, after[name]) for name in after}
+    returned = {i for r in outcome.results for i in r.ids}
+    visible = {ref.id for ref in Butler(uri, **options).query(DATASET_TYPE, run="writers")}
+    latencies = [t for r in outcome.results for t in r.latencies]
+    failed = sum(r.failures for r in outcome.results) + outcome.missing * settings.puts_per_writer
+    messages = [m for r in outcome.results for m in r.messages][:3]
+    requests, gets = _per_put(stats, len(returned))
+    wall = outcome.wall or None
+    rate = round(len(returned) / outcome.wall, 1) if outcome.wall else None
+    label = "objbutler" if requested is None else f"objbutler ({protocol})"
+    log(f"  writers-{writers} {mode} [{where.profile}, {protocol}]: {len(returned)}/{expected} returned, "
+        f"{len(returned - visible)} lost, {failed} failed, {rate} puts/s, {requests} requests/put, "
+        f"{gets} GETs/put, p50 {_ms(_percentile(latencies, 50))} ms, worst "
+        f"{_ms(max(latencies) if latencies else None)} ms; CPU s: writers {outcome.cpu_seconds:.1f}, "
+        f"server {cpu.get('server', 0):.1f}, proxy {cpu.get('proxy', 0):.1f} over {outcome.wall:.1f} s"
+        + (f"; first failure: {messages[0]}" if messages else ""))
+    return Row("registry", f"writers-{writers} {mode}", label, expected, wall, requests, None,
+               min=wall, max=wall, reps=1, kind="objbutler",
+               error=("; ".join(messages) or None) if not returned else None,
+               extra={"target": where.name, "profile": where.profile, "protocol": protocol, "mode": mode,
+                      "writers": writers, "puts_per_writer": settings.puts_per_writer,
+                      "puts_per_second": rate, "requests_per_put": requests, "gets_per_put": gets,
+                      "p50_ms": _ms(_percentile(latencies, 50)), "p99_ms": _ms(_percentile(latencies, 99)),
+                      "worst_ms": _ms(max(latencies) if latencies else None),
+                      "expected": expected, "committed": len(returned), "visible": len(visible),
+                      "lost": len(returned - visible), "failed": failed, "errors": failed, "failures": messages,
+                      "client_cpu_s": round(outcome.cpu_seconds, 2), "server_cpu_s": round(cpu.get("server", 0), 2),
+                      "proxy_cpu_s": round(cpu.get("proxy", 0), 2), "wall_s": round(outcome.wall, 3),
+                      "peak_in_flight": (stats or {}).get("peak_in_flight"),
+                      "requests_unit": "per returned put (opens and warm-up puts excluded)"})
+
+
+def _writer_rows(where: Target, settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
     rows = []
-    for writers in settings.writers:
-        uri = uri_factory()
-        Butler.create(uri, **options)
-        visits = [list(range(w * settings.puts_per_writer, (w + 1) * settings.puts_per_writer))
-                  for w in range(writers)]
-        counter = where.counter()
-        counter.reset()
-        results = run_writers(uri, options, "writers", visits)
-        requests, _ = counter.read()
-        committed = sum(len(r["committed"]) for r in results)
-        errors = sum(len(r["errors"]) for r in results)
-        wall = max(r["seconds"] for r in results)
-        expected = writers * settings.puts_per_writer
-        visible = len(Butler(uri, **options).query("metric", run="writers"))
-        per_put = f", {requests / max(committed, 1):.1f} requests/put" if requests else ""
-        log(f"  writers-{writers} {label}: {committed}/{expected} committed ({visible} visible) in {wall:.2f} s = "
-            f"{committed / wall:.1f} puts/s{per_put}")
-        rows.append(Row("registry", f"writers-{writers} {label}", "objbutler", expected, wall,
-                        None if requests is None else round(requests / max(committed, 1), 2), None,
-                        min=wall, max=wall, reps=1, kind="objbutler",
-                        extra={"target": where.name if label == "s3" else "local", "writers": writers,
-                               "puts_per_second": round(committed / wall, 2), "committed": committed,
-                               "visible": visible, "expected": expected, "errors": errors,
-                               "requests_unit": "per committed put"}))
+    for requested in _protocols():
+        for mode in settings.writer_modes:
+            for writers in settings.writers:
+                rows.append(_writer_row(where, mode, writers, settings, log, requested))
     return rows
+
+
+def _fits_bytes(array: np.ndarray) -> bytes:
+    from astropy.io import fits
+
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(array).writeto(buffer)
+    return buffer.getvalue()
+
+
+def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
+    """``Butler.put_many`` of n small arrays from one process, and the raw-PUT floor of the same objects."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.registry_writers import DATASET_TYPE, small_array
+    from objbutler.stores import DEFAULT_MAX_CONCURRENCY
+
+    n = settings.put_many
+    workload = f"put_many {n}"
+    base = {"target": where.name, "profile": where.profile, "datasets": n, "writers": 1}
+    arrays = [small_array(0, i) for i in range(n)]
+    rows = []
+    if hasattr(Butler, "put_many"):
+        uri = where.new_uri("put-many")
+        protocol = _create(uri, where.store_options, None)
+        butler = Butler(uri, **where.store_options)
+        items = [(array, DATASET_TYPE, {"visit": i, "detector": 0}) for i, array in enumerate(arrays)]
+        failure = None
+        refs: list[Any] = []
+        with _accounting(where) as used:
+            started = time.perf_counter()
+            try:
+                refs = list(butler.put_many(items, run="many"))
+            except Exception as exc:  # reported in the row
+                failure = f"{type(exc).__name__}: {exc}"[:300]
+            seconds = time.perf_counter() - started
+        returned = {getattr(ref, "id", None) for ref in refs} - {None}
+        visible = {ref.id for ref in Butler(uri, **where.store_options).query(DATASET_TYPE, run="many")}
+        requests, gets = _per_put(used["stats"], len(returned))
+        log(f"  {workload} [{where.profile}]: {len(returned)} returned in {seconds:.2f} s = "
+            f"{len(returned) / seconds:.0f} datasets/s, {requests} requests/dataset"
+            + (f"; {failure}" if failure else ""))
+        rows.append(Row("registry", workload, "objbutler put_many", n, seconds if returned else None, requests,
+                        None, min=seconds, max=seconds, reps=1, kind="objbutler", error=failure,
+                        extra={**base, "protocol": protocol, "puts_per_second": round(len(returned) / seconds, 1),
+                               "wall_s": round(seconds, 3),
+                               "requests_per_put": requests, "gets_per_put": gets, "expected": n,
+                               "committed": len(returned), "visible": len(visible),
+                               "lost": len(returned - visible), "failed": n - len(returned),
+                               "client_cpu_s": round(used["cpu"].get("client", 0), 2),
+                               "server_cpu_s": round(used["cpu"].get("server", 0), 2),
+                               "proxy_cpu_s": round(used["cpu"].get("proxy", 0), 2)}))
+    else:
+        log(f"  {workload} [{where.profile}]: not available (Butler has no put_many in this tree)")
+        rows.append(Row("registry", workload, "objbutler put_many", n, None, None, None, kind="objbutler",
+                        error="not available: Butler.put_many is not in this tree", extra=dict(base)))
+    store = open_store(where.new_uri("floor"), **where.store_options)
+    concurrency = int(getattr(store, "max_concurrency", DEFAULT_MAX_CONCURRENCY))
+    payloads = [_fits_bytes(array) for array in arrays]
+    with _accounting(where) as used, ThreadPoolExecutor(concurrency) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda item: store.put(f"floor/{item[0]:06d}.fits", item[1]), enumerate(payloads)))
+        seconds = time.perf_counter() - started
+    stats = used["stats"]
+    log(f"  {workload} floor [{where.profile}]: {n} raw PUTs of {len(payloads[0])} B at {concurrency} at once in "
+        f"{seconds:.2f} s = {n / seconds:.0f} PUTs/s")
+    floor = Row("registry", workload, f"raw PUT x{concurrency} (floor)", n, seconds,
+                None if stats is None else round(stats["requests"] / n, 2), None, min=seconds, max=seconds, reps=1,
+                kind="fixed", extra={**base, "puts_per_second": round(n / seconds, 1), "concurrency": concurrency,
+                                     "wall_s": round(seconds, 3),
+                                     "requests_per_put": None if stats is None else round(stats["requests"] / n, 2),
+                                     "object_bytes": len(payloads[0]), "expected": n, "committed": n, "lost": 0,
+                                     "failed": 0, "client_cpu_s": round(used["cpu"].get("client", 0), 2),
+                                     "server_cpu_s": round(used["cpu"].get("server", 0), 2),
+                                     "proxy_cpu_s": round(used["cpu"].get("proxy", 0), 2),
+                                     "peak_in_flight": (stats or {}).get("peak_in_flight")})
+    if rows and rows[0].seconds:
+        rows[0].ratio_vs_objbutler = 1.0
+        floor.ratio_vs_objbutler = round(seconds / rows[0].seconds, 3)
+        rows[0].extra["floor_puts_per_second"] = floor.extra["puts_per_second"]
+    return [*rows, floor]
 
 
 # -- big manifests ---------------------------------------------------------------------------
@@ -283,19 +469,22 @@ def run_registry(target: Target, settings: RegistrySettings,
     """Every registry workload; returns rows and notes (e.g. why daf_butler was skipped)."""
     rows: list[Row] = []
     notes: list[str] = []
+    loopback = target.profile == "loopback"
     with _local_base(target) as local_base:
-        places = _places(target, local_base)
+        # a slow profile changes only the S3 target's network: the local-path rows would repeat loopback's
+        places = _places(target, local_base) if loopback or target.is_local else _places(target, local_base)[1:]
         for label, uri, options, where in places:
             rows += _latency_rows(label, uri, options, where, settings, log)
-        if settings.daf_butler:
+        if settings.daf_butler and loopback:
             daf_rows, daf_notes = _daf_butler_rows(settings, rows, log)
             rows += daf_rows
             notes += daf_notes
-        for label, _, options, where in places:
-            def factory(label: str = label, where: Target = where) -> str:
-                return where.new_uri("writers") if label == "s3" else f"{local_base}/writers-{uuid.uuid4().hex[:8]}"
-
-            rows += _writer_rows(label, factory, options, where, settings, log)
+        many = _put_many_rows(target, settings, log)
+        writer_rows = _writer_rows(target, settings, log)
+        floor = many[-1].extra["puts_per_second"]
+        for row in writer_rows:
+            row.extra["floor_puts_per_second"] = floor
+        rows += writer_rows + many
         query_place = places[-1]
         for total in settings.manifest_sizes:
             uri = query_place[3].new_uri(f"manifest-{total}") if query_place[0] == "s3" else \

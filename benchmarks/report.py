@@ -13,7 +13,7 @@ from typing import Any
 from benchmarks.measure import Row
 from benchmarks.verdicts import Verdict
 
-__all__ = ["HAND_WRITTEN", "human_bytes", "write_report"]
+__all__ = ["HAND_WRITTEN", "human_bytes", "side_by_side", "write_report", "writers_table"]
 
 HAND_WRITTEN = "<!-- everything below this line is hand-written and kept when the report is written again -->"
 
@@ -50,12 +50,14 @@ def _order(method: str) -> int:
 def _table(rows: list[Row], first: str = "workload") -> list[str]:
     lines = [f"| {first} | method | seconds (min-max) | requests | bytes moved | time / objbutler's | reps |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    several = len({row.extra.get("profile") for row in rows}) > 1
     for row in rows:
         note = f" (from {row.extrapolated_from})" if row.extrapolated_from else ""
         mark = "~" if row.extrapolated_from else ""
+        where = f" [{row.extra.get('profile')}]" if several else ""
         requests = "-" if row.requests is None else f"{mark}{row.requests:g}"
         nbytes = human_bytes(row.bytes) if row.bytes is None else f"{mark}{human_bytes(row.bytes)}"
-        lines.append(f"| {row.workload} | {row.method}{note} | {_seconds(row)} | {requests} | {nbytes} | "
+        lines.append(f"| {row.workload}{where} | {row.method}{note} | {_seconds(row)} | {requests} | {nbytes} | "
                      f"{_ratio(row)} | {row.reps} |")
     return lines
 
@@ -136,23 +138,25 @@ def _plot_registry(rows: list[Row], directory: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    writers = [r for r in rows if r.suite == "registry" and r.workload.startswith("writers-")]
+    writers = [r for r in rows if r.suite == "registry" and r.workload.startswith("writers-")
+               and r.extra.get("puts_per_second") is not None]
     queries = [r for r in rows if r.suite == "registry" and r.workload.startswith("open+query") and r.seconds]
     if not writers and not queries:
         return []
     figure, axes = plt.subplots(1, 2, figsize=(10.4, 4.2))
     by_place: dict[str, list[Row]] = defaultdict(list)
     for row in writers:
-        by_place[row.workload.split(" ", 1)[1]].append(row)
+        by_place[" ".join(str(part) for part in (row.workload.split(" ", 1)[1], row.extra.get("profile", ""),
+                                                    row.extra.get("protocol", "")) if part)].append(row)
     for place, points in sorted(by_place.items()):
         points.sort(key=lambda r: int(r.extra.get("writers", 0)))
         axes[0].plot([int(p.extra["writers"]) for p in points], [float(p.extra["puts_per_second"]) for p in points],
                      marker="o", label=place)
-    axes[0].set_xlabel("writer processes")
+    axes[0].set_xlabel("writers")
     axes[0].set_ylabel("committed puts per second")
     axes[0].set_title("concurrent small puts")
     axes[0].grid(True, alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     for mode in ("cold", "warm"):
         points = sorted((r for r in queries if f" {mode} " in r.workload), key=lambda r: r.n)
         if points:
@@ -181,11 +185,59 @@ def _machine_lines(meta: dict[str, Any]) -> list[str]:
         f"- server: {meta.get('target')} (LocalStack {machine.get('localstack')} on 127.0.0.1, no Docker), every "
         "client through the counting proxy",
         f"- versions: {packages}",
+        f"- network profiles: {', '.join(meta.get('profiles') or ['loopback'])} (a counting proxy in front of the "
+        "server adds the latency and paces each connection; see benchmarks/profiles.py)",
         f"- objbutler commit: {machine.get('git_commit')} (plus the working tree at the time of the run)",
         f"- run: `objbutler bench {meta.get('suite')} --target {meta.get('target')}"
         f"{' --quick' if meta.get('quick') else ''}`, {meta.get('elapsed_seconds', 0) / 60:.1f} min, "
         f"finished {meta.get('finished')}",
     ]
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def writers_table(rows: list[Row]) -> list[str]:
+    """The concurrent-writer and put_many rows: throughput, cost per put, latency, losses and CPU."""
+    if not rows:
+        return []
+    out = ["", "Writers put 16x16 float32 arrays with distinct data IDs; requests and GETs are per returned put "
+           "(each writer's open and warm-up put excluded). lost = returned but not in a fresh Butler's query; "
+           "failed = exceptions (and puts of writers that never reported). CPU seconds: writer processes "
+           "(threads: the whole benchmark process) / the counting proxy / the server, on a 2-core machine "
+           "shared with other work: "
+           "when writers + proxy + server approach 2 x wall, the CPU is the limit.", "",
+           "| profile | workload | method | protocol | puts | puts/s | floor puts/s | requests/put | GETs/put | "
+           "p50 ms | p99 ms | worst ms | lost | failed | CPU s writers / proxy / server | wall s |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        x = r.extra
+        cpu = " / ".join(_cell(x.get(k)) for k in ("client_cpu_s", "proxy_cpu_s", "server_cpu_s"))
+        rate = x.get("puts_per_second") if r.seconds is not None or r.error is None else f"{r.error}"
+        out.append(f"| {x.get('profile', '-')} | {r.workload} | {r.method} | {x.get('protocol', '-')} | "
+                   f"{_cell(x.get('committed'))} / {r.n} | {_cell(rate)} | {_cell(x.get('floor_puts_per_second'))} | "
+                   f"{_cell(x.get('requests_per_put'))} | {_cell(x.get('gets_per_put'))} | {_cell(x.get('p50_ms'))} | "
+                   f"{_cell(x.get('p99_ms'))} | {_cell(x.get('worst_ms'))} | {_cell(x.get('lost'))} | "
+                   f"{_cell(x.get('failed'))} | {cpu} | {_cell(x.get('wall_s', r.seconds))} |")
+    return out
+
+
+def side_by_side(rows: list[Row]) -> list[str]:
+    """Seconds of every (suite, workload, method) under each profile, one column per profile."""
+    profiles = list(dict.fromkeys(str(r.extra.get("profile")) for r in rows if r.extra.get("profile")))
+    if len(profiles) < 2:
+        return []
+    cells: dict[tuple[str, str, str], dict[str, Row]] = defaultdict(dict)
+    for row in rows:
+        cells[(row.suite, row.workload, row.method)][str(row.extra.get("profile"))] = row
+    out = ["", "## Profiles side by side", "", "Seconds (median) of the same work under each network profile.", "",
+           "| suite | workload | method | " + " | ".join(profiles) + " |",
+           "|---|---|---|" + "---:|" * len(profiles)]
+    for (suite, workload, method), by_profile in cells.items():
+        values = [_seconds(by_profile[p]) if p in by_profile else "-" for p in profiles]
+        out.append(f"| {suite} | {workload} | {method} | " + " | ".join(values) + " |")
+    return out
 
 
 def write_report(directory: Path, rows: list[Row], meta: dict[str, Any], headlines: list[str],
@@ -226,7 +278,7 @@ def write_report(directory: Path, rows: list[Row], meta: dict[str, Any], headlin
            "(shown as `(from k)`): the per-stamp baselines are too slow to run in full. `time / objbutler's` above 1 "
            "means slower than objbutler.", "", "## Headlines", ""]
     out += [f"- {line.removeprefix('HEADLINE ')}" for line in headlines] or ["- (no cutouts suite in this run)"]
-    out += ["", "## Targets (issues 3, 4, 5)", "", "| issue | target | measured | status |", "|---|---|---|---|"]
+    out += ["", "## Targets (issues 3, 4, 5, 17)", "", "| issue | target | measured | status |", "|---|---|---|---|"]
     out += [f"| {v.issue} | {v.target} | {v.measured} | **{v.status}** |" for v in verdicts]
     for note in meta.get("notes", []):
         out.append(f"\nNote: {note}")
@@ -249,13 +301,8 @@ def write_report(directory: Path, rows: list[Row], meta: dict[str, Any], headlin
         out += [f"![registry]({p})" for p in plots if p == "registry.png"]
         out += ["", "Requests in the writer rows are per committed put (lost commit races and refreshes included).",
                 "", *_table(registry)]
-        writer_rows = [r for r in registry if r.workload.startswith("writers-")]
-        if writer_rows:
-            out += ["", "| workload | puts/s | committed / expected | visible after | errors |",
-                    "|---|---:|---:|---:|---:|"]
-            out += [f"| {r.workload} | {r.extra.get('puts_per_second')} | {r.extra.get('committed')} / "
-                    f"{r.extra.get('expected')} | {r.extra.get('visible')} | {r.extra.get('errors')} |"
-                    for r in writer_rows]
+        out += writers_table([r for r in registry if r.workload.startswith(("writers-", "put_many"))])
+    out += side_by_side(rows)
     readme = directory / "README.md"
     kept = ""
     if readme.exists() and HAND_WRITTEN in readme.read_text():

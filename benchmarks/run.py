@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,15 @@ def format_table(rows: list[Row]) -> list[str]:
     """A plain-text table of the rows, grouped by suite, format and workload."""
     from benchmarks.report import human_bytes
 
-    header = f"{'suite':<13} {'format':<9} {'workload':<24} {'method':<22} {'seconds':>10} {'min':>9} {'max':>9} " \
-             f"{'requests':>9} {'bytes':>9} {'ratio':>8}"
+    header = f"{'suite':<13} {'profile':<11} {'format':<9} {'workload':<24} {'method':<22} {'seconds':>10} " \
+             f"{'min':>9} {'max':>9} {'requests':>9} {'bytes':>9} {'ratio':>8}"
     lines = [header, "-" * len(header)]
     for row in rows:
         ratio = "-" if row.ratio_vs_objbutler is None else f"{row.ratio_vs_objbutler:.3g}x"
         requests = "-" if row.requests is None else f"{row.requests:g}"
         lines.append(
-            f"{row.suite:<13} {row.extra.get('format', '')!s:<9} {row.workload:<24} {row.method:<22} "
+            f"{row.suite:<13} {row.extra.get('profile', '')!s:<11} {row.extra.get('format', '')!s:<9} "
+            f"{row.workload:<24} {row.method:<22} "
             f"{_fmt_seconds(row):>10} {'' if row.min is None else f'{row.min:.4g}':>9} "
             f"{'' if row.max is None else f'{row.max:.4g}':>9} {requests:>9} {human_bytes(row.bytes):>9} {ratio:>8}"
         )
@@ -76,6 +77,8 @@ def main(
     report_dir: str | Path | None = None,
     image_size: int | None = None,
     smoke: bool = False,
+    profiles: str | Sequence[str] = "loopback",
+    writers: Sequence[int] | None = None,
 ) -> int:
     """Run the benchmark suites on a target; print the table and headlines.
 
@@ -96,6 +99,12 @@ def main(
         Side of the cutouts image (default 4096; the smoke test uses a tiny one).
     smoke : bool
         Shrink the registry suite to seconds (for the unit test; numbers meaningless).
+    profiles : str or sequence of str
+        Network profiles (:mod:`benchmarks.profiles`), e.g. ``"loopback,cloud-20ms"``: every suite runs once
+        per profile and each row carries ``profile``; a slow profile on a target without HTTP is skipped
+        with a note.
+    writers : sequence of int, optional
+        Writer counts of the registry suite (default: the setting's, 1, 4, 16, 64 in full).
 
     Returns
     -------
@@ -103,50 +112,88 @@ def main(
         Exit status (0 when every suite ran; failed methods are reported in rows).
     """
     from benchmarks import machine
+    from benchmarks.profiles import parse_profiles, profiled
     from benchmarks.targets import open_target
-    from benchmarks.verdicts import cutout_headlines, verdicts
 
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     started = time.perf_counter()
     log = _logger(started)
+    chosen = parse_profiles(profiles if isinstance(profiles, str) else ",".join(profiles))
     rows: list[Row] = []
     notes: list[str] = []
-    with open_target(target, log=log) as where:
-        if suite in ("cutouts", "all"):
-            from benchmarks.cutouts import run_cutouts, settings_for
-
-            notes.append(_cost_model_note(where, log))
-            rows += run_cutouts(where, settings_for(quick, image_size), log)
-        if suite in ("registry", "all"):
-            from benchmarks.registry import registry_settings, run_registry
-
-            registry_rows, registry_notes = run_registry(where, registry_settings(quick, smoke), log)
-            rows += registry_rows
-            notes += registry_notes
-        if suite == "verify":
-            from benchmarks.verify import run_verify, verify_settings
-
-            rows += run_verify(where, verify_settings(quick, image_size), log)
-        if suite == "sky":
-            from benchmarks.sky import run_sky, sky_settings
-
-            sky_rows, sky_notes = run_sky(where, sky_settings(quick, smoke), log)
-            rows += sky_rows
-            notes += sky_notes
-        if suite == "service":
-            from benchmarks.service import run_service, service_settings
-
-            service_rows, service_notes = run_service(where, service_settings(quick, smoke), log)
-            rows += service_rows
-            notes += service_notes
+    with open_target(target, log=log) as base:
+        for profile in chosen:
+            if not profile.is_loopback and (base.proxy is None or base.server_endpoint is None):
+                notes.append(f"profile {profile.name} skipped: target {target} has no HTTP server on 127.0.0.1")
+                continue
+            log(f"profile {profile.describe()}")
+            with profiled(base, profile) as where:
+                found, said = _run_suites(suite, where, quick, image_size, smoke, writers, log)
+            for row in found:
+                row.extra.setdefault("profile", profile.name)
+            rows += found
+            notes += [note if len(chosen) == 1 else f"[{profile.name}] {note}" for note in said]
+    if len(chosen) > 1:
+        notes.append("profiles: " + "; ".join(p.describe() for p in chosen))
     elapsed = time.perf_counter() - started
     meta: dict[str, Any] = {
         "suite": suite, "target": target, "quick": quick, "image_size": image_size or 4096,
         "elapsed_seconds": round(elapsed, 1), "machine": machine.describe(), "notes": notes,
+        "profiles": [p.name for p in chosen], "writers": list(writers) if writers else None,
     }
+    return _finish(rows, meta, suite, elapsed, json_path, report_dir)
+
+
+def _run_suites(suite: str, where: Any, quick: bool, image_size: int | None, smoke: bool,
+                writers: Sequence[int] | None, log: Callable[[str], None]) -> tuple[list[Row], list[str]]:
+    """Every suite ``suite`` names, on one (profiled) target: rows and notes."""
+    rows: list[Row] = []
+    notes: list[str] = []
+    if suite in ("cutouts", "all"):
+        from benchmarks.cutouts import run_cutouts, settings_for
+
+        notes.append(_cost_model_note(where, log))
+        rows += run_cutouts(where, settings_for(quick, image_size), log)
+    if suite in ("registry", "all"):
+        from benchmarks.registry import registry_settings, run_registry
+
+        settings = registry_settings(quick, smoke, tuple(writers) if writers else None)
+        registry_rows, registry_notes = run_registry(where, settings, log)
+        rows += registry_rows
+        notes += registry_notes
+    if suite == "verify":
+        from benchmarks.verify import run_verify, verify_settings
+
+        rows += run_verify(where, verify_settings(quick, image_size), log)
+    if suite == "sky":
+        from benchmarks.sky import run_sky, sky_settings
+
+        sky_rows, sky_notes = run_sky(where, sky_settings(quick, smoke), log)
+        rows += sky_rows
+        notes += sky_notes
+    if suite == "service":
+        from benchmarks.service import run_service, service_settings
+
+        service_rows, service_notes = run_service(where, service_settings(quick, smoke), log)
+        rows += service_rows
+        notes += service_notes
+    return rows, notes
+
+
+def _finish(rows: list[Row], meta: dict[str, Any], suite: str, elapsed: float, json_path: str | Path | None,
+            report_dir: str | Path | None) -> int:
+    """Print the table, notes, headlines and targets; write the JSON rows and the report."""
+    from benchmarks.verdicts import cutout_headlines, verdicts
+
+    notes = meta["notes"]
+    from benchmarks.report import writers_table
+
     print()
     for line in format_table(rows):
+        print(line)
+    for line in writers_table([r for r in rows if r.suite == "registry"
+                               and r.workload.startswith(("writers-", "put_many"))]):
         print(line)
     print()
     for note in notes:

@@ -147,16 +147,13 @@ def _rows(profile: str, mix: str, outcomes: list[_Outcome], wall: float, setting
 
 def _profiles(target: Target, settings: ServiceSettings) -> list[tuple[str, dict[str, Any], Any]]:
     """``(name, store options, proxy to stop)`` per profile."""
-    from benchmarks.proxy import ProxyProcess
+    from benchmarks.profiles import Profile, start_profile
 
     if target.proxy is None or target.server_endpoint is None:
         return [("direct", dict(target.store_options), None)]
-    slow = ProxyProcess(target.server_endpoint, latency_ms=settings.latency_ms)
-    options = dict(target.store_options)
-    if "endpoint_url" in options:
-        options["endpoint_url"] = slow.endpoint
-    elif "auth_url" in options:
-        options["auth_url"] = f"{slow.endpoint}/auth/v1.0"
+    slow_target, slow = start_profile(target, Profile(f"{settings.latency_ms:g}ms", settings.latency_ms))
+    assert slow is not None
+    options = dict(slow_target.store_options)
     return [("direct", dict(target.store_options), None), (f"{settings.latency_ms:g}ms", options, slow)]
 
 

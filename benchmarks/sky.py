@@ -146,18 +146,15 @@ def _history_cases(uri: str, options: dict[str, Any], counter: Any, position: An
 def _profiles(target: Target, settings: SkySettings) -> list[tuple[str, dict[str, Any], Any, Any]]:
     """``(name, store options, counter, proxy to stop)`` per profile."""
     from benchmarks.measure import NullCounter, ProxyCounter
-    from benchmarks.proxy import ProxyProcess
+    from benchmarks.profiles import Profile, start_profile
 
     if target.proxy is None or target.server_endpoint is None:
         return [("direct", dict(target.store_options), NullCounter(), None)]
     profiles: list[tuple[str, dict[str, Any], Any, Any]] = [
         ("direct", dict(target.store_options), ProxyCounter(target.proxy), None)]
-    slow = ProxyProcess(target.server_endpoint, latency_ms=settings.latency_ms)
-    options = dict(target.store_options)
-    if "endpoint_url" in options:
-        options["endpoint_url"] = slow.endpoint
-    elif "auth_url" in options:
-        options["auth_url"] = f"{slow.endpoint}/auth/v1.0"
+    slow_target, slow = start_profile(target, Profile(f"{settings.latency_ms:g}ms", settings.latency_ms))
+    assert slow is not None
+    options = dict(slow_target.store_options)
     profiles.append((f"{settings.latency_ms:g}ms", options, ProxyCounter(slow), slow))
     return profiles
 

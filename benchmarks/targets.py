@@ -52,6 +52,8 @@ class Target:
         The server behind the proxy.
     server_pids : tuple of int
         The server's processes when this run started it (for CPU accounting), else empty.
+    profile : str
+        The network profile clients see (:mod:`benchmarks.profiles`; ``loopback``: the server as it is).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Target:
 
     s3_keys: tuple[str, str] | None = None
     server_pids: tuple[int, ...] = ()
+    profile: str = "loopback"
 
     @property
     def is_local(self) -> bool:
@@ -154,7 +157,7 @@ def open_target(name: str, log: Any = print) -> Iterator[Target]:
     ------
     Target
     """
-    from objbutler.testing import servers
+    import objbutler_servers as servers
 
     if name == "swift":
         log("starting swift on 127.0.0.1 ...")

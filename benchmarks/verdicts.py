@@ -1,4 +1,4 @@
-"""Headline ratios and the met / not met verdict of every target of issues 3, 4 and 5.
+"""Headline ratios and the met / not met verdict of every target of issues 3, 4, 5 and 17.
 
 Everything here reads rows; nothing measures. A target whose rows are
 missing (a suite not run, a method that failed) is ``not measured``, never met.
@@ -7,6 +7,7 @@ missing (a suite not run, a method that failed) is ``not measured``, never met.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -191,10 +192,53 @@ def _registry_verdicts(rows: list[Row]) -> list[Verdict]:
         seconds = None if row is None else row.seconds
         judge(f"open + equality query at 1M datasets under {limit:g} s {mode}", row,
               "" if seconds is None else f"{seconds:.3f} s", None if seconds is None else seconds < limit)
+    return out + _writers_verdicts(rows)
+
+
+def _writers_verdicts(rows: list[Row]) -> list[Verdict]:
+    """Issue 17's targets, per profile and commit protocol, from the writer and put_many rows."""
+    out: list[Verdict] = []
+    writers = [r for r in rows if r.suite == "registry" and r.workload.startswith("writers-")]
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in writers:
+        key = (str(row.extra.get("profile", "loopback")), str(row.extra.get("protocol", "")),
+               str(row.extra.get("mode", "processes")))
+        groups.setdefault(key, []).append(row)
+    for (profile, protocol, mode), group in groups.items():
+        group.sort(key=lambda r: int(r.extra.get("writers", 0)))
+        where = f"[{profile}, {protocol}, {mode}]"
+        lost = sum(int(r.extra.get("lost", 0)) for r in group)
+        failed = sum(int(r.extra.get("failed", r.extra.get("errors", 0)) or 0) for r in group)
+        out.append(Verdict(17, f"{where} 0 lost and 0 failed puts", f"{lost} lost, {failed} failed in "
+                           f"{sum(r.n for r in group)} puts", "met" if lost == failed == 0 else "not met"))
+        rates = [(int(r.extra["writers"]), r.extra.get("puts_per_second")) for r in group]
+        if all(rate is not None for _, rate in rates) and len(rates) > 1:
+            text = ", ".join(f"{w}: {rate}" for w, rate in rates)
+            ok = all(b[1] >= a[1] for a, b in itertools.pairwise(rates))  # type: ignore[operator]
+            out.append(Verdict(17, f"{where} aggregate puts/s non-decreasing with writers", text,
+                               "met" if ok else "not met"))
+        by_count = dict(rates)
+        one, sixteen = by_count.get(1), by_count.get(16)
+        if one and sixteen is not None:
+            ratio = float(sixteen) / float(one)
+            out.append(Verdict(17, f"{where} 16 writers at least 4x one writer", f"{ratio:.2f}x",
+                               "met" if ratio >= 4 else "not met"))
+        for row in group:
+            if int(row.extra.get("writers", 0)) in (16, 64) and row.extra.get("requests_per_put") is not None:
+                per_put = float(row.extra["requests_per_put"])
+                out.append(Verdict(17, f"{where} {row.workload}: at most 3 requests per put",
+                                   f"{per_put:g} requests, {row.extra.get('gets_per_put')} GETs per put; worst put "
+                                   f"{row.extra.get('worst_ms')} ms", "met" if per_put <= 3 else "not met"))
     for row in rows:
-        if row.suite == "registry" and row.workload.startswith("writers") and row.method == "objbutler":
-            expected, committed = row.extra.get("expected"), row.extra.get("committed")
-            judge(f"{row.workload}: every put committed, none lost", row,
-                  f"{committed} of {expected} committed, {row.extra.get('errors', 0)} errors",
-                  committed == expected and not row.extra.get("errors"))
+        if row.suite == "registry" and row.workload.startswith("put_many") and row.method == "objbutler put_many":
+            profile = row.extra.get("profile", "loopback")
+            target = f"[{profile}] put_many of {row.n:,} small datasets at least 2,000 datasets/s"
+            if row.seconds is None:
+                out.append(Verdict(17, target, row.error or "not measured", "not measured"))
+                continue
+            rate = row.extra.get("puts_per_second") or 0
+            out.append(Verdict(17, target, f"{rate} datasets/s (raw-PUT floor {row.extra.get('floor_puts_per_second')}"
+                               f"/s), {row.extra.get('lost')} lost, {row.extra.get('failed')} failed",
+                               "met" if rate >= 2000 and not row.extra.get("lost") and not row.extra.get("failed")
+                               else "not met"))
     return out

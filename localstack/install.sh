@@ -3,5 +3,5 @@
 # Usage: localstack/install.sh [localstack|swift|all] [--force]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m objbutler.testing.servers install "${1:-all}" "${@:2}"
+export PYTHONPATH="$ROOT/localstack${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python3}" -m objbutler_servers install "${1:-all}" "${@:2}"

@@ -3,5 +3,5 @@
 # Usage: localstack/stop.sh --pidfile /tmp/localstack.json
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m objbutler.testing.servers stop "$@"
+export PYTHONPATH="$ROOT/localstack${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python3}" -m objbutler_servers stop "$@"

@@ -11,22 +11,35 @@ from a stale view.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import enum
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
 from objbutler.config import CONFIG_KEY, RepositoryConfig, parse_config
-from objbutler.cutouts import Box, ClipMode, Cutout, as_boxes
+from objbutler.cutouts import (
+    Box,
+    ClipMode,
+    Cutout,
+    as_boxes,
+    boxes_at,
+    is_angular,
+    pixel_positions,
+    size_in_pixels,
+    sky_to_pixels,
+)
+from objbutler.defaults import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, DEFAULT_TIMESTAMP_RESOLUTION
 from objbutler.errors import (
     AlreadyExistsError,
+    AmbiguousRunError,
     BucketNotFoundError,
-    CommitOutcomeUnknownError,
     ConfigError,
     ConflictError,
     FormatError,
@@ -40,6 +53,7 @@ from objbutler.errors import (
 )
 from objbutler.formats.dispatch import (
     FORMATS,
+    EncodedDataset,
     Recorded,
     delete_dataset,
     encode_dataset,
@@ -47,6 +61,7 @@ from objbutler.formats.dispatch import (
     signature_problem,
     write_dataset,
 )
+from objbutler.group_commit import CommitCombiner, PendingPut
 from objbutler.provenance import (
     Activity,
     LineageGraph,
@@ -57,6 +72,7 @@ from objbutler.provenance import (
     walk_downstream,
     walk_upstream,
 )
+from objbutler.registry.cache_policy import repository_cache_policy
 from objbutler.registry.commits import utc_now
 from objbutler.registry.records import (
     DatasetRef,
@@ -67,13 +83,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.registry.registry import (
-    DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_LOG_SHARDS,
-    DEFAULT_SETTLE_SECONDS,
-    PROTOCOLS,
-    Registry,
-)
+from objbutler.registry.registry import DEFAULT_LOG_SHARDS, PROTOCOLS, Registry
 from objbutler.registry.state import check_condition_kind
 from objbutler.stores import (
     Store,
@@ -84,6 +94,9 @@ from objbutler.stores import (
 )
 from objbutler.stores.cache import CachingStore, cache_settings
 from objbutler.stores.locations import Location, parse_location, sibling_store
+
+if TYPE_CHECKING:
+    from objbutler.batch import Batch
 
 __all__ = ["CONFIG_KEY", "UNSET", "Butler"]
 
@@ -130,6 +143,12 @@ class Butler:
     **store_options
         Passed to :func:`objbutler.stores.open_store` (endpoint, credentials, ...).
 
+    Attributes
+    ----------
+    combiner : CommitCombiner
+        Shares registry commits between threads putting through this Butler
+        (see :mod:`objbutler.group_commit`); its ``rounds`` and ``waits`` count them.
+
     Raises
     ------
     RepositoryNotFoundError
@@ -154,7 +173,7 @@ class Butler:
             cache_dir, offline, max_bytes = cache_settings(cache, offline)
             if cache_dir is not None:
                 self.store = CachingStore(self.store, cache_dir, max_bytes, offline is True,
-                                          auto_offline=offline == "auto")
+                                          auto_offline=offline == "auto", policy=repository_cache_policy(CONFIG_KEY))
         try:
             raw = self.store.get(CONFIG_KEY)
         except BucketNotFoundError:
@@ -175,6 +194,7 @@ class Butler:
             timestamp_resolution=self.config.timestamp_resolution,
             log_shards=self.config.log_shards or DEFAULT_LOG_SHARDS,
         )
+        self.combiner = CommitCombiner(self.registry)  # threads of this process share commits
         if isinstance(self.store, CachingStore) and not self.store.offline:
             self.registry.refresh()  # read the manifest through the cache now, so it is there offline
 
@@ -263,7 +283,8 @@ class Butler:
         exists = _has_config(store)
         if not exists:
             protocol = _choose_protocol(store, allow_no_atomic_create, commit_protocol)
-            resolution = probe_timestamp_resolution(store) if protocol == "timestamped" else 0.0
+            timestamped = protocol == "timestamped"
+            resolution = probe_timestamp_resolution(store) if timestamped else DEFAULT_TIMESTAMP_RESOLUTION
             shards = DEFAULT_LOG_SHARDS if protocol == "claimed" else 0
             config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now(), shards)
             body = config.to_json()
@@ -355,10 +376,106 @@ class Butler:
             The commit write failed and whether it landed cannot be read back;
             the data is kept (``objbutler fsck`` tells which).
         """
+        activity = activity if activity is not None else current_activity(self)
+        pending, encoded = self.prepare_put(obj, dataset_type, data_id, run, format=format, inputs=inputs,
+                                            derived_from=derived_from, format_options=format_options,
+                                            activity=activity)
+        # fail before uploading when the view already says no
+        self.registry.check([pending.dataset_type], pending.kinds, [pending.ref])
+        self.upload(pending, encoded)
+        outcome = self.commit_pending([pending])[0]  # shares a commit with other threads' puts, if any
+        if isinstance(outcome, BaseException):
+            raise outcome  # data deleted, or kept when the outcome is unknown (see commit_group)
+        if activity is not None:
+            activity.outputs.append(outcome.id)
+        return outcome
+
+    def put_many(
+        self,
+        items: Iterable[tuple[Any, str, Mapping[str, Any]] | Mapping[str, Any]],
+        run: str,
+        *,
+        format: str | None = None,
+        format_options: Mapping[str, Any] | None = None,
+        errors: Literal["raise", "return"] = "raise",
+        max_concurrency: int | None = None,
+        chunk_size: int | None = None,
+    ) -> list[Any]:
+        """Store many datasets: upload concurrently, then commit them in as few commits as possible.
+
+        See :func:`objbutler.batch.put_many` for the per-item semantics (an
+        item refused does not stop the others; chunks of
+        :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE` datasets per commit).
+
+        Parameters
+        ----------
+        items : iterable
+            ``(obj, dataset_type, data_id)`` tuples, or mappings with keys
+            ``obj``, ``dataset_type``, ``data_id`` and optionally ``inputs``,
+            ``derived_from``, ``format``, ``format_options``.
+        run : str
+            The run of every dataset.
+        format, format_options : optional
+            As for :meth:`put`, for every item (an item's mapping may override them).
+        errors : {"raise", "return"}
+            ``"raise"``: after committing what can be, raise
+            :class:`~objbutler.errors.BatchError` if any item failed.
+            ``"return"``: return the per-item list (refs and exceptions) instead.
+        max_concurrency : int, optional
+            Most encodes/uploads at once (default: the store's ``max_concurrency``, else 16).
+        chunk_size : int, optional
+            Most datasets per registry commit (default
+            :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE`).
+
+        Returns
+        -------
+        list
+            One entry per item, in order: its ``DatasetRef`` (with ``errors="return"``, or the exception).
+
+        Raises
+        ------
+        BatchError
+            ``errors="raise"`` and some items failed; ``.results`` holds every item's outcome.
+        """
+        from objbutler.batch import put_many
+
+        return put_many(self, list(items), run, format=format, format_options=format_options, errors=errors,
+                        max_concurrency=max_concurrency, chunk_size=chunk_size)
+
+    def batch(self, run: str, *, format: str | None = None, format_options: Mapping[str, Any] | None = None,
+              errors: Literal["raise", "return"] = "raise", max_concurrency: int | None = None,
+              chunk_size: int | None = None) -> Batch:
+        """A context whose ``put`` calls upload at once and commit together when it exits.
+
+        Examples
+        --------
+        >>> with butler.batch(run="run1") as batch:  # doctest: +SKIP
+        ...     for visit in visits:
+        ...         batch.put(images[visit], "calexp", {"visit": visit})
+        >>> refs = batch.results  # doctest: +SKIP
+
+        See :class:`objbutler.batch.Batch`.
+        """
+        from objbutler.batch import Batch
+
+        return Batch(self, run, format=format, format_options=format_options, errors=errors,
+                     max_concurrency=max_concurrency, chunk_size=chunk_size)
+
+    def prepare_put(self, obj: Any, dataset_type: str, data_id: Mapping[str, Any], run: str, *,
+                    format: str | None = None, inputs: Sequence[DatasetRef] | None = None,
+                    derived_from: Sequence[DatasetRef] | None = None,
+                    format_options: Mapping[str, Any] | None = None,
+                    activity: Activity | None = None) -> tuple[PendingPut, EncodedDataset]:
+        """Validate and encode one dataset: its ref (fresh id and key) and bytes, nothing written yet.
+
+        Raises
+        ------
+        InvalidKeyError, FormatError
+            As :meth:`put`.
+        """
         dataset_type = validate_dataset_type_name(dataset_type)
         clean_id = validate_data_id(data_id)
         run = validate_run(run)
-        activity = activity if activity is not None else current_activity(self)
         provenance = provenance_record(inputs, derived_from, activity)
         obj = stamp_fits_cards(obj, provenance, format or self.config["default_format"])
         encoded = encode_dataset(obj, format, self.config["default_format"], dict(format_options or {}))
@@ -371,22 +488,25 @@ class Butler:
             size=encoded.size, checksum=encoded.checksum, created=utc_now(), provenance=provenance,
             repository=self.uri, layout=encoded.layout, sky=encoded.sky,
         )
-        self.registry.check([new_type], kinds, [ref])  # fail before uploading when the view already says no
+        fmt = encoded.format
+        return PendingPut(ref, new_type, kinds, lambda: self._discard(key, fmt)), encoded
+
+    def upload(self, pending: PendingPut, encoded: EncodedDataset) -> None:
+        """Write a prepared dataset's objects; on failure delete what was written and raise."""
         try:
-            write_dataset(self.store, key, encoded)
+            write_dataset(self.store, pending.ref.key, encoded)
         except Exception:
-            self._discard(key, encoded.format)  # no commit names this key yet
+            pending.discard()  # no commit names this key yet
             raise
-        try:
-            self.registry.commit([new_type], kinds, [ref])
-        except CommitOutcomeUnknownError:
-            raise  # the commit may have landed or may still land: keep the data, fsck tells
-        except ObjButlerError:
-            self._discard(key, encoded.format)  # Registry.commit promises that nothing was or will be committed
-            raise
-        if activity is not None:
-            activity.outputs.append(ref.id)
-        return ref
+
+    def commit_pending(self, puts: Sequence[PendingPut], chunk_size: int | None = None) -> list[Any]:
+        """Commit written datasets through this Butler's commit combiner: per item the ref or the exception.
+
+        Concurrent callers (threads) share registry commits; see
+        :class:`objbutler.group_commit.CommitCombiner` and
+        :func:`objbutler.group_commit.commit_group` for what each item gets.
+        """
+        return self.combiner.submit(puts, chunk_size)
 
     def _discard(self, key: str, fmt: str) -> None:
         """Delete the data of a put that did not commit (best effort: a leftover is an orphan for vacuum)."""
@@ -490,7 +610,8 @@ class Butler:
             new[ref.unique_key] = ref
             out.append(ref)
         if new:
-            self.registry.commit(list(types.values()), kinds, list(new.values()))
+            with self.combiner.exclusive():  # all or nothing, and never racing this process's group commits
+                self.registry.commit(list(types.values()), kinds, list(new.values()))
         return out
 
     # -- finding ---------------------------------------------------------------
@@ -629,8 +750,8 @@ class Butler:
         ------
         NotFoundError
             If there is none.
-        InvalidKeyError
-            If ``run`` is None and several runs hold it.
+        AmbiguousRunError
+            If ``run`` is None and several runs hold it (an InvalidKeyError).
         """
         clean_id = validate_data_id(data_id)
         state = self.registry.refresh()
@@ -651,7 +772,7 @@ class Butler:
             raise NotFoundError(f"no {dataset_type} with data ID {clean_id}{where} in {self.uri}")
         if len(matches) > 1:
             runs = sorted(r.run for r in matches)
-            raise InvalidKeyError(f"{dataset_type} {clean_id} exists in several runs {runs}: pass run=")
+            raise AmbiguousRunError(f"{dataset_type} {clean_id} exists in several runs {runs}: pass run=", runs)
         return matches[0]
 
     def _resolve(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None, run: str | None) -> DatasetRef:
@@ -728,30 +849,43 @@ class Butler:
     def get_cutouts(
         self,
         ref_or_type: DatasetRef | str,
-        boxes_or_coords: Any,
+        *args: Any,
         data_id: Mapping[str, Any] | None = None,
         run: str | None = None,
-        *,
+        boxes_or_positions: Any = UNSET,
+        size: Any = None,
         mode: ClipMode = "trim",
         fill_value: float = np.nan,
-        size: Any = None,
         cost: Any = None,
         hdu: int | str | None = None,
     ) -> list[Cutout]:
         """Cut many postage stamps out of one image with a few coalesced range reads.
 
+        Called as :meth:`get` is, with what to cut after the dataset:
+        ``get_cutouts(ref_or_type, data_id=None, run=None, boxes_or_positions, *, size=None, ...)``.
+        A ref needs no data ID or run, so ``get_cutouts(ref, boxes)`` reads as it always has: a
+        first argument after ``ref_or_type`` that is not a mapping (a data ID) is what to cut.
+
         Parameters
         ----------
         ref_or_type : DatasetRef or str
-            The image (a ref, or a dataset type name with ``data_id``/``run``).
-        boxes_or_coords : sequence of Box or (x0, y0, x1, y1), or SkyCoord
-            Pixel boxes (half-open, 0-based), or sky positions (then ``size``).
+            The image: a ref, or a dataset type name with ``data_id`` (and ``run`` when several
+            runs hold the data ID).
+        data_id : mapping, optional
+            With a dataset type name.
+        run : str, optional
+            With a dataset type name.
+        boxes_or_positions : Box, sequence of Box, (x, y) pixel positions, or SkyCoord
+            Pixel boxes (half-open, 0-based ``(x0, y0, x1, y1)``); or, with ``size``, stamp centres:
+            one ``(x, y)``, a list of them or an ``(N, 2)`` array (0-based pixels, integers at pixel
+            centres, as Cutout2D's ``position``), or a SkyCoord (one or many).
+        size : int, (ny, nx) or Quantity
+            Stamp size for positions: pixels, or an angle (converted with the image's WCS).
+            Boxes carry their own size: ``size`` with boxes raises InvalidCutoutError.
         mode : {"trim", "partial", "strict"}
             Clipping, as astropy's Cutout2D.
         fill_value : float
             For pixels outside the image in ``partial`` mode.
-        size : int, (ny, nx) or Quantity
-            Stamp size for sky positions.
         cost : objbutler.ranges.CostModel, optional
             Latency/bandwidth model for planning FITS reads.
         hdu : int, str or None
@@ -760,12 +894,33 @@ class Butler:
         Returns
         -------
         list of Cutout
-            In request order.
+            In request order; always a list, so one Box, one ``(x, y)`` or a scalar SkyCoord gives
+            a list of one (where Cutout2D would give the stamp itself). A stamp cut around a
+            position knows it (``input_position_original``, ``position_cutout``, ...: Cutout2D's).
+
+        Raises
+        ------
+        InvalidCutoutError
+            A request that cannot be cut as asked (``size`` with boxes, positions without ``size``,
+            a box the mode refuses, ...).
+        AmbiguousRunError
+            A dataset type and data ID held by several runs, and no ``run``.
+
+        Warns
+        -----
+        DeprecationWarning
+            For the old order, a data ID after the boxes: ``get_cutouts(type, boxes, data_id, run)``
+            still works; spell it ``get_cutouts(type, data_id, run, boxes)``.
         """
+        data_id, run, request = _cutout_arguments(ref_or_type, args, data_id, run, boxes_or_positions)
         ref = self._resolve(ref_or_type, data_id, run)
         hdu = _default_hdu(ref, hdu)
-        boxes, wcs = self._boxes_for(ref, boxes_or_coords, size, hdu)
-        return self.read_image_cutouts(ref, boxes, mode, fill_value, cost=cost, parent_wcs=wcs, hdu=hdu)
+        boxes, wcs, positions = self._boxes_for(ref, request, size, hdu)
+        stamps = self.read_image_cutouts(ref, boxes, mode, fill_value, cost=cost, parent_wcs=wcs, hdu=hdu)
+        if positions is not None:
+            for stamp, (x, y) in zip(stamps, positions.tolist(), strict=True):
+                stamp.input_position_original = (x, y)
+        return stamps
 
     def read_image_cutouts(self, ref: DatasetRef, boxes: Sequence[Box], mode: ClipMode = "trim",
                            fill_value: float = np.nan, *, cost: Any = None, parent_wcs: Any = None,
@@ -794,6 +949,8 @@ class Butler:
             from objbutler.formats.zarr_layout import layout_metadata
 
             known = None if ref.is_direct else layout_metadata(ref.layout, key, ref.size)
+            if wcs is None and known is not None:
+                wcs = _registry_wcs(ref)  # else zarr.json is read when a stamp's WCS is first asked for
             with _gone_in_place(ref):
                 return read_zarr_cutouts(store, key, boxes, mode, fill_value, size=ref.size, known=known,
                                          parent_wcs=wcs)
@@ -806,37 +963,43 @@ class Butler:
         mode: ClipMode = "trim",
         fill_value: float = np.nan,
         size: Any = None,
+        cost: Any = None,
         max_images_in_flight: int = 4,
     ) -> dict[DatasetRef, list[Cutout]]:
         """Cut stamps out of many images, running the per-image plans concurrently.
 
         Parameters
         ----------
-        requests : mapping of DatasetRef to boxes or SkyCoord
-            Per image, what :meth:`get_cutouts` takes.
-        mode, fill_value, size
+        requests : mapping of DatasetRef to boxes or positions
+            Per image, what :meth:`get_cutouts` takes as ``boxes_or_positions``.
+        mode, fill_value, size, cost
             As for :meth:`get_cutouts`.
         max_images_in_flight : int
-            Images processed at once (each already reads its blocks concurrently).
+            Images processed at once (each already reads its blocks concurrently); all of it
+            within the store's concurrency budget (its ``max_concurrency``).
 
         Returns
         -------
         dict of DatasetRef to list of Cutout
             Stamps per image, each list in request order.
         """
-        from objbutler.stores import run_concurrently
+        from objbutler.stores import budget_of, run_concurrently
 
         refs = list(requests)
         stamps = run_concurrently(
-            lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size),
+            lambda ref: self.get_cutouts(ref, requests[ref], mode=mode, fill_value=fill_value, size=size, cost=cost),
             refs,
             max_images_in_flight,
+            budget_of(self.store),
         )
         return dict(zip(refs, stamps, strict=True))
 
     def get_wcs(self, ref_or_type: DatasetRef | str, data_id: Mapping[str, Any] | None = None,
-                run: str | None = None) -> Any:
+                run: str | None = None, *, hdu: int | str | None = None) -> Any:
         """An image's WCS, read from its header alone (no pixels), or None if it has none.
+
+        Arguments as for :meth:`get`. A Zarr image this repository wrote needs no read at all:
+        its WCS comes from the registry's sky record, made from the same header at put.
 
         Used to turn sky positions into the pixel boxes :meth:`get_cutouts` would cut
         (:func:`objbutler.cutouts.boxes_from_skycoords`), e.g. when each position has its own size.
@@ -844,25 +1007,27 @@ class Butler:
         ref = self._resolve(ref_or_type, data_id, run)
         if FORMATS.get(ref.format) != "image":
             raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image: it has no WCS")
-        return self._image_wcs(ref, _default_hdu(ref, None))
+        wcs = self._image_wcs(ref, _default_hdu(ref, hdu))
+        return copy.deepcopy(wcs) if wcs is not None and ref.format == "zarr" else wcs  # the caller's own copy
 
-    def _boxes_for(self, ref: DatasetRef, boxes_or_coords: Any, size: Any,
-                   hdu: int | str | None = None) -> tuple[list[Box], Any]:
-        """Pixel boxes, and the image's WCS when it had to be read to make them (sky positions)."""
+    def _boxes_for(self, ref: DatasetRef, request: Any, size: Any,
+                   hdu: int | str | None = None) -> tuple[list[Box], Any, np.ndarray | None]:
+        """Pixel boxes; the image's WCS when it had to be read to make them; the ``(N, 2)`` centres asked for."""
         from astropy.coordinates import SkyCoord
 
-        if not isinstance(boxes_or_coords, SkyCoord):
-            if size is not None:
-                raise InvalidCutoutError("size= goes with sky positions; pixel boxes carry their own size")
-            return as_boxes(boxes_or_coords), None
         if size is None:
-            raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
-        from objbutler.cutouts import boxes_from_skycoords
-
-        wcs = self._image_wcs(ref, hdu)
-        if wcs is None:
-            raise NotSupportedError(f"{ref.dataset_type} {ref.data_id} has no WCS: use pixel boxes")
-        return boxes_from_skycoords(boxes_or_coords, wcs, size), wcs
+            if isinstance(request, SkyCoord):
+                raise InvalidCutoutError("cutouts at sky positions need size= (pixels or an angle)")
+            return as_boxes(request), None, None
+        sky = isinstance(request, SkyCoord)
+        xy = None if sky else pixel_positions(request)  # refuses boxes before any read
+        wcs = self._image_wcs(ref, hdu) if sky or is_angular(size) else None
+        if wcs is None and (sky or is_angular(size)):
+            raise NotSupportedError(f"{ref.dataset_type} {ref.data_id} has no WCS: use pixel boxes or positions "
+                                    "with a size in pixels")
+        if xy is None:
+            xy = sky_to_pixels(request, wcs)
+        return boxes_at(xy, size_in_pixels(size, wcs)), wcs, xy
 
     def _image_wcs(self, ref: DatasetRef, hdu: int | str | None = None) -> Any:
         store, key = self.data_location(ref)
@@ -873,7 +1038,7 @@ class Butler:
                 return read_fits_wcs(store, key, hdu=hdu)
             from objbutler.formats.zarr_array import read_zarr_wcs
 
-            return read_zarr_wcs(store, key)
+            return _registry_wcs(ref) or read_zarr_wcs(store, key)
 
     # -- data registered in place ------------------------------------------------
 
@@ -912,6 +1077,58 @@ class Butler:
             return found
 
 
+def _cutout_arguments(ref_or_type: DatasetRef | str, args: tuple[Any, ...], data_id: Mapping[str, Any] | None,
+                      run: str | None, request: Any) -> tuple[Mapping[str, Any] | None, str | None, Any]:
+    """``(data_id, run, boxes_or_positions)`` of a :meth:`Butler.get_cutouts` call, in whichever spelling it came.
+
+    New order (get's): ``(ref_or_type, data_id, run, boxes_or_positions)``; a first positional
+    argument that is not a mapping is what to cut (``get_cutouts(ref, boxes)``); data ID and
+    run positional after it is the old order, still served with a DeprecationWarning.
+    """
+    given = list(args)
+    if len(given) > 3:
+        raise TypeError(f"get_cutouts() takes ref_or_type and at most 3 more positional arguments "
+                        f"(data_id, run, boxes_or_positions), {len(given)} were given")
+
+    def take(name: str, current: Any, unset: Any, value: Any) -> Any:
+        if current is not unset:
+            raise TypeError(f"get_cutouts() got multiple values for {name}")
+        return value
+
+    if given and given[0] is not None and not isinstance(given[0], Mapping):
+        request = take("boxes_or_positions", request, UNSET, given.pop(0))
+        old_order = bool(given)
+        if given:
+            data_id = take("data_id", data_id, None, given.pop(0))
+        if given:
+            run = take("run", run, None, given.pop(0))
+        if old_order:
+            what = ref_or_type.dataset_type if isinstance(ref_or_type, DatasetRef) else ref_or_type
+            warnings.warn(
+                f"get_cutouts(ref_or_type, boxes, data_id, run) is deprecated: name the dataset first, as "
+                f"get() does: get_cutouts({what!r}, data_id, run, boxes) (or data_id=, run= and "
+                "boxes_or_positions= by keyword)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    else:
+        if given:
+            data_id = take("data_id", data_id, None, given.pop(0))
+        if given:
+            run = take("run", run, None, given.pop(0))
+        if given:
+            request = take("boxes_or_positions", request, UNSET, given.pop(0))
+    if data_id is not None and not isinstance(data_id, Mapping):
+        raise TypeError(f"data_id must be a mapping, got {type(data_id).__name__}")
+    if run is not None and not isinstance(run, str):
+        raise TypeError(f"run must be a str, got {type(run).__name__}: the order is get_cutouts(ref_or_type, "
+                        "data_id, run, boxes_or_positions)")
+    if request is UNSET or request is None:
+        raise InvalidCutoutError("get_cutouts() needs what to cut: get_cutouts(ref, boxes) or "
+                        "get_cutouts(dataset_type, data_id, run, boxes_or_positions, size=...)")
+    return data_id, run, request
+
+
 def direct_location(ref: DatasetRef) -> Location:
     """The absolute location of a dataset registered in place (FormatError for a malformed record)."""
     try:
@@ -936,6 +1153,19 @@ def _gone_in_place(ref: DatasetRef) -> Iterator[None]:
         raise NotFoundError(f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is registered in place at "
                             f"{ref.key}, which is gone: it was deleted outside objbutler ({exc}); "
                             "objbutler fsck lists such datasets") from exc
+
+
+def _registry_wcs(ref: DatasetRef) -> Any:
+    """A Zarr image's WCS from its registry sky record (no ``zarr.json`` read), or None to read it.
+
+    Only for data this repository wrote (the sky record was made from the same header at put); data
+    registered in place may have been replaced since. The WCS object is shared: callers only read it.
+    """
+    if ref.format != "zarr" or ref.is_direct or ref.sky is None or ref.layout is None:
+        return None
+    from objbutler.sky.footprint import sky_wcs
+
+    return sky_wcs(ref.sky)
 
 
 def _default_hdu(ref: DatasetRef, hdu: int | str | None) -> int | str | None:

@@ -179,6 +179,8 @@ _ENV_TEXT = {
              "OBJBUTLER_BENCH_DIR, OBJBUTLER_SERVERS_DIR, OBJBUTLER_SERVERS_PYTHON (where the baselines and "
              "test servers are installed)",
     "debug": "OBJBUTLER_DEBUG=1: print the traceback of an error as well",
+    "internals": "OBJBUTLER_PUBLIC_INTERNALS=1: decode tiled FITS and Zarr shards through public astropy/zarr "
+                 "APIs only (slower; for checking the fallback)",
 }
 _STORE_ENV = ("s3", "swift", "cache")
 _COMMAND_ENV: dict[str, tuple[str, ...]] = {
@@ -213,7 +215,7 @@ def command_epilog(name: str) -> str:
 
 def _main_epilog() -> str:
     codes = [f"  {int(code):>3}  {text}" for code, text in EXIT_CODES.items()]
-    env = [f"  {_ENV_TEXT[key]}" for key in (*_STORE_ENV, "image", "cutout", "debug")]
+    env = [f"  {_ENV_TEXT[key]}" for key in (*_STORE_ENV, "image", "cutout", "internals", "debug")]
     return "\n\n".join([
         _block("Every error is one 'error: ...' line on stderr. Exit codes:", codes, hang=7),
         _block("Environment (each command's --help lists the variables it reads):", env),
@@ -954,18 +956,53 @@ def serve(uri: str, host: str, port: int, token_file: Path | None) -> None:
               help="Write README.md and PNG plots into this directory.")
 @click.option("--image-size", type=click.IntRange(64), default=None, help="Side of the cutouts image [default: 4096].")
 @click.option("--smoke", is_flag=True, hidden=True, help="Tiny registry suite (for the unit test).")
+@click.option("--profile", "profiles", default="loopback", show_default=True, metavar="NAME[,NAME...]",
+              help="Network profiles, side by side: loopback (the server as it is), cloud-20ms (20 ms per "
+                   "request, 100 MB/s per connection), cloud-<N>ms.")
+@click.option("--writers", default=None, metavar="N[,N...]",
+              help="Writer counts of the registry suite [default: 1,4,16,64; --quick: 1,4].")
 def bench(suite: str, target: str, quick: bool, json_path: Path | None, report_dir: Path | None,
-          image_size: int | None, smoke: bool) -> None:
-    """Benchmark objbutler against what users do today (runs from a source checkout: benchmarks/)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "run.py").is_file():
-        raise click.ClickException(f"objbutler bench needs the source checkout's benchmarks/ next to {root}")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.run import main as run_benchmarks
-
+          image_size: int | None, smoke: bool, profiles: str, writers: str | None) -> None:
+    """Benchmark objbutler against what users do today (needs the harness: a clone's benchmarks/)."""
+    try:
+        counts = tuple(int(part) for part in writers.split(",") if part.strip()) if writers else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--writers") from None
+    if counts is not None and (not counts or min(counts) < 1):
+        raise click.BadParameter("writer counts must be >= 1", param_hint="--writers")
+    run_benchmarks = bench_harness()
     sys.exit(run_benchmarks(suite, target, quick=quick, json_path=json_path, report_dir=report_dir,
-                            image_size=image_size, smoke=smoke))
+                            image_size=image_size, smoke=smoke, profiles=profiles, writers=counts))
+
+
+BENCH_ENTRY_POINTS = "objbutler.bench"
+"""The entry-point group where the benchmark harness (``objbutler-bench``, benchmarks/) registers its ``harness``."""
+
+BENCH_INSTALL = "python3 -m pip install -e '.[bench]' -e ./localstack -e ./benchmarks"
+"""How to install the harness from a clone of the repository."""
+
+
+def bench_harness() -> Any:
+    """The benchmark harness's entry point (``benchmarks.run.main``), found through its distribution's metadata.
+
+    Returns
+    -------
+    callable
+        ``main(suite, target, *, quick, json_path, report_dir, image_size, smoke) -> int``.
+
+    Raises
+    ------
+    click.ClickException
+        If no installed distribution registers a ``harness`` in :data:`BENCH_ENTRY_POINTS`: one line
+        that says how to install it.
+    """
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=BENCH_ENTRY_POINTS, name="harness")
+    if not found:
+        raise click.ClickException(f"objbutler bench needs the benchmark harness, which is not installed; "
+                                   f"from a clone of objbutler: {BENCH_INSTALL}")
+    return next(iter(found)).load()
 
 
 if __name__ == "__main__":

@@ -54,10 +54,10 @@ from objbutler.errors import (
     ObjButlerError,
 )
 from objbutler.formats.dispatch import delete_dataset
-from objbutler.formats.zarr_array import write_zarr_objects
+from objbutler.formats.zarr_write import write_zarr_objects
 from objbutler.integrity import content_checksum
 from objbutler.registry.records import DatasetRef, data_id_slug
-from objbutler.stores import run_concurrently
+from objbutler.stores import budget_of, run_concurrently
 
 __all__ = ["CloneReport", "clone", "cloned_ref", "open_or_create", "select_datasets"]
 
@@ -322,7 +322,7 @@ def clone(
             return ref, error
 
         for start in range(0, len(todo), batch_size):
-            results = run_concurrently(copy, todo[start : start + batch_size], jobs)
+            results = run_concurrently(copy, todo[start : start + batch_size], jobs, budget_of(dst.store))
             report.failed += [(ref, error) for ref, error in results if error is not None]
             _commit(dst, [cloned_ref(ref) for ref, error in results if error is None], report)
     return report

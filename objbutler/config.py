@@ -22,9 +22,10 @@ import json
 import math
 from typing import Any
 
+from objbutler.defaults import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, DEFAULT_TIMESTAMP_RESOLUTION
 from objbutler.errors import ConfigError
 from objbutler.registry.log import MAX_SHARDS
-from objbutler.registry.registry import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, PROTOCOLS
+from objbutler.registry.registry import PROTOCOLS
 
 __all__ = ["CONFIG_FORMAT", "CONFIG_KEY", "IMAGE_FORMATS", "RepositoryConfig", "parse_config"]
 
@@ -67,7 +68,7 @@ class RepositoryConfig:
     default_format: str = "fits"
     checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
-    timestamp_resolution: float = 0.0
+    timestamp_resolution: float = DEFAULT_TIMESTAMP_RESOLUTION
     created: str = ""
     log_shards: int = 0
 

@@ -53,6 +53,11 @@ __all__ = [
     "accepts",
     "as_box",
     "as_boxes",
+    "boxes_at",
+    "is_angular",
+    "pixel_positions",
+    "size_in_pixels",
+    "sky_to_pixels",
     "check_stamp_pixels",
     "max_stamp_pixels",
     "StampPlan",
@@ -255,21 +260,24 @@ def check_stamp_pixels(stamps: Iterable[Box]) -> None:
 
 
 def as_boxes(value: Any) -> list[Box]:
-    """Boxes from a sequence of Boxes or ``(x0, y0, x1, y1)`` corners.
+    """Boxes from one Box (or four corners ``(x0, y0, x1, y1)``) or a sequence of them.
+
+    A single box gives a list of one, so the answer of a cutout call is always a list.
 
     Raises
     ------
     InvalidCutoutError
-        For None, a single Box or corner tuple instead of a sequence of them, a
-        string, or anything that is not a sequence of boxes; names what it got.
+        For None, a string, a mapping or anything that is not a box or a sequence of boxes; names
+        what it got.
     """
     if isinstance(value, Box):
-        raise InvalidCutoutError(f"pass a list of boxes, not a single Box: [{value!r}]")
+        return [value]
     if value is None or isinstance(value, str | bytes | dict) or not isinstance(value, Iterable):
-        raise InvalidCutoutError(f"boxes must be a sequence of Box or (x0, y0, x1, y1), or a SkyCoord; got {value!r}")
+        raise InvalidCutoutError(f"boxes must be a Box or a sequence of Box or (x0, y0, x1, y1), or positions "
+                                 f"with size=; got {value!r}")
     items = list(value)
     if len(items) == 4 and all(isinstance(v, int | float | np.integer | np.floating) for v in items):
-        raise InvalidCutoutError(f"pass a list of boxes, not one box's corners: [{tuple(items)!r}]")
+        return [as_box(items)]  # one box's corners
     return [as_box(item) for item in items]
 
 
@@ -287,6 +295,8 @@ def as_box(value: Any) -> Box:
         corners = [float(v) for v in value]
     except (TypeError, ValueError):
         raise InvalidCutoutError(f"a box needs four numbers x0, y0, x1, y1, got {value!r}") from None
+    if len(corners) == 2:
+        raise InvalidCutoutError(f"{value!r} is one (x, y) position, not a box: pass size= to cut around positions")
     if len(corners) != 4 or not all(c.is_integer() for c in corners):
         raise InvalidCutoutError(f"a box needs four whole-pixel corners x0, y0, x1, y1, got {value!r}")
     return Box(*(int(c) for c in corners))
@@ -313,20 +323,84 @@ def boxes_from_skycoords(
     list of Box
         One box per position, ``x0 = ceil(x - nx/2)``, ``x1 = x0 + nx`` (likewise y).
     """
-    ny, nx = _size_in_pixels(size, wcs)
+    return boxes_at(sky_to_pixels(skycoords, wcs), size_in_pixels(size, wcs))
+
+
+def sky_to_pixels(skycoords: SkyCoord, wcs: WCS) -> np.ndarray:
+    """``(N, 2)`` float array of the ``(x, y)`` parent pixels (0-based) of sky positions, distortions included.
+
+    Raises
+    ------
+    InvalidCutoutError
+        For a position the WCS cannot place (off a projection's edge).
+    """
     xs, ys = wcs.world_to_pixel(skycoords)
-    xs, ys = np.atleast_1d(xs), np.atleast_1d(ys)
-    boxes = []
-    for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        if not (math.isfinite(float(x)) and math.isfinite(float(y))):
-            raise InvalidCutoutError(f"sky position {index} has no pixel position in this WCS")
-        x0 = math.ceil(float(x) - nx / 2.0)
-        y0 = math.ceil(float(y) - ny / 2.0)
-        boxes.append(Box(x0, y0, x0 + nx, y0 + ny))
-    return boxes
+    xy = np.column_stack([np.atleast_1d(xs), np.atleast_1d(ys)]).astype(float)
+    bad = np.flatnonzero(~np.isfinite(xy).all(axis=1))
+    if bad.size:
+        raise InvalidCutoutError(f"sky position {int(bad[0])} has no pixel position in this WCS")
+    return xy
 
 
-def _size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS) -> tuple[int, int]:
+def pixel_positions(value: Any) -> np.ndarray:
+    """``(N, 2)`` float array of ``(x, y)`` pixel centres from one ``(x, y)`` or many (a list, an ``(N, 2)`` array).
+
+    Integer positions are pixel centres, 0-based, as in Cutout2D.
+
+    Raises
+    ------
+    InvalidCutoutError
+        For boxes (they carry their own size: no ``size=`` with them), or anything that is not
+        finite ``(x, y)`` pairs.
+    """
+    if isinstance(value, Box) or (isinstance(value, Sequence) and not isinstance(value, str | bytes)
+                                  and any(isinstance(item, Box) for item in value)):
+        raise InvalidCutoutError("boxes carry their own size: size= goes with (x, y) or sky positions")
+    if value is None or isinstance(value, str | bytes | dict):
+        raise InvalidCutoutError(f"positions must be (x, y) pixel centres or a SkyCoord, got {value!r}")
+    try:
+        xy = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidCutoutError(f"positions must be (x, y) pixel centres or a SkyCoord, got {value!r}") from None
+    if xy.ndim == 1 and xy.shape == (2,):
+        xy = xy[np.newaxis, :]
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        hint = " (boxes carry their own size: size= goes with positions)" if xy.shape[-1:] == (4,) else ""
+        raise InvalidCutoutError(f"pixel positions must be (x, y) or an (N, 2) array of them, got shape "
+                                 f"{xy.shape}{hint}")
+    bad = np.flatnonzero(~np.isfinite(xy).all(axis=1))
+    if bad.size:
+        raise InvalidCutoutError(f"pixel position {int(bad[0])} is not finite: {tuple(xy[bad[0]])}")
+    return xy
+
+
+def boxes_at(xy: np.ndarray, shape: tuple[int, int]) -> list[Box]:
+    """Boxes of ``shape = (ny, nx)`` centred on ``(x, y)`` pixel positions, rounded as Cutout2D rounds.
+
+    ``x0 = ceil(x - nx / 2)``, ``x1 = x0 + nx`` (likewise y): astropy's
+    :func:`~astropy.nddata.utils.overlap_slices` with its default ``np.ceil``.
+    """
+    ny, nx = shape
+    x0s = np.ceil(xy[:, 0] - nx / 2.0).astype(np.int64)
+    y0s = np.ceil(xy[:, 1] - ny / 2.0).astype(np.int64)
+    return [Box(int(x0), int(y0), int(x0) + nx, int(y0) + ny) for x0, y0 in zip(x0s, y0s, strict=True)]
+
+
+def is_angular(size: Any) -> bool:
+    """Whether a stamp size is an angle (it then needs the image's WCS to become pixels)."""
+    from astropy import units as u
+
+    return isinstance(size, u.Quantity) and size.unit.physical_type == "angle"
+
+
+def size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS | None = None) -> tuple[int, int]:
+    """``(ny, nx)`` of a stamp size given in pixels (an int, ``(ny, nx)``, a pixel Quantity) or as an angle.
+
+    Raises
+    ------
+    InvalidCutoutError
+        For a size that is not one or two positive sides, or an angle without a WCS.
+    """
     from astropy import units as u
     from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -337,6 +411,8 @@ def _size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS) -> tuple[i
         if sides.size != 2 or not np.all(np.isfinite(sides.value)) or np.any(sides.value <= 0):
             raise InvalidCutoutError(f"stamp size must be one or two positive, finite values, got {size!r}")
         if sides.unit.physical_type == "angle":
+            if wcs is None:
+                raise InvalidCutoutError(f"an angular stamp size ({size}) needs the image's WCS; this image has none")
             scales = u.Quantity(proj_plane_pixel_scales(wcs), wcs.wcs.cunit[0])
             # size is (ny, nx); pixel scales are (x, y)
             pixels = [
@@ -417,14 +493,15 @@ class ParentWCS:
 
 
 class Cutout:
-    """One postage stamp.
+    """One postage stamp, with astropy :class:`~astropy.nddata.Cutout2D`'s pixel bookkeeping.
 
     Parameters
     ----------
     data : numpy.ndarray
         The pixels, ``shape == bbox.shape``.
     bbox : Box
-        Where the stamp lies in parent pixels.
+        Where the stamp lies in parent pixels: ``data[0, 0]`` is parent pixel ``(bbox.x0, bbox.y0)``
+        (in ``partial`` mode possibly outside the image, a ``fill_value`` pixel).
     wcs : astropy.wcs.WCS or None
         The stamp's own WCS (parent WCS shifted to the stamp's origin).
     index : int
@@ -436,8 +513,21 @@ class Cutout:
         The image it was cut from, when the cutout came from a sky query
         (:meth:`objbutler.butler.Butler.cutouts_at`).
     input_position_original : tuple of float or None
-        ``(x, y)``: the requested sky position in parent pixels (0-based), as
-        Cutout2D's ``input_position_original``; None for a pixel box.
+        ``(x, y)``: the requested position in parent pixels (0-based), as Cutout2D's
+        ``input_position_original``: the given pixel position, or a sky position's pixels
+        through the WCS; None for a cutout asked for as a pixel box.
+
+    Notes
+    -----
+    The Cutout2D attributes (``slices_original``, ``slices_cutout``, ``bbox_original``,
+    ``bbox_cutout``, ``origin_original``, ``origin_cutout``, ``center_original``,
+    ``center_cutout``, ``position_original``, ``position_cutout``, ``input_position_cutout``)
+    equal Cutout2D's for the same image, position, size and mode (``tests/test_cutout_api.py``
+    compares them). One deliberate difference: ``to_original_position`` and
+    ``to_cutout_position`` map through the stamp's true origin, ``(bbox.x0, bbox.y0)``. Cutout2D
+    maps through ``origin_original``, the first pixel inside the image, which in ``partial`` mode
+    with padding on the low side disagrees with its own ``data``, ``input_position_cutout`` and
+    ``wcs``; everywhere else the two are equal.
     """
 
     __slots__ = ("_parent_wcs", "_slices_original", "_wcs", "bbox", "data", "index", "input_position_original",
@@ -454,19 +544,35 @@ class Cutout:
         self._slices_original: tuple[slice, slice] | None = None
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """The stamp's array shape (Cutout2D's ``shape``)."""
+        return tuple(self.data.shape)
+
+    @property
     def position_original(self) -> tuple[int, int] | None:
         """``(x, y)`` pixel index of the requested position, rounded half up (Cutout2D's ``position_original``)."""
+        return None if self.input_position_original is None else _round_half_up(self.input_position_original)
+
+    @property
+    def input_position_cutout(self) -> tuple[float, float] | None:
+        """``(x, y)``: the requested position in the stamp's pixels (Cutout2D's ``input_position_cutout``)."""
         if self.input_position_original is None:
             return None
         x, y = self.input_position_original
-        return (math.floor(x + 0.5), math.floor(y + 0.5))
+        return (x - self.bbox.x0, y - self.bbox.y0)
+
+    @property
+    def position_cutout(self) -> tuple[int, int] | None:
+        """``(x, y)`` pixel index of the requested position in the stamp, rounded half up (Cutout2D's)."""
+        position = self.input_position_cutout
+        return None if position is None else _round_half_up(position)
 
     @property
     def slices_original(self) -> tuple[slice, slice]:
         """Slices of the parent array the stamp's pixels came from (its overlap with the image), as Cutout2D's.
 
-        Exact for cutouts from :meth:`~objbutler.butler.Butler.cutouts_at` and for ``trim``/``strict``
-        stamps; for a ``partial`` stamp of another call, the box clipped at 0 (the far edge is unknown here).
+        Exact for every stamp objbutler cuts; for a ``partial`` stamp made by hand (``Cutout(...)``), the
+        box clipped at 0 (the far edge of the image is unknown here).
         """
         if self._slices_original is not None:
             return self._slices_original
@@ -477,15 +583,70 @@ class Cutout:
     def slices_original(self, value: tuple[slice, slice]) -> None:
         self._slices_original = value
 
+    @property
+    def slices_cutout(self) -> tuple[slice, slice]:
+        """Slices of the stamp that hold image pixels (the rest is ``fill_value``), as Cutout2D's."""
+        rows, cols = self.slices_original
+        y0, x0 = self.bbox.y0, self.bbox.x0
+        return (slice(rows.start - y0, rows.stop - y0), slice(cols.start - x0, cols.stop - x0))
+
+    @property
+    def bbox_original(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((ymin, ymax), (xmin, xmax))``, inclusive, of the image pixels in parent pixels (Cutout2D's).
+
+        Unlike :attr:`bbox` (half-open, the whole stamp), this covers the pixels that came from the image.
+        """
+        return _inclusive(self.slices_original)
+
+    @property
+    def bbox_cutout(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((ymin, ymax), (xmin, xmax))``, inclusive, of the image pixels in stamp pixels (Cutout2D's)."""
+        return _inclusive(self.slices_cutout)
+
+    @property
+    def origin_original(self) -> tuple[int, int]:
+        """``(x, y)`` in parent pixels of the first image pixel of the stamp (Cutout2D's ``origin_original``)."""
+        rows, cols = self.slices_original
+        return (cols.start, rows.start)
+
+    @property
+    def origin_cutout(self) -> tuple[int, int]:
+        """``(x, y)`` in stamp pixels of the first image pixel of the stamp (Cutout2D's ``origin_cutout``)."""
+        rows, cols = self.slices_cutout
+        return (cols.start, rows.start)
+
+    @property
+    def center_original(self) -> tuple[float, float]:
+        """``(x, y)`` centre of the stamp's image pixels in parent pixels (Cutout2D's ``center_original``)."""
+        return _centre(self.slices_original)
+
+    @property
+    def center_cutout(self) -> tuple[float, float]:
+        """``(x, y)`` centre of the stamp's image pixels in stamp pixels (Cutout2D's ``center_cutout``)."""
+        return _centre(self.slices_cutout)
+
+    def to_original_position(self, cutout_position: Sequence[float]) -> tuple[float, float]:
+        """The parent ``(x, y)`` of a stamp ``(x, y)`` position (see the class notes for ``partial`` mode)."""
+        return (cutout_position[0] + self.bbox.x0, cutout_position[1] + self.bbox.y0)
+
+    def to_cutout_position(self, original_position: Sequence[float]) -> tuple[float, float]:
+        """The stamp ``(x, y)`` of a parent ``(x, y)`` position (see the class notes for ``partial`` mode)."""
+        return (original_position[0] - self.bbox.x0, original_position[1] - self.bbox.y0)
+
     @classmethod
-    def from_parent(cls, data: np.ndarray, bbox: Box, parent_wcs: WCS | ParentWCS | None, index: int) -> Cutout:
+    def from_parent(cls, data: np.ndarray, bbox: Box, parent_wcs: WCS | ParentWCS | None, index: int,
+                    read: Box | None = None) -> Cutout:
         """A stamp whose WCS is derived from the parent's only when first asked for.
 
         Copying a WCS costs ~0.1 ms; a thousand stamps whose WCS nobody reads should not pay it.
         ``parent_wcs`` may be a :class:`ParentWCS`, so that not even the parent is built until then.
+        ``read`` is the part of the image the pixels came from (the plan's ``read``): it makes
+        :attr:`slices_original` exact.
         """
         stamp = cls(data, bbox, None, index)
         stamp._parent_wcs = parent_wcs
+        if read is not None:
+            stamp._slices_original = read.slices()
         return stamp
 
     @property
@@ -503,6 +664,21 @@ class Cutout:
 
     def __repr__(self) -> str:
         return f"Cutout(index={self.index}, bbox={self.bbox}, shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _round_half_up(position: Sequence[float]) -> tuple[int, int]:
+    """Round to the nearest pixel, halves up (Cutout2D's ``_round``, not numpy's half to even)."""
+    return (math.floor(position[0] + 0.5), math.floor(position[1] + 0.5))
+
+
+def _inclusive(slices: tuple[slice, slice]) -> tuple[tuple[int, int], tuple[int, int]]:
+    rows, cols = slices
+    return ((rows.start, rows.stop - 1), (cols.start, cols.stop - 1))
+
+
+def _centre(slices: tuple[slice, slice]) -> tuple[float, float]:
+    rows, cols = slices
+    return (0.5 * (cols.start + cols.stop - 1), 0.5 * (rows.start + rows.stop - 1))
 
 
 def new_stamp(plan: StampPlan, dtype: np.dtype[Any], fill_value: float) -> np.ndarray:

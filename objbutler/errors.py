@@ -12,11 +12,15 @@ derives from it, so ``except FileNotFoundError`` keeps working::
     ├── PreconditionFailedError                  a conditional write lost (stale etag)
     ├── ConflictError                            a registry commit cannot happen as asked
     │                                            (data ID taken, dataset type mismatch, lost race)
+    ├── BatchError                               some items of a put_many/batch failed (the rest
+    │                                            committed); ``.results`` holds each item's outcome
     ├── FormatError (ValueError)                 stored bytes are not what they claim to be
     │   └── ConfigError                          a repository setting is invalid (names the field)
     ├── InvalidKeyError (ValueError)             an object key or data ID value is unsafe
-    │   └── InvalidURIError                      a store URI is malformed (``s3:/b``, ``s3://``, ...)
-    │       └── InvalidBucketNameError           a bucket or container name breaks the naming rules
+    │   ├── InvalidURIError                      a store URI is malformed (``s3:/b``, ``s3://``, ...)
+    │   │   └── InvalidBucketNameError           a bucket or container name breaks the naming rules
+    │   └── AmbiguousRunError                    a data ID names datasets in several runs and no run
+    │                                            was given (``.runs`` lists them; pass ``run=``)
     ├── InvalidCutoutError (ValueError)          a box or sky position cannot be cut as asked
     ├── NotSupportedError (NotImplementedError)  the backend lacks the primitive asked for
     ├── OfflineError                             offline mode and the object is not cached
@@ -36,6 +40,8 @@ from collections.abc import Sequence
 
 __all__ = [
     "AlreadyExistsError",
+    "AmbiguousRunError",
+    "BatchError",
     "BucketNotFoundError",
     "CommitOutcomeUnknownError",
     "ConfigError",
@@ -127,6 +133,36 @@ class ConflictError(ObjButlerError):
         self.conflicts: tuple[str, ...] = tuple(conflicts)
 
 
+class BatchError(ObjButlerError):
+    """Some items of a group put (``Butler.put_many``, ``Butler.batch``) failed; the others committed.
+
+    Parameters
+    ----------
+    message : str
+        What happened (how many items failed, the first failure).
+    results : sequence
+        Per item, in the order given: the committed ``DatasetRef`` or the
+        exception that item got (``ConflictError``, ``FormatError``,
+        ``StoreError``, ``CommitOutcomeUnknownError``, ...).
+
+    Attributes
+    ----------
+    results : list
+        As given.
+    failures : list of (int, BaseException)
+        The failed items' indices and exceptions.
+    """
+
+    def __init__(self, message: str, results: Sequence[object]) -> None:
+        super().__init__(message)
+        self.results: list[object] = list(results)
+
+    @property
+    def failures(self) -> list[tuple[int, BaseException]]:
+        """The index and exception of every item that failed, in order."""
+        return [(i, r) for i, r in enumerate(self.results) if isinstance(r, BaseException)]
+
+
 class FormatError(ObjButlerError, ValueError):
     """Stored bytes (a dataset, a log entry, a checkpoint) are corrupt or not of the claimed format."""
 
@@ -152,6 +188,24 @@ class InvalidBucketNameError(InvalidURIError):
     an IP address; buckets made before 2018 may also have capitals and underscores (up to 255
     characters), so opening such a name is allowed, creating one is not. Swift: 1-256 bytes, no ``/``.
     """
+
+
+class AmbiguousRunError(InvalidKeyError):
+    """A dataset type and data ID were given without a run, and several runs hold that data ID.
+
+    A subclass of :class:`InvalidKeyError` (what was raised before), so code catching that keeps working.
+
+    Parameters
+    ----------
+    message : str
+        What happened.
+    runs : sequence of str
+        The runs that hold the data ID.
+    """
+
+    def __init__(self, message: str = "", runs: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.runs: tuple[str, ...] = tuple(runs)
 
 
 class InvalidCutoutError(ObjButlerError, ValueError):

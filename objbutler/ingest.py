@@ -73,12 +73,8 @@ from objbutler.formats.fits_headers import (
     hdu_layout,
     locate,
 )
-from objbutler.formats.zarr_array import (
-    ZARR_JSON,
-    write_zarr_objects,
-    zarr_checksum,
-    zarr_checksum_of_digests,
-)
+from objbutler.formats.zarr_header import ZARR_JSON
+from objbutler.formats.zarr_write import write_zarr_objects, zarr_checksum, zarr_checksum_of_digests
 from objbutler.integrity import etag_digest, object_digests, relative_listing, stream_sha256
 from objbutler.provenance import current_activity, provenance_record
 from objbutler.ranges import CostModel
@@ -92,7 +88,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.stores import Store, run_concurrently
+from objbutler.stores import Store, budget_of, run_concurrently
 from objbutler.stores.locations import (
     Location,
     base_store,
@@ -108,6 +104,7 @@ __all__ = [
     "expand_sources",
     "ingest_files",
     "ingest_objects",
+    "put_files",
     "write_local",
 ]
 
@@ -148,6 +145,11 @@ def ingest_files(
 ) -> tuple[list[DatasetRef], list[tuple[Path, Exception]]]:
     """Put each FITS file as one dataset; a failure of one file does not stop the others.
 
+    Files are committed in groups of :data:`FILES_PER_COMMIT` (one registry
+    commit per group, see :func:`put_files`): an interrupted ingest has
+    committed whole groups; rerun it and the files already in are reported
+    as failures (their data ID is taken) while the rest go in.
+
     Parameters
     ----------
     butler : Butler
@@ -178,16 +180,71 @@ def ingest_files(
 
     refs: list[DatasetRef] = []
     failures: list[tuple[Path, Exception]] = []
-    for path in tqdm(paths, disable=not progress, unit="file", desc="ingest"):
-        try:
-            with fits.open(path, memmap=False) as hdul:
+    with tqdm(total=len(paths), disable=not progress, unit="file", desc="ingest") as bar:
+        for start in range(0, len(paths), FILES_PER_COMMIT):
+            group = paths[start:start + FILES_PER_COMMIT]
+            outcomes = put_files(butler, dataset_type, [(path, data_id) for path in group], header_keys, run,
+                                 fmt, hdu)
+            for path, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, DatasetRef):
+                    refs.append(outcome)
+                else:
+                    failures.append((path, outcome))
+            bar.update(len(group))
+    return refs, failures
+
+
+FILES_PER_COMMIT = 256
+"""Files :func:`ingest_files` opens and commits together (one registry commit; bounded open files)."""
+
+
+def put_files(
+    butler: Butler,
+    dataset_type: str,
+    entries: Sequence[tuple[Path, Mapping[str, int | str]]],
+    header_keys: Mapping[str, str],
+    run: str,
+    fmt: str | None = None,
+    hdu: str | None = None,
+) -> list[DatasetRef | Exception]:
+    """Put FITS files with one group commit (:meth:`Butler.put_many`); per file its ref or its error.
+
+    Parameters
+    ----------
+    butler : Butler
+        The repository.
+    dataset_type : str
+        Dataset type of every file.
+    entries : sequence of (Path, mapping)
+        Each file and the data ID items it has besides those read from its header.
+    header_keys, run, fmt, hdu
+        As :func:`ingest_files`.
+
+    Returns
+    -------
+    list
+        Per file, in order: its committed ``DatasetRef`` or the exception that
+        stopped it (a file that cannot be read, a data ID taken, ...); the
+        other files are committed all the same.
+    """
+    outcomes: list[DatasetRef | Exception | None] = [None] * len(entries)
+    items: list[tuple[Any, str, dict[str, int | str]]] = []
+    positions: list[int] = []
+    with contextlib.ExitStack() as files:
+        for index, (path, data_id) in enumerate(entries):
+            try:
+                hdul = files.enter_context(fits.open(path, memmap=False))
                 selected = _select_hdu(hdul, hdu)
                 header = selected.header if not isinstance(selected, fits.HDUList) else hdul[0].header
-                did = _data_id_for(header, data_id, header_keys, path)
-                refs.append(butler.put(selected, dataset_type, did, run=run, format=fmt))
-        except (ObjButlerError, OSError, KeyError, IndexError, TypeError) as exc:
-            failures.append((path, exc))
-    return refs, failures
+                items.append((selected, dataset_type, _data_id_for(header, data_id, header_keys, path)))
+                positions.append(index)
+            except (ObjButlerError, OSError, KeyError, IndexError, TypeError) as exc:
+                outcomes[index] = exc
+        if items:
+            for index, outcome in zip(positions, butler.put_many(items, run, format=fmt, errors="return"),
+                                      strict=True):
+                outcomes[index] = outcome
+    return [outcome if outcome is not None else RuntimeError("not put") for outcome in outcomes]
 
 
 def write_local(obj: Any, path: Path) -> None:
@@ -851,7 +908,7 @@ def ingest_objects(
         for start in range(0, len(candidates), batch_size):
             batch = candidates[start : start + batch_size]
             ready = []
-            for source, result in zip(batch, run_concurrently(work, batch, jobs), strict=True):
+            for source, result in zip(batch, run_concurrently(work, batch, jobs, budget_of(butler.store)), strict=True):
                 if isinstance(result, Exception):
                     failures.append((source.name, result))
                 else:
@@ -899,12 +956,21 @@ def _commit_items(job: _Job, items: list[_Prepared], refs: list[DatasetRef],
         kinds.update(dimension_kinds(item.ref.data_id))
     types = [DatasetType(job.dataset_type, tuple(items[0].ref.data_id), "image")]
     try:
-        job.butler.registry.commit(types, kinds, [item.ref for item in items])
+        with job.butler.combiner.exclusive():  # all or nothing; never racing this process's group commits
+            job.butler.registry.commit(types, kinds, [item.ref for item in items])
     except CommitOutcomeUnknownError as exc:
         failures.extend((item.source.name, exc) for item in items)  # the commit may land: keep the data, fsck tells
         return
     except ConflictError as exc:
-        if len(items) > 1:  # a concurrent writer took a data ID: commit the others one by one
+        named = set(exc.conflicts)
+        taken = [item for item in items if item.ref.id in named]
+        if taken and len(taken) < len(items):  # a concurrent writer took these data IDs: commit the others
+            for item in taken:
+                _discard(job.butler, item)
+                failures.append((item.source.name, exc))
+            _commit_items(job, [item for item in items if item.ref.id not in named], refs, failures)
+            return
+        if len(items) > 1:  # the refusal names no dataset of ours: find the culprits one by one
             for item in items:
                 _commit_items(job, [item], refs, failures)
             return

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from objbutler.errors import FormatError, NotFoundError, ObjButlerError
-from objbutler.formats.zarr_array import zarr_checksum, zarr_checksum_of_digests
+from objbutler.formats.zarr_write import zarr_checksum, zarr_checksum_of_digests
 from objbutler.registry.records import DatasetRef
 from objbutler.stores import ObjectMeta, Store
 

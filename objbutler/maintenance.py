@@ -32,7 +32,6 @@ import datetime as dt
 import os
 import urllib.parse
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
 from objbutler.registry.claims import CLAIMS_PREFIX, claim_key
 from objbutler.registry.log import LOG_PREFIX
 from objbutler.registry.records import DatasetRef
-from objbutler.stores import ObjectMeta, Store, open_store
+from objbutler.stores import ObjectMeta, Store, budget_of, open_store, run_concurrently
 from objbutler.stores.cache import CachingStore
 from objbutler.stores.local import _TMP_PREFIX, LocalStore
 
@@ -420,8 +419,8 @@ def remove_repository(
         return report
 
     def delete(keys: list[str]) -> None:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(store.delete, keys))  # a key already gone is not an error: re-running is safe
+        # A key already gone is not an error: re-running is safe.
+        run_concurrently(store.delete, keys, max(1, jobs), budget_of(store))
 
     for _ in range(_ROUNDS):
         by_kind: dict[str, list[str]] = defaultdict(list)

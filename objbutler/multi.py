@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from objbutler.errors import FormatError
 from objbutler.registry.records import DatasetRef
+from objbutler.stores import default_budget, run_concurrently
 
 if TYPE_CHECKING:
     from objbutler.butler import Butler
@@ -144,8 +144,8 @@ def put_many_repos(
     targets = list(targets)
     if not targets:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets)))) as pool:
-        return list(pool.map(one, targets))
+    # A fan-out across stores: the process's shared budget; each put then draws on its own store's.
+    return run_concurrently(one, targets, max(1, max_workers), default_budget())
 
 
 def retry_failed(results: Sequence[RepoPutResult], obj: Any, dataset_type: str, data_id: Mapping[str, Any],

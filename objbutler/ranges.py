@@ -25,6 +25,20 @@ size* ``b`` (2 MB on cloud object stores, ~200 kB on a local disk).
   trimmed to the needed bytes it holds, so a cut that lands in a gap drops the
   gap.
 
+Lanes
+-----
+``concurrency`` (the lanes) comes from measurements, not from the host name
+(:func:`lanes_for`, :meth:`CostModel.measured`): a request spends ``latency``
+waiting and the endpoint needs ``service_time`` of its own per request when
+busy, so about ``latency / service_time`` requests in flight keep it busy
+(Little's law). A far endpoint (50 ms latency, 1 ms of work per request) is
+worth many lanes, a server sharing this machine's CPUs (service time = latency)
+one. Lanes never exceed the store's concurrency budget, and when a per-client
+link bandwidth is known, never more than the streams that fill it: a
+bandwidth-bound store gets fewer lanes, hence fewer, larger reads.
+The store layer measures (:func:`objbutler.stores.endpoint_profile`, cached per
+endpoint); :meth:`CostModel.for_store` passes the numbers in.
+
 One stamp therefore costs one small read; a thousand stamps over one image
 cost a few large concurrent reads covering (at most) the span of the stamps.
 :func:`estimate_seconds` scores any list of blocks under the same model, so
@@ -42,15 +56,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from objbutler.stores import ByteRange, RangeLike
+from objbutler.stores import ByteRange, RangeLike, budget_of, endpoint_profile
 
 __all__ = [
+    "DEFAULT_BANDWIDTH",
     "DEFAULT_MAX_BLOCK",
     "ByteRange",
     "CostModel",
     "ReadPlan",
     "estimate_seconds",
     "extract",
+    "lanes_for",
     "plan_reads",
 ]
 
@@ -58,7 +74,41 @@ DEFAULT_MAX_BLOCK = 16 * 1024 * 1024
 """Largest block :func:`plan_reads` asks for (16 MiB)."""
 
 _LOCAL_SCHEMES = ("", "file", "memory")
-_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+DEFAULT_BANDWIDTH = 100e6
+"""Bytes/s of one stream assumed until a read has measured it."""
+
+
+def lanes_for(latency: float, service_time: float, budget: int, bandwidth: float | None = None,
+              link_bandwidth: float | None = None) -> int:
+    """How many requests to keep in flight on one store (see the module docstring).
+
+    Parameters
+    ----------
+    latency : float
+        Seconds of one request alone.
+    service_time : float
+        Seconds per request with many in flight (the endpoint's own work per request).
+    budget : int
+        The store's concurrency budget: never more lanes than this.
+    bandwidth : float, optional
+        Bytes/s of one stream.
+    link_bandwidth : float, optional
+        Bytes/s of all streams together (the client's link), when known.
+
+    Returns
+    -------
+    int
+        ``ceil(latency / service_time)``, at most ``link_bandwidth / bandwidth``
+        when both are given, between 1 and ``budget``.
+    """
+    if not (latency >= 0 and service_time > 0):
+        raise ValueError(f"need latency >= 0 and service_time > 0, got {latency!r}, {service_time!r}")
+    if not (isinstance(budget, int) and budget >= 1):
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    lanes = math.ceil(latency / service_time - 1e-9)
+    if bandwidth is not None and link_bandwidth is not None and bandwidth > 0:
+        lanes = min(lanes, math.floor(link_bandwidth / bandwidth + 1e-9))
+    return max(1, min(lanes, budget))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,19 +151,44 @@ class CostModel:
     def loopback(cls) -> CostModel:
         """A server on this machine (LocalStack, a test Swift): 7 ms, 280 MB/s, one at a time.
 
-        Measured against LocalStack on two cores (``benchmarks/calibrate.py``): four concurrent
+        Kept for benchmarks and explicit ``cost=``; stores are measured instead
+        (:meth:`for_store`). Measured against LocalStack on two cores (``benchmarks/calibrate.py``): four concurrent
         requests take four times as long as one, because the server shares the client's CPUs.
         """
         return cls(latency=0.007, bandwidth=280e6, concurrency=1)
 
     @classmethod
-    def for_store(cls, store: object) -> CostModel:
-        """The default model for a store: local for paths and memory, loopback for a server on this
-        machine (a store's ``server_host`` is 127.0.0.1, ::1 or localhost), else cloud."""
-        host = getattr(store, "server_host", None)
-        if isinstance(host, str) and host in _LOOPBACK_HOSTS:
-            return cls.loopback()
-        return cls.for_uri(str(getattr(store, "uri", "")))
+    def measured(cls, latency: float, service_time: float, budget: int, bandwidth: float | None = None,
+                 link_bandwidth: float | None = None) -> CostModel:
+        """The model of a measured endpoint: its latency and bandwidth, lanes from :func:`lanes_for`.
+
+        Parameters
+        ----------
+        latency, service_time, budget, bandwidth, link_bandwidth
+            As for :func:`lanes_for`; ``bandwidth`` defaults to :data:`DEFAULT_BANDWIDTH`.
+
+        Returns
+        -------
+        CostModel
+            Pure numbers: the planner does no I/O.
+        """
+        lanes = lanes_for(latency, service_time, budget, bandwidth, link_bandwidth)
+        return cls(latency=latency, bandwidth=bandwidth or DEFAULT_BANDWIDTH, concurrency=lanes)
+
+    @classmethod
+    def for_store(cls, store: object, key: str | None = None) -> CostModel:
+        """The model of a store: measured for a remote store, :meth:`for_uri` for the rest.
+
+        A remote store's endpoint is probed once per process (and again after
+        :data:`objbutler.stores._endpoint.PROFILE_TTL`) by
+        :func:`objbutler.stores.endpoint_profile`; ``key`` (an object about to be
+        read) lets the probe measure bandwidth too. Lanes are capped by the
+        store's concurrency budget (its ``max_concurrency``).
+        """
+        profile = endpoint_profile(store, key)
+        if profile is None:
+            return cls.for_uri(str(getattr(store, "uri", "")))
+        return cls.measured(profile.latency, profile.service_time, budget_of(store).limit, profile.bandwidth)
 
     @classmethod
     def for_uri(cls, uri: str) -> CostModel:

@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-from objbutler.testing.servers import ServerInfo
+try:
+    from objbutler_servers import ServerInfo
+except ModuleNotFoundError as exc:  # the README's test command installs it; say so instead of a traceback
+    raise pytest.UsageError("the tests run their servers through the development package in localstack/: "
+                            "python3 -m pip install -e './localstack' (README.md, Quick start)") from exc
 
 pytest_plugins = ["conftest_servers"]
 

@@ -3,7 +3,7 @@
 A pytest plugin: load it from ``tests/conftest.py`` with
 ``pytest_plugins = ["conftest_servers"]``. Each fixture installs its server if
 missing (slow only the first time), starts it once per session, yields its
-:class:`~objbutler.testing.servers.ServerInfo` and stops it at the end. With
+:class:`~objbutler_servers.ServerInfo` and stops it at the end. With
 ``OBJBUTLER_SKIP_SERVERS=1`` in the environment they skip instead.
 """
 
@@ -13,8 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from objbutler.testing.servers import RunningServer, ServerInfo, start_localstack, start_moto, start_swift
+from objbutler_servers import RunningServer, ServerInfo, start_localstack, start_moto, start_swift
 
 
 def _serve(start: Callable[[], RunningServer]) -> Iterator[ServerInfo]:

@@ -11,10 +11,10 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
+from objbutler_servers import ServerInfo
 
 from objbutler import Box, Butler, DatasetRef
 from objbutler.stores.s3 import S3Store
-from objbutler.testing.servers import ServerInfo
 
 SHAPE = (96, 128)
 BOXES = [Box(0, 0, 16, 16), Box(40, 30, 72, 62), Box(120, 90, 140, 110), Box(-8, -8, 8, 8)]

@@ -145,8 +145,11 @@ def _cut(boxes: Any, ref: str = "calexp", **kwargs: Any) -> Callable[[Repo], Any
 
 CUTOUTS: list[Case] = [
     ("boxes None", InvalidCutoutError, _cut(None)),
-    ("a single Box", InvalidCutoutError, _cut(Box(0, 0, 4, 4))),
-    ("one box's corners", InvalidCutoutError, _cut((0, 0, 4, 4))),
+    ("nothing to cut", InvalidCutoutError, lambda r: r.butler.get_cutouts(r.refs["calexp"])),
+    ("a position without size", InvalidCutoutError, _cut([(3, 4)])),
+    ("size with a single Box", InvalidCutoutError, _cut(Box(0, 0, 4, 4), size=4)),
+    ("positions of three numbers", InvalidCutoutError, _cut([(1, 2, 3)], size=4)),
+    ("position NaN", InvalidCutoutError, _cut([(float("nan"), 2)], size=4)),
     ("a string", InvalidCutoutError, _cut("0,0,4,4")),
     ("three numbers", InvalidCutoutError, _cut([(0, 0, 4)])),
     ("fractional corner", InvalidCutoutError, _cut([(0, 0, 4.5, 4)])),

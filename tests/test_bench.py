@@ -1,18 +1,32 @@
-"""Smoke test of the benchmark harness: a tiny quick run on a local target, so the harness cannot rot.
+"""Smoke tests of the benchmark harness, so it cannot rot: a tiny quick run on a local target, the registry
+suite's quick setting on LocalStack under the loopback and cloud-20ms profiles, and the counting proxy.
 
 No timing assertions: only that the command runs and the rows, the report and
-the plots come out with sane fields.
+the plots come out with sane fields, counts add up, nothing is lost; the
+proxy's bandwidth cap is checked against the pacing schedule and against the
+lower bound a cap sets (a capped transfer cannot be faster than bytes / cap).
 """
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.proxy import ProxyProcess
 from objbutler.cli import main
+from objbutler.cli_errors import ExitCode
+from objbutler.testing.faultproxy import Pacer
 
 pytest.importorskip("matplotlib")
 
@@ -66,3 +80,150 @@ def test_bench_verify_local_smoke(tmp_path: Path) -> None:
     assert {(r["format"], r["method"]) for r in rows} == {
         (fmt, method) for fmt in ("fits", "zarr") for method in ("get verify=False", "get verify=True", "sha256 only")}
     assert all(r["suite"] == "verify" and r["seconds"] > 0 for r in rows)
+
+
+# -- the registry suite on two network profiles ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.run import main as run_benchmarks
+
+    for name, value in localstack_server.env.items():
+        monkeypatch.setenv(name, value)
+    out, report = tmp_path / "rows.json", tmp_path / "report"
+    status = run_benchmarks("registry", f"s3://bench-{uuid.uuid4().hex[:8]}", quick=True, json_path=out,
+                            report_dir=report, profiles="loopback,cloud-20ms")
+    assert status == 0
+    rows = json.loads(out.read_text())
+    assert {r["profile"] for r in rows} == {"loopback", "cloud-20ms"}
+    for profile in ("loopback", "cloud-20ms"):
+        writers = {(r["mode"], r["writers"]): r for r in rows
+                   if r["profile"] == profile and r["workload"].startswith("writers-")}
+        assert set(writers) == {(mode, w) for mode in ("processes", "threads") for w in (1, 4)}, profile
+        for (_mode, w), row in writers.items():
+            assert row["expected"] == w * row["puts_per_writer"] == row["n"]
+            assert row["committed"] == row["expected"] and row["lost"] == 0 and row["failed"] == 0, row
+            assert row["visible"] == row["expected"]
+            assert row["requests_per_put"] > 0 and row["gets_per_put"] is not None, row
+            assert row["p50_ms"] <= row["p99_ms"] <= row["worst_ms"]
+            assert row["peak_in_flight"] >= 1
+        many = [r for r in rows if r["profile"] == profile and r["workload"].startswith("put_many")]
+        floor = next(r for r in many if r["method"].endswith("(floor)"))
+        assert floor["committed"] == floor["n"] and floor["requests"] >= 1  # one counted PUT per object at least
+        put_many = next(r for r in many if r["method"] == "objbutler put_many")
+        if put_many["error"] and put_many["error"].startswith("not available"):
+            assert put_many["seconds"] is None
+        else:
+            assert put_many["committed"] == put_many["n"] and put_many["lost"] == 0, put_many
+    text = (report / "README.md").read_text()
+    assert "## Profiles side by side" in text and "| loopback | cloud-20ms |" in text
+    assert text.count("| cloud-20ms | writers-") == 4
+
+
+# -- the counting proxy: a FaultProxy with latency, a bandwidth cap and in-flight counts ------------------
+
+
+def test_pacer_schedule_spends_n_over_rate_seconds() -> None:
+    now = [10.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(1000.0, clock=lambda: now[0], sleep=sleep)
+    pieces = list(pacer.pieces(b"x" * 2500, size=1000))
+    assert [len(p) for p in pieces] == [1000, 1000, 500]
+    assert pacer.schedule == [(11.0, 1000), (12.0, 1000), (12.5, 500)]
+    assert sum(slept) == pytest.approx(2.5)
+    now[0] = 20.0  # an idle link saves no credit: the next piece still takes its own time
+    assert pacer.release_time(100) == pytest.approx(20.1)
+
+
+class _SlowUpstream(http.server.BaseHTTPRequestHandler):
+    """Answers GET /big/N with N bytes after 0.3 s (so that requests overlap) and PUT with 200."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        size = int(self.path.rsplit("/", 1)[1])
+        time.sleep(0.3)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self.wfile.write(b"y" * size)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_upstream() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowUpstream)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_proxy_counts_in_flight_and_kinds(slow_upstream: str) -> None:
+    with ProxyProcess(slow_upstream) as proxy:
+        with ThreadPoolExecutor(4) as pool:
+            bodies = list(pool.map(lambda _: urllib.request.urlopen(f"{proxy.endpoint}/big/10", timeout=30).read(),
+                                   range(4)))
+        assert bodies == [b"y" * 10] * 4
+        stats = proxy.stats()
+        assert stats["requests"] == 4 and stats["by_method"] == {"GET": 4} and stats["by_kind"] == {"get": 4}
+        assert stats["peak_in_flight"] >= 2 and stats["in_flight"] == 0
+        assert stats["response_bytes"] == 40
+        proxy.reset()
+        assert proxy.stats()["requests"] == 0 and proxy.stats()["peak_in_flight"] == 0
+
+
+def test_proxy_caps_bandwidth_per_connection(slow_upstream: str) -> None:
+    size, cap = 200_000, 1_000_000.0
+    with ProxyProcess(slow_upstream, bandwidth=cap) as proxy:
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"{proxy.endpoint}/big/{size}", timeout=30) as answer:
+            assert len(answer.read()) == size
+        down = time.perf_counter() - started
+        upload = urllib.request.Request(f"{proxy.endpoint}/up", data=b"z" * size, method="PUT")
+        started = time.perf_counter()
+        with urllib.request.urlopen(upload, timeout=30) as answer:
+            answer.read()
+        up = time.perf_counter() - started
+        log = proxy.log()
+    assert down >= 0.3 + size / cap and up >= size / cap  # lower bounds: the cap cannot be beaten
+    assert [(e["kind"], e["request_bytes"], e["response_bytes"]) for e in log] == [("get", 0, size), ("put", size, 0)]
+    assert all(e["seconds"] >= size / cap for e in log)
+
+
+def test_bench_finds_the_harness_through_its_entry_point() -> None:
+    """The installed objbutler-bench distribution (README's test command) registers benchmarks.run.main."""
+    import benchmarks.run
+    from objbutler.cli import bench_harness
+
+    assert bench_harness() is benchmarks.run.main
+
+
+def test_bench_without_the_harness_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As from a wheel: no distribution registers the harness, so one line says what to install."""
+    import objbutler.cli as cli
+
+    monkeypatch.setattr(cli, "BENCH_ENTRY_POINTS", "objbutler.bench-not-installed")
+    result = CliRunner().invoke(main, ["bench", "cutouts", "--target", "local", "--quick"])
+    assert result.exit_code == ExitCode.ERROR, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: objbutler bench needs the benchmark harness, which is not installed; "
+                     f"from a clone of objbutler: {cli.BENCH_INSTALL}"], lines

@@ -13,24 +13,35 @@ import mixed_repo
 import numpy as np
 import pytest
 from conftest import Backend
+from objbutler_servers import start_localstack
 from refusing_endpoint import RefusingEndpoint
 
 from objbutler import Box, Butler
+from objbutler.config import CONFIG_KEY
 from objbutler.errors import OfflineError, TransientStoreError
+from objbutler.registry.cache_policy import describe_key, repository_cache_policy
 from objbutler.stores import RetryPolicy, open_store
-from objbutler.stores.cache import CachingStore, cache_settings, describe_key, parse_size
+from objbutler.stores.cache import CachePolicy, CachingStore, cache_settings, parse_size
 from objbutler.stores.memory import MemoryStore
-from objbutler.testing.servers import start_localstack
+from objbutler.testing.faults import STORE_METHODS
 from objbutler.testing.wrappers import CountingStore
 
 
 class Unreachable:
-    """A store that fails the test if anything but its name is asked for."""
+    """A store that fails the test if anything but its name is asked for (it has every method, to call)."""
 
     uri = "s3://unreachable/repo"
 
     def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"offline mode called the server: {name}")
+        if name in STORE_METHODS:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                raise AssertionError(f"offline mode called the server: {name}")
+
+            return call
+        raise AssertionError(f"offline mode asked the server for {name}")
+
+
+POLICY = repository_cache_policy(CONFIG_KEY)
 
 
 def cache_files(cache: Path) -> list[Path]:
@@ -44,7 +55,7 @@ def test_immutable_objects_come_from_the_cache_mutable_ones_from_the_server(tmp_
     inner = CountingStore(MemoryStore())
     inner.put("data/r/t/x-1.fits", b"pixels")
     inner.put("objbutler.json", b"{}")
-    cache = CachingStore(inner, tmp_path / "cache")
+    cache = CachingStore(inner, tmp_path / "cache", policy=POLICY)
     for _ in range(3):
         assert cache.get("data/r/t/x-1.fits") == b"pixels"
         assert cache.get("objbutler.json") == b"{}"
@@ -56,13 +67,29 @@ def test_immutable_objects_come_from_the_cache_mutable_ones_from_the_server(tmp_
     assert inner.requests_by_method["get_many"] == 1  # only the config
 
 
+def test_the_policy_not_the_cache_decides_what_is_immutable(tmp_path: Path) -> None:
+    """The cache knows no repository layout: without a policy nothing is served from disk online."""
+    inner = CountingStore(MemoryStore())
+    inner.put("data/r/t/x-1.fits", b"pixels")
+    inner.put("blobs/b", b"blob")
+    plain = CachingStore(inner, tmp_path / "cache")
+    assert [plain.get("data/r/t/x-1.fits") for _ in range(2)] == [b"pixels", b"pixels"]
+    assert inner.calls["get"] == 2  # no policy: every online read asks the server
+    assert plain.is_cached("data/r/t/x-1.fits")  # ... and keeps the last copy for offline use
+    blobs = CachingStore(inner, tmp_path / "cache2", policy=CachePolicy(immutable_prefixes=("blobs/",)))
+    inner.reset()
+    assert [blobs.get("blobs/b") for _ in range(3)] == [b"blob"] * 3
+    assert [blobs.get("data/r/t/x-1.fits") for _ in range(2)] == [b"pixels"] * 2
+    assert inner.calls["get"] == 3  # blobs/b once (then from disk), the data key every time
+
+
 def test_range_reads_pass_through_until_the_object_is_cached(tmp_path: Path) -> None:
     inner = CountingStore(MemoryStore())
     inner.put("data/a.fits", bytes(range(200)))
-    cache = CachingStore(inner, tmp_path / "cache")
+    cache = CachingStore(inner, tmp_path / "cache", policy=POLICY)
     assert cache.get_ranges("data/a.fits", [(10, 12)]) == [bytes([10, 11])]
     assert inner.calls["get_ranges"] == 1 and not cache.is_cached("data/a.fits")
-    filling = CachingStore(inner, tmp_path / "cache", fill_on_range_read=True)
+    filling = CachingStore(inner, tmp_path / "cache", fill_on_range_read=True, policy=POLICY)
     assert filling.get_ranges("data/a.fits", [(10, 12)]) == [bytes([10, 11])]
     assert cache.is_cached("data/a.fits") and inner.calls["get"] == 1
     assert cache.get_ranges("data/a.fits", [(0, 1)]) == [b"\x00"] and inner.calls["get_ranges"] == 1
@@ -70,7 +97,7 @@ def test_range_reads_pass_through_until_the_object_is_cached(tmp_path: Path) -> 
 
 def test_writes_go_to_the_server_and_drop_stale_copies(tmp_path: Path) -> None:
     inner = MemoryStore()
-    cache = CachingStore(inner, tmp_path / "cache")
+    cache = CachingStore(inner, tmp_path / "cache", policy=POLICY)
     cache.put("data/a", b"one")
     assert cache.get("data/a") == b"one"
     cache.put("data/a", b"two")  # e.g. a clone rerun replacing a half-copied object
@@ -82,14 +109,14 @@ def test_writes_go_to_the_server_and_drop_stale_copies(tmp_path: Path) -> None:
 
 
 def test_offline_never_contacts_the_server(tmp_path: Path) -> None:
-    online = CachingStore(MemoryStore(), tmp_path / "cache")
+    online = CachingStore(MemoryStore(), tmp_path / "cache", policy=POLICY)
     online.inner.put("data/r/calexp/visit=1-abcd1234.fits", b"cached")
     online.inner.put("data/r/calexp/visit=2-abcd5678.fits", b"not cached")
     online.inner.put("manifest/log/00000000000000000001.json", b"{}")
     assert [m.key for m in online.list("manifest/log/")] == ["manifest/log/00000000000000000001.json"]
     online.get("data/r/calexp/visit=1-abcd1234.fits")
     online.get("manifest/log/00000000000000000001.json")
-    store = CachingStore(online.inner, tmp_path / "cache", offline=True)
+    store = CachingStore(online.inner, tmp_path / "cache", offline=True, policy=POLICY)
     store.inner = Unreachable()  # type: ignore[assignment]
     assert store.offline
     assert store.get("data/r/calexp/visit=1-abcd1234.fits") == b"cached"
@@ -115,7 +142,7 @@ def test_lru_eviction_keeps_the_cache_bounded(tmp_path: Path) -> None:
     for i in range(20):
         inner.put(f"data/{i:02d}", bytes([i]) * 1000)
     inner.put("manifest/log/00000000000000000001.json", b"x" * 1000)
-    cache = CachingStore(inner, tmp_path / "cache", max_bytes=10_500)
+    cache = CachingStore(inner, tmp_path / "cache", max_bytes=10_500, policy=POLICY)
     cache.get("manifest/log/00000000000000000001.json")
     for i in range(20):
         cache.get(f"data/{i:02d}")
@@ -327,7 +354,7 @@ def test_timestamped_log_offline_keeps_the_server_order(swift_backend: Backend, 
 
 
 def _reader(inner_root: str, cache_dir: str, keys: list[str], seed: int, rounds: int) -> list[str]:
-    store = CachingStore(open_store(inner_root), cache_dir, max_bytes=300_000)
+    store = CachingStore(open_store(inner_root), cache_dir, max_bytes=300_000, policy=POLICY)
     rng = np.random.default_rng(seed)
     bad = []
     for _ in range(rounds):
@@ -362,4 +389,5 @@ def test_two_processes_fill_one_cache_without_corruption(tmp_path: Path) -> None
             continue
         assert not path.name.startswith(".objbutler-tmp-"), f"temporary file left behind: {path}"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name.split("-")[1], f"corrupt {path}"
-    assert CachingStore(inner, cache_dir, max_bytes=300_000).usage() <= 2 * 300_000  # each process re-measures
+    again = CachingStore(inner, cache_dir, max_bytes=300_000, policy=POLICY)
+    assert again.usage() <= 2 * 300_000  # each process re-measures

@@ -31,6 +31,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from click.testing import CliRunner, Result
 from conftest import Backend
+from objbutler_servers import ServerInfo
 
 from objbutler import Butler
 from objbutler.cli import main, parse_data_id, parse_where
@@ -43,7 +44,6 @@ from objbutler.errors import (
     RepositoryNotFoundError,
 )
 from objbutler.stores import bucket_name_problem, open_store, parse_store_uri
-from objbutler.testing.servers import ServerInfo
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 USAGE, ERROR, NOT_FOUND, CONFLICT, UNAVAILABLE = (ExitCode.USAGE, ExitCode.ERROR, ExitCode.NOT_FOUND,

@@ -14,6 +14,7 @@ import mixed_repo
 import pytest
 from click.testing import CliRunner
 from conftest import Backend
+from objbutler_servers import start_localstack
 
 from objbutler import Butler, DatasetRef
 from objbutler.cli import main
@@ -23,7 +24,6 @@ from objbutler.maintenance import fsck
 from objbutler.stores import open_store
 from objbutler.stores.s3 import S3Store
 from objbutler.testing.faults import FailingWritesStore
-from objbutler.testing.servers import start_localstack
 
 
 def ids(butler: Butler) -> list[str]:

@@ -350,7 +350,7 @@ class CommitPointMachine(RuleBasedStateMachine):
         reader, view = self._fresh()
         held = view.get(unique)
         if outcome == "ok":
-            assert ref is not None
+            assert (ref.dataset_type, ref.run) == (dataset_type, run), ref
             assert unique not in self.model, f"a second put of {unique} succeeded"
             assert held is not None and held.id == ref.id, f"a put that returned is not visible: {unique}"
             self.model[unique] = Entry(token, ref.id, dataset_type, data_id, run)
@@ -391,7 +391,7 @@ class CommitPointMachine(RuleBasedStateMachine):
         butler = self.butlers[action.session]
         try:
             if action.cutout and entry.dataset_type != "metric":
-                stamps = butler.get_cutouts(entry.dataset_type, [(1, 1, 3, 4)], entry.data_id, run=entry.run)
+                stamps = butler.get_cutouts(entry.dataset_type, entry.data_id, entry.run, [(1, 1, 3, 4)])
                 assert [token_of(stamp) for stamp in stamps] == [entry.token]
             else:
                 assert token_of(butler.get(entry.dataset_type, entry.data_id, run=entry.run)) == entry.token
@@ -534,19 +534,21 @@ def _process_writer(root: str, index: int, seed: int, barrier: Any, results: Any
         raise
 
 
+def _open_through_faults(root: str, store: FaultyStore, attempts: int = 20) -> Butler:
+    """Open the repository through a faulty store: opening reads objbutler.json through the faults too."""
+    for _ in range(attempts - 1):
+        try:
+            return Butler(root, store=store)
+        except ObjButlerError:
+            continue
+    return Butler(root, store=store)  # the last attempt's error is the test's
+
+
 def _write(root: str, index: int, seed: int, barrier: Any) -> dict[str, Any]:
     outcomes: list[dict[str, Any]] = []
     store = FaultyStore(LocalStore(root), FaultPlan(seed=seed, rate=0.04, late_after_calls=(1, 3)))
     barrier.wait()
-    butler = None
-    for attempt in range(20):  # opening reads objbutler.json through the faults too
-        try:
-            butler = Butler(root, store=store)
-            break
-        except ObjButlerError:
-            if attempt == 19:
-                raise
-    assert butler is not None
+    butler = _open_through_faults(root, store)
     for i, (dataset_type, data_id, run) in enumerate(_jobs(index)):
         token = (index + 1) * 1000 + i
         record: dict[str, Any] = {"type": dataset_type, "data_id": data_id, "run": run, "token": token}

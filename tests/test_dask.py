@@ -119,6 +119,7 @@ def _assert_same(got: Cutout | None, want: Cutout, index: int) -> None:
     assert got is not None, index
     assert got.index == index
     assert got.bbox == want.bbox, index
+    assert got.slices_original == want.slices_original, index  # Cutout2D's bookkeeping travels too
     assert got.data.dtype == want.data.dtype
     np.testing.assert_array_equal(got.data, want.data)
     assert got.wcs is not None and want.wcs is not None
@@ -201,6 +202,23 @@ def test_bad_box_fails_alone_and_outputs_go_to_a_repository(campaign: Campaign, 
     np.testing.assert_array_equal(out.get(stored["c"]).data, want.data)
     assert stored["c"].provenance is not None
     assert stored["c"].provenance["derived_from"][0]["id"] == ref.id
+    # the task's stamps went into one group commit (one log object), the refused one aside
+    assert sum(1 for meta in out.store.list("manifest/log/") if meta.key.endswith(".json")) == 1
+
+
+@pytest.mark.servers
+def test_partial_stamps_keep_their_overlap_with_the_image(campaign: Campaign, client: Any) -> None:
+    """A stamp padded past the far edges knows which parent pixels it holds (Cutout2D's slices_original)."""
+    ref = campaign.refs[1]
+    ny, nx = campaign.butler.get(ref).data.shape
+    box = (nx - 4, ny - 3, nx + 6, ny + 7)
+    results = cutouts(campaign.uri, [{"ref": ref, "box": box}], client=client, store_options=campaign.options,
+                      mode="partial", fill_value=0.0)
+    want = campaign.butler.get_cutouts(ref, [Box(*box)], mode="partial", fill_value=0.0)[0]
+    got = results.stamps[0]
+    assert got is not None
+    assert got.slices_original == want.slices_original == (slice(ny - 3, ny), slice(nx - 4, nx))
+    np.testing.assert_array_equal(got.data, want.data)
 
 
 @pytest.mark.servers
@@ -249,6 +267,26 @@ def test_ingest_of_file_paths_only_as_in_the_docs(client: Any, tmp_path: Path) -
     with fits.open(paths[1]) as hdul:
         np.testing.assert_array_equal(butler.get("raw", {"instrument": "LATISS", "exposure": 101, "detector": 7}).data,
                                       hdul[0].data)
+
+
+def test_an_ingest_task_commits_its_items_together(client: Any, tmp_path: Path) -> None:
+    """One task of 6 files and 6 objects makes two registry commits, not twelve; a taken data ID fails alone."""
+    butler = Butler.create(str(tmp_path / "repo"))
+    rng = np.random.default_rng(5)
+    items: list[Any] = []
+    for i in range(6):
+        path = tmp_path / f"f{i}.fits"
+        fits.PrimaryHDU(rng.normal(size=(8, 8)).astype("float32")).writeto(path)
+        items.append(path)
+    items += [NDData(rng.normal(size=(8, 8)).astype("float32")) for _ in range(6)]
+    butler.put(items[-1], "raw", {"exposure": 11}, run="night1")  # taken before the ingest
+    before = sum(1 for meta in butler.store.list("manifest/log/") if meta.key.endswith(".json"))
+    results = ingest(butler.uri, items, "raw", [{"exposure": i} for i in range(12)], run="night1", client=client,
+                     items_per_task=12)
+    assert [(e.index, e.error_type) for e in results.errors] == [(11, "ConflictError")]
+    after = sum(1 for meta in butler.store.list("manifest/log/") if meta.key.endswith(".json"))
+    assert after - before == 2
+    assert len(butler.query("raw", run="night1")) == 12
 
 
 # -- no cluster needed ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 
@@ -116,11 +116,13 @@ def test_late_with_a_delay_lands_from_a_timer_and_flush_waits() -> None:
     assert store.flush_late(wait=True, timeout=5) == 1
     assert inner.get("k") == b"v"
     store2, inner2 = faulty(Fault("late", "put", delay=30))
+    before = set(threading.enumerate())
     with pytest.raises(TransientStoreError):
         store2.put("k", b"v")
-    started = time.perf_counter()
-    store2.flush_late()  # applied now, timer cancelled
-    assert inner2.get("k") == b"v" and time.perf_counter() - started < 5
+    [timer] = [t for t in set(threading.enumerate()) - before if isinstance(t, threading.Timer)]
+    assert not timer.finished.is_set()  # the late put waits for its 30 s timer ...
+    assert store2.flush_late() == 1  # ... until flushed: applied now, and the timer cancelled (no waiting for it)
+    assert inner2.get("k") == b"v" and timer.finished.is_set()
 
 
 def test_late_conditional_create_is_checked_when_it_lands() -> None:

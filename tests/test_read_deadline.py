@@ -24,13 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 from conftest import s3_options, swift_options
+from objbutler_servers import ServerInfo
 
 from objbutler import Box, Butler
 from objbutler.errors import TransientStoreError
 from objbutler.stores._retry import RetryPolicy
 from objbutler.stores.s3 import S3Store
 from objbutler.stores.swift import SwiftStore
-from objbutler.testing.servers import ServerInfo
 
 pytestmark = pytest.mark.servers
 
@@ -58,6 +58,7 @@ class SlowProxy:
         self.mode: Literal["relay", "stall", "trickle"] = "relay"
         self.pattern = "/data/"
         self.slowed = 0
+        self.trickled: list[int] = []  # per trickled answer: body bytes sent one by one before the client left
         self.stopping = threading.Event()
         proxy = self
 
@@ -135,10 +136,16 @@ class SlowProxy:
             if self.mode == "stall":
                 self.stopping.wait()
                 return
-            for offset in range(HEAD_BYTES, len(data)):
-                if self.stopping.wait(TRICKLE_SECONDS):
-                    return
-                handler.wfile.write(data[offset : offset + 1])
+            sent = 0
+            try:
+                for offset in range(HEAD_BYTES, len(data)):
+                    if self.stopping.wait(TRICKLE_SECONDS):
+                        return
+                    handler.wfile.write(data[offset : offset + 1])
+                    handler.wfile.flush()
+                    sent += 1
+            finally:
+                self.trickled.append(sent)
         except OSError:
             return  # the client gave up: what the test wants
 
@@ -194,11 +201,25 @@ def timed(call: Callable[[], object]) -> tuple[BaseException | None, float]:
     return outcome[0], elapsed
 
 
-def ends_by_the_deadline(call: Callable[[], object], bound: float = DEADLINE + PER_READ_TIMEOUT) -> str:
-    """Assert ``call`` raised TransientStoreError within ``bound`` (plus slack for a loaded machine)."""
-    error, elapsed = timed(call)
+# A trickled answer sends a byte every TRICKLE_SECONDS; a client that gives up at its deadline has held on
+# for at most DEADLINE + PER_READ_TIMEOUT seconds, so it has seen at most this many (plus the few a closed
+# socket still accepts). A loaded machine sends fewer, never more: a count, not a clock, bounds the read.
+MAX_TRICKLED_BYTES = int((DEADLINE + PER_READ_TIMEOUT) / TRICKLE_SECONDS) + 10
+
+
+def ends_by_the_deadline(call: Callable[[], object], proxy: SlowProxy, max_attempts: int = 8) -> str:
+    """Assert ``call`` raised TransientStoreError, ended by its deadline: counted by the proxy, not timed.
+
+    Every trickled answer it got stopped within :data:`MAX_TRICKLED_BYTES` bytes, and it sent at most
+    ``max_attempts`` requests the proxy slowed (a stall is retried only until the deadline).
+    """
+    slowed, trickled = proxy.slowed, len(proxy.trickled)
+    error, _ = timed(call)
     assert isinstance(error, TransientStoreError), f"expected TransientStoreError, got {error!r}"
-    assert elapsed < bound + 3.0, f"took {elapsed:.1f} s, more than {bound} s"
+    assert 1 <= proxy.slowed - slowed <= max_attempts, f"{proxy.slowed - slowed} slowed requests"
+    proxy.stopping.wait(TRICKLE_SECONDS * 3)  # let the proxy notice the client is gone and book the answer
+    counts = proxy.trickled[trickled:]
+    assert all(count <= MAX_TRICKLED_BYTES for count in counts), f"bytes trickled per answer: {counts}"
     return str(error)
 
 
@@ -212,10 +233,10 @@ def test_s3_trickling_get_hits_the_deadline(localstack_server: ServerInfo, s3_pr
     store.put("data/x.bin", payload)
     assert store.get("data/x.bin") == payload  # relayed at full speed
     s3_proxy.mode = "trickle"
-    message = ends_by_the_deadline(lambda: store.get("data/x.bin"))
+    message = ends_by_the_deadline(lambda: store.get("data/x.bin"), s3_proxy)
     assert "read deadline" in message and "data/x.bin" in message
-    ends_by_the_deadline(lambda: store.get_ranges("data/x.bin", [(0, 10), (2000, 200_000)]))
-    ends_by_the_deadline(lambda: store.get_many(["data/x.bin", "data/x.bin"]))
+    ends_by_the_deadline(lambda: store.get_ranges("data/x.bin", [(0, 10), (2000, 200_000)]), s3_proxy)
+    ends_by_the_deadline(lambda: store.get_many(["data/x.bin", "data/x.bin"]), s3_proxy)
     assert s3_proxy.slowed >= 3
     s3_proxy.mode = "relay"
     assert store.get("data/x.bin") == payload  # the store is usable again
@@ -228,7 +249,7 @@ def test_s3_stalled_get_is_not_retried_past_the_deadline(localstack_server: Serv
     store = S3Store(f"deadline-{uuid.uuid4().hex[:8]}", "p", **options)
     store.put("data/x.bin", b"x" * 100_000)
     s3_proxy.mode = "stall"
-    ends_by_the_deadline(lambda: store.get("data/x.bin"))
+    ends_by_the_deadline(lambda: store.get("data/x.bin"), s3_proxy)
     assert 1 <= s3_proxy.slowed <= 3  # an attempt every ~2 s (the per-read timeout) until the deadline
 
 
@@ -246,8 +267,8 @@ def test_butler_get_and_cutouts_end_by_the_deadline(localstack_server: ServerInf
         assert np.array_equal(butler.get(ref).data, image)
     s3_proxy.mode = "trickle"
     for ref in refs:
-        ends_by_the_deadline(lambda ref=ref: butler.get(ref))
-        ends_by_the_deadline(lambda ref=ref: butler.get_cutouts(ref, [Box(0, 0, 200, 200)]))
+        ends_by_the_deadline(lambda ref=ref: butler.get(ref), s3_proxy)
+        ends_by_the_deadline(lambda ref=ref: butler.get_cutouts(ref, [Box(0, 0, 200, 200)]), s3_proxy)
 
 
 # -- Swift -------------------------------------------------------------------------------
@@ -260,12 +281,12 @@ def test_swift_trickling_get_hits_the_deadline(swift_server: ServerInfo, swift_p
     store.put("data/x.bin", payload)
     assert store.get("data/x.bin") == payload
     swift_proxy.mode = "trickle"
-    message = ends_by_the_deadline(lambda: store.get("data/x.bin"))
+    message = ends_by_the_deadline(lambda: store.get("data/x.bin"), swift_proxy)
     assert "read deadline" in message
-    ends_by_the_deadline(lambda: store.get_ranges("data/x.bin", [(0, 10), (2000, 200_000)]))
+    ends_by_the_deadline(lambda: store.get_ranges("data/x.bin", [(0, 10), (2000, 200_000)]), swift_proxy)
     swift_proxy.mode = "stall"
     store.retry = MANY_RETRIES
-    ends_by_the_deadline(lambda: store.get("data/x.bin"))
+    ends_by_the_deadline(lambda: store.get("data/x.bin"), swift_proxy, max_attempts=3)  # not 100 retries
     swift_proxy.mode = "relay"
     assert store.get("data/x.bin") == payload
 

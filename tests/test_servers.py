@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.parse
 import uuid
@@ -16,8 +18,7 @@ import boto3
 import pytest
 import swiftclient
 from botocore.exceptions import ClientError
-
-from objbutler.testing.servers import ServerInfo
+from objbutler_servers import ServerInfo
 
 # The fixtures' plugin; loading it again from tests/conftest.py is harmless (pytest registers a name once).
 pytest_plugins = ["conftest_servers"]
@@ -179,3 +180,34 @@ def test_swift_concurrent_if_none_match_race(swift_server: ServerInfo, record_pr
         winners.append(counts[201])
     log.warning("Swift If-None-Match race: %d writers x %d rounds, successes per round %s", writers, rounds, winners)
     record_property("swift_inm_race_successes", winners)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_scripts_start_and_stop_localstack_from_the_dev_package(tmp_path: Path) -> None:
+    """localstack/*.sh, as the docs use them: start prints the variables, the server answers, stop ends it."""
+    pidfile = tmp_path / "localstack.json"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # the scripts set their own
+    env["PYTHON"] = sys.executable
+    started = subprocess.run(["bash", str(ROOT / "localstack" / "start_localstack.sh"), "--pidfile", str(pidfile)],
+                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
+                       if line.startswith("export "))
+        endpoint = urllib.parse.urlsplit(exports["AWS_ENDPOINT_URL"])
+        assert endpoint.hostname == "127.0.0.1" and endpoint.port
+        client = boto3.client("s3", endpoint_url=exports["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"])
+        bucket = f"scripts-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=bucket)
+        assert bucket in {b["Name"] for b in client.list_buckets()["Buckets"]}
+    finally:
+        stopped = subprocess.run(["bash", str(ROOT / "localstack" / "stop.sh"), "--pidfile", str(pidfile)],
+                                 env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not pidfile.exists()
+    with pytest.raises(OSError), socket.create_connection((endpoint.hostname, endpoint.port), timeout=2):
+        pass

@@ -25,10 +25,10 @@ from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 from conftest import Backend
+from objbutler_servers import ServerInfo
 
 from objbutler import Butler
 from objbutler.registry.records import DatasetRef
-from objbutler.testing.servers import ServerInfo
 from objbutler.testing.service import ServiceProcess
 from objbutler.testing.skyfield import pvis
 

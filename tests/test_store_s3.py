@@ -16,10 +16,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import remote_store_helpers as remote
+from objbutler_servers import ServerInfo
 from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer
 
 from objbutler.errors import (
@@ -30,9 +32,9 @@ from objbutler.errors import (
     TransientStoreError,
 )
 from objbutler.stores import RetryPolicy, open_store
+from objbutler.stores.cache import CachingStore
 from objbutler.stores.s3 import S3Store
-from objbutler.testing.conformance import StoreConformanceTests
-from objbutler.testing.servers import ServerInfo
+from objbutler.testing.conformance import StoreConformanceTests, write_once_cache
 
 
 def _store_for(server: ServerInfo, bucket: str, prefix: str, **options: object) -> S3Store:
@@ -82,6 +84,16 @@ class TestS3StoreLocalStack(StoreConformanceTests):
     @pytest.fixture
     def store(self, localstack_server: ServerInfo, localstack_bucket: str) -> S3Store:
         return _store_for(localstack_server, localstack_bucket, f"t/{uuid.uuid4().hex}")
+
+
+@pytest.mark.servers
+class TestCachingStoreS3LocalStack(StoreConformanceTests):
+    """CachingStore around S3 on LocalStack, the suite's write-once keys served from disk."""
+
+    @pytest.fixture
+    def store(self, localstack_server: ServerInfo, localstack_bucket: str, tmp_path: Path) -> CachingStore:
+        inner = _store_for(localstack_server, localstack_bucket, f"c/{uuid.uuid4().hex}")
+        return write_once_cache(inner, tmp_path / "cache")
 
 
 # -- a scripted S3 endpoint -----------------------------------------------------------------

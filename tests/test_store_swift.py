@@ -13,23 +13,26 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import remote_store_helpers as remote
+from objbutler_servers import ServerInfo
 from remote_store_helpers import FAST_RETRY, Answer, ScriptedServer, Seen
 
 from objbutler.errors import (
     AlreadyExistsError,
     NotFoundError,
-    NotSupportedError,
     StoreError,
     TransientStoreError,
 )
-from objbutler.stores import RetryPolicy, open_store
+from objbutler.stores import CompareAndSwap, ConditionalWrite, RetryPolicy, Store, open_store
+from objbutler.stores.cache import CachingStore
 from objbutler.stores.swift import SwiftStore, _timestamp
-from objbutler.testing.conformance import StoreConformanceTests, race
-from objbutler.testing.servers import ServerInfo
+from objbutler.testing.conformance import StoreConformanceTests, race, write_once_cache
+from objbutler.testing.faults import FastClockStore, FaultyStore
+from objbutler.testing.wrappers import CountingStore
 
 
 def _store_for(server: ServerInfo, container: str, prefix: str, **options: object) -> SwiftStore:
@@ -66,6 +69,16 @@ class TestSwiftStore(StoreConformanceTests):
     @pytest.fixture
     def store(self, swift_server: ServerInfo, swift_container: str) -> SwiftStore:
         return _store_for(swift_server, swift_container, f"t/{uuid.uuid4().hex}")
+
+
+@pytest.mark.servers
+class TestCachingStoreSwift(StoreConformanceTests):
+    """CachingStore around Swift: the wrapper, like Swift, has no put_if_match."""
+
+    @pytest.fixture
+    def store(self, swift_server: ServerInfo, swift_container: str, tmp_path: Path) -> CachingStore:
+        return write_once_cache(_store_for(swift_server, swift_container, f"c/{uuid.uuid4().hex}"),
+                                tmp_path / "cache")
 
 
 # -- what Swift does and does not promise ----------------------------------------------------
@@ -116,10 +129,12 @@ def test_x_timestamp_parsing_is_exact() -> None:
 
 
 @pytest.mark.servers
-def test_swift_ignores_if_match_so_the_store_refuses(swift_store: SwiftStore) -> None:
-    meta = swift_store.put("m", b"v1")
-    with pytest.raises(NotSupportedError):
-        swift_store.put_if_match("m", b"v2", meta.etag or "")
+def test_swift_ignores_if_match_so_the_store_has_no_put_if_match(swift_store: SwiftStore) -> None:
+    swift_store.put("m", b"v1")
+    assert not isinstance(swift_store, CompareAndSwap)
+    assert isinstance(swift_store, ConditionalWrite)  # put_if_absent: checked, one writer at a time
+    with pytest.raises(AttributeError):
+        swift_store.put_if_match("m", b"v2", "etag")  # type: ignore[attr-defined]
     assert swift_store.get("m") == b"v1"
 
 
@@ -317,9 +332,14 @@ def test_lost_answer_to_a_create_that_landed(scripted: ScriptedSwift) -> None:
     assert meta.last_modified == _timestamp("1795667952.15510")
 
 
-def test_put_if_match_sends_nothing(scripted: ScriptedSwift) -> None:
-    with pytest.raises(NotSupportedError):
-        scripted.store().put_if_match("k", b"x", "etag")
+def test_no_put_if_match_and_nothing_sent(scripted: ScriptedSwift, tmp_path: Path) -> None:
+    store = scripted.store()
+    assert not hasattr(store, "put_if_match")
+    wrappers = [CountingStore(store), FaultyStore(store), FastClockStore(store), CachingStore(store, tmp_path / "c"),
+                FaultyStore(CachingStore(CountingStore(store), tmp_path / "c"))]
+    for wrapper in wrappers:
+        assert isinstance(wrapper, Store) and isinstance(wrapper, ConditionalWrite), wrapper
+        assert not isinstance(wrapper, CompareAndSwap) and not hasattr(wrapper, "put_if_match"), wrapper
     assert scripted.seen == [] and scripted.auths == 0
 
 

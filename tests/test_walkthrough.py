@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from objbutler.testing.servers import ServerInfo
+from objbutler_servers import ServerInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -100,7 +100,7 @@ def test_refs_without_a_layout_read_zarr_json() -> None:
     assert images >= 3 and requests == 2 * images, by_method  # zarr.json, then the chunk
 
 
-def test_box_cutouts_read_zarr_json_only_for_the_wcs() -> None:
+def test_box_cutouts_read_no_zarr_json_even_for_the_wcs() -> None:
     butler, counting = _butler("zl-wcs")
     _put(butler, 1)
     ref = butler.query("calexp")[0]
@@ -113,7 +113,26 @@ def test_box_cutouts_read_zarr_json_only_for_the_wcs() -> None:
     grid = np.array([[0.0, 0.0], [19.0, 14.0]])
     np.testing.assert_allclose(stamp.wcs.all_pix2world(grid, 0), stored.wcs.all_pix2world(grid + np.array([10, 20]), 0),
                                rtol=0, atol=1e-10)
-    assert counting.requests == 1  # zarr.json, read when the WCS was first asked for
+    assert counting.requests == 0  # the WCS of the registry's sky record: no zarr.json
+
+
+def test_sky_position_cutouts_and_get_wcs_read_no_zarr_json() -> None:
+    butler, counting = _butler("zl-sky")
+    _put(butler, 1)
+    ref = butler.query("calexp")[0]
+    stored = butler.get(ref)
+    counting.reset()
+    wcs = butler.get_wcs(ref)
+    (stamp,) = butler.get_cutouts(ref, CENTRE, size=9)
+    assert counting.requests_by_method.get("get", 0) == 0, dict(counting.requests_by_method)
+    assert counting.requests == 1  # the one chunk
+    grid = np.array([[0.0, 0.0], [50.0, 40.0]])
+    np.testing.assert_allclose(wcs.all_pix2world(grid, 0), stored.wcs.all_pix2world(grid, 0), rtol=0, atol=1e-10)
+    x, y = stored.wcs.world_to_pixel(CENTRE)
+    x0, y0 = int(np.ceil(float(x) - 4.5)), int(np.ceil(float(y) - 4.5))
+    np.testing.assert_array_equal(stamp.data, stored.data[y0:y0 + 9, x0:x0 + 9])
+    wcs.wcs.crval = [0.0, 0.0]  # the caller's own copy: the next reader is not affected
+    assert butler.get_wcs(ref).wcs.crval[0] != 0.0
 
 
 @pytest.mark.parametrize("broken", [

@@ -82,7 +82,7 @@ from objbutler.dask.tasks import (
     ingest_task,
     unship,
 )
-from objbutler.errors import InvalidKeyError, NotFoundError
+from objbutler.errors import AmbiguousRunError, InvalidKeyError, NotFoundError
 from objbutler.registry.records import DatasetRef, canonical_data_id, validate_data_id
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ def _resolve(butler: Butler, requests: Sequence[CutoutRequest]) -> tuple[list[Da
         refs.append(None)
         if found:
             runs = sorted(ref.run for ref in found)
-            exc: Exception = InvalidKeyError(f"{request.image} exists in several runs {runs}: give a run")
+            exc: Exception = AmbiguousRunError(f"{request.image} exists in several runs {runs}: give a run", runs)
         else:
             exc = NotFoundError(f"no {request.image} in {butler.uri}")
         errors.append(error_record(index, request.image, exc, request.dataset_id))

@@ -20,7 +20,7 @@ from objbutler.cutouts import Box, ClipMode, Cutout, boxes_from_skycoords
 from objbutler.dask.results import ErrorRecord, FilesOutput, Output, RepositoryOutput, error_record
 from objbutler.errors import InvalidCutoutError, NotSupportedError
 from objbutler.registry.records import DatasetRef
-from objbutler.stores import run_concurrently
+from objbutler.stores import budget_of, run_concurrently
 
 __all__ = [
     "IMAGES_IN_FLIGHT", "CutSpec", "ImageGroup", "IngestSpec", "Item", "Opener", "Stamp", "TaskResult", "WcsHeader",
@@ -82,7 +82,8 @@ def cut_task(opener: Opener, spec: CutSpec, groups: Sequence[ImageGroup]) -> Tas
     out_butler = Butler(out.uri, **out.store_options) if isinstance(out, RepositoryOutput) else None
     result = TaskResult({}, [])
     for values, errors in run_concurrently(
-        lambda group: _cut_group(butler, out_butler, spec, group), list(groups), IMAGES_IN_FLIGHT
+        lambda group: _cut_group(butler, out_butler, spec, group), list(groups), IMAGES_IN_FLIGHT,
+        budget_of(butler.store),
     ):
         result.values.update(values)
         result.errors.extend(errors)
@@ -234,12 +235,13 @@ def _same_wcs(a: WCS, b: WCS) -> bool:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Stamp:
-    """A stamp on its way back: pixels and bbox, and its WCS as the parent's header (or itself)."""
+    """A stamp on its way back: pixels and bbox, its WCS as the parent's header (or itself), and its overlap."""
 
     data: np.ndarray
     bbox: Box
     parent: WcsHeader | None
     wcs: WCS | None
+    slices_original: tuple[slice, slice] | None = None
 
 
 def _shippable(cut: list[tuple[Item, Cutout]], parent_wcs: Callable[[], Any]) -> dict[int, Any]:
@@ -248,17 +250,22 @@ def _shippable(cut: list[tuple[Item, Cutout]], parent_wcs: Callable[[], Any]) ->
     parent = parent_wcs()
     header = WcsHeader.exact(parent) if parent is not None else None
     return {
-        item.index: Stamp(stamp.data, stamp.bbox, header, stamp.wcs if header is None else None)
+        item.index: Stamp(stamp.data, stamp.bbox, header, stamp.wcs if header is None else None,
+                          stamp.slices_original)
         for item, stamp in cut
     }
 
 
 def unship(index: int, stamp: Stamp, parents: dict[WcsHeader, WCS]) -> Cutout:
     if stamp.parent is None:
-        return Cutout(stamp.data, stamp.bbox, stamp.wcs, index)
-    if stamp.parent not in parents:
-        parents[stamp.parent] = stamp.parent.rebuild()
-    return Cutout.from_parent(stamp.data, stamp.bbox, parents[stamp.parent], index)
+        cutout = Cutout(stamp.data, stamp.bbox, stamp.wcs, index)
+    else:
+        if stamp.parent not in parents:
+            parents[stamp.parent] = stamp.parent.rebuild()
+        cutout = Cutout.from_parent(stamp.data, stamp.bbox, parents[stamp.parent], index)
+    if stamp.slices_original is not None:
+        cutout.slices_original = stamp.slices_original
+    return cutout
 
 
 def _deliver(
@@ -275,25 +282,26 @@ def _deliver(
         return {item.index: path for (item, _), path in zip(cut, paths, strict=True)}
     assert out_butler is not None
     written = {}
-    for item, stamp in cut:
-        try:
-            written[item.index] = _put_stamp(out_butler, out, parent, item, stamp)
-        except Exception as exc:  # e.g. the stamp ID is taken: this stamp fails, the others go on
-            fail([item], exc)
+    # one group commit for the task's stamps; a stamp refused (e.g. its ID is taken) fails alone
+    outcomes = out_butler.put_many([_stamp_item(out, parent, item, stamp) for item, stamp in cut], out.run,
+                                   format=out.format, errors="return")
+    for (item, _), outcome in zip(cut, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            fail([item], outcome)
+        else:
+            written[item.index] = outcome
     return written
 
 
-def _put_stamp(butler: Butler, out: RepositoryOutput, parent: DatasetRef, item: Item, stamp: Cutout) -> DatasetRef:
+def _stamp_item(out: RepositoryOutput, parent: DatasetRef, item: Item, stamp: Cutout) -> dict[str, Any]:
+    """A :meth:`Butler.put_many` item for one stamp: its pixels, bbox and parent as provenance."""
     from astropy.nddata import NDData
 
     meta = {f"BBOX_{name.upper()}": getattr(stamp.bbox, name) for name in ("x0", "y0", "x1", "y1")}
     meta["PARENTID"] = parent.id
     stamp_id = item.stamp_id if item.stamp_id is not None else item.index
-    return butler.put(
-        NDData(stamp.data, wcs=stamp.wcs, meta=meta), out.dataset_type, {"stamp": stamp_id}, run=out.run,
-        format=out.format, inputs=[parent], derived_from=[parent],
-    )
-
+    return {"obj": NDData(stamp.data, wcs=stamp.wcs, meta=meta), "dataset_type": out.dataset_type,
+            "data_id": {"stamp": stamp_id}, "inputs": [parent], "derived_from": [parent]}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -309,24 +317,28 @@ def ingest_task(
     opener: Opener, spec: IngestSpec, batch: tuple[list[int], list[Any], list[Mapping[str, Any]]]
 ) -> TaskResult:
     """One task: open the repository and put each item (a FITS path or an in-memory object)."""
-    from objbutler.ingest import ingest_files
+    from objbutler.ingest import put_files
 
     butler = opener.open()
     result = TaskResult({}, [])
-    for index, item, data_id in zip(*batch, strict=True):
-        target = describe(item)
-        try:
-            if isinstance(item, str | os.PathLike):
-                refs, failures = ingest_files(
-                    butler, spec.dataset_type, [Path(item)], data_id, spec.header_keys, spec.run, spec.format, spec.hdu
-                )
-                if failures:
-                    raise failures[0][1]
-                result.values[index] = refs[0]
-            else:
-                result.values[index] = butler.put(item, spec.dataset_type, data_id, spec.run, format=spec.format)
-        except Exception as exc:
-            result.errors.append(error_record(index, target, exc))
+    files = [(index, item, data_id) for index, item, data_id in zip(*batch, strict=True)
+             if isinstance(item, str | os.PathLike)]
+    objects = [(index, item, data_id) for index, item, data_id in zip(*batch, strict=True)
+               if not isinstance(item, str | os.PathLike)]
+    outcomes: list[tuple[int, Any, Any]] = []  # one group commit for the task's files, one for its objects
+    if files:
+        put = put_files(butler, spec.dataset_type, [(Path(item), data_id) for _, item, data_id in files],
+                        spec.header_keys, spec.run, spec.format, spec.hdu)
+        outcomes.extend((index, item, outcome) for (index, item, _), outcome in zip(files, put, strict=True))
+    if objects:
+        put = butler.put_many([(item, spec.dataset_type, data_id) for _, item, data_id in objects], spec.run,
+                              format=spec.format, errors="return")
+        outcomes.extend((index, item, outcome) for (index, item, _), outcome in zip(objects, put, strict=True))
+    for index, item, outcome in sorted(outcomes, key=lambda entry: entry[0]):
+        if isinstance(outcome, BaseException):
+            result.errors.append(error_record(index, describe(item), outcome))
+        else:
+            result.values[index] = outcome
     return result
 
 

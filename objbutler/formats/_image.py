@@ -23,6 +23,7 @@ from astropy.nddata import NDData
 from astropy.wcs import WCS
 
 from objbutler.errors import FormatError
+from objbutler.formats._internals import int_dtype, original_scaling
 from objbutler.formats.wcs_cards import header_wcs, merged_header, superseded_keys
 
 __all__ = [
@@ -272,24 +273,19 @@ def _compression_settings(hdu: fits.CompImageHDU) -> dict[str, Any]:
     return settings
 
 
-_BITPIX_INT = {8: "uint8", 16: "int16", 32: "int32", 64: "int64"}
-
-
 def _raw_scaling(hdu: Any, data: np.ndarray) -> RawScaling | None:
     """The integer storage of a scaled HDU (BSCALE/BZERO not the unsigned convention, or BLANK), else None.
 
-    astropy keeps the scaling it read as ``_orig_bitpix``/``_orig_bscale``/``_orig_bzero``/``_orig_blank``
-    (the header then shows the float BITPIX of ``.data``); there is no public accessor.
+    astropy keeps the scaling it read only in private attributes, read through
+    :func:`objbutler.formats.original_scaling` (None when they are gone: the image stays float).
     """
-    bitpix = getattr(hdu, "_orig_bitpix", None)
-    bscale = getattr(hdu, "_orig_bscale", 1) or 1
-    bzero = getattr(hdu, "_orig_bzero", 0) or 0
-    blank = getattr(hdu, "_orig_blank", None)
-    if bitpix not in _BITPIX_INT or data.dtype.kind != "f":
+    bitpix, bscale, bzero, blank = original_scaling(hdu)
+    dtype = int_dtype(bitpix)
+    if dtype is None or data.dtype.kind != "f":
         return None  # floats stored as floats, or integers astropy already gives as integers (uint via BZERO)
     if bscale == 1 and bzero == 0 and blank is None:
         return None
-    return RawScaling(_BITPIX_INT[bitpix], float(bscale), float(bzero), int(blank) if blank is not None else None)
+    return RawScaling(dtype, float(bscale), float(bzero), int(blank) if blank is not None else None)
 
 
 def _from_nddata(obj: NDData) -> Image:

@@ -119,7 +119,7 @@ def check_format_options(fmt: str, options: dict[str, Any]) -> None:
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits as encoder
     else:
-        from objbutler.formats.zarr_array import encode_zarr as encoder  # type: ignore[assignment]
+        from objbutler.formats.zarr_write import encode_zarr as encoder  # type: ignore[assignment]
     allowed = [name for name in inspect.signature(encoder).parameters if name != "image"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -137,8 +137,9 @@ def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> Encoded
         data = encode_fits(image, **options)
         sky = sky_record(image.wcs, image.data.shape, image.header, relax=True)
         return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data), sky)
-    from objbutler.formats.zarr_array import _WCS_RELAX, encode_zarr, zarr_checksum
+    from objbutler.formats.zarr_header import _WCS_RELAX
     from objbutler.formats.zarr_layout import zarr_layout
+    from objbutler.formats.zarr_write import encode_zarr, zarr_checksum
 
     objects = encode_zarr(image, **options)
     sky = sky_record(image.wcs, image.data.shape, image.header, relax=_WCS_RELAX)
@@ -229,7 +230,7 @@ def write_dataset(store: Store, key: str, encoded: EncodedDataset) -> list[str]:
         The keys written.
     """
     if encoded.format == "zarr":
-        from objbutler.formats.zarr_array import write_zarr_objects
+        from objbutler.formats.zarr_write import write_zarr_objects
 
         return write_zarr_objects(store, key, encoded.objects)
     try:

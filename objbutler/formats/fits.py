@@ -29,6 +29,7 @@ from astropy.io.fits.verify import VerifyError
 
 from objbutler.errors import FormatError
 from objbutler.formats._image import NDDATA_CARD, UNCERTAINTY_CLASSES, Image, as_image
+from objbutler.formats._internals import rescale
 from objbutler.formats.fits_headers import HduSelector, PixelScaling, check_fits_bytes
 
 __all__ = ["COMPRESSION_TYPES", "KEEP", "decode_fits", "encode_fits"]
@@ -112,8 +113,9 @@ def _image_hdus(
         hdu = fits.CompImageHDU(data=data, header=header, **options)
     if raw is not None and image.scaling is not None:
         scaling = image.scaling
-        # astropy's own rescaling (ImageHDU.scale has no BLANK argument); raw was checked to round-trip exactly
-        hdu._scale_internal(type=scaling.dtype, bscale=scaling.bscale, bzero=scaling.bzero, blank=scaling.blank)
+        # astropy's own rescaling (public ImageHDU.scale has no BLANK argument); raw was checked to round-trip
+        # exactly. Without astropy's internals and with a BLANK, the HDU keeps the exact float values.
+        rescale(hdu, scaling.dtype, scaling.bscale, scaling.bzero, scaling.blank)
     return [fits.PrimaryHDU(), hdu] if primary and isinstance(hdu, fits.CompImageHDU) else [hdu]
 
 

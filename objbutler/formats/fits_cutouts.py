@@ -37,9 +37,9 @@ from objbutler.formats.fits_headers import (
     layout_info,
     locate,
 )
-from objbutler.formats.fits_tiles import THREAD_SAFE_ALGORITHMS, TileTable, image_header
+from objbutler.formats.fits_tiles import TileTable, image_header
 from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
-from objbutler.stores import Store, run_concurrently
+from objbutler.stores import ReadRanges, run_concurrently
 
 __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
 
@@ -132,7 +132,7 @@ def stamp_rows(
 
 
 def read_fits_cutouts(
-    store: Store,
+    store: ReadRanges,
     key: str,
     boxes: Sequence[Box],
     mode: ClipMode = "trim",
@@ -148,8 +148,8 @@ def read_fits_cutouts(
 
     Parameters
     ----------
-    store : Store
-        Where the object is.
+    store : ReadRanges
+        Where the object is: anything with range reads (a store, a wrapper, a read-only source).
     key : str
         The FITS object's key.
     boxes : sequence of Box
@@ -191,7 +191,7 @@ def read_fits_cutouts(
     InvalidCutoutError
         In strict mode, for a box not wholly inside the image.
     """
-    cost = cost or CostModel.for_store(store)
+    cost = cost or CostModel.for_store(store, key)
     reader = HeaderReader(store, key, cost)
     recorded = layout.get("hdu") if isinstance(layout, dict) else None
     hinted = layout_info(layout, object_size) if layout is not None and hdu in (None, recorded) else None
@@ -214,13 +214,13 @@ def read_fits_cutouts(
     return _image_cutouts(reader, info, plans, fill_value, cost, wcs)
 
 
-def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | None:
+def read_fits_wcs(store: ReadRanges, key: str, *, hdu: HduSelector = None) -> WCS | None:
     """The WCS of a FITS image in a store, from its header alone (a few small range reads).
 
     Parameters
     ----------
-    store : Store
-        Where the object is.
+    store : ReadRanges
+        Where the object is: anything with range reads (a store, a wrapper, a read-only source).
     key : str
         The FITS object's key.
     hdu : int, str or None
@@ -231,7 +231,7 @@ def read_fits_wcs(store: Store, key: str, *, hdu: HduSelector = None) -> WCS | N
     astropy.wcs.WCS or None
         The image's WCS, or None if its header has none.
     """
-    info = locate(HeaderReader(store, key, CostModel.for_store(store)), hdu)
+    info = locate(HeaderReader(store, key, CostModel.for_store(store, key)), hdu)
     return _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header)
 
 
@@ -259,7 +259,7 @@ def _image_cutouts(
                 data[stamp_plan.destination] = raw if plain else scaling.decode(raw)
         else:
             data = new_stamp(stamp_plan, dtype, fill_value)
-        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index))
+        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index, read=stamp_plan.read))
     return stamps
 
 
@@ -290,20 +290,21 @@ def _compressed_cutouts(
     def read_heap(start: int, stop: int) -> memoryview | bytes:
         return extract(plan, fetched, (start, stop))
 
-    def decode_and_paste(tile: int) -> None:
-        pixels = table.decode(tile, read_heap)
-        if not scaling.is_plain:
-            pixels = scaling.decode(pixels)
-        frame = table.grid.box(tile)
-        for stamp_plan in users[tile]:
-            part = stamp_plan.read.intersection(frame)
-            stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, frame)]
+    with table.decoding(tiles, read_heap) as decode:
 
-    if tiles:
-        decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
-    workers = _decode_threads() if table.algorithm in THREAD_SAFE_ALGORITHMS else 1
-    run_concurrently(decode_and_paste, tiles[1:], workers)
-    return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index) for p in plans]
+        def decode_and_paste(tile: int) -> None:
+            pixels = decode(tile)
+            if not scaling.is_plain:
+                pixels = scaling.decode(pixels)
+            frame = table.grid.box(tile)
+            for stamp_plan in users[tile]:
+                part = stamp_plan.read.intersection(frame)
+                stamps[stamp_plan.index][_within(part, stamp_plan.bbox)] = pixels[_within(part, frame)]
+
+        if tiles:
+            decode_and_paste(tiles[0])  # on its own first: the dequantizer builds a global table on its first call
+        run_concurrently(decode_and_paste, tiles[1:], _decode_threads() if table.parallel else 1)
+    return [Cutout.from_parent(stamps[p.index], p.bbox, wcs, p.index, read=p.read) for p in plans]
 
 
 def _tile_table(reader: HeaderReader, info: HduInfo) -> TileTable:

@@ -16,31 +16,27 @@ with the same per-tile settings, dither row and null handling as astropy's
 decompression bit for bit, and tiles can be decoded on several threads.
 
 The codecs live in astropy's private ``astropy.io.fits.hdu.compressed``
-modules (astropy >= 7); the import is confined to this module and every
-algorithm is checked against astropy's public decompression in the tests.
+modules; they are reached only through :mod:`objbutler.formats._internals`,
+which checks them at import and otherwise decodes each tile through the public
+``CompImageHDU.section`` (slower, same pixels). Both paths are checked against
+astropy's public decompression in the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Sequence
-from math import prod
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.io.fits.hdu.compressed._quantization import DITHER_METHODS, Quantize
-from astropy.io.fits.hdu.compressed._tiled_compression import (
-    _decompress_tile,
-    _finalize_array,
-    _header_to_settings,
-    _update_tile_settings,
-)
-from astropy.io.fits.hdu.compressed.header import _bintable_header_to_image_header
 
 from objbutler.cutouts import Box
 from objbutler.errors import FormatError
+from objbutler.formats._internals import TileDecoder, tile_decoder
+from objbutler.formats._internals import image_header as _internal_image_header
 
 __all__ = ["THREAD_SAFE_ALGORITHMS", "TileGrid", "TileTable", "image_header"]
 
@@ -132,21 +128,7 @@ def _heap_element(header: fits.Header, name: str) -> np.dtype[Any]:
 
 def image_header(bintable_header: fits.Header) -> fits.Header:
     """The image header a compressed HDU stands for (ZBITPIX -> BITPIX, ...), as astropy derives it."""
-    return _bintable_header_to_image_header(bintable_header)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Codec:
-    """What decoding any tile of one image needs from its header, read once."""
-
-    settings: dict[str, Any]
-    zbitpix: int
-    blank: Any
-    dither_method: int
-    dither_seed: int
-    elements: dict[str, np.dtype[Any]]  # heap column -> dtype of the items it points at
-    quantized: bool
-    blank_column: bool
+    return _internal_image_header(bintable_header)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +157,8 @@ class TileTable:
     heap_start: int
     grid: TileGrid = dataclasses.field(init=False)
     algorithm: str = dataclasses.field(init=False)
-    _codec: _Codec = dataclasses.field(init=False, repr=False)
+    _decoder: TileDecoder = dataclasses.field(init=False, repr=False)
+    _elements: dict[str, np.dtype[Any]] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         header = self.header
@@ -185,22 +168,14 @@ class TileTable:
         if header.get("ZNAXIS") != 2:
             raise FormatError(f"a {header.get('ZNAXIS')}-D compressed image; cutouts need a 2-D image")
         try:
-            settings = _header_to_settings(header)
+            decoder = tile_decoder(header, names)  # header cards read once here, not per tile
         except (KeyError, ValueError) as exc:
             raise FormatError(f"unreadable compression settings: {exc}") from exc
         object.__setattr__(self, "grid", TileGrid.from_header(header))
         object.__setattr__(self, "algorithm", str(header["ZCMPTYPE"]).strip())
-        codec = _Codec(  # header cards read once here, not per tile (a card lookup costs microseconds)
-            settings=settings,
-            zbitpix=header["ZBITPIX"],
-            blank=header.get("ZBLANK", header.get("BLANK")),
-            dither_method=DITHER_METHODS[header.get("ZQUANTIZ", "NO_DITHER")],
-            dither_seed=header.get("ZDITHER0", 0),
-            elements={name: _heap_element(header, name) for name in _HEAP_COLUMNS if name in names},
-            quantized="ZSCALE" in names,
-            blank_column="ZBLANK" in names,
-        )
-        object.__setattr__(self, "_codec", codec)
+        object.__setattr__(self, "_decoder", decoder)
+        elements = {name: _heap_element(header, name) for name in _HEAP_COLUMNS if name in names}
+        object.__setattr__(self, "_elements", elements)  # heap column -> dtype of the items it points at
 
     @classmethod
     def parse(cls, header: fits.Header, table: bytes | memoryview, data_start: int) -> TileTable:
@@ -229,7 +204,7 @@ class TileTable:
     def heap_ranges(self, tiles: Sequence[int]) -> list[tuple[int, int]]:
         """The heap byte ranges ``(start, stop)`` (object offsets) that decoding ``tiles`` reads."""
         ranges = []
-        for name, element in self._codec.elements.items():
+        for name, element in self._elements.items():
             itemsize = element.itemsize
             descriptors = self.rows[name][np.asarray(tiles, dtype=np.int64)]
             for count, offset in descriptors.tolist():
@@ -241,76 +216,70 @@ class TileTable:
     def heap_span(self, tile: int, name: str) -> tuple[int, int, np.dtype[Any]]:
         """``(start, stop, item dtype)`` of one tile's bytes in a heap column."""
         count, offset = (int(v) for v in self.rows[name][tile])
-        itemsize = (dtype := self._codec.elements[name]).itemsize
+        itemsize = (dtype := self._elements[name]).itemsize
         return self.heap_start + offset, self.heap_start + offset + count * itemsize, dtype
 
-    def decode(self, tile: int, read_heap: Any) -> np.ndarray:
-        """The stored pixels of one tile (before BSCALE/BZERO), as astropy's decompression gives them.
+    @property
+    def parallel(self) -> bool:
+        """Whether tiles may be decoded on several threads (the codec allows it, and astropy's internals are used)."""
+        return self.algorithm in THREAD_SAFE_ALGORITHMS and not self._decoder.public
+
+    @contextlib.contextmanager
+    def decoding(self, tiles: Sequence[int], read_heap: Any) -> Iterator[Callable[[int], np.ndarray]]:
+        """A decoder of ``tiles`` for the ``with`` block: ``decode(tile)`` gives one tile's stored pixels.
 
         Parameters
         ----------
-        tile : int
-            Table row of the tile.
+        tiles : sequence of int
+            Table rows of the tiles that will be decoded.
         read_heap : callable
             ``read_heap(start, stop)`` returns the object's bytes ``[start, stop)``
-            (a range :meth:`heap_ranges` listed).
+            (a range :meth:`heap_ranges` listed for those tiles).
 
-        Returns
-        -------
-        numpy.ndarray
-            ``grid.box(tile).shape`` pixels: integers for integer images (nulls
-            hold ZBLANK/BLANK), floats for float images (nulls are NaN).
+        Yields
+        ------
+        callable
+            ``decode(tile)``: ``grid.box(tile).shape`` pixels before BSCALE/BZERO, as astropy's
+            decompression gives them: integers for integer images (nulls hold ZBLANK/BLANK), floats
+            for float images (nulls are NaN).
 
         Raises
         ------
         FormatError
-            If the tile's bytes do not decode (a corrupt or truncated heap).
+            If a tile's bytes do not decode (a corrupt or truncated heap).
         """
+
+        def fetch_for(tile: int) -> Callable[[str], np.ndarray]:
+            def fetch(name: str) -> np.ndarray:
+                start, stop, dtype = self.heap_span(tile, name)
+                return np.frombuffer(read_heap(start, stop), dtype) if stop > start else np.empty(0, dtype)
+
+            return fetch
+
+        def slices(tile: int) -> tuple[slice, slice]:
+            return self.grid.box(tile).slices()
+
         try:
-            return self._decode(tile, read_heap)
+            with self._decoder.batch(self.rows, tiles, fetch_for, slices) as decode:
+
+                def checked(tile: int) -> np.ndarray:
+                    try:
+                        return decode(tile)
+                    except FormatError:
+                        raise
+                    except Exception as exc:  # the codecs raise CfitsioException, zlib.error, ValueError, ...
+                        raise FormatError(f"tile {tile} ({self.algorithm}) does not decode: {exc}") from exc
+
+                yield checked
         except FormatError:
             raise
-        except Exception as exc:  # the codecs raise CfitsioException, zlib.error, ValueError, ...
-            raise FormatError(f"tile {tile} ({self.algorithm}) does not decode: {exc}") from exc
+        except Exception as exc:  # the public path parses the fetched tiles when the batch opens
+            raise FormatError(f"tiles {list(tiles)[:5]} ({self.algorithm}) do not decode: {exc}") from exc
 
-    def _decode(self, tile: int, read_heap: Any) -> np.ndarray:
-        codec, rows, algorithm = self._codec, self.rows, self.algorithm
-        shape = self.grid.box(tile).shape
-        start, stop, dtype = self.heap_span(tile, "COMPRESSED_DATA")
-        if stop == start:
-            return self._decode_fallback(tile, shape, read_heap)
-        cdata = np.frombuffer(read_heap(start, stop), dtype)
-        settings = _update_tile_settings(dict(codec.settings), algorithm, shape)
-        if algorithm == "GZIP_2":
-            settings["itemsize"] = np.asarray(_decompress_tile(cdata, algorithm="GZIP_1")).size // prod(shape)
-        buffer = _decompress_tile(cdata, algorithm=algorithm, **settings)
-        data = _finalize_array(
-            buffer, bitpix=codec.zbitpix, tile_shape=shape, algorithm=algorithm, lossless=not codec.quantized
-        )
-        zblank = rows["ZBLANK"][tile] if codec.blank_column else codec.blank
-        blank_mask = data == zblank if zblank is not None else None
-        if codec.quantized:
-            quantizer = Quantize(
-                row=(tile + codec.dither_seed) if codec.dither_method != -1 else 0,
-                dither_method=codec.dither_method, quantize_level=None, bitpix=codec.zbitpix,
-            )
-            unquantized = quantizer.decode_quantized(data, rows["ZSCALE"][tile], rows["ZZERO"][tile])
-            data = np.asarray(unquantized).reshape(shape)
-        if blank_mask is not None:
-            if not data.flags.writeable:
-                data = data.copy()
-            data[blank_mask] = codec.blank if codec.zbitpix > 0 else np.nan
-        return data
+    def decode(self, tile: int, read_heap: Any) -> np.ndarray:
+        """The stored pixels of one tile (before BSCALE/BZERO), as astropy's decompression gives them.
 
-    def _decode_fallback(self, tile: int, shape: tuple[int, int], read_heap: Any) -> np.ndarray:
-        """A float tile stored losslessly because it would not quantize (GZIP_1 or raw bytes)."""
-        elements = self._codec.elements
-        if "GZIP_COMPRESSED_DATA" in elements:
-            start, stop, dtype = self.heap_span(tile, "GZIP_COMPRESSED_DATA")
-            buffer = _decompress_tile(np.frombuffer(read_heap(start, stop), dtype), algorithm="GZIP_1")
-            bitpix = self._codec.zbitpix
-            return _finalize_array(buffer, bitpix=bitpix, tile_shape=shape, algorithm="GZIP_1", lossless=True)
-        if "UNCOMPRESSED_DATA" in elements:
-            start, stop, dtype = self.heap_span(tile, "UNCOMPRESSED_DATA")
-            return np.frombuffer(read_heap(start, stop), dtype).reshape(shape)
-        raise FormatError(f"tile {tile} has no data: COMPRESSED_DATA is empty and there is no fallback column")
+        A batch of one (:meth:`decoding`); see there.
+        """
+        with self.decoding([tile], read_heap) as decode:
+            return decode(tile)

@@ -1,5 +1,12 @@
 """Zarr v3 images: written with zarr's own API, read and cut out with one batched fetch.
 
+This module reads (fetch, decode, cutouts) and is where every Zarr name is imported from; each other
+job has its module: :mod:`~objbutler.formats.zarr_header` (the attribute schema: header and WCS cards
+as JSON), :mod:`~objbutler.formats.zarr_write` (encode, write, checksums),
+:mod:`~objbutler.formats.zarr_plan` (which chunks a read touches),
+:mod:`~objbutler.formats.zarr_shards` (shard indexes) and :mod:`~objbutler.formats.zarr_decode`
+(decoding fetched bytes through zarr).
+
 Writing
     :func:`encode_zarr` builds the array with :func:`zarr.create_array` in an
     in-memory zarr store and returns its objects (``zarr.json``, ``c/0/0``, ...).
@@ -54,43 +61,69 @@ Attribute schema (in ``zarr.json`` ``attributes``, all strict JSON)
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from astropy.io import fits
-from astropy.wcs import WCS, WCSHDO_P17, WCSHDO_all
-from astropy.wcs.wcs import WCSHDO_SIP
-from zarr.abc.codec import BytesBytesCodec
-from zarr.codecs import BloscCodec, ShardingCodec, ShardingCodecIndexLocation
-from zarr.core.buffer import Buffer, default_buffer_prototype
+from astropy.wcs import WCS
+from zarr.codecs import ShardingCodec
 from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.chunk_key_encodings import ChunkKeyEncoding, DefaultChunkKeyEncoding
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
-from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError, ObjButlerError
+from objbutler.errors import FormatError, InvalidCutoutError, NotSupportedError
 from objbutler.formats._image import Image
 from objbutler.formats._limits import MAX_CHUNKS, check_bytes, check_count, nbytes
-from objbutler.formats.wcs_cards import header_wcs, superseded_keys
-from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Store, run_concurrently
+from objbutler.formats.zarr_decode import _decoded, _decoder, _regular
+from objbutler.formats.zarr_header import (
+    _WCS_RELAX as _WCS_RELAX,  # re-exported: callers imported these from here before the split
+)
+from objbutler.formats.zarr_header import (
+    IMAGE_MEMBER,
+    ZARR_JSON,
+    _join,
+    _stored_wcs,
+    header_from_json,
+    header_to_json,
+)
+from objbutler.formats.zarr_header import (
+    _value_from_json as _value_from_json,
+)
+from objbutler.formats.zarr_header import (
+    _value_to_json as _value_to_json,
+)
+from objbutler.formats.zarr_plan import Chunk, _chunk_span, _grid_chunk_shape, plan_chunks
+from objbutler.formats.zarr_shards import (
+    _DEFAULT_KEYS,
+    _NO_CHUNK,
+    _check_shards,
+    _read_shard_indexes,
+    _reads_inner_chunks,
+)
+from objbutler.formats.zarr_write import (
+    DEFAULT_COMPRESSOR,
+    encode_zarr,
+    write_zarr,
+    write_zarr_objects,
+    zarr_checksum,
+    zarr_checksum_of_digests,
+)
+from objbutler.stores import Store, budget_of, run_concurrently
 
 if TYPE_CHECKING:
     from objbutler.formats.zarr_layout import ZarrLayout
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
+    "IMAGE_MEMBER",
     "ZARR_JSON",
     "ZarrObjects",
     "decode_zarr",
@@ -109,345 +142,51 @@ __all__ = [
     "zarr_image_attributes",
 ]
 
-ZARR_JSON = "zarr.json"
-IMAGE_MEMBER = "image"
-"""The member of an objbutler group (an image with a mask or uncertainty) that holds the image array."""
-DEFAULT_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-"""Blosc-zstd with byte shuffle: a good default for float images."""
 
-_LAYOUT_VERSION = 1
-_WCS_RELAX = WCSHDO_all | WCSHDO_SIP | WCSHDO_P17
-_STANDARD_KEYWORD = re.compile(r"[A-Z0-9_-]{0,8}")
-_RECORD_KEYWORD = re.compile(r"[A-Z0-9_-]{1,8}\.[A-Za-z_]\w*(?:\.\w+)*")  # astropy's name of DQ1 = 'NAXES: 2'
-_DEFAULT_KEYS = DefaultChunkKeyEncoding(separator="/")
-_NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
 
-Chunk = tuple[int, int]
 
 
 # -- header and WCS as JSON -----------------------------------------------------
 
 
-def _value_to_json(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, fits.card.Undefined):
-        return None
-    if isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"float": repr(value)}
-    if isinstance(value, complex):
-        return {"complex": [_value_to_json(value.real), _value_to_json(value.imag)]}
-    if isinstance(value, bytes):
-        return {"bytes": base64.b64encode(value).decode("ascii")}
-    raise FormatError(f"cannot store a header value of type {type(value).__name__}: {value!r}")
 
 
-def _value_from_json(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    if len(value) != 1:
-        raise FormatError(f"not a tagged header value: {value!r}")
-    ((tag, payload),) = value.items()
-    if tag == "float":
-        return float(payload)
-    if tag == "complex":
-        real, imag = (_value_from_json(part) for part in payload)
-        return complex(real, imag)
-    if tag == "bytes":
-        return base64.b64decode(payload)
-    raise FormatError(f"unknown tagged header value {tag!r}")
 
 
-def header_to_json(header: fits.Header) -> list[list[Any]]:
-    """Turn a FITS header into the JSON card list of the attribute schema.
-
-    Parameters
-    ----------
-    header : astropy.io.fits.Header
-        Any header.
-
-    Returns
-    -------
-    list of [keyword, value, comment]
-        Strict-JSON cards in header order (see the module docstring).
-    """
-    return [[_json_keyword(card), _value_to_json(card.value), card.comment] for card in header.cards]
 
 
-def _json_keyword(card: fits.Card) -> str:
-    """astropy's name of a card; a HIERARCH card named like a record-valued one keeps its prefix (unambiguous)."""
-    keyword = card.keyword
-    if card.field_specifier is None and _RECORD_KEYWORD.fullmatch(keyword):
-        return f"HIERARCH {keyword}"
-    return keyword
 
 
-def header_from_json(cards: Iterable[Sequence[Any]]) -> fits.Header:
-    """Rebuild a header from :func:`header_to_json` output.
-
-    Parameters
-    ----------
-    cards : iterable of [keyword, value, comment]
-        The stored cards.
-
-    Returns
-    -------
-    astropy.io.fits.Header
-        The cards, in order.
-    """
-    header = fits.Header()
-    for keyword, value, comment in cards:
-        value = _value_from_json(value)
-        record = _RECORD_KEYWORD.fullmatch(keyword) and isinstance(value, int | float) and not isinstance(value, bool)
-        plain = record or _STANDARD_KEYWORD.fullmatch(keyword) or keyword.startswith("HIERARCH ")
-        name = keyword if plain else f"HIERARCH {keyword}"
-        header.append(fits.Card(name, value, comment), end=True)
-    return header
 
 
-def _image_attributes(image: Image) -> dict[str, Any]:
-    wcs_cards = None if image.wcs is None else header_to_json(image.wcs.to_header(relax=_WCS_RELAX))
-    replaced = superseded_keys(image.header, image.wcs)  # cards wcslib would read as this WCS in another form
-    attributes: dict[str, Any] = {
-        "objbutler": {"layout_version": _LAYOUT_VERSION, "all_chunks_written": True},
-        "fits_header": header_to_json(fits.Header([c for c in image.header.cards if c.keyword not in replaced])),
-        "wcs": wcs_cards,
-    }
-    if image.nddata_class is not None or image.unit is not None:
-        attributes["nddata"] = {"class": image.nddata_class or "NDData", "unit": image.unit}
-    return attributes
 
 
-def _stored_wcs(metadata: ArrayV3Metadata) -> WCS | None:
-    cards = metadata.attributes.get("wcs")
-    if not cards:
-        return None
-    wcs = header_wcs(header_from_json(cards))  # warns and gives None rather than raise or crash
-    if wcs is not None and wcs.pixel_n_dim == len(metadata.shape):
-        wcs.array_shape = metadata.shape  # as WCS(header) sets it from NAXISn when reading FITS
-    return wcs
 
 
 # -- writing --------------------------------------------------------------------
 
 
-def _fit_shape(requested: Sequence[int], shape: tuple[int, ...], clip: bool) -> tuple[int, ...]:
-    """Give a 2-D chunk (or shard) shape to an N-D array: 1 along leading axes, clipped if asked."""
-    sides = (1,) * max(0, len(shape) - len(requested)) + tuple(int(side) for side in requested)[-len(shape) :]
-    if any(side < 1 for side in sides):
-        raise ValueError(f"chunk and shard sides must be positive, got {tuple(requested)}")
-    return tuple(min(side, max(n, 1)) for side, n in zip(sides, shape, strict=True)) if clip else sides
 
 
-def encode_zarr(
-    image: Image,
-    chunks: Sequence[int] = (256, 256),
-    compressor: BytesBytesCodec | None = DEFAULT_COMPRESSOR,
-    shards: Sequence[int] | None = None,
-) -> dict[str, bytes]:
-    """Encode an image as the objects of a Zarr v3 array, with zarr's own writer.
-
-    Parameters
-    ----------
-    image : Image
-        Pixels, header and WCS.
-    chunks : sequence of int, default (256, 256)
-        Chunk shape (rows, columns); leading axes of an N-D image get 1.
-        Clipped to the image unless ``shards`` is given.
-    compressor : zarr BytesBytesCodec or None, default blosc-zstd with byte shuffle
-        E.g. ``zarr.codecs.ZstdCodec(level=3)``; None stores raw bytes.
-    shards : sequence of int, optional
-        Shard shape (a multiple of ``chunks``) to use the sharding codec.
-
-    Returns
-    -------
-    dict of str to bytes
-        Relative key (``zarr.json``, ``c/0/0``, ...) -> object bytes. An image
-        with a mask or an uncertainty is a Zarr group instead: the image array
-        under ``image/``, the mask (bool) under ``mask/`` and the uncertainty
-        under ``uncertainty/``, the group's ``zarr.json`` naming them.
-
-    Raises
-    ------
-    FormatError
-        For an image with further HDUs (an HDUList of several images): FITS holds them.
-    """
-    if image.extensions:
-        names = [str(e.header.get("EXTNAME", f"#{i + 1}")) for i, e in enumerate(image.extensions)]
-        raise FormatError(f"a Zarr dataset holds one image; this HDUList has further image HDUs {names}: "
-                          "put it as FITS, or put each HDU as a dataset of its own")
-    array = _array_objects(image.data, _image_attributes(image), chunks, compressor, shards)
-    if image.mask is None and image.uncertainty is None:
-        return array
-    objects = {f"{IMAGE_MEMBER}/{key}": data for key, data in array.items()}
-    members = {"image": IMAGE_MEMBER}
-    extras: list[tuple[str, np.ndarray | None, dict[str, Any]]] = [
-        ("mask", image.mask, {}), ("uncertainty", image.uncertainty, {"class": image.uncertainty_class})]
-    for name, pixels, attrs in extras:
-        if pixels is not None:
-            marker = {"layout_version": _LAYOUT_VERSION, "all_chunks_written": True, **attrs}
-            member = _array_objects(pixels, {"objbutler": marker}, chunks, compressor, shards)
-            objects.update((f"{name}/{key}", data) for key, data in member.items())
-            members[name] = name
-    group: dict[str, Buffer] = {}
-    zarr.create_group(zarr.storage.MemoryStore(group), zarr_format=3,
-                      attributes={"objbutler": {"layout_version": _LAYOUT_VERSION, "members": members}})
-    objects[ZARR_JSON] = group[ZARR_JSON].to_bytes()
-    return objects
 
 
-def _array_objects(
-    pixels: np.ndarray, attributes: dict[str, Any], chunks: Sequence[int], compressor: BytesBytesCodec | None,
-    shards: Sequence[int] | None,
-) -> dict[str, bytes]:
-    data = np.asarray(pixels)
-    data = data.astype(data.dtype.newbyteorder("="), copy=False)
-    store_dict: dict[str, Buffer] = {}
-    zarr.create_array(
-        zarr.storage.MemoryStore(store_dict),
-        data=data,
-        chunks=_fit_shape(chunks, data.shape, clip=shards is None),
-        shards=None if shards is None else _fit_shape(shards, data.shape, clip=False),
-        compressors=compressor,
-        attributes=attributes,
-        config={"write_empty_chunks": True},
-    )
-    return {key: buffer.to_bytes() for key, buffer in store_dict.items()}
 
 
-def zarr_checksum(objects: Mapping[str, bytes]) -> str:
-    """A content checksum of an encoded array.
-
-    Parameters
-    ----------
-    objects : mapping of str to bytes
-        Relative key -> bytes, as :func:`encode_zarr` returns.
-
-    Returns
-    -------
-    str
-        Hex SHA-256 over the lines ``f"{key}\\0{sha256(bytes).hexdigest()}\\n"``
-        (UTF-8), keys sorted.
-    """
-    return zarr_checksum_of_digests({key: hashlib.sha256(data).hexdigest() for key, data in objects.items()})
 
 
-def zarr_checksum_of_digests(digests: Mapping[str, str]) -> str:
-    """:func:`zarr_checksum` from each object's hex SHA-256 (objects hashed one at a time, as they stream by).
-
-    Parameters
-    ----------
-    digests : mapping of str to str
-        Relative key -> hex SHA-256 of that object's bytes.
-
-    Returns
-    -------
-    str
-        The same hex digest :func:`zarr_checksum` gives for those objects.
-    """
-    digest = hashlib.sha256()
-    for key in sorted(digests):
-        digest.update(f"{key}\0{digests[key]}\n".encode())
-    return digest.hexdigest()
 
 
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix.rstrip('/')}/{key}" if prefix.strip("/") else key
 
 
-def write_zarr_objects(
-    store: Store, prefix: str, objects: Mapping[str, bytes], max_workers: int = DEFAULT_MAX_CONCURRENCY
-) -> list[str]:
-    """Put encoded objects under ``prefix``: chunks concurrently, ``zarr.json`` last.
-
-    On failure every key is deleted (best effort) before the error propagates.
-
-    Parameters
-    ----------
-    store : Store
-        Where to write.
-    prefix : str
-        The array's prefix, e.g. ``data/run/calexp/x-uuid.zarr``.
-    objects : mapping of str to bytes
-        Relative key -> bytes (must hold ``zarr.json``).
-    max_workers : int
-        Upper bound on concurrent puts.
-
-    Returns
-    -------
-    list of str
-        The store keys written, ``zarr.json``'s last.
-    """
-    if ZARR_JSON not in objects:
-        raise FormatError("a Zarr array needs a zarr.json object")
-    chunk_keys = [key for key in objects if key != ZARR_JSON]
-    written = [_join(prefix, key) for key in [*chunk_keys, ZARR_JSON]]
-    try:
-        run_concurrently(lambda key: store.put(_join(prefix, key), objects[key]), chunk_keys, max_workers)
-        store.put(written[-1], objects[ZARR_JSON])
-    except Exception:
-        for key in written:
-            with contextlib.suppress(Exception):
-                store.delete(key)
-        raise
-    return written
 
 
-def write_zarr(store: Store, prefix: str, image: Image, **options: Any) -> list[str]:
-    """Encode an image (:func:`encode_zarr` ``options``) and write it (:func:`write_zarr_objects`).
-
-    Returns
-    -------
-    list of str
-        The store keys written, ``zarr.json``'s last.
-    """
-    return write_zarr_objects(store, prefix, encode_zarr(image, **options))
 
 
 # -- planning (pure) ------------------------------------------------------------
 
 
-def _chunk_span(read: Box, shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> tuple[range, range]:
-    """The chunk rows and columns a box inside the image touches."""
-    if read.is_empty:
-        return range(0), range(0)
-    if read.x0 < 0 or read.y0 < 0 or read.y1 > shape[0] or read.x1 > shape[1]:
-        raise ValueError(f"{read} is not inside the {shape[0]}x{shape[1]} image")
-    rows, cols = chunk_shape
-    return range(read.y0 // rows, (read.y1 - 1) // rows + 1), range(read.x0 // cols, (read.x1 - 1) // cols + 1)
 
 
-def plan_chunks(
-    plans: Sequence[StampPlan],
-    shape: tuple[int, ...],
-    chunk_shape: tuple[int, ...],
-    key_encoding: ChunkKeyEncoding,
-) -> dict[Chunk, str]:
-    """The chunks the stamps' read boxes touch, each once.
-
-    Parameters
-    ----------
-    plans : sequence of StampPlan
-        Clipped stamps (:func:`objbutler.cutouts.plan_stamps`).
-    shape : tuple of int
-        ``(ny, nx)`` of the image.
-    chunk_shape : tuple of int
-        ``(rows, columns)`` of a chunk.
-    key_encoding : zarr ChunkKeyEncoding
-        How chunk coordinates become keys (``c/0/0``, ``0.0``, ...).
-
-    Returns
-    -------
-    dict of (int, int) to str
-        Chunk coordinates -> relative key, sorted by coordinates.
-    """
-    needed: set[Chunk] = set()
-    for plan in plans:
-        rows, cols = _chunk_span(plan.read, shape, chunk_shape)
-        needed.update(itertools.product(rows, cols))
-    return {coords: key_encoding.encode_chunk_key(coords) for coords in sorted(needed)}
 
 
 # -- reading --------------------------------------------------------------------
@@ -557,10 +296,6 @@ def _check_whole_read(metadata: ArrayV3Metadata, prefix: str, size: int | None) 
                 f"{_join(prefix, ZARR_JSON)}: the array of shape {metadata.shape}")
 
 
-def _grid_chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
-    """The shape of the objects the chunk grid names (shards, for a sharded array)."""
-    assert isinstance(metadata.chunk_grid, RegularChunkGrid)  # checked by _load_metadata
-    return metadata.chunk_grid.chunk_shape
 
 
 def _all_chunks_written(metadata: ArrayV3Metadata) -> bool:
@@ -583,16 +318,8 @@ def _fetch(store: Store, prefix: str, keys: Iterable[str], listed: bool) -> dict
     return dict(zip(wanted, store.get_many([_join(prefix, key) for key in wanted]), strict=True))
 
 
-def _decoder(document: Mapping[str, Any], objects: Mapping[str, bytes]) -> zarr.Array:
-    """A read-only zarr array over in-memory metadata and chunk bytes (missing chunks = fill)."""
-    to_buffer = default_buffer_prototype().buffer.from_bytes
-    contents: dict[str, Buffer] = {ZARR_JSON: to_buffer(json.dumps(document).encode())}
-    contents.update((key, to_buffer(data)) for key, data in objects.items())
-    return zarr.open_array(zarr.storage.MemoryStore(contents, read_only=True), mode="r", zarr_format=3)
 
 
-def _regular(chunk_shape: Sequence[int]) -> dict[str, Any]:
-    return {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -688,29 +415,8 @@ def _fetch_group(store: Store, prefix: str, raw: bytes, members: Mapping[str, st
     return ZarrObjects(image.document, image.metadata, objects, fetched)
 
 
-def _check_shards(metadata: ArrayV3Metadata, prefix: str, objects: Mapping[str, bytes], keys: Sequence[str]) -> None:
-    """Every shard (``objects[key]`` for each grid key read) must be as long as the index of its inner chunks."""
-    codec = next((codec for codec in metadata.codecs if isinstance(codec, ShardingCodec)), None)
-    if codec is None:
-        return
-    per_shard = tuple(s // c for s, c in zip(_grid_chunk_shape(metadata), codec.chunk_shape, strict=True))
-    where = _join(prefix, ZARR_JSON)
-    check_count(math.prod(per_shard), MAX_CHUNKS, f"a shard of {where}")
-    index_size = codec._shard_index_size(per_shard)  # zarr has no public accessor for this
-    for data in (objects[key] for key in keys if key in objects):
-        if len(data) < index_size:
-            raise FormatError(f"a shard of {where} has {len(data):,} bytes, less than the {index_size:,} "
-                              f"of the index its {per_shard} inner chunks need")
 
 
-def _decoded(read: Callable[[], Any], what: str) -> np.ndarray:
-    """Run a zarr read; what its codecs raise on corrupt bytes becomes a FormatError naming ``what``."""
-    try:
-        return np.asarray(read())
-    except (ObjButlerError, MemoryError):
-        raise
-    except Exception as exc:  # numcodecs and zarr raise RuntimeError, ValueError, TypeError, ...
-        raise FormatError(f"{what} does not decode: {type(exc).__name__}: {exc}") from exc
 
 
 def decode_zarr(fetched: ZarrObjects, prefix: str = "") -> Image:
@@ -787,8 +493,6 @@ def read_zarr_wcs(store: Store, prefix: str) -> WCS | None:
     return _stored_wcs(_load_image(store, prefix)[2])
 
 
-def _reads_inner_chunks(metadata: ArrayV3Metadata) -> bool:
-    return len(metadata.codecs) == 1 and isinstance(metadata.codecs[0], ShardingCodec)
 
 
 def _fetch_chunks(
@@ -802,30 +506,6 @@ def _fetch_chunks(
     return _decoder(document, objects), chunk_shape, list(needed)
 
 
-def _read_shard_indexes(
-    store: Store, prefix: str, codec: ShardingCodec, per_shard: tuple[int, ...], sizes: Mapping[str, int]
-) -> list[np.ndarray]:
-    """Read each shard's index with one range request (concurrently); ``(*per_shard, 2)`` offsets and lengths."""
-    index_size = codec._shard_index_size(per_shard)  # zarr has no public accessor for this
-    for key, size in sizes.items():
-        if size < index_size:
-            raise FormatError(f"shard {_join(prefix, key)} has {size:,} bytes, less than the {index_size:,} of the "
-                              f"index its {per_shard} inner chunks need")
-    at_end = codec.index_location == ShardingCodecIndexLocation.end
-    index_document = {
-        "zarr_format": 3, "node_type": "array", "shape": [*per_shard, 2], "data_type": "uint64",
-        "chunk_grid": _regular([*per_shard, 2]), "chunk_key_encoding": _DEFAULT_KEYS.to_dict(),
-        "fill_value": _NO_CHUNK, "codecs": [c.to_dict() for c in codec.index_codecs],
-    }  # fmt: skip
-    index_key = _DEFAULT_KEYS.encode_chunk_key((0,) * (len(per_shard) + 1))
-
-    def read_index(key: str) -> np.ndarray:
-        start = sizes[key] - index_size if at_end else 0
-        (raw,) = store.get_ranges(_join(prefix, key), [(start, start + index_size)])
-        decoder = _decoder(index_document, {index_key: raw})
-        return _decoded(lambda: decoder[...], f"the shard index of {_join(prefix, key)!r}")
-
-    return run_concurrently(read_index, list(sizes), DEFAULT_MAX_CONCURRENCY)
 
 
 def _fetch_inner_chunks(
@@ -859,7 +539,8 @@ def _fetch_inner_chunks(
 
     indexes = _read_shard_indexes(store, prefix, codec, per_shard, sizes)
     objects: dict[str, bytes] = {}
-    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), DEFAULT_MAX_CONCURRENCY):
+    budget = budget_of(store)
+    for found in run_concurrently(read_inner, list(zip(sizes, indexes, strict=True)), budget.limit, budget):
         objects.update(found)
     inner_document = {
         **document,
@@ -976,6 +657,6 @@ def read_zarr_cutouts(
     else:
         wcs = ParentWCS(functools.partial(_stored_wcs, metadata))
     return [
-        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index)
+        Cutout.from_parent(stamp, plan.bbox, wcs, plan.index, read=plan.read)
         for plan, stamp in zip(plans, stamps, strict=True)
     ]

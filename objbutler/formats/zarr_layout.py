@@ -27,15 +27,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from objbutler.errors import FormatError, NotSupportedError
-from objbutler.formats.zarr_array import (
-    IMAGE_MEMBER,
-    ZARR_JSON,
-    _all_chunks_written,
-    _group_members,
-    _join,
-    _parse_metadata,
-    _reads_inner_chunks,
-)
+from objbutler.formats.zarr_array import _all_chunks_written, _group_members, _parse_metadata
+from objbutler.formats.zarr_header import IMAGE_MEMBER, ZARR_JSON, _join
+from objbutler.formats.zarr_shards import _reads_inner_chunks
 
 if TYPE_CHECKING:
     from zarr.core.metadata import ArrayV3Metadata

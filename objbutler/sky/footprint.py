@@ -216,7 +216,7 @@ def sky_record(wcs: WCS | None, shape: tuple[int, ...], header: fits.Header | No
     relax : int or bool
         How the image's format serializes the WCS (``to_header(relax=...)``).
     """
-    from objbutler.formats.zarr_array import header_to_json
+    from objbutler.formats.zarr_header import header_to_json
 
     if wcs is None or len(shape) != 2 or wcs.pixel_n_dim != 2 or not wcs.has_celestial or wcs.naxis != 2:
         return None
@@ -260,7 +260,7 @@ def sky_record_from_header(header: fits.Header, shape: tuple[int, ...], relax: A
 @functools.lru_cache(maxsize=4096)
 def _wcs_from_cards(cards: str) -> WCS | None:
     from objbutler.formats.wcs_cards import header_wcs
-    from objbutler.formats.zarr_array import header_from_json
+    from objbutler.formats.zarr_header import header_from_json
 
     wcs = header_wcs(header_from_json(json.loads(cards)))
     if wcs is not None:

@@ -122,9 +122,9 @@ class _ImageJob:
 
 
 def _stamp_size(size: Any, wcs: WCS) -> tuple[int, int]:
-    from objbutler.cutouts import _size_in_pixels
+    from objbutler.cutouts import size_in_pixels
 
-    return _size_in_pixels(size, wcs)
+    return size_in_pixels(size, wcs)
 
 
 _CELESTIAL: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
@@ -250,39 +250,33 @@ def iter_image_cutouts(store: Store, jobs: Sequence[_ImageJob], mode: ClipMode, 
 
     Yields ``(job, stamps, None)``, or ``(job, None, reason)`` for a failed image with ``on_error="skip"``.
     """
-    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-
     from objbutler.ranges import CostModel
-    from objbutler.stores import DEFAULT_MAX_CONCURRENCY
+    from objbutler.stores import DEFAULT_MAX_CONCURRENCY, budget_of
 
     if not jobs:
         return
-    cost = CostModel.for_store(store)
+    fits_keys = [job.ref.key for job in jobs if job.ref.format == "fits" and not job.ref.is_direct]
+    cost = CostModel.for_store(store, fits_keys[0] if fits_keys else None)
+    budget = budget_of(store)
     lanes = max_images_in_flight or int(getattr(store, "max_concurrency", 0) or DEFAULT_MAX_CONCURRENCY)
     lanes = max(1, min(lanes, len(jobs)))
     if lanes == 1:
         for job in jobs:
             yield _outcome(job, functools.partial(_cut, store, job, mode, fill_value, cost, read), on_error)
         return
-    pending = iter(jobs)
-    with ThreadPoolExecutor(max_workers=lanes) as pool:
-        running: dict[Future[list[Cutout]], _ImageJob] = {}
-        try:
-            for job in pending:
-                running[pool.submit(_cut, store, job, mode, fill_value, cost, read)] = job
-                if len(running) >= 2 * lanes:  # bounded memory: a few images ahead of the consumer
-                    break
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    yield _outcome(job, future.result, on_error)
-                    following = next(pending, None)
-                    if following is not None:
-                        running[pool.submit(_cut, store, following, mode, fill_value, cost, read)] = following
-        finally:
-            for future in running:
-                future.cancel()
+    # The store's budget, caller-runs: images on its shared workers and on this thread, a few ahead of
+    # the consumer (bounded memory); each image's reads draw on the same budget, so nothing nests past it.
+    for job, stamps, error in budget.imap_unordered(lambda job: _cut(store, job, mode, fill_value, cost, read),
+                                                    jobs, lanes, 2 * lanes):
+        yield _outcome(job, functools.partial(_settled, stamps, error), on_error)
+
+
+def _settled(stamps: list[Cutout] | None, error: BaseException | None) -> list[Cutout]:
+    """The stamps of a finished image, or raise what cutting it raised."""
+    if error is not None:
+        raise error
+    assert stamps is not None
+    return stamps
 
 
 def _outcome(job: _ImageJob, result: Callable[[], list[Cutout]],

@@ -64,7 +64,8 @@ def read_sky_record(store: Store, ref: DatasetRef) -> dict[str, Any] | None:
         return sky_record_from_header(header, tuple(info.image_shape), relax=True)
     if ref.format == "zarr":
         from objbutler.formats.wcs_cards import header_wcs
-        from objbutler.formats.zarr_array import _WCS_RELAX, _load_image, header_from_json
+        from objbutler.formats.zarr_array import _load_image
+        from objbutler.formats.zarr_header import _WCS_RELAX, header_from_json
 
         _, _, metadata = _load_image(store, ref.key)
         cards = metadata.attributes.get("wcs")
@@ -101,7 +102,7 @@ def reindex(butler: Butler, dataset_type: str | None = None, *, jobs: int = 16, 
     -------
     ReindexReport
     """
-    from objbutler.stores import run_concurrently
+    from objbutler.stores import budget_of, run_concurrently
 
     state = butler.registry.refresh()
     todo = [ref for ref in state.query(dataset_type) if ref.sky is None and ref.format in ("fits", "zarr")]
@@ -124,7 +125,7 @@ def reindex(butler: Butler, dataset_type: str | None = None, *, jobs: int = 16, 
 
     for start in range(0, len(todo), batch):
         notes = []
-        for ref, record, problem in run_concurrently(read, todo[start : start + batch], jobs):
+        for ref, record, problem in run_concurrently(read, todo[start : start + batch], jobs, budget_of(butler.store)):
             if problem is not None:
                 report.failed[ref.id] = problem
             elif record is None:
@@ -132,7 +133,8 @@ def reindex(butler: Butler, dataset_type: str | None = None, *, jobs: int = 16, 
             else:
                 notes.append({"id": ref.id, "sky": record})
         if notes:
-            butler.registry.commit([], {}, [], annotations=notes)
+            with butler.combiner.exclusive():  # never racing this process's group commits
+                butler.registry.commit([], {}, [], annotations=notes)
             report.commits += 1
             report.recorded += len(notes)
     if checkpoint and report.recorded:

@@ -1,4 +1,4 @@
-"""Object stores: one small protocol, one module per backend.
+"""Object stores: narrow protocols, one forwarding base for wrappers, one module per backend.
 
 ``open_store(uri)`` picks the backend from the URI scheme:
 
@@ -17,28 +17,59 @@ from typing import Any
 from objbutler.errors import InvalidURIError
 from objbutler.stores._base import (
     ByteRange,
+    CompareAndSwap,
+    ConditionalWrite,
+    List,
     ObjectMeta,
     RangeLike,
+    ReadRanges,
     Store,
     StoreCapabilities,
+    Write,
     normalize_ranges,
     validate_key,
 )
-from objbutler.stores._concurrency import DEFAULT_MAX_CONCURRENCY, run_concurrently
+from objbutler.stores._concurrency import (
+    DEFAULT_MAX_CONCURRENCY,
+    ConcurrencyBudget,
+    budget_of,
+    default_budget,
+    run_concurrently,
+)
+from objbutler.stores._endpoint import (
+    EndpointProfile,
+    clear_endpoint_profiles,
+    endpoint_profile,
+    measure_endpoint,
+)
 from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
+from objbutler.stores.wrapper import StoreWrapper, if_inner_has
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "ByteRange",
+    "CompareAndSwap",
+    "ConcurrencyBudget",
+    "ConditionalWrite",
     "ConditionalWriteProbe",
+    "EndpointProfile",
+    "List",
     "ObjectMeta",
     "RangeLike",
+    "ReadRanges",
     "RetryPolicy",
     "Store",
     "StoreCapabilities",
+    "StoreWrapper",
+    "Write",
     "bucket_name_problem",
+    "clear_endpoint_profiles",
+    "budget_of",
+    "default_budget",
+    "endpoint_profile",
+    "measure_endpoint",
     "normalize_ranges",
     "open_store",
     "parse_store_uri",
@@ -47,6 +78,7 @@ __all__ = [
     "run_concurrently",
     "split_bucket_uri",
     "validate_bucket_name",
+    "if_inner_has",
     "validate_key",
 ]
 

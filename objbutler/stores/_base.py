@@ -17,12 +17,17 @@ from objbutler.errors import InvalidKeyError
 
 __all__ = [
     "ByteRange",
+    "CompareAndSwap",
+    "ConditionalWrite",
+    "List",
     "ObjectMeta",
     "RangeLike",
+    "ReadRanges",
     "Store",
     "StoreCapabilities",
     "normalize_ranges",
     "validate_key",
+    "Write",
 ]
 
 MAX_KEY_BYTES = 1024
@@ -113,7 +118,8 @@ class StoreCapabilities:
         ``put_if_absent`` is atomic under concurrent writers: exactly one of N
         racing creates of one key succeeds.
     compare_and_swap : bool
-        ``put_if_match`` exists and is atomic: a stale etag is refused.
+        The store is a :class:`CompareAndSwap`: ``put_if_match`` exists and is
+        atomic (a stale etag is refused). Where false the method is absent.
     conditional_create_header : bool
         ``put_if_absent`` exists at all (possibly without atomicity, as on Swift,
         where it only protects against writers that come one at a time).
@@ -129,23 +135,11 @@ class StoreCapabilities:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """A small, synchronous key -> bytes store with concurrent range reads.
+class ReadRanges(Protocol):
+    """Whole-object and byte-range reads: what the cutout planners and format readers need.
 
-    Every method is safe to call from several threads. A store keeps no open
-    file handles between calls; network clients may be pooled per store object.
     Missing keys raise :class:`objbutler.errors.NotFoundError`.
     """
-
-    @property
-    def uri(self) -> str:
-        """The URI that :func:`objbutler.stores.open_store` reopens this store from."""
-        ...
-
-    @property
-    def capabilities(self) -> StoreCapabilities:
-        """What this backend guarantees to concurrent writers."""
-        ...
 
     def get(self, key: str) -> bytes:
         """Return the whole object."""
@@ -167,33 +161,83 @@ class Store(Protocol):
         """Return the metadata of one object."""
         ...
 
-    def put(self, key: str, data: bytes) -> ObjectMeta:
-        """Write (or replace) an object; readers see the old or the new bytes, never a mix."""
-        ...
 
-    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
-        """Create an object only if the key is free; else raise AlreadyExistsError.
-
-        Atomic only where ``capabilities.atomic_create`` is true.
-        """
-        ...
-
-    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Replace an object only if its etag is still ``etag``; else raise PreconditionFailedError.
-
-        Backends without compare-and-swap raise NotSupportedError.
-        """
-        ...
-
-    def delete(self, key: str) -> None:
-        """Delete an object; deleting a missing key is not an error."""
-        ...
+@runtime_checkable
+class List(Protocol):
+    """Sorted listings under a prefix."""
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
         """Yield the objects whose key starts with ``prefix``, sorted by key.
 
         ``start_after`` skips every key ``<=`` it (S3's StartAfter, Swift's marker).
         """
+        ...
+
+
+@runtime_checkable
+class Write(Protocol):
+    """Unconditional writes and deletes."""
+
+    def put(self, key: str, data: bytes) -> ObjectMeta:
+        """Write (or replace) an object; readers see the old or the new bytes, never a mix."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete an object; deleting a missing key is not an error."""
+        ...
+
+
+@runtime_checkable
+class ConditionalWrite(Protocol):
+    """Create-only writes (``If-None-Match: *``).
+
+    Atomic under concurrent writers only where ``capabilities.atomic_create``
+    is true (Swift checks the header one writer at a time).
+    """
+
+    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
+        """Create an object only if the key is free; else raise AlreadyExistsError."""
+        ...
+
+
+@runtime_checkable
+class CompareAndSwap(ConditionalWrite, Protocol):
+    """Create-only writes plus replace-if-unchanged (``If-Match: etag``).
+
+    Only backends that enforce ``If-Match`` on a write have ``put_if_match``
+    (``capabilities.compare_and_swap``); Swift, which ignores it, does not.
+    A gateway that answers 501 to ``If-Match`` (S3 behind Swift's s3api) makes
+    ``S3Store.put_if_match`` raise NotSupportedError at run time.
+    """
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
+        """Replace an object only if its etag is still ``etag``; else raise PreconditionFailedError."""
+        ...
+
+
+@runtime_checkable
+class Store(ReadRanges, List, Write, ConditionalWrite, Protocol):
+    """A small, synchronous key -> bytes store with concurrent range reads.
+
+    The composition of the narrow protocols every backend offers
+    (:class:`ReadRanges`, :class:`List`, :class:`Write`,
+    :class:`ConditionalWrite`) plus its URI and declared capabilities.
+    Compare-and-swap is not part of it: check ``isinstance(store,
+    CompareAndSwap)`` (equivalently ``capabilities.compare_and_swap``).
+
+    Every method is safe to call from several threads. A store keeps no open
+    file handles between calls; network clients may be pooled per store object.
+    Missing keys raise :class:`objbutler.errors.NotFoundError`.
+    """
+
+    @property
+    def uri(self) -> str:
+        """The URI that :func:`objbutler.stores.open_store` reopens this store from."""
+        ...
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """What this backend guarantees to concurrent writers."""
         ...
 
 

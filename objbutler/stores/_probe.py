@@ -12,7 +12,7 @@ import time
 import uuid
 
 from objbutler.errors import AlreadyExistsError, NotSupportedError, PreconditionFailedError
-from objbutler.stores._base import Store
+from objbutler.stores._base import CompareAndSwap, Store
 
 __all__ = ["PROBE_PREFIX", "ConditionalWriteProbe", "probe_conditional_writes", "probe_timestamp_resolution"]
 
@@ -29,7 +29,8 @@ class ConditionalWriteProbe:
         A second ``put_if_absent`` of the same key was refused.
     match_enforced : bool or None
         ``put_if_match`` with a stale etag was refused; None where the store
-        does not offer ``put_if_match`` at all.
+        does not offer ``put_if_match`` at all (not a CompareAndSwap, or a
+        gateway that refuses ``If-Match``).
     """
 
     create_enforced: bool
@@ -66,16 +67,17 @@ def probe_conditional_writes(store: Store) -> ConditionalWriteProbe:
             create_enforced = False
         except AlreadyExistsError:
             create_enforced = True
-        match_enforced: bool | None
-        try:
-            current = store.head(key)
-            stale = "0" * 32 if current.etag != "0" * 32 else "1" * 32
-            store.put_if_match(key, b"third", stale)
-            match_enforced = False
-        except PreconditionFailedError:
-            match_enforced = True
-        except NotSupportedError:
-            match_enforced = None
+        match_enforced: bool | None = None
+        if isinstance(store, CompareAndSwap):
+            try:
+                current = store.head(key)
+                stale = "0" * 32 if current.etag != "0" * 32 else "1" * 32
+                store.put_if_match(key, b"third", stale)
+                match_enforced = False
+            except PreconditionFailedError:
+                match_enforced = True
+            except NotSupportedError:  # an S3 gateway that answers 501 to If-Match
+                match_enforced = None
     finally:
         store.delete(key)
     return ConditionalWriteProbe(create_enforced, match_enforced)

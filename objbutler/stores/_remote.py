@@ -55,7 +55,7 @@ from objbutler.errors import (
     TransientStoreError,
 )
 from objbutler.stores._base import ByteRange, ObjectMeta, RangeLike, normalize_ranges, validate_key, validate_prefix
-from objbutler.stores._concurrency import run_concurrently
+from objbutler.stores._concurrency import ConcurrencyBudget, run_concurrently
 from objbutler.stores._retry import RetryPolicy, call_with_retries
 
 __all__ = [
@@ -290,7 +290,9 @@ class RemoteStore(abc.ABC):
     prefix : str
         Root of the store inside it (leading and trailing ``/`` are dropped).
     max_concurrency : int
-        Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
+        The store's concurrency budget: at most this many requests in flight and
+        worker threads, shared by all calls on the store
+        (:class:`~objbutler.stores._concurrency.ConcurrencyBudget`).
     retry : RetryPolicy
         How transient failures are retried.
     read_deadline : float or None
@@ -301,8 +303,9 @@ class RemoteStore(abc.ABC):
     -----
     A subclass sets ``_scheme`` and ``_native_errors`` and implements the
     abstract methods; the writes whose promises differ per backend (``put``,
-    ``put_if_absent``, ``put_if_match``, ``delete``) are implemented there,
-    on top of :meth:`_put` and :meth:`_call`.
+    ``put_if_absent``, ``delete``, and ``put_if_match`` only where the
+    backend enforces ``If-Match``) are implemented there, on top of
+    :meth:`_put` and :meth:`_call`.
     """
 
     _scheme: ClassVar[str]
@@ -322,6 +325,8 @@ class RemoteStore(abc.ABC):
         self._container = container
         self.prefix = prefix
         self.max_concurrency = max_concurrency
+        self.budget = ConcurrencyBudget(max_concurrency, f"objbutler-{self._scheme}")
+        """Worker threads and request slots shared by every call on this store (``max_concurrency`` of each)."""
         self.retry = retry
         self.read_deadline = read_deadline
         self._root = f"{prefix}/" if prefix else ""
@@ -416,17 +421,22 @@ class RemoteStore(abc.ABC):
         """Run ``request()`` (which brings its own client) with translation and retries."""
         return call_with_retries(lambda: self._translated(request, key, action), self.retry)
 
+    def _budgeted(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
+        """One :meth:`_attempt` holding one of the store's request slots (at most ``max_concurrency`` in flight)."""
+        with self.budget.request():
+            return self._attempt(request, key, action)
+
     def _call(self, request: Callable[[Any], T], key: str | None, action: Action, until: float | None = None) -> T:
         """Run ``request(client)`` with translation and retries; none starts after ``until`` (monotonic)."""
         self._ready()
         if until is None:
-            return call_with_retries(lambda: self._attempt(request, key, action), self.retry)
+            return call_with_retries(lambda: self._budgeted(request, key, action), self.retry)
 
         def attempt() -> T:
             if time.monotonic() > until:
                 raise TransientStoreError(f"{self._scheme} {action} of {self._describe(key)}: "
                                           f"{self._deadline_note()} passed before the request could be sent")
-            return self._attempt(request, key, action)
+            return self._budgeted(request, key, action)
 
         return call_with_retries(attempt, self.retry, deadline=until)
 
@@ -546,7 +556,8 @@ class RemoteStore(abc.ABC):
             self.head(key)
             return [b""] * len(wanted)
         until = self._until()
-        fetched = run_concurrently(lambda r: self._get_range(key, full, r, until), distinct, self.max_concurrency)
+        fetched = run_concurrently(lambda r: self._get_range(key, full, r, until), distinct, self.max_concurrency,
+                                   self.budget)
         by_range = dict(zip(distinct, fetched, strict=True))
         return [by_range[r] if r.length else b"" for r in wanted]
 
@@ -555,7 +566,7 @@ class RemoteStore(abc.ABC):
         for key in keys:
             validate_key(key)
         until = self._until()
-        return run_concurrently(lambda key: self._get(key, until), list(keys), self.max_concurrency)
+        return run_concurrently(lambda key: self._get(key, until), list(keys), self.max_concurrency, self.budget)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -589,10 +600,6 @@ class RemoteStore(abc.ABC):
         """Create an object only if the key is free; else raise AlreadyExistsError."""
 
     @abc.abstractmethod
-    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Replace an object only if its etag is still ``etag`` (or raise NotSupportedError)."""
-
-    @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete an object; a missing key is not an error."""
 
@@ -622,7 +629,7 @@ class RemoteStore(abc.ABC):
         def attempt() -> str | None:
             nonlocal retried_after_transient
             try:
-                return self._attempt(lambda client: self._put_raw(client, full, body, conditions), key, action)
+                return self._budgeted(lambda client: self._put_raw(client, full, body, conditions), key, action)
             except TransientStoreError:
                 retried_after_transient = True
                 raise

@@ -1,4 +1,4 @@
-"""Retries with exponential backoff and full jitter, in one place.
+"""Retries of transient store failures, with exponential backoff and full jitter (:class:`objbutler.backoff.Backoff`).
 
 Backends translate their native errors into the objbutler tree first; this
 module then retries :class:`~objbutler.errors.TransientStoreError` (5xx,
@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from objbutler.backoff import Backoff
+from objbutler.defaults import STORE_RETRY_ATTEMPTS, STORE_RETRY_BACKOFF
 from objbutler.errors import TransientStoreError
 
 __all__ = ["RetryPolicy", "call_with_retries"]
@@ -35,9 +37,9 @@ class RetryPolicy:
         Upper bound of any one delay, in seconds.
     """
 
-    attempts: int = 5
-    base_delay: float = 0.05
-    max_delay: float = 2.0
+    attempts: int = STORE_RETRY_ATTEMPTS
+    base_delay: float = STORE_RETRY_BACKOFF.base_delay
+    max_delay: float = STORE_RETRY_BACKOFF.max_delay
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Return the sleep before retry number ``attempt`` (1-based), with full jitter.
@@ -54,8 +56,7 @@ class RetryPolicy:
         float
             Seconds to sleep, uniform in ``[0, min(max_delay, base_delay * 2**(attempt-1))]``.
         """
-        bound = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return (rng or random).uniform(0.0, bound)
+        return Backoff(self.base_delay, self.max_delay).delay(attempt, rng)
 
 
 def call_with_retries(

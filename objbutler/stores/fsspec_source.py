@@ -136,4 +136,4 @@ class FsspecSourceStore:
         raise NotSupportedError(f"{self.uri} is read only here: sources on fsspec filesystems are copied, "
                                 "never written")
 
-    put = put_if_absent = put_if_match = delete = _refuse
+    put = put_if_absent = delete = _refuse

@@ -11,8 +11,9 @@ is first needed, from ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``,
 Client choice
 -------------
 One **botocore client per store object**, created lazily and shared by a
-bounded thread pool (:func:`~objbutler.stores._concurrency.run_concurrently`);
-its connection pool is sized to ``max_concurrency``. s3fs/aiobotocore was the
+the store's concurrency budget (:class:`~objbutler.stores._concurrency.ConcurrencyBudget`:
+``max_concurrency`` worker threads and request slots shared by every call);
+its connection pool is at least ``max_concurrency``. s3fs/aiobotocore was the
 other candidate. Measured on this machine (2 cores, server on loopback), 4 KiB
 random ranges, 16 in flight, three runs each:
 
@@ -162,7 +163,9 @@ class S3Store(RemoteStore):
         Create the bucket on first use if it does not exist. Without it, a request
         to a missing bucket raises :class:`~objbutler.errors.BucketNotFoundError`.
     max_concurrency : int, default 16
-        Upper bound of concurrent requests of one ``get_ranges``/``get_many`` call.
+        The store's concurrency budget: most requests in flight and worker threads, shared
+        by every call on the store (nested and concurrent calls included); the connection
+        pool is never smaller, so urllib3 never discards a connection.
     retry : RetryPolicy, optional
         How transient failures (5xx, throttling, resets, timeouts) are retried.
     read_deadline : float or None, default 300
@@ -282,6 +285,9 @@ class S3Store(RemoteStore):
             raise TypeError(f"unknown S3Store option: {exc}") from None
         if user_config is not None:
             config = config.merge(user_config)
+        if (config.max_pool_connections or 0) < self.max_concurrency:
+            # Fewer sockets than requests in flight: urllib3 would discard connections ("pool is full").
+            config = config.merge(botocore.config.Config(max_pool_connections=self.max_concurrency))
         return config
 
     def _client(self) -> Any:

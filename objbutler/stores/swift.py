@@ -32,7 +32,6 @@ from objbutler.errors import (
     AlreadyExistsError,
     BucketNotFoundError,
     NotFoundError,
-    NotSupportedError,
     ObjButlerError,
     RangeNotSatisfiableError,
     StoreError,
@@ -130,7 +129,8 @@ class SwiftStore(RemoteStore):
         Create the container on first use if it does not exist. Without it, a listing of
         or a write into a missing container raises :class:`~objbutler.errors.BucketNotFoundError`.
     max_concurrency : int, default 16
-        Upper bound of concurrent requests (and pooled connections) of one store.
+        The store's concurrency budget: most requests in flight, worker threads and
+        pooled connections, shared by every call on the store.
     retry : RetryPolicy, optional
         How transient failures (5xx, timeouts, resets) are retried.
     read_deadline : float or None, default 300
@@ -314,10 +314,10 @@ class SwiftStore(RemoteStore):
             connection.head_container(self.container)
 
         try:
-            call_with_retries(lambda: self._attempt(head, None, "container"), self.retry)
+            call_with_retries(lambda: self._budgeted(head, None, "container"), self.retry)
         except NotFoundError:
             call_with_retries(
-                lambda: self._attempt(lambda c: c.put_container(self.container), None, "write"), self.retry
+                lambda: self._budgeted(lambda c: c.put_container(self.container), None, "write"), self.retry
             )
         self._container_checked = True
 
@@ -433,19 +433,6 @@ class SwiftStore(RemoteStore):
             If the object existed when the server checked (412).
         """
         return self._put(key, data, "create", {"If-None-Match": "*"})
-
-    def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Not available: Swift ignores ``If-Match`` on a PUT.
-
-        Raises
-        ------
-        NotSupportedError
-            Always; no request is sent.
-        """
-        raise NotSupportedError(
-            f"Swift has no compare-and-swap ({self.uri}): it ignores If-Match on PUT; "
-            "check capabilities.compare_and_swap before calling put_if_match"
-        )
 
     def delete(self, key: str) -> None:
         """Delete an object; a missing key is not an error."""

@@ -32,11 +32,43 @@ from objbutler.errors import (
     NotSupportedError,
     PreconditionFailedError,
 )
-from objbutler.stores import Store, probe_conditional_writes
+from objbutler.stores import (
+    CompareAndSwap,
+    ConditionalWrite,
+    List,
+    ReadRanges,
+    Store,
+    Write,
+    probe_conditional_writes,
+)
+from objbutler.stores.cache import CachePolicy, CachingStore
 
-__all__ = ["StoreConformanceTests", "race"]
+__all__ = ["WRITE_ONCE_PREFIXES", "StoreConformanceTests", "race", "write_once_cache"]
 
 RACERS = 16
+
+#: Key prefixes the suite writes at most once per store and never replaces, so a
+#: :class:`~objbutler.stores.cache.CachingStore` under test may call them immutable
+#: (``CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES)``) and serve them from disk.
+WRITE_ONCE_PREFIXES = ("obj/", "large/", "many/", "r", "big", "page/", "unicode/", "p")
+
+
+def write_once_cache(inner: Store, cache_dir: os.PathLike[str]) -> CachingStore:
+    """A CachingStore around ``inner`` for the suite: its write-once keys are served from disk.
+
+    Parameters
+    ----------
+    inner : Store
+        The store to cache.
+    cache_dir : path
+        A fresh cache directory.
+
+    Returns
+    -------
+    CachingStore
+        The store to run the suite on.
+    """
+    return CachingStore(inner, cache_dir, policy=CachePolicy(immutable_prefixes=WRITE_ONCE_PREFIXES))
 
 
 def race(function: Callable[[int], Any], racers: int = RACERS) -> list[Any]:
@@ -197,11 +229,20 @@ class StoreConformanceTests:
         assert all(isinstance(r, AlreadyExistsError) for r in losers), losers
         assert store.get("race/key") == f"writer-{winners[0]}".encode()
 
+    def test_narrow_protocols_match_capabilities(self, store: Store) -> None:
+        for protocol in (Store, ReadRanges, List, Write, ConditionalWrite):
+            assert isinstance(store, protocol), f"{store!r} is not a {protocol.__name__}"
+        offers_cas = isinstance(store, CompareAndSwap)
+        assert offers_cas is store.capabilities.compare_and_swap, (
+            f"{store!r}: has put_if_match = {offers_cas}, declares compare_and_swap = "
+            f"{store.capabilities.compare_and_swap}")
+        assert hasattr(store, "put_if_match") is offers_cas
+
     def test_put_if_match(self, store: Store) -> None:
-        if not store.capabilities.compare_and_swap:
-            store.put("m", b"v1")
-            with pytest.raises(NotSupportedError):
-                store.put_if_match("m", b"v2", store.head("m").etag or "")
+        if not isinstance(store, CompareAndSwap):
+            assert not store.capabilities.compare_and_swap
+            with pytest.raises(AttributeError):
+                store.put_if_match("m", b"v2", "etag")  # type: ignore[attr-defined]
             return
         first = store.put("m", b"v1")
         assert first.etag is not None
@@ -216,8 +257,8 @@ class StoreConformanceTests:
             store.put_if_match("m-missing", b"x", first.etag)
 
     def test_put_if_match_race_has_one_winner(self, store: Store) -> None:
-        if not store.capabilities.compare_and_swap:
-            pytest.skip("backend declares no compare-and-swap")
+        if not isinstance(store, CompareAndSwap):
+            pytest.skip("backend offers no compare-and-swap")
         etag = store.put("cas", b"base").etag
         assert etag is not None
         results = race(lambda i: store.put_if_match("cas", f"writer-{i}".encode(), etag))

@@ -47,6 +47,16 @@ Every request is booked in a thread-safe log (:meth:`FaultProxy.entries`):
 what was forwarded, with which status, and which fault was injected. Faults
 whose effect needs a response body (``truncate``, ``flip``) on an answer that
 has none are booked as ``noop`` and not counted as injected.
+:meth:`FaultProxy.stats` adds the log up: requests and bytes by method, status
+and :func:`request_kind` (``get``, ``range-get``, ``list``, ``put``,
+``put-if-absent``, ...), and requests in flight now and at the peak.
+
+Without rules the proxy is a plain relay, and two options make it a slow
+network instead of a loopback one (a cloud profile): ``latency`` holds every
+request that many seconds before it goes upstream (each connection has its own
+thread, so the waits overlap, as round trips do), and ``bandwidth`` caps each
+client connection at that many bytes per second, in both directions, by pacing
+the writes of request and response bodies (:class:`Pacer`).
 
 Examples
 --------
@@ -75,7 +85,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
-__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "LogEntry", "Rule", "kinds_summary"]
+__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "LogEntry", "Pacer", "Rule", "access_key_of", "kinds_summary",
+           "request_kind"]
 
 FaultKind = Literal["reset", "error", "lost_answer", "late_apply", "truncate", "flip", "stall", "ignore_range"]
 """The faults a :class:`Rule` can inject."""
@@ -88,6 +99,8 @@ _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
 )
 _PIECE = 1 << 20
+_PACED_PIECE = 1 << 16
+_SCHEDULE_LIMIT = 10_000
 _LOG_LIMIT = 200_000
 _METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "COPY")
 
@@ -258,6 +271,14 @@ class LogEntry:
         Bytes of the request body and of the response body relayed to the client.
     error : str or None
         What went wrong while handling it (upstream unreachable, client gone).
+    kind : str
+        What the request is (:func:`request_kind`).
+    seconds : float
+        From reading the request to booking it (latency and pacing included).
+    access_key : str or None
+        The access key ID an S3 request was signed with (``Credential=AKID/...`` of a SigV4
+        ``Authorization`` header or ``X-Amz-Credential`` query, ``AWS AKID:...`` of SigV2); None
+        for an unsigned request. Lets a test see whose credentials reached an endpoint.
     """
 
     time: float
@@ -272,6 +293,99 @@ class LogEntry:
     request_bytes: int = 0
     response_bytes: int = 0
     error: str | None = None
+    kind: str = ""
+    seconds: float = 0.0
+    access_key: str | None = None
+
+
+def request_kind(method: str, query: str, headers: Any) -> str:
+    """What an S3 or Swift request is, for counting: one of a few fixed names.
+
+    Parameters
+    ----------
+    method : str
+        The HTTP method.
+    query : str
+        The percent-decoded query string.
+    headers : mapping
+        The request headers (``Range``, ``If-None-Match``, ``If-Match`` are looked at).
+
+    Returns
+    -------
+    str
+        ``list`` (a GET with ``list-type=``, ``prefix=`` or ``format=json``: S3 and
+        Swift listings), ``range-get``, ``get``, ``head``, ``put-if-absent``
+        (``If-None-Match``), ``put-if-match`` (``If-Match``), ``put``, ``delete``,
+        ``post``, or the method in lower case.
+    """
+    method = method.upper()
+    if method == "GET":
+        fields = {part.split("=", 1)[0] for part in query.split("&") if part}
+        if fields & {"list-type", "prefix", "format", "delimiter", "marker"}:
+            return "list"
+        return "range-get" if headers.get("Range") else "get"
+    if method == "PUT":
+        if headers.get("If-None-Match"):
+            return "put-if-absent"
+        if headers.get("If-Match"):
+            return "put-if-match"
+    return method.lower()
+
+
+class Pacer:
+    """Paces the writes of one connection to at most ``rate`` bytes per second.
+
+    Each piece is released when the bytes before it and the piece itself
+    would have crossed a link of that rate since the first of them: a
+    virtual clock that advances by ``nbytes / rate`` per piece and never
+    runs behind the real one (an idle link saves no credit). ``N`` bytes
+    therefore take at least ``N / rate`` seconds.
+
+    Parameters
+    ----------
+    rate : float
+        Bytes per second (> 0).
+    clock : callable
+        Seconds, monotonic (default :func:`time.monotonic`).
+    sleep : callable
+        Waits that many seconds (default :func:`time.sleep`).
+
+    Attributes
+    ----------
+    schedule : list of (float, int)
+        ``(release time, bytes)`` of each piece (the first 10,000).
+    """
+
+    def __init__(self, rate: float, clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
+        self.rate = float(rate)
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self.schedule: list[tuple[float, int]] = []
+
+    def release_time(self, nbytes: int) -> float:
+        """Book ``nbytes`` on the link and return when they have crossed it."""
+        start = max(self._clock(), self._next)
+        self._next = start + nbytes / self.rate
+        if len(self.schedule) < _SCHEDULE_LIMIT:
+            self.schedule.append((self._next, nbytes))
+        return self._next
+
+    def wait(self, nbytes: int) -> None:
+        """Block until ``nbytes`` more may be written."""
+        delay = self.release_time(nbytes) - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+
+    def pieces(self, data: bytes, size: int = _PACED_PIECE) -> Iterator[bytes]:
+        """``data`` in pieces of ``size`` bytes, each released on schedule."""
+        view = memoryview(data)
+        for start in range(0, len(view), size):
+            piece = view[start:start + size]
+            self.wait(len(piece))
+            yield bytes(piece)
 
 
 class _Upstream(http.client.HTTPConnection):
@@ -308,6 +422,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self._upstream: _Upstream | None = None
+        bandwidth = self.server.proxy.bandwidth
+        self._pacer = Pacer(bandwidth) if bandwidth else None
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
@@ -349,15 +465,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         split = urllib.parse.urlsplit(self.path)
         path, query = urllib.parse.unquote(split.path), urllib.parse.unquote(split.query)
-        entry = LogEntry(time.monotonic(), self.command, path, query, request_bytes=len(body))
+        entry = LogEntry(time.monotonic(), self.command, path, query, request_bytes=len(body),
+                         kind=request_kind(self.command, query, self.headers),
+                         access_key=access_key_of(self.headers.get("Authorization"), query))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
         proxy._begin()
         rule = proxy._pick_rule(self.command, path, query, "Range" in self.headers)
         try:
+            if proxy.latency:
+                time.sleep(proxy.latency)
             self._dispatch(rule, entry, body, headers)
         finally:
+            entry.seconds = time.monotonic() - entry.time
             proxy._book(entry)
 
     def _dispatch(self, rule: Rule | None, entry: LogEntry, body: bytes, headers: dict[str, str]) -> None:
@@ -404,7 +525,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if self._upstream is None:
                 self._upstream = _Upstream(host, port, timeout=120)
             try:
-                self._upstream.request(self.command, self.path, body=body, headers=headers)
+                paced = self._pacer.pieces(body) if self._pacer is not None and body else body
+                self._upstream.request(self.command, self.path, body=paced, headers=headers)
                 return self._upstream.getresponse()
             except (http.client.HTTPException, OSError) as exc:
                 self._upstream.close()
@@ -419,7 +541,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _write(self, data: bytes) -> None:
         try:
-            self.wfile.write(data)
+            if self._pacer is None:
+                self.wfile.write(data)
+                return
+            for piece in self._pacer.pieces(data):
+                self.wfile.write(piece)
+                self.wfile.flush()
         except OSError as exc:
             raise _ClientGoneError() from exc
 
@@ -544,11 +671,21 @@ class FaultProxy:
         ``http://127.0.0.1:PORT`` of the server to forward to (loopback only).
     rules : iterable of Rule, optional
         Rules to start with (more with :meth:`add` or :meth:`rule`).
+    latency : float
+        Seconds every request waits before it is forwarded (or faulted): a
+        network round trip in front of a loopback server (0: none).
+    bandwidth : float, optional
+        Bytes per second each client connection may move in each direction
+        (request and response bodies are paced; None: no cap).
 
     Attributes
     ----------
     upstream : tuple of (str, int)
         Host and port forwarded to.
+    latency : float
+        As given.
+    bandwidth : float or None
+        As given.
 
     Notes
     -----
@@ -567,7 +704,14 @@ class FaultProxy:
     {'error': 2}
     """
 
-    def __init__(self, upstream: str, rules: Iterable[Rule] = ()) -> None:
+    def __init__(self, upstream: str, rules: Iterable[Rule] = (), *, latency: float = 0.0,
+                 bandwidth: float | None = None) -> None:
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0 seconds, got {latency}")
+        if bandwidth is not None and not bandwidth > 0:
+            raise ValueError(f"bandwidth must be > 0 bytes/s or None, got {bandwidth}")
+        self.latency = float(latency)
+        self.bandwidth = None if bandwidth is None else float(bandwidth)
         parsed = urllib.parse.urlsplit(upstream)
         host = parsed.hostname or ""
         if parsed.scheme != "http" or not (host == "localhost" or host.startswith("127.")):
@@ -581,6 +725,11 @@ class FaultProxy:
         self._forwarded = 0
         self._requests = 0
         self._in_flight = 0
+        self._peak_in_flight = 0
+        self._totals: collections.Counter[str] = collections.Counter()
+        self._by: dict[str, collections.Counter[str]] = {"method": collections.Counter(),
+                                                        "status": collections.Counter(),
+                                                        "kind": collections.Counter()}
         self._proxy_errors: list[str] = []
         self._late: list[threading.Thread] = []
         self._server: _Server | None = None
@@ -680,6 +829,7 @@ class FaultProxy:
     def _begin(self) -> None:
         with self._lock:
             self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
 
     def _book(self, entry: LogEntry) -> None:
         with self._lock:
@@ -689,6 +839,11 @@ class FaultProxy:
                 self._forwarded += 1
             if entry.fault is not None and entry.fault != "noop":
                 self._counts[entry.fault] += 1
+            self._totals["request_bytes"] += entry.request_bytes
+            self._totals["response_bytes"] += entry.response_bytes
+            self._by["method"][entry.method] += 1
+            self._by["status"]["reset" if entry.client_status is None else str(entry.client_status)] += 1
+            self._by["kind"][entry.kind] += 1
             if len(self._log) < _LOG_LIMIT:
                 self._log.append(entry)
 
@@ -707,6 +862,31 @@ class FaultProxy:
         """Faults injected so far (since the last :meth:`reset_log`), per kind."""
         with self._lock:
             return dict(self._counts)
+
+    def stats(self) -> dict[str, Any]:
+        """Totals since the last :meth:`reset_log` (call :meth:`settle` first for exact numbers).
+
+        Returns
+        -------
+        dict
+            ``requests``, ``forwarded``, ``request_bytes``, ``response_bytes``
+            (bodies relayed to the client), ``by_method``, ``by_status`` (what the
+            client was answered; ``"reset"`` for no answer), ``by_kind``
+            (:func:`request_kind`), ``in_flight`` (requests being handled now) and
+            ``peak_in_flight`` (the most at once).
+        """
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "forwarded": self._forwarded,
+                "request_bytes": self._totals["request_bytes"],
+                "response_bytes": self._totals["response_bytes"],
+                "by_method": dict(self._by["method"]),
+                "by_status": dict(self._by["status"]),
+                "by_kind": dict(self._by["kind"]),
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak_in_flight,
+            }
 
     def entries(self) -> list[LogEntry]:
         """The per-request log (a copy of the list; entries of pending late applies still change)."""
@@ -737,6 +917,10 @@ class FaultProxy:
             self._log.clear()
             self._counts.clear()
             self._forwarded = self._requests = 0
+            self._peak_in_flight = self._in_flight
+            self._totals.clear()
+            for counter in self._by.values():
+                counter.clear()
             self._proxy_errors.clear()
 
     # -- late applies -----------------------------------------------------------------------
@@ -811,6 +995,29 @@ class FaultProxy:
         if host != "127.0.0.1" or self._upstream_netloc != f"{host}:{port}":
             value = value.replace(f"//{host}:{port}", f"//{own}")
         return value
+
+
+_SIGV4_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def access_key_of(authorization: str | None, query: str = "") -> str | None:
+    """The access key ID of an S3 request: from a SigV4 or SigV2 ``Authorization`` header, or a presigned query.
+
+    Examples
+    --------
+    >>> access_key_of("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/us-east-1/s3/aws4_request, "
+    ...               "SignedHeaders=host, Signature=0")
+    'AKIDEXAMPLE'
+    >>> access_key_of(None, "X-Amz-Credential=AKID2/20250101/us-east-1/s3/aws4_request&X-Amz-Signature=0")
+    'AKID2'
+    """
+    for text in (authorization or "", query):
+        found = _SIGV4_CREDENTIAL.search(text.replace("X-Amz-Credential=", "Credential="))
+        if found:
+            return found.group(1)
+    if authorization and authorization.startswith("AWS ") and ":" in authorization:
+        return authorization[4:].split(":", 1)[0]
+    return None
 
 
 def kinds_summary(counts: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -44,6 +44,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import random
 import re
 import threading
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from objbutler.errors import StoreError, TransientStoreError
-from objbutler.stores import ObjectMeta, RangeLike, Store, StoreCapabilities
+from objbutler.stores import ObjectMeta, RangeLike, Store, StoreWrapper, if_inner_has
 
 __all__ = [
     "FAULT_KINDS",
@@ -69,19 +70,11 @@ __all__ = [
 WRITE_METHODS = ("put", "put_if_absent", "put_if_match")
 
 
-class _Forwarding:
-    """Forward every attribute this wrapper does not define to ``inner``."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+def _injected_failure(key: str) -> Exception:
+    return StoreError(f"injected failure writing {key}")
 
 
-class FailingWritesStore(_Forwarding):
+class FailingWritesStore(StoreWrapper):
     """Raise ``error`` instead of performing the writes ``should_fail(method, key)`` selects.
 
     Parameters
@@ -95,11 +88,14 @@ class FailingWritesStore(_Forwarding):
     """
 
     def __init__(self, inner: Store, should_fail: Callable[[str, str], bool],
-                 error: Callable[[str], Exception] = lambda key: StoreError(f"injected failure writing {key}")) -> None:
+                 error: Callable[[str], Exception] = _injected_failure) -> None:
         super().__init__(inner)
         self.should_fail = should_fail
         self.error = error
         self.failures: list[tuple[str, str]] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self._wrapper_class, (self.inner, self.should_fail, self.error))
 
     def _write(self, method: str, key: str, *args: Any) -> ObjectMeta:
         if self.should_fail(method, key):
@@ -116,20 +112,22 @@ class FailingWritesStore(_Forwarding):
         """Create, unless selected to fail."""
         return self._write("put_if_absent", key, data)
 
+    @if_inner_has
     def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Swap, unless selected to fail."""
+        """Swap, unless selected to fail (only where ``inner`` can)."""
         return self._write("put_if_match", key, data, etag)
 
 
-class IgnoresConditionsStore(_Forwarding):
+class IgnoresConditionsStore(StoreWrapper):
     """A store that claims conditional writes but silently ignores them (as some gateways do)."""
 
     def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
         """Overwrite whatever is there, answering success."""
         return self.inner.put(key, data)
 
+    @if_inner_has
     def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Overwrite whatever is there, answering success."""
+        """Overwrite whatever is there, answering success (only where ``inner`` offers the method)."""
         return self.inner.put(key, data)
 
 
@@ -336,6 +334,16 @@ class FaultPlan:
         self._rng = random.Random(seed)
         self.add(*faults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:
         return f"FaultPlan({self.faults!r}, seed={self.seed!r}, rate={self.rate!r})"
 
@@ -413,7 +421,7 @@ class _LateCall:
     finished: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
-class FaultyStore(_Forwarding):
+class FaultyStore(StoreWrapper):
     """A store that forwards to ``inner`` and breaks the calls ``plan`` picks.
 
     Parameters
@@ -462,21 +470,15 @@ class FaultyStore(_Forwarding):
     def __repr__(self) -> str:
         return f"FaultyStore({self.inner!r}, {self.plan!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a copy of the plan (its state so far), no late calls, zero counts
+        return (functools.partial(FaultyStore, supersede=self.supersede), (self.inner, self.plan))
+
     def __enter__(self) -> FaultyStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @property
-    def uri(self) -> str:
-        """The wrapped store's URI."""
-        return self.inner.uri
-
-    @property
-    def capabilities(self) -> StoreCapabilities:
-        """The wrapped store's capabilities."""
-        return self.inner.capabilities
 
     # -- late calls --------------------------------------------------------------
 
@@ -633,9 +635,11 @@ class FaultyStore(_Forwarding):
         """Forward ``put_if_absent`` unless the plan breaks it (or delays it; the condition is checked late)."""
         return self._run("put_if_absent", [key], lambda: self.inner.put_if_absent(key, data), write_key=key)
 
+    @if_inner_has
     def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Forward ``put_if_match`` unless the plan breaks it (or delays it)."""
-        return self._run("put_if_match", [key], lambda: self.inner.put_if_match(key, data, etag), write_key=key)
+        """Forward ``put_if_match`` (only where ``inner`` has it) unless the plan breaks it (or delays it)."""
+        inner = self._cas_inner()
+        return self._run("put_if_match", [key], lambda: inner.put_if_match(key, data, etag), write_key=key)
 
     def delete(self, key: str) -> None:
         """Forward ``delete`` unless the plan breaks it (or delays it)."""
@@ -659,7 +663,7 @@ class FaultyStore(_Forwarding):
         raise TransientStoreError(f"injected fault: listing {prefix!r} (call {call}) failed before reaching the store")
 
 
-class FastClockStore(_Forwarding):
+class FastClockStore(StoreWrapper):
     """Report server timestamps as if the server's clock ran fast: :meth:`advance` moves it on at once.
 
     Objects written after ``advance(s)`` carry modification times ``s``
@@ -682,16 +686,6 @@ class FastClockStore(_Forwarding):
 
     def __repr__(self) -> str:
         return f"FastClockStore({self.inner!r}, offset={self.offset})"
-
-    @property
-    def uri(self) -> str:
-        """The wrapped store's URI."""
-        return self.inner.uri
-
-    @property
-    def capabilities(self) -> StoreCapabilities:
-        """The wrapped store's capabilities."""
-        return self.inner.capabilities
 
     def advance(self, seconds: float) -> None:
         """Move the clock of later writes ``seconds`` on."""
@@ -721,9 +715,11 @@ class FastClockStore(_Forwarding):
         """Create, stamped with the fast clock."""
         return self._written(key, lambda: self.inner.put_if_absent(key, data))
 
+    @if_inner_has
     def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Swap, stamped with the fast clock."""
-        return self._written(key, lambda: self.inner.put_if_match(key, data, etag))
+        """Swap (only where ``inner`` can), stamped with the fast clock."""
+        inner = self._cas_inner()
+        return self._written(key, lambda: inner.put_if_match(key, data, etag))
 
     def head(self, key: str) -> ObjectMeta:
         """Metadata, with the fast clock's time."""

@@ -14,15 +14,16 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from objbutler.stores import ByteRange, ObjectMeta, RangeLike, Store, StoreCapabilities, normalize_ranges
+from objbutler.stores import ByteRange, ObjectMeta, RangeLike, Store, StoreWrapper, if_inner_has, normalize_ranges
 
 __all__ = ["CountingStore"]
 
 
-class CountingStore:
+class CountingStore(StoreWrapper):
     """A store that forwards to ``inner`` and counts calls, requests and bytes.
+
+    A pickled copy starts with zero counts.
 
     Parameters
     ----------
@@ -42,18 +43,9 @@ class CountingStore:
     """
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._lock = threading.Lock()
         self.reset()
-
-    def __repr__(self) -> str:
-        return f"CountingStore({self.inner!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        # only called for attributes this wrapper lacks: pass them through
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def reset(self) -> None:
         """Zero every counter."""
@@ -76,26 +68,16 @@ class CountingStore:
             self.bytes_read += read
             self.bytes_written += written
 
-    @property
-    def uri(self) -> str:
-        """The wrapped store's URI."""
-        return self.inner.uri
-
-    @property
-    def capabilities(self) -> StoreCapabilities:
-        """The wrapped store's capabilities."""
-        return self.inner.capabilities
-
     def get(self, key: str) -> bytes:
         """Forward ``get``; one request."""
-        data = self.inner.get(key)
+        data = super().get(key)
         self._count("get", read=len(data))
         return data
 
     def get_ranges(self, key: str, ranges: Sequence[RangeLike]) -> list[bytes]:
         """Forward ``get_ranges``; one request per range."""
         wanted = normalize_ranges(ranges)
-        out = self.inner.get_ranges(key, wanted)
+        out = super().get_ranges(key, wanted)
         self._count("get_ranges", len(wanted), read=sum(len(part) for part in out))
         with self._lock:
             self.range_calls.append((key, wanted))
@@ -103,37 +85,38 @@ class CountingStore:
 
     def get_many(self, keys: Sequence[str]) -> list[bytes]:
         """Forward ``get_many``; one request per key."""
-        out = self.inner.get_many(keys)
+        out = super().get_many(keys)
         self._count("get_many", len(keys), read=sum(len(part) for part in out))
         return out
 
     def head(self, key: str) -> ObjectMeta:
         """Forward ``head``; one request."""
-        meta = self.inner.head(key)
+        meta = super().head(key)
         self._count("head")
         return meta
 
     def put(self, key: str, data: bytes) -> ObjectMeta:
         """Forward ``put``; one request."""
         self._count("put", written=len(data))
-        return self.inner.put(key, data)
+        return super().put(key, data)
 
     def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
         """Forward ``put_if_absent``; one request."""
         self._count("put_if_absent", written=len(data))
-        return self.inner.put_if_absent(key, data)
+        return super().put_if_absent(key, data)
 
+    @if_inner_has
     def put_if_match(self, key: str, data: bytes, etag: str) -> ObjectMeta:
-        """Forward ``put_if_match``; one request."""
+        """Forward ``put_if_match`` (only where ``inner`` has it); one request."""
         self._count("put_if_match", written=len(data))
-        return self.inner.put_if_match(key, data, etag)
+        return self._cas_inner().put_if_match(key, data, etag)
 
     def delete(self, key: str) -> None:
         """Forward ``delete``; one request."""
         self._count("delete")
-        self.inner.delete(key)
+        super().delete(key)
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
         """Forward ``list``; counted as one request per call (pages are the backend's business)."""
         self._count("list")
-        return self.inner.list(prefix, start_after)
+        return super().list(prefix, start_after)
