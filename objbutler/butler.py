@@ -40,6 +40,7 @@ from objbutler.errors import (
     AlreadyExistsError,
     AmbiguousRunError,
     BucketNotFoundError,
+    ConfigError,
     ConflictError,
     FormatError,
     InvalidCutoutError,
@@ -82,7 +83,7 @@ from objbutler.registry.records import (
     validate_dataset_type_name,
     validate_run,
 )
-from objbutler.registry.registry import Registry
+from objbutler.registry.registry import DEFAULT_LOG_SHARDS, PROTOCOLS, Registry
 from objbutler.registry.state import check_condition_kind
 from objbutler.stores import (
     Store,
@@ -190,6 +191,7 @@ class Butler:
             checkpoint_interval=self.config.checkpoint_interval,
             settle_seconds=self.config.settle_seconds,
             timestamp_resolution=self.config.timestamp_resolution,
+            log_shards=self.config.log_shards or DEFAULT_LOG_SHARDS,
         )
         self.combiner = CommitCombiner(self.registry)  # threads of this process share commits
         if isinstance(self.store, CachingStore) and not self.store.offline:
@@ -213,13 +215,15 @@ class Butler:
         allow_no_atomic_create: bool = False,
         exist_ok: bool = False,
         store: Store | None = None,
+        commit_protocol: str | None = None,
         **store_options: Any,
     ) -> Butler:
         """Create a new, empty repository and return a Butler on it.
 
         The store's conditional writes are probed first. A store that claims an
-        atomic create and enforces it gets the ``sequenced`` commit protocol; a
-        store without one (Swift) gets ``timestamped``. A store that claims an
+        atomic create and enforces it gets the ``claimed`` commit protocol
+        (claims per data ID and a sharded log, see docs/registry.md); a store
+        without one (Swift) gets ``timestamped``. A store that claims an
         atomic create but ignores the header is refused unless
         ``allow_no_atomic_create=True``, which degrades to ``timestamped``.
 
@@ -242,6 +246,11 @@ class Butler:
             is the one chosen when it was created).
         store : Store, optional
             Use this store object instead of opening ``uri``.
+        commit_protocol : {"claimed", "sequenced", "timestamped"}, optional
+            None (default): the best one the store supports. ``"sequenced"``
+            (the single log of older repositories) is allowed on a store with
+            an atomic create, e.g. to compare them; ``"timestamped"`` on any
+            store with server timestamps.
         **store_options
             Passed to :func:`objbutler.stores.open_store`.
 
@@ -259,21 +268,24 @@ class Butler:
         NotSupportedError
             If the store ignores conditional writes and degrading was not allowed.
         ConfigError
-            If ``default_format`` or ``checkpoint_interval`` is invalid.
+            If ``default_format``, ``checkpoint_interval`` or ``commit_protocol`` is invalid.
         """
         fmt = "fits" if default_format is UNSET else default_format
         interval = DEFAULT_CHECKPOINT_INTERVAL if checkpoint_interval is UNSET else checkpoint_interval
         RepositoryConfig("sequenced", fmt, interval)  # refuse bad arguments before any I/O
+        if commit_protocol is not None and commit_protocol not in PROTOCOLS:
+            raise ConfigError(f"commit_protocol must be one of {list(PROTOCOLS)}, got {commit_protocol!r}")
         given = store
         store = store if store is not None else open_store(uri, **store_options)
         # Look first: a store without a conditional create (Swift) would otherwise overwrite the config
         # of a repository that is already there, and the probes below would write into it.
         exists = _has_config(store)
         if not exists:
-            protocol = _choose_protocol(store, allow_no_atomic_create)
+            protocol = _choose_protocol(store, allow_no_atomic_create, commit_protocol)
             timestamped = protocol == "timestamped"
             resolution = probe_timestamp_resolution(store) if timestamped else DEFAULT_TIMESTAMP_RESOLUTION
-            config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now())
+            shards = DEFAULT_LOG_SHARDS if protocol == "claimed" else 0
+            config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now(), shards)
             body = config.to_json()
             try:
                 if store.capabilities.conditional_create_header:
@@ -1190,15 +1202,18 @@ def _has_config(store: Store) -> bool:
     return True
 
 
-def _choose_protocol(store: Store, allow_no_atomic_create: bool) -> str:
+def _choose_protocol(store: Store, allow_no_atomic_create: bool, wanted: str | None = None) -> str:
     caps = store.capabilities
-    if not caps.atomic_create:
+    if not caps.atomic_create or wanted == "timestamped":
         if not caps.server_timestamps:
             raise NotSupportedError(f"{store.uri} has neither an atomic create nor server timestamps")
         return "timestamped"
     probe = probe_conditional_writes(store)
     if probe.create_enforced and (probe.match_enforced or not caps.compare_and_swap):
-        return "sequenced"
+        return wanted or "claimed"
+    if wanted is not None:
+        raise NotSupportedError(f"{store.uri} does not enforce an atomic create: the {wanted} commit protocol "
+                                "cannot run on it")
     if allow_no_atomic_create:
         return "timestamped"
     if not probe.create_enforced:

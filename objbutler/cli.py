@@ -328,7 +328,11 @@ def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: st
 @click.option("--allow-no-atomic-create", is_flag=True, help="Accept a store that ignores conditional writes.")
 @click.option("--create-bucket", "--create-container", "create_bucket", is_flag=True,
               help="Create the S3 bucket (or Swift container) if it does not exist.")
-def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool) -> None:
+@click.option("--commit-protocol", type=click.Choice(["claimed", "sequenced", "timestamped"]), default=None,
+              help="Commit protocol (default: the best the store supports: claimed with an atomic create, "
+                   "timestamped without).")
+def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool,
+           commit_protocol: str | None) -> None:
     """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).
 
     The bucket or container must exist, unless --create-bucket is given (or its alias for Swift,
@@ -338,7 +342,7 @@ def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_b
 
     _refuse_file_as_repository(uri)
     butler = Butler.create(uri, default_format=default_format, allow_no_atomic_create=allow_no_atomic_create,
-                           **_bucket_options(uri, create_bucket))
+                           commit_protocol=commit_protocol, **_bucket_options(uri, create_bucket))
     click.echo(f"created {uri} (commit protocol: {butler.config['commit_protocol']})")
 
 
@@ -604,7 +608,14 @@ def fsck(uri: str, verify_checksums: bool) -> None:
         click.echo(f"DANGLING {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run} {ref.key}: {reason}")
     for orphan in report.orphans:
         click.echo(f"orphan {orphan.key} ({orphan.size} bytes, modified {orphan.last_modified})")
-    click.echo(f"{report.checked} entries checked, {len(report.dangling)} dangling, {len(report.orphans)} orphan(s)")
+    for claim in report.claims:
+        click.echo(f"unfinished claim {claim.key} (modified {claim.last_modified}): its put crashed or is in flight; "
+                   "vacuum removes it after the grace period")
+    for ref in report.shadowed:
+        click.echo(f"shadowed {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run} dataset {ref.id}: "
+                   "an earlier commit holds this data ID")
+    click.echo(f"{report.checked} entries checked, {len(report.dangling)} dangling, {len(report.orphans)} orphan(s)"
+               + (f", {len(report.claims)} unfinished claim(s)" if report.claims else ""))
     if not report.ok:
         click.echo(f"error: {len(report.dangling)} registry entr{'y' if len(report.dangling) == 1 else 'ies'} of "
                    f"{uri} point at missing or corrupt data (listed above)", err=True)
@@ -616,7 +627,7 @@ def fsck(uri: str, verify_checksums: bool) -> None:
 @click.option("--older-than", default="1h", show_default=True, help="Grace period, e.g. 30m, 1h, 2d.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def vacuum(uri: str, older_than: str, dry_run: bool) -> None:
-    """Remove orphaned data objects older than the grace period (never a committed dataset)."""
+    """Remove orphaned data objects and unfinished claims older than the grace period (never a committed dataset)."""
     from objbutler.butler import Butler
     from objbutler.maintenance import parse_age
     from objbutler.maintenance import vacuum as run_vacuum

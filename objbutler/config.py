@@ -8,7 +8,11 @@ open, instead of failing later inside a put whose commit already landed::
 
     {"format": "objbutler-repository", "version": 1, "created": "...",
      "commit_protocol": "sequenced", "default_format": "fits",
-     "checkpoint_interval": 100, "settle_seconds": 0.5, "timestamp_resolution": 0.0}
+     "checkpoint_interval": 100, "settle_seconds": 0.5, "timestamp_resolution": 0.0,
+     "log_shards": 64}
+
+``log_shards`` is the number of log shards of a ``claimed`` repository (0, or
+absent, for the other protocols).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from objbutler.defaults import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SETTLE_SECONDS, DEFAULT_TIMESTAMP_RESOLUTION
 from objbutler.errors import ConfigError
+from objbutler.registry.log import MAX_SHARDS
 from objbutler.registry.registry import PROTOCOLS
 
 __all__ = ["CONFIG_FORMAT", "CONFIG_KEY", "IMAGE_FORMATS", "RepositoryConfig", "parse_config"]
@@ -37,7 +42,7 @@ class RepositoryConfig:
 
     Parameters
     ----------
-    commit_protocol : {"sequenced", "timestamped"}
+    commit_protocol : {"claimed", "sequenced", "timestamped"}
         How commits are ordered (see :mod:`objbutler.registry.registry`).
     default_format : {"fits", "zarr"}
         Format of image datasets when ``put`` is not told.
@@ -50,6 +55,8 @@ class RepositoryConfig:
         measured when the repository was created (0 to 60).
     created : str
         When the repository was created (UTC, ISO-8601).
+    log_shards : int
+        Claimed protocol: how many log shards (1 to 1000); 0 for the others.
 
     Raises
     ------
@@ -63,6 +70,7 @@ class RepositoryConfig:
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     timestamp_resolution: float = DEFAULT_TIMESTAMP_RESOLUTION
     created: str = ""
+    log_shards: int = 0
 
     def __post_init__(self) -> None:
         if self.commit_protocol not in PROTOCOLS:
@@ -77,6 +85,10 @@ class RepositoryConfig:
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) \
                     or not 0 <= value <= MAX_SETTLE_SECONDS:
                 raise ConfigError(f"{name} must be a number of seconds from 0 to {MAX_SETTLE_SECONDS:g}, got {value!r}")
+        if not isinstance(self.log_shards, int) or isinstance(self.log_shards, bool) \
+                or not (1 if self.commit_protocol == "claimed" else 0) <= self.log_shards <= MAX_SHARDS:
+            raise ConfigError(f"log_shards must be an integer from 1 to {MAX_SHARDS} for the claimed protocol "
+                              f"(0 otherwise), got {self.log_shards!r}")
         if not isinstance(self.created, str):
             raise ConfigError(f"created must be a string, got {self.created!r}")
 

@@ -10,6 +10,14 @@ removes those older than a grace period (so in-flight puts are left alone).
 ``remove_repository`` deletes a whole repository: every object under its
 prefix, the config last (see its docstring for why), nothing outside it.
 
+In a ``claimed`` repository fsck also lists *unfinished claims*: claims
+(``manifest/claims/``) whose dataset is not in the registry, left by a put that
+crashed or failed between claiming and committing, or still in flight; they
+keep that data ID refused. ``vacuum`` removes those older than the grace
+period, as it does orphans. fsck also reports *shadowed* datasets: a data ID
+committed twice (only a pathological late write can do that), of which every
+reader keeps the first applied.
+
 Data registered in place (``ingest --transfer direct``) is not the
 repository's: fsck checks that it is still there with the recorded size and
 etag (and, when asked, checksum), and reports it as dangling when it was
@@ -32,6 +40,7 @@ from objbutler.config import CONFIG_KEY, parse_config
 from objbutler.errors import NotFoundError, ObjButlerError, StoreError
 from objbutler.integrity import content_checksum, dataset_problem, direct_problem, listed_problem
 from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
+from objbutler.registry.claims import CLAIMS_PREFIX, claim_key
 from objbutler.registry.log import LOG_PREFIX
 from objbutler.registry.records import DatasetRef
 from objbutler.stores import ObjectMeta, Store, budget_of, open_store, run_concurrently
@@ -78,11 +87,18 @@ class FsckReport:
         Entries whose data is missing or corrupt, with the reason.
     orphans : list of Orphan
         Unreferenced data.
+    claims : list of Orphan
+        Unfinished claims: claims whose dataset is not in the registry (``key``
+        is the claim object).
+    shadowed : list of DatasetRef
+        Datasets of a data ID that an earlier commit already holds (readers ignore them).
     """
 
     checked: int
     dangling: list[tuple[DatasetRef, str]]
     orphans: list[Orphan]
+    claims: list[Orphan] = dataclasses.field(default_factory=list)
+    shadowed: list[DatasetRef] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -139,7 +155,9 @@ def fsck(butler: Butler, verify_checksums: bool = False) -> FsckReport:
         Dangling entries and orphans.
     """
     groups = _group_objects(butler)  # list data before reading the registry: a put in between is no orphan
-    refs = butler.registry.refresh().all_refs()
+    claims = list(butler.store.list(CLAIMS_PREFIX))  # likewise claims
+    state = butler.registry.refresh()
+    refs = state.all_refs()
     dangling = []
     for ref in refs:
         if ref.is_direct:
@@ -156,11 +174,16 @@ def fsck(butler: Butler, verify_checksums: bool = False) -> FsckReport:
         for key, metas in sorted(groups.items())
         if key not in referenced and not any(key == kept or key.startswith(kept + "/") for kept in in_place)
     ]
-    return FsckReport(len(refs), dangling, orphans)
+    unfinished = []
+    if claims:
+        held = {claim_key(ref.unique_key) for ref in refs}
+        unfinished = [Orphan(meta.key, (meta.key,), meta.size, meta.last_modified)
+                      for meta in claims if meta.key.endswith(".json") and meta.key not in held]
+    return FsckReport(len(refs), dangling, orphans, unfinished, list(state.shadowed))
 
 
 def vacuum(butler: Butler, older_than: dt.timedelta, dry_run: bool = False) -> list[Orphan]:
-    """Delete orphaned data objects last modified more than ``older_than`` ago.
+    """Delete orphaned data objects and unfinished claims last modified more than ``older_than`` ago.
 
     Parameters
     ----------
@@ -174,11 +197,13 @@ def vacuum(butler: Butler, older_than: dt.timedelta, dry_run: bool = False) -> l
     Returns
     -------
     list of Orphan
-        What was (or would be) removed.
+        What was (or would be) removed: orphaned data, then unfinished claims
+        (keys under ``manifest/claims/``).
     """
     now = dt.datetime.now(dt.UTC)
+    report = fsck(butler)
     doomed = [
-        orphan for orphan in fsck(butler).orphans
+        orphan for orphan in report.orphans + report.claims
         if orphan.last_modified is not None and now - orphan.last_modified > older_than
     ]
     if not dry_run:

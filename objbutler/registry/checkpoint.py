@@ -31,7 +31,8 @@ Checkpoints written before the ``sky*`` columns existed read with them null
 
 The file's key-value metadata ``objbutler`` holds a JSON document with the
 format version, the log position covered, the dataset types and the
-dimension kinds.
+dimension kinds. A claimed repository's checkpoint is named by the total number
+of commits it covers (20 digits) and its position is the per-shard vector.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ __all__ = [
 CHECKPOINT_PREFIX = "manifest/checkpoints/"
 CHECKPOINT_VERSION = 1
 DIM_PREFIX = "dim."
+_VECTOR = re.compile(r"shards:\d{1,20}(,\d{1,20}){0,999}")
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 _BASE_FIELDS = [
@@ -211,11 +213,14 @@ def conform(table: pa.Table, dimensions: dict[str, str]) -> pa.Table:
 
 
 def valid_position(position: Any) -> bool:
-    """True for a log position: ``None``, 20 digits (sequenced) or ``"<ISO time>Z|<key>"`` (timestamped)."""
+    """True for a log position: ``None``, 20 digits (sequenced), ``"<ISO time>Z|<key>"`` (timestamped) or
+    ``"shards:<n0>,<n1>,..."`` (claimed: one sequence number per log shard)."""
     if position is None:
         return True
     if not isinstance(position, str):
         return False
+    if _VECTOR.fullmatch(position):
+        return True
     if position.isdigit():
         return len(position) == 20
     stamp, _, key = position.partition("|")

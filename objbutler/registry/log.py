@@ -12,22 +12,62 @@ place in the order is ``(server timestamp, key)`` as the listing reports it,
 which every reader sees alike. The hour bucket (writer clock, UTC) only
 narrows listings; ordering never depends on writer clocks.
 
+**Sharded** (the ``claimed`` protocol, stores with an atomic create). Shard
+*k* is a sequenced log of its own: ``manifest/log/<k as 3 digits>/<n as 20
+digits>.json``. Uniqueness does not come from the log (claims settle it, see
+:mod:`objbutler.registry.claims`), so shards need no order among each other:
+a reader's position is a vector of per-shard sequence numbers.
+
 A position is a string that sorts in log order: the 20-digit sequence number,
-or ``"<timestamp>|<key>"``.
+``"<timestamp>|<key>"``, or (sharded) ``"shards:<n0>,<n1>,..."``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
-from objbutler.stores import ObjectMeta, Store
+from objbutler.stores import ObjectMeta, Store, run_concurrently
 
-__all__ = ["LOG_PREFIX", "CommitLog", "LogEntry", "SequencedLog", "TimestampedLog"]
+__all__ = ["LOG_PREFIX", "CommitLog", "LogEntry", "SequencedLog", "ShardedLog", "TimestampedLog", "decode_vector",
+           "encode_vector"]
 
 LOG_PREFIX = "manifest/log/"
+VECTOR_PREFIX = "shards:"
+_VECTOR = re.compile(r"shards:\d{1,20}(,\d{1,20}){0,4095}")
+MAX_SHARDS = 1000
+
+
+def encode_vector(vector: Sequence[int]) -> str:
+    """The position string of a per-shard vector of sequence numbers (``"shards:3,0,7"``)."""
+    return VECTOR_PREFIX + ",".join(str(n) for n in vector)
+
+
+def decode_vector(position: str | None, shards: int) -> list[int]:
+    """The per-shard vector of a position (all zeros for None).
+
+    Raises
+    ------
+    ValueError
+        If ``position`` is not a vector of ``shards`` entries.
+    """
+    if position is None:
+        return [0] * shards
+    if not _VECTOR.fullmatch(position):
+        raise ValueError(f"not a sharded log position: {position!r}")
+    vector = [int(n) for n in position[len(VECTOR_PREFIX):].split(",")]
+    if len(vector) != shards:
+        raise ValueError(f"the position {position!r} has {len(vector)} shards, the repository {shards}")
+    return vector
+
+
+def is_vector(position: str) -> bool:
+    """True for a sharded log position."""
+    return bool(_VECTOR.fullmatch(position))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -152,3 +192,63 @@ class TimestampedLog:
         """A fresh key under the writer's hour (never reused); the position is known once listed."""
         hour = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H")
         return f"{LOG_PREFIX}{hour}/{uuid.uuid4().hex}.json"
+
+
+class ShardedLog:
+    """``shards`` gap-free numbered logs, each relying on an atomic ``put_if_absent``.
+
+    Parameters
+    ----------
+    store : Store
+        A store whose ``capabilities.atomic_create`` is true.
+    shards : int
+        How many shards (fixed when the repository is created).
+    """
+
+    def __init__(self, store: Store, shards: int) -> None:
+        if not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"log_shards must be 1 to {MAX_SHARDS}, got {shards}")
+        self.store = store
+        self.shards = shards
+
+    @staticmethod
+    def prefix(shard: int) -> str:
+        """The key prefix of one shard."""
+        return f"{LOG_PREFIX}{shard:03d}/"
+
+    @classmethod
+    def key(cls, shard: int, sequence: int) -> str:
+        """Object key of commit ``sequence`` (1-based) of ``shard``."""
+        return f"{cls.prefix(shard)}{sequence:020d}.json"
+
+    @classmethod
+    def parse(cls, key: str) -> tuple[int, int] | None:
+        """``(shard, sequence)`` of a sharded commit key, or None for any other key."""
+        rest = key[len(LOG_PREFIX):] if key.startswith(LOG_PREFIX) else ""
+        if len(rest) != 29 or rest[3] != "/" or not rest.endswith(".json"):
+            return None
+        shard, sequence = rest[:3], rest[4:-5]
+        if not (shard.isdigit() and sequence.isdigit()):
+            return None
+        return int(shard), int(sequence)
+
+    def list_shard_after(self, shard: int, after: int) -> list[LogEntry]:
+        """The commits of ``shard`` after sequence ``after``, stopping at any gap (one listing)."""
+        prefix = self.prefix(shard)
+        start_after = self.key(shard, after) if after else None
+        entries = []
+        expected = after + 1
+        for meta in self.store.list(prefix, start_after=start_after):
+            parsed = self.parse(meta.key)
+            if parsed is None or parsed[0] != shard:
+                continue
+            if parsed[1] != expected:
+                break  # a gap: nothing after it is part of the shard yet
+            entries.append(LogEntry(f"{shard:03d}/{parsed[1]:020d}", meta.key))
+            expected += 1
+        return entries
+
+    def list_after(self, vector: Sequence[int], max_workers: int = 16) -> list[list[LogEntry]]:
+        """Every shard's commits after its entry of ``vector``, listed concurrently (one listing per shard)."""
+        return run_concurrently(lambda shard: self.list_shard_after(shard, vector[shard]),
+                                list(range(self.shards)), max_workers)

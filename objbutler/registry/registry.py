@@ -1,8 +1,15 @@
 """The registry: commit protocol, refresh, checkpoints. See docs/registry.md for the format.
 
-Two commit protocols, chosen from what the store guarantees (never assumed):
+Three commit protocols, chosen from what the store guarantees (never assumed):
 
-``sequenced`` (atomic create: S3, local, memory)
+``claimed`` (atomic create: S3, local, memory; new repositories)
+    Claim each dataset's (type, run, data ID) with a conditional create, then
+    write the commit to the next free slot of a log shard
+    (:mod:`objbutler.registry.sharded`). Uniqueness comes from the claims, so a
+    writer never reads other writers' commits and a taken slot is simply
+    skipped: about three requests per put however many writers there are.
+
+``sequenced`` (atomic create; repositories created before ``claimed``, or on request)
     Check uniqueness against the state at position *n*, then create log entry
     *n + 1* with ``put_if_absent``. Success means no commit landed in between,
     so the check held; a lost race re-reads the tail and tries again with
@@ -46,8 +53,19 @@ from objbutler.registry.checkpoint import (
     encode_checkpoint,
 )
 from objbutler.registry.commits import Commit, decode_commit, encode_commit, new_commit
-from objbutler.registry.log import LOG_PREFIX, CommitLog, LogEntry, SequencedLog, TimestampedLog
+from objbutler.registry.log import (
+    LOG_PREFIX,
+    CommitLog,
+    LogEntry,
+    SequencedLog,
+    ShardedLog,
+    TimestampedLog,
+    decode_vector,
+    encode_vector,
+)
 from objbutler.registry.records import DatasetRef, DatasetType
+from objbutler.registry.sharded import ShardedWriter
+from objbutler.registry.slots import CREATE_ATTEMPTS, decide_create
 from objbutler.registry.state import RegistryState
 from objbutler.stores import Store
 
@@ -55,10 +73,10 @@ __all__ = ["PROTOCOLS", "Registry"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("sequenced", "timestamped")
+PROTOCOLS = ("sequenced", "timestamped", "claimed")
 KEEP_CHECKPOINTS = 3
-CLAIM_ATTEMPTS = 6
-"""Rounds (each with the store's own retries) spent deciding one commit write before giving up as unknown."""
+CLAIM_ATTEMPTS = CREATE_ATTEMPTS
+DEFAULT_LOG_SHARDS = 64
 DEFAULT_CHECKPOINT_INTERVAL = 100
 DEFAULT_SETTLE_SECONDS = 0.5
 
@@ -70,7 +88,7 @@ class Registry:
     ----------
     store : Store
         The repository's store.
-    protocol : {"sequenced", "timestamped"}
+    protocol : {"claimed", "sequenced", "timestamped"}
         Commit protocol (see module docstring).
     repository : str
         URI stamped on refs.
@@ -85,6 +103,8 @@ class Registry:
         (1.0 for a server that stamps whole seconds), added to the settle wait
         so that every commit stamped no later than this one is listed when it
         is verified.
+    log_shards : int
+        Claimed protocol: how many log shards the repository has.
     """
 
     def __init__(
@@ -96,6 +116,7 @@ class Registry:
         max_attempts: int = 50,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         timestamp_resolution: float = 0.0,
+        log_shards: int = DEFAULT_LOG_SHARDS,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown commit protocol {protocol!r}")
@@ -109,7 +130,10 @@ class Registry:
         self.settle_seconds = settle_seconds
         self.timestamp_resolution = timestamp_resolution
         self._checkpointed = 0  # newest sequenced checkpoint position this registry wrote or listed
-        self.log: CommitLog = SequencedLog(store) if protocol == "sequenced" else TimestampedLog(store)
+        self.log: CommitLog = TimestampedLog(store) if protocol == "timestamped" else SequencedLog(store)
+        self.shards: ShardedLog | None = ShardedLog(store, log_shards) if protocol == "claimed" else None
+        self.writer: ShardedWriter | None = ShardedWriter(store, self.shards) if self.shards is not None else None
+        self._vector: list[int] = []  # claimed: the view's per-shard position
         self._state: RegistryState | None = None
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
         self._tail: list[tuple[LogEntry, Commit]] = []
@@ -118,6 +142,8 @@ class Registry:
 
     def refresh(self) -> RegistryState:
         """Bring the view up to date with the bucket and return it (cheap when nothing changed)."""
+        if self.shards is not None:
+            return self._refresh_sharded(self.shards)
         if self._state is None:
             self._state = RegistryState(self._latest_checkpoint(), self.repository)
             self._tail = []
@@ -130,6 +156,23 @@ class Registry:
             self._apply(state, self._fetch(self.log.list_after(state.checkpoint.position)))
             self._state = state
         return self._state
+
+    def _refresh_sharded(self, shards: ShardedLog) -> RegistryState:
+        """List every shard after the view's position (concurrently), read the new commits, apply them."""
+        if self._state is None:
+            checkpoint = self._latest_checkpoint()
+            self._state = RegistryState(checkpoint, self.repository)
+            self._vector = decode_vector(checkpoint.position, shards.shards)
+        state = self._state
+        listed = shards.list_after(self._vector)
+        entries = [entry for shard in listed for entry in shard]  # (shard, sequence) order
+        if entries:
+            self._apply(state, self._fetch(entries))
+            for shard, shard_entries in enumerate(listed):
+                if shard_entries:
+                    self._vector[shard] = int(shard_entries[-1].position.split("/")[1])
+            state.position = encode_vector(self._vector)
+        return state
 
     @property
     def state(self) -> RegistryState:
@@ -168,7 +211,13 @@ class Registry:
     def _latest_checkpoint(self) -> Checkpoint:
         for key in self._checkpoint_keys():
             try:
-                return decode_checkpoint(self.store.get(key), key)
+                checkpoint = decode_checkpoint(self.store.get(key), key)
+                if self.shards is not None:
+                    try:
+                        decode_vector(checkpoint.position, self.shards.shards)
+                    except ValueError as exc:
+                        raise FormatError(f"checkpoint {key}: {exc}") from None
+                return checkpoint
             except NotFoundError:
                 continue  # removed by retention while we listed; an older one will do
             except FormatError as exc:
@@ -211,8 +260,11 @@ class Registry:
         CommitOutcomeUnknownError
             Whether the commit landed cannot be established: keep the data.
         """
+        placed: tuple[int, int] | None = None
         try:
-            if self.protocol == "sequenced":
+            if self.protocol == "claimed":
+                placed = self._commit_claimed(dataset_types, dimensions, refs, annotations)
+            elif self.protocol == "sequenced":
                 self._commit_sequenced(dataset_types, dimensions, refs, annotations)
             else:
                 self._commit_timestamped(dataset_types, dimensions, refs, annotations)
@@ -222,7 +274,7 @@ class Registry:
             raise CommitOutcomeUnknownError(
                 f"unexpected {type(exc).__name__} while committing ({exc}); the data is kept"
             ) from exc
-        self._after_commit()
+        self._after_commit(placed)
 
     def check(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> None:
         """Raise ConflictError now if the last refreshed view already rules these datasets out.
@@ -277,9 +329,9 @@ class Registry:
     def _claim_slot(self, key: str, body: bytes, commit_id: str) -> bool:
         """Create the log object ``key`` holding ``body``; True if it is ours, False if another commit has it.
 
-        A failed create is retried, and a refused one read back, until the slot
-        is decided. A create the server refused outright (not a transient
-        failure) on an empty slot re-raises: nothing was written.
+        See :func:`objbutler.registry.slots.decide_create`: every slot is decided
+        before it is left, so a write of ours that the server applies late finds
+        it taken.
 
         Raises
         ------
@@ -288,39 +340,39 @@ class Registry:
         StoreError
             The store refused the write and the slot is empty.
         """
-        last: StoreError | None = None
-        pending = False  # an attempt failed in a way that may still let it land
-        for attempt in range(CLAIM_ATTEMPTS):
-            if attempt:
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-            try:
-                self.store.put_if_absent(key, body)
-                return True
-            except AlreadyExistsError:
-                pass
-            except TransientStoreError as exc:
-                last, pending = exc, True  # it may have landed, or may still land
-            except StoreError as exc:
-                last = exc  # refused outright
-            try:
-                held = self.store.get(key)
-            except NotFoundError:
-                if last is not None and not pending:
-                    raise last from None  # refused, and no attempt of ours can land: nothing was committed
-                continue  # empty for now: create it again, so that a late write finds the slot taken
-            except FormatError as exc:
-                last = StoreError(f"the slot {key} read back garbled ({exc})")
-                continue  # a garbled read decides nothing: read it again
-            except StoreError as exc:
-                last = exc
-                continue
-            try:
-                return held == body or decode_commit(held, key).commit_id == commit_id  # a garbled copy of ours
-            except FormatError as exc:
-                last = StoreError(f"the slot {key} read back garbled ({exc})")
-        raise CommitOutcomeUnknownError(
-            f"the commit write of {key} failed ({last}) and the slot could not be read back; the data is kept"
-        ) from last
+        return decide_create(self.store, key, body, lambda held: decode_commit(held, key).commit_id == commit_id) \
+            is None
+
+    def _commit_claimed(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
+                        annotations: list[dict[str, Any]] | None = None) -> tuple[int, int]:
+        """Register, claim, place (see :mod:`objbutler.registry.sharded`); the slot that holds the commit.
+
+        Before the slot holds the commit, a failure releases this call's claims
+        and raises (nothing committed); an undecided slot keeps them and raises
+        CommitOutcomeUnknownError. Once it holds it, nothing here raises.
+        """
+        assert self.writer is not None and self.shards is not None
+        state = self.state
+        self._check(state, types, dimensions, refs)
+        self.writer.register(types, dimensions, state.dataset_types, state.dimensions)
+        commit = new_commit(types, dimensions, refs, annotations)
+        body = encode_commit(commit)
+        claims = self.writer.claim(commit) if refs else []
+        try:
+            shard, sequence = self.writer.place(body, commit.commit_id, self._vector or [0] * self.shards.shards)
+        except CommitOutcomeUnknownError:
+            raise  # the commit may have landed: its claims stay
+        except ObjButlerError:
+            self.writer.release(claims)  # every slot tried is decided and none is ours: nothing can land
+            raise
+        # The commit point has passed: the commit stands.
+        if self._vector and self._vector[shard] + 1 == sequence:
+            with contextlib.suppress(Exception):  # the next refresh reads it anyway
+                state.apply(decode_commit(body, self.shards.key(shard, sequence), self.repository),
+                            f"{shard:03d}/{sequence:020d}")
+                self._vector[shard] = sequence
+                state.position = encode_vector(self._vector)
+        return shard, sequence
 
     @staticmethod
     def _holds_all(state: RegistryState, refs: list[DatasetRef]) -> bool:
@@ -402,10 +454,12 @@ class Registry:
             conflicts=[ref.id for ref in lost],
         )
 
-    def _after_commit(self) -> None:
+    def _after_commit(self, placed: tuple[int, int] | None = None) -> None:
         """Housekeeping after the commit point: it may fail, it never raises (the commit stands)."""
         try:
-            if self.protocol == "sequenced":
+            if placed is not None:
+                self._maybe_checkpoint_sharded(placed[1])
+            elif self.protocol == "sequenced":
                 self._maybe_checkpoint_sequenced()
             else:
                 self._maybe_checkpoint_timestamped()
@@ -434,6 +488,23 @@ class Registry:
             if position - self._checkpointed >= 2 * self.checkpoint_interval:
                 self._write_checkpoint(state.to_checkpoint(), state.position)
 
+    def _maybe_checkpoint_sharded(self, sequence: int) -> None:
+        """The writer of every ``checkpoint_interval``-th slot of a shard checkpoints, unless one is recent.
+
+        One listing tells the newest checkpoint; a view older than it restarts
+        from it, so the work is bounded by the commits since that checkpoint.
+        """
+        if sequence % self.checkpoint_interval:
+            return
+        newest = [key[len(CHECKPOINT_PREFIX):-len(".parquet")] for key in self._checkpoint_keys()[:1]]
+        newest_total = int(newest[0]) if newest and newest[0].isdigit() else 0
+        if self._state is not None and newest_total > sum(self._vector):
+            self._state = None  # start from the newer checkpoint rather than reading every commit since ours
+        state = self.refresh()
+        total = sum(self._vector)
+        if total - newest_total >= self.checkpoint_interval:
+            self._write_checkpoint(state.to_checkpoint(), f"{total:020d}")
+
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
             return
@@ -452,7 +523,9 @@ class Registry:
         state = self.refresh()
         if state.position is None:
             return
-        if self.log.ordered_by_creation:
+        if self.shards is not None:
+            self._write_checkpoint(state.to_checkpoint(), f"{sum(self._vector):020d}")
+        elif self.log.ordered_by_creation:
             self._write_checkpoint(state.to_checkpoint(), state.position)
         else:
             interval, self.checkpoint_interval = self.checkpoint_interval, 1
@@ -465,7 +538,7 @@ class Registry:
         key = f"{CHECKPOINT_PREFIX}{name.replace(':', '')}.parquet"
         with contextlib.suppress(AlreadyExistsError):
             self.store.put_if_absent(key, encode_checkpoint(checkpoint))
-        if self.log.ordered_by_creation and name.isdigit():
+        if self.shards is None and self.log.ordered_by_creation and name.isdigit():
             self._checkpointed = max(self._checkpointed, int(name))
         for stale in self._checkpoint_keys()[KEEP_CHECKPOINTS:]:
             self.store.delete(stale)

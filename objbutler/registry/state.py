@@ -55,6 +55,7 @@ class RegistryState:
         self.winning_commit: dict[str, str] = {}  # dataset id -> commit id, for the tail
         self.sky_overlay: dict[str, dict[str, Any]] = {}  # dataset id -> sky record annotated on a checkpoint row
         self.annotation_commits: set[str] = set()  # ids of applied commits that carry annotations
+        self.shadowed: list[DatasetRef] = []  # datasets of a data ID an earlier commit holds (ignored; fsck tells)
         self._tail_ids: dict[str, UniqueKey] = {}
         self._joined: pa.ChunkedArray | None = None
         self._key_set: set[str] | None = None
@@ -136,6 +137,8 @@ class RegistryState:
         for ref in commit.datasets:
             unique = ref.unique_key
             if unique in self.tail or unique in in_checkpoint:
+                if ref.id not in self._tail_ids:
+                    self.shadowed.append(ref)
                 continue
             self.tail[unique] = ref
             self._tail_ids[ref.id] = unique

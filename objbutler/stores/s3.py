@@ -341,7 +341,13 @@ class S3Store(RemoteStore):
 
     def _attempt(self, request: Callable[[Any], T], key: str | None, action: Action) -> T:
         client = self._client()
-        return self._translated(lambda: request(client), key, action)
+        try:
+            return self._translated(lambda: request(client), key, action)
+        except ValueError as exc:  # botocore could not parse the answer (e.g. a garbled LastModified in a listing)
+            if isinstance(exc, ObjButlerError):
+                raise  # a FormatError is a ValueError too: ours, already meaningful
+            raise TransientStoreError(f"s3 {action} of {self._describe(key)}: the answer could not be parsed "
+                                      f"({exc})") from exc
 
     def _translate(self, exc: BaseException, key: str | None, action: Action) -> ObjButlerError:
         """Turn a botocore/urllib3 exception into the objbutler error it means.

@@ -18,13 +18,18 @@ WorkerResult = dict[str, Any]
 
 
 def _writer(uri: str, options: dict[str, Any], run: str, visits: Sequence[int], detector: int,
-            barrier: Any, results: Any, index: int) -> None:
+            barrier: Any, results: Any, index: int, count_requests: bool = False) -> None:
     from objbutler.butler import Butler
+    from objbutler.stores import open_store
+    from objbutler.testing.wrappers import CountingStore
 
-    butler = Butler(uri, **options)
+    counting = CountingStore(open_store(uri, **options)) if count_requests else None
+    butler = Butler(uri, store=counting) if counting is not None else Butler(uri, **options)
     butler.registry.refresh()
     committed, conflicts, errors = [], 0, []
     barrier.wait()
+    if counting is not None:
+        counting.reset()  # count the puts, not the opening
     start = time.perf_counter()
     for visit in visits:
         try:
@@ -39,7 +44,9 @@ def _writer(uri: str, options: dict[str, Any], run: str, visits: Sequence[int], 
             else:
                 errors.append(f"{type(exc).__name__}: {exc}")
     results.put({"index": index, "committed": committed, "conflicts": conflicts, "errors": errors,
-                 "seconds": time.perf_counter() - start})
+                 "seconds": time.perf_counter() - start,
+                 **({"requests": counting.requests, "requests_by_method": dict(counting.requests_by_method)}
+                    if counting is not None else {})})
 
 
 def run_writers(
@@ -49,6 +56,7 @@ def run_writers(
     visits_per_writer: Sequence[Sequence[int]],
     detector: int = 0,
     timeout: float = 600.0,
+    count_requests: bool = False,
 ) -> list[WorkerResult]:
     """Start one process per visit list, release them together, and collect what each committed.
 
@@ -71,18 +79,23 @@ def run_writers(
         Fixed detector value of the data IDs.
     timeout : float
         Seconds to wait for all writers.
+    count_requests : bool
+        Count each writer's store requests during its puts
+        (:class:`~objbutler.testing.wrappers.CountingStore`).
 
     Returns
     -------
     list of dict
         Per writer, in writer order: ``committed`` (dataset ids), ``conflicts``
-        (ConflictErrors), ``errors`` (other errors, as text), ``seconds``.
+        (ConflictErrors), ``errors`` (other errors, as text), ``seconds``, and
+        with ``count_requests`` ``requests`` and ``requests_by_method``.
     """
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(visits_per_writer))
     results = context.Queue()
     processes = [
-        context.Process(target=_writer, args=(uri, options, run, list(visits), detector, barrier, results, index))
+        context.Process(target=_writer,
+                        args=(uri, options, run, list(visits), detector, barrier, results, index, count_requests))
         for index, visits in enumerate(visits_per_writer)
     ]
     for process in processes:
