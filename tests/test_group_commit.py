@@ -436,7 +436,12 @@ def test_ingest_files_commits_a_group_at_once(tmp_path: Path) -> None:
 
 
 class RacingStore:
-    """Forwards to a real store; just before the first commit write, lets another writer commit first."""
+    """Forwards to a real store; just before the first commit write, lets another writer commit first.
+
+    The commit's first create under ``manifest/``: a log slot (sequenced), or the dataset type's
+    registration that precedes the data ID claims (claimed: claims settle who holds a data ID, before the
+    log entry is placed, and a batch's claims are created concurrently).
+    """
 
     def __init__(self, inner: Store, rival: Any) -> None:
         self.inner = inner
@@ -446,7 +451,7 @@ class RacingStore:
         return getattr(self.inner, name)
 
     def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
-        if key.startswith(LOG) and self.rival is not None:
+        if key.startswith("manifest/") and self.rival is not None:
             rival, self.rival = self.rival, None
             rival()
         return self.inner.put_if_absent(key, data)

@@ -30,11 +30,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from objbutler.defaults import (
+    CLAIM_BACKOFF,
+    COMMIT_RACE_BACKOFF,
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_SETTLE_SECONDS,
+    DEFAULT_TIMESTAMP_RESOLUTION,
+)
 from objbutler.errors import (
     AlreadyExistsError,
     CommitOutcomeUnknownError,
@@ -77,8 +83,6 @@ PROTOCOLS = ("sequenced", "timestamped", "claimed")
 KEEP_CHECKPOINTS = 3
 CLAIM_ATTEMPTS = CREATE_ATTEMPTS
 DEFAULT_LOG_SHARDS = 64
-DEFAULT_CHECKPOINT_INTERVAL = 100
-DEFAULT_SETTLE_SECONDS = 0.5
 
 
 class Registry:
@@ -115,7 +119,7 @@ class Registry:
         checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
         max_attempts: int = 50,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-        timestamp_resolution: float = 0.0,
+        timestamp_resolution: float = DEFAULT_TIMESTAMP_RESOLUTION,
         log_shards: int = DEFAULT_LOG_SHARDS,
     ) -> None:
         if protocol not in PROTOCOLS:
@@ -322,7 +326,7 @@ class Registry:
                     state.apply(decode_commit(body, key, self.repository), position)
                 return
             if attempt > 1:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+                time.sleep(COMMIT_RACE_BACKOFF.delay(attempt))
             state = self.refresh()  # nothing of this call is pending: an error here means nothing landed
         raise ConflictError(f"gave up after losing {self.max_attempts} commit races in a row (heavy contention)")
 
@@ -395,7 +399,7 @@ class Registry:
         last: StoreError | None = None
         for attempt in range(CLAIM_ATTEMPTS):
             if attempt:
-                time.sleep(min(2.0, 0.05 * 2**attempt))
+                time.sleep(CLAIM_BACKOFF.delay(attempt))
             key = self.log.append_key(None)
             keys.append(key)
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from objbutler.defaults import CLAIM_BACKOFF
 from objbutler.errors import (
     AlreadyExistsError,
     CommitOutcomeUnknownError,
@@ -51,7 +52,7 @@ def decide_create(store: Store, key: str, body: bytes, is_ours: Callable[[bytes]
     pending = False  # an attempt failed in a way that may still let it land
     for attempt in range(attempts):
         if attempt:
-            time.sleep(min(2.0, 0.05 * 2**attempt))
+            time.sleep(CLAIM_BACKOFF.delay(attempt))
         try:
             store.put_if_absent(key, body)
             return None
