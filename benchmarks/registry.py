@@ -81,6 +81,8 @@ class RegistrySettings:
     query_reps: int = 5
     daf_butler: bool = True
     install_daf_butler: bool = True
+    protocols: tuple[str, ...] = ("sequenced", "default")
+    """Commit protocols of the writer rows (``default``: what a new repository gets)."""
 
 
 def registry_settings(quick: bool, smoke: bool = False, writers: tuple[int, ...] | None = None) -> RegistrySettings:
@@ -214,12 +216,14 @@ def _daf_butler_rows(settings: RegistrySettings, reference: list[Row],
 # -- concurrent writers and put_many ---------------------------------------------------------
 
 
-def _protocols() -> tuple[str | None, ...]:
-    """``("sequenced", None)`` where ``Butler.create`` takes ``commit_protocol=`` (None: the default), else ``(None,)``.
+def _protocols(wanted: tuple[str, ...] = ("sequenced", "default")) -> tuple[str | None, ...]:
+    """The protocols to create repositories with (None: the default), of ``wanted``.
+
+    ``sequenced`` needs ``Butler.create(commit_protocol=)``; without it only the default runs.
     """
-    if "commit_protocol" in inspect.signature(Butler.create).parameters:
-        return ("sequenced", None)
-    return (None,)
+    if "commit_protocol" not in inspect.signature(Butler.create).parameters:
+        return (None,)
+    return tuple(None if name == "default" else name for name in wanted)
 
 
 def _create(uri: str, options: dict[str, Any], protocol: str | None) -> str:
@@ -318,7 +322,7 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
 
 def _writer_rows(where: Target, settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
     rows = []
-    for requested in _protocols():
+    for requested in _protocols(settings.protocols):
         for mode in settings.writer_modes:
             for writers in settings.writers:
                 rows.append(_writer_row(where, mode, writers, settings, log, requested))

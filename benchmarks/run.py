@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +80,7 @@ def main(
     smoke: bool = False,
     profiles: str | Sequence[str] = "loopback",
     writers: Sequence[int] | None = None,
+    registry_overrides: dict[str, Any] | None = None,
 ) -> int:
     """Run the benchmark suites on a target; print the table and headlines.
 
@@ -105,6 +107,9 @@ def main(
         with a note.
     writers : sequence of int, optional
         Writer counts of the registry suite (default: the setting's, 1, 4, 16, 64 in full).
+    registry_overrides : dict, optional
+        Fields of :class:`benchmarks.registry.RegistrySettings` to replace (``protocols``,
+        ``puts_per_writer``, ``put_many``, ``manifest_sizes``, ...).
 
     Returns
     -------
@@ -129,7 +134,8 @@ def main(
                 continue
             log(f"profile {profile.describe()}")
             with profiled(base, profile) as where:
-                found, said = _run_suites(suite, where, quick, image_size, smoke, writers, log)
+                found, said = _run_suites(suite, where, quick, image_size, smoke, writers, log,
+                                          registry_overrides or {})
             for row in found:
                 row.extra.setdefault("profile", profile.name)
             rows += found
@@ -146,7 +152,8 @@ def main(
 
 
 def _run_suites(suite: str, where: Any, quick: bool, image_size: int | None, smoke: bool,
-                writers: Sequence[int] | None, log: Callable[[str], None]) -> tuple[list[Row], list[str]]:
+                writers: Sequence[int] | None, log: Callable[[str], None],
+                registry_overrides: dict[str, Any] | None = None) -> tuple[list[Row], list[str]]:
     """Every suite ``suite`` names, on one (profiled) target: rows and notes."""
     rows: list[Row] = []
     notes: list[str] = []
@@ -158,7 +165,8 @@ def _run_suites(suite: str, where: Any, quick: bool, image_size: int | None, smo
     if suite in ("registry", "all"):
         from benchmarks.registry import registry_settings, run_registry
 
-        settings = registry_settings(quick, smoke, tuple(writers) if writers else None)
+        settings = dataclasses.replace(registry_settings(quick, smoke, tuple(writers) if writers else None),
+                                       **(registry_overrides or {}))
         registry_rows, registry_notes = run_registry(where, settings, log)
         rows += registry_rows
         notes += registry_notes

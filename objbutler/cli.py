@@ -961,8 +961,18 @@ def serve(uri: str, host: str, port: int, token_file: Path | None) -> None:
                    "request, 100 MB/s per connection), cloud-<N>ms.")
 @click.option("--writers", default=None, metavar="N[,N...]",
               help="Writer counts of the registry suite [default: 1,4,16,64; --quick: 1,4].")
+@click.option("--protocols", default=None, metavar="NAME[,NAME...]",
+              help="Commit protocols of the registry suite's writer rows: sequenced, default (what a new "
+                   "repository gets) [default: both].")
+@click.option("--puts-per-writer", type=click.IntRange(1), default=None,
+              help="Puts each writer makes in the registry suite [default: 10; --quick: 4].")
+@click.option("--put-many", "put_many", type=click.IntRange(1), default=None,
+              help="Datasets of the registry suite's put_many row [default: 10000; --quick: 200].")
+@click.option("--writers-only", is_flag=True,
+              help="Registry suite: only the writer and put_many rows (no manifest or daf_butler rows).")
 def bench(suite: str, target: str, quick: bool, json_path: Path | None, report_dir: Path | None,
-          image_size: int | None, smoke: bool, profiles: str, writers: str | None) -> None:
+          image_size: int | None, smoke: bool, profiles: str, writers: str | None, protocols: str | None,
+          puts_per_writer: int | None, put_many: int | None, writers_only: bool) -> None:
     """Benchmark objbutler against what users do today (needs the harness: a clone's benchmarks/)."""
     try:
         counts = tuple(int(part) for part in writers.split(",") if part.strip()) if writers else None
@@ -970,9 +980,17 @@ def bench(suite: str, target: str, quick: bool, json_path: Path | None, report_d
         raise click.BadParameter(str(exc), param_hint="--writers") from None
     if counts is not None and (not counts or min(counts) < 1):
         raise click.BadParameter("writer counts must be >= 1", param_hint="--writers")
+    chosen = tuple(part.strip() for part in protocols.split(",") if part.strip()) if protocols else None
+    if chosen is not None and (not chosen or not set(chosen) <= {"sequenced", "default"}):
+        raise click.BadParameter("protocols are sequenced and/or default", param_hint="--protocols")
+    overrides = {name: value for name, value in (("protocols", chosen), ("puts_per_writer", puts_per_writer),
+                                                 ("put_many", put_many)) if value is not None}
+    if writers_only:
+        overrides.update(manifest_sizes=(), daf_butler=False, install_daf_butler=False)
     run_benchmarks = bench_harness()
+    extra = {"registry_overrides": overrides} if overrides else {}
     sys.exit(run_benchmarks(suite, target, quick=quick, json_path=json_path, report_dir=report_dir,
-                            image_size=image_size, smoke=smoke, profiles=profiles, writers=counts))
+                            image_size=image_size, smoke=smoke, profiles=profiles, writers=counts, **extra))
 
 
 BENCH_ENTRY_POINTS = "objbutler.bench"

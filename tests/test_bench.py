@@ -70,6 +70,24 @@ def test_bench_rejects_unknown_suite() -> None:
     assert result.exit_code != 0
 
 
+def test_registry_writer_rows_follow_the_protocol_and_count_options(tmp_path: Path) -> None:
+    """--protocols/--puts-per-writer/--put-many/--writers-only reach the registry suite's settings."""
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(
+        main, ["bench", "registry", "--target", "local", "--smoke", "--writers", "2", "--protocols", "default",
+               "--puts-per-writer", "3", "--put-many", "7", "--writers-only", "--json", str(out)],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    writers = [r for r in rows if r["workload"].startswith("writers-")]
+    assert {r["protocol"] for r in writers} == {"claimed"}  # the default of a new local repository
+    assert {r["n"] for r in writers} == {6}  # 2 writers x 3 puts
+    assert {r["n"] for r in rows if r["workload"].startswith("put_many")} == {7}
+    assert not [r for r in rows if "manifest" in r["workload"] or "daf" in r["method"] or "query" in r["workload"]]
+    refused = CliRunner().invoke(main, ["bench", "registry", "--target", "local", "--protocols", "bogus"])
+    assert refused.exit_code == 2 and "--protocols" in refused.output
+
+
 def test_bench_verify_local_smoke(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     result = CliRunner().invoke(main, ["bench", "verify", "--target", "local", "--quick", "--image-size", "128",
