@@ -81,7 +81,7 @@ class RegistrySettings:
     query_reps: int = 5
     daf_butler: bool = True
     install_daf_butler: bool = True
-    protocols: tuple[str, ...] = ("sequenced", "default")
+    protocols: tuple[str, ...] = ("sequenced", "claimed")
     """Commit protocols of the writer rows (``default``: what a new repository gets)."""
 
 
@@ -216,7 +216,7 @@ def _daf_butler_rows(settings: RegistrySettings, reference: list[Row],
 # -- concurrent writers and put_many ---------------------------------------------------------
 
 
-def _protocols(wanted: tuple[str, ...] = ("sequenced", "default")) -> tuple[str | None, ...]:
+def _protocols(wanted: tuple[str, ...] = ("sequenced", "claimed")) -> tuple[str | None, ...]:
     """The protocols to create repositories with (None: the default), of ``wanted``.
 
     ``sequenced`` needs ``Butler.create(commit_protocol=)``; without it only the default runs.

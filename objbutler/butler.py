@@ -221,9 +221,10 @@ class Butler:
         """Create a new, empty repository and return a Butler on it.
 
         The store's conditional writes are probed first. A store that claims an
-        atomic create and enforces it gets the ``claimed`` commit protocol
-        (claims per data ID and a sharded log, see docs/registry.md); a store
-        without one (Swift) gets ``timestamped``. A store that claims an
+        atomic create and enforces it gets the ``sequenced`` commit protocol
+        unless ``commit_protocol="claimed"`` is asked for (claims per data ID
+        and a sharded log, for many concurrent writers: see docs/registry.md);
+        a store without one (Swift) gets ``timestamped``. A store that claims an
         atomic create but ignores the header is refused unless
         ``allow_no_atomic_create=True``, which degrades to ``timestamped``.
 
@@ -247,10 +248,13 @@ class Butler:
         store : Store, optional
             Use this store object instead of opening ``uri``.
         commit_protocol : {"claimed", "sequenced", "timestamped"}, optional
-            None (default): the best one the store supports. ``"sequenced"``
-            (the single log of older repositories) is allowed on a store with
-            an atomic create, e.g. to compare them; ``"timestamped"`` on any
-            store with server timestamps.
+            None (default): ``"sequenced"`` on a store with an atomic create
+            (one log: a reader's refresh is one listing), ``"timestamped"``
+            without one. ``"claimed"`` (atomic-create stores) scales writes
+            with writers, about three requests per put at 64 writers, but a
+            reader's refresh lists every log shard (64 by default): choose it
+            for repositories that many processes write at once.
+            ``"timestamped"`` runs on any store with server timestamps.
         **store_options
             Passed to :func:`objbutler.stores.open_store`.
 
@@ -1210,7 +1214,7 @@ def _choose_protocol(store: Store, allow_no_atomic_create: bool, wanted: str | N
         return "timestamped"
     probe = probe_conditional_writes(store)
     if probe.create_enforced and (probe.match_enforced or not caps.compare_and_swap):
-        return wanted or "claimed"
+        return wanted or "sequenced"
     if wanted is not None:
         raise NotSupportedError(f"{store.uri} does not enforce an atomic create: the {wanted} commit protocol "
                                 "cannot run on it")

@@ -962,8 +962,8 @@ def serve(uri: str, host: str, port: int, token_file: Path | None) -> None:
 @click.option("--writers", default=None, metavar="N[,N...]",
               help="Writer counts of the registry suite [default: 1,4,16,64; --quick: 1,4].")
 @click.option("--protocols", default=None, metavar="NAME[,NAME...]",
-              help="Commit protocols of the registry suite's writer rows: sequenced, default (what a new "
-                   "repository gets) [default: both].")
+              help="Commit protocols of the registry suite's writer rows: sequenced, claimed, default (what a "
+                   "new repository gets) [default: sequenced,claimed].")
 @click.option("--puts-per-writer", type=click.IntRange(1), default=None,
               help="Puts each writer makes in the registry suite [default: 10; --quick: 4].")
 @click.option("--put-many", "put_many", type=click.IntRange(1), default=None,
@@ -981,8 +981,8 @@ def bench(suite: str, target: str, quick: bool, json_path: Path | None, report_d
     if counts is not None and (not counts or min(counts) < 1):
         raise click.BadParameter("writer counts must be >= 1", param_hint="--writers")
     chosen = tuple(part.strip() for part in protocols.split(",") if part.strip()) if protocols else None
-    if chosen is not None and (not chosen or not set(chosen) <= {"sequenced", "default"}):
-        raise click.BadParameter("protocols are sequenced and/or default", param_hint="--protocols")
+    if chosen is not None and (not chosen or not set(chosen) <= {"sequenced", "claimed", "default"}):
+        raise click.BadParameter("protocols are sequenced, claimed and/or default", param_hint="--protocols")
     overrides = {name: value for name, value in (("protocols", chosen), ("puts_per_writer", puts_per_writer),
                                                  ("put_many", put_many)) if value is not None}
     if writers_only:

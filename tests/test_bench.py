@@ -74,13 +74,13 @@ def test_registry_writer_rows_follow_the_protocol_and_count_options(tmp_path: Pa
     """--protocols/--puts-per-writer/--put-many/--writers-only reach the registry suite's settings."""
     out = tmp_path / "rows.json"
     result = CliRunner().invoke(
-        main, ["bench", "registry", "--target", "local", "--smoke", "--writers", "2", "--protocols", "default",
+        main, ["bench", "registry", "--target", "local", "--smoke", "--writers", "2", "--protocols", "claimed",
                "--puts-per-writer", "3", "--put-many", "7", "--writers-only", "--json", str(out)],
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     writers = [r for r in rows if r["workload"].startswith("writers-")]
-    assert {r["protocol"] for r in writers} == {"claimed"}  # the default of a new local repository
+    assert {r["protocol"] for r in writers} == {"claimed"}  # only the protocol asked for
     assert {r["n"] for r in writers} == {6}  # 2 writers x 3 puts
     assert {r["n"] for r in rows if r["workload"].startswith("put_many")} == {7}
     assert not [r for r in rows if "manifest" in r["workload"] or "daf" in r["method"] or "query" in r["workload"]]
@@ -117,10 +117,11 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
     rows = json.loads(out.read_text())
     assert {r["profile"] for r in rows} == {"loopback", "cloud-20ms"}
     for profile in ("loopback", "cloud-20ms"):
-        writers = {(r["mode"], r["writers"]): r for r in rows
+        writers = {(r["protocol"], r["mode"], r["writers"]): r for r in rows
                    if r["profile"] == profile and r["workload"].startswith("writers-")}
-        assert set(writers) == {(mode, w) for mode in ("processes", "threads") for w in (1, 4)}, profile
-        for (_mode, w), row in writers.items():
+        assert set(writers) == {(protocol, mode, w) for protocol in ("sequenced", "claimed")
+                                for mode in ("processes", "threads") for w in (1, 4)}, profile
+        for (_protocol, _mode, w), row in writers.items():
             assert row["expected"] == w * row["puts_per_writer"] == row["n"]
             assert row["committed"] == row["expected"] and row["lost"] == 0 and row["failed"] == 0, row
             assert row["visible"] == row["expected"]
@@ -137,7 +138,7 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
             assert put_many["committed"] == put_many["n"] and put_many["lost"] == 0, put_many
     text = (report / "README.md").read_text()
     assert "## Profiles side by side" in text and "| loopback | cloud-20ms |" in text
-    assert text.count("| cloud-20ms | writers-") == 4
+    assert text.count("| cloud-20ms | writers-") == 8  # 2 protocols x 2 modes x 2 writer counts
 
 
 # -- the counting proxy: a FaultProxy with latency, a bandwidth cap and in-flight counts ------------------

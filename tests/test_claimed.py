@@ -50,7 +50,8 @@ def _claims(butler: Butler) -> list[str]:
 
 def test_new_repository_on_an_atomic_store_is_claimed(atomic_backend: Backend) -> None:
     uri = atomic_backend.new_uri()
-    butler = Butler.create(uri, **atomic_backend.options)
+    assert Butler.create(uri + "-default", **atomic_backend.options).config.commit_protocol == "sequenced"
+    butler = Butler.create(uri, commit_protocol="claimed", **atomic_backend.options)
     assert butler.config.commit_protocol == "claimed" and butler.config.log_shards >= 1
     ref = butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
     keys = sorted(m.key for m in butler.store.list("manifest/"))
@@ -62,7 +63,7 @@ def test_new_repository_on_an_atomic_store_is_claimed(atomic_backend: Backend) -
 
 def test_64_threads_racing_for_one_data_id_have_one_winner(atomic_backend: Backend) -> None:
     uri = atomic_backend.new_uri()
-    Butler.create(uri, **atomic_backend.options)
+    Butler.create(uri, commit_protocol="claimed", **atomic_backend.options)
     threads = 64
     butlers = [Butler(uri, **atomic_backend.options) for _ in range(threads)]
     barrier = threading.Barrier(threads)
@@ -96,7 +97,7 @@ def test_64_threads_racing_for_one_data_id_have_one_winner(atomic_backend: Backe
 
 def test_processes_racing_for_the_same_data_ids_have_one_winner_each(atomic_backend: Backend) -> None:
     uri = atomic_backend.new_uri()
-    Butler.create(uri, **atomic_backend.options)
+    Butler.create(uri, commit_protocol="claimed", **atomic_backend.options)
     writers, rounds = 12, 3
     results = run_writers(uri, atomic_backend.options, "race", [range(rounds)] * writers)
     assert [r["errors"] for r in results] == [[]] * writers
@@ -113,7 +114,7 @@ def test_processes_racing_for_the_same_data_ids_have_one_winner_each(atomic_back
 def test_16_processes_with_distinct_data_ids_take_three_requests_per_put(atomic_backend: Backend) -> None:
     """Each put writes its data, its claim and its log entry; it never reads another writer's commit."""
     uri = atomic_backend.new_uri()
-    Butler.create(uri, **atomic_backend.options)
+    Butler.create(uri, commit_protocol="claimed", **atomic_backend.options)
     Butler(uri, **atomic_backend.options).put({"seed": 1}, "metric", {"visit": -1, "detector": 0}, run="r")
     writers, per_writer = 16, 12
     visits = [range(w * per_writer, (w + 1) * per_writer) for w in range(writers)]
@@ -181,7 +182,8 @@ def test_a_put_killed_at_every_step_leaves_a_sound_registry(atomic_backend: Back
     import json
 
     uri = atomic_backend.new_uri()
-    Butler.create(uri, **atomic_backend.options).put({"v": 0}, "metric", {"visit": 0}, run="r")
+    butler = Butler.create(uri, commit_protocol="claimed", **atomic_backend.options)
+    butler.put({"v": 0}, "metric", {"visit": 0}, run="r")
     dataset_type = "fresh" if step == "after_type_registration" else "metric"
     prefix, method = STEPS[step]
     child = subprocess.run([sys.executable, "-c", _CRASHING_PUT, uri, json.dumps(atomic_backend.options), prefix,
@@ -223,7 +225,7 @@ def test_a_put_killed_at_every_step_leaves_a_sound_registry(atomic_backend: Back
 
 def test_vacuum_spares_young_claims(tmp_path: Any) -> None:
     uri = str(tmp_path / "repo")
-    butler = Butler.create(uri)
+    butler = Butler.create(uri, commit_protocol="claimed")
     butler.put({"v": 0}, "metric", {"visit": 0}, run="r")
     store = open_store(uri)
     store.put_if_absent(claim_key(unique_key("metric", "r", {"visit": 5})), b'{"format":"objbutler-claim",'
@@ -238,7 +240,7 @@ def test_vacuum_spares_young_claims(tmp_path: Any) -> None:
 
 def test_a_type_registered_differently_is_refused_before_anything_is_written(tmp_path: Any) -> None:
     uri = str(tmp_path / "repo")
-    Butler.create(uri)
+    Butler.create(uri, commit_protocol="claimed")
     first, second = Butler(uri), Butler(uri)
     first.registry.refresh()
     second.registry.refresh()
