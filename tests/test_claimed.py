@@ -296,4 +296,4 @@ def test_cli_create_chooses_the_commit_protocol(tmp_path: Any) -> None:
         assert result.exit_code == 0 and f"commit protocol: {protocol}" in result.output
         assert Butler(repo).config.commit_protocol == protocol
     result = CliRunner().invoke(main, ["create", str(tmp_path / "default")], catch_exceptions=False)
-    assert "commit protocol: claimed" in result.output
+    assert "commit protocol: sequenced" in result.output  # claimed is chosen, never assumed
