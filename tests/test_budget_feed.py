@@ -8,49 +8,16 @@ of a small budget and counting which threads ran the items.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from budget_helpers import WAIT, InFlightStore, every_worker_busy
 from conftest import Backend
 
 from objbutler import Butler
 from objbutler.registry.records import DatasetRef
-from objbutler.stores import ConcurrencyBudget, ObjectMeta, Store, open_store
-
-WAIT = 60.0
-"""Seconds a test waits for a thread before it fails (a guard against hanging, not a timing check)."""
-
-
-@contextlib.contextmanager
-def _every_worker_busy(budget: ConcurrencyBudget) -> Iterator[None]:
-    """Hold every worker of ``budget`` (and two caller threads) until the block ends."""
-    release = threading.Event()
-    started = threading.Semaphore(0)
-    workers: set[int] = set()
-    lock = threading.Lock()
-
-    def hold(_: int) -> None:
-        if budget.in_worker():
-            with lock:
-                workers.add(threading.get_ident())
-        started.release()
-        release.wait(WAIT)
-
-    callers = [threading.Thread(target=budget.map, args=(hold, range(budget.limit))) for _ in range(2)]
-    for caller in callers:
-        caller.start()
-    try:
-        for _ in range(budget.limit + 2):  # each map runs an item on its caller; the workers run the others
-            assert started.acquire(timeout=WAIT)
-        assert len(workers) == budget.limit == budget.threads
-        yield
-    finally:
-        release.set()
-        for caller in callers:
-            caller.join(WAIT)
+from objbutler.stores import ConcurrencyBudget, open_store
 
 
 def _counting(most: dict[str, int], lock: threading.Lock, ran_on: set[str]) -> Any:
@@ -83,7 +50,7 @@ def test_feed_runs_at_most_max_workers_at_once_on_the_budget_and_the_caller() ->
 def test_feed_on_a_busy_budget_runs_everything_on_the_submitting_thread() -> None:
     budget = ConcurrencyBudget(2, "feed-busy")
     most, lock, ran_on = {"now": 0, "peak": 0}, threading.Lock(), set[str]()
-    with _every_worker_busy(budget):
+    with every_worker_busy(budget):
         feed = budget.feed(_counting(most, lock, ran_on))
         futures = [feed.submit(i) for i in range(5)]
         assert sum(f.done() for f in futures) == 4  # a backlog of width (2) is worked off at submit, not kept
@@ -95,7 +62,7 @@ def test_feed_on_a_busy_budget_runs_everything_on_the_submitting_thread() -> Non
 def test_feed_close_with_cancel_drops_the_queued_items() -> None:
     budget = ConcurrencyBudget(3, "feed-cancel")
     most, lock, ran_on = {"now": 0, "peak": 0}, threading.Lock(), set[str]()
-    with _every_worker_busy(budget):
+    with every_worker_busy(budget):
         feed = budget.feed(_counting(most, lock, ran_on))
         futures = [feed.submit(i) for i in range(2)]  # fewer than 3 waiting: queued, not run here
         feed.close(cancel=True)
@@ -103,38 +70,10 @@ def test_feed_close_with_cancel_drops_the_queued_items() -> None:
     assert ran_on == set()
 
 
-class ThreadRecordingStore:
-    """Forwards to a real store, with a budget of its own; records which threads write data and how many at once."""
-
-    def __init__(self, inner: Store, budget: ConcurrencyBudget) -> None:
-        self.inner = inner
-        self.budget = budget
-        self._lock = threading.Lock()
-        self._now = 0
-        self.most = 0
-        self.threads: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def put(self, key: str, data: bytes) -> ObjectMeta:
-        with self._lock:
-            self._now += 1
-            self.most = max(self.most, self._now)
-            if key.startswith("data/"):
-                self.threads.add(threading.current_thread().name)
-        try:
-            threading.Event().wait(0.005)
-            return self.inner.put(key, data)
-        finally:
-            with self._lock:
-                self._now -= 1
-
-
-def _recording_butler(local_backend: Backend, budget: ConcurrencyBudget) -> tuple[Butler, ThreadRecordingStore]:
+def _recording_butler(local_backend: Backend, budget: ConcurrencyBudget) -> tuple[Butler, InFlightStore]:
     uri = local_backend.new_uri()
     Butler.create(uri)
-    store = ThreadRecordingStore(open_store(uri), budget)
+    store = InFlightStore(open_store(uri), budget)
     return Butler(uri, store=store), store  # type: ignore[arg-type]
 
 
@@ -160,7 +99,7 @@ def test_batch_on_a_busy_budget_uploads_on_the_callers_thread(local_backend: Bac
                 batch.put({"i": i}, "metric", {"visit": i})
         outcome["results"] = batch.results
 
-    with _every_worker_busy(budget):
+    with every_worker_busy(budget):
         thread = threading.Thread(target=run_batch, name="batch-caller")
         thread.start()
         thread.join(WAIT)
