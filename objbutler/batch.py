@@ -27,9 +27,8 @@ ref or exception, in order; ``errors="return"`` returns that list instead.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +37,7 @@ from objbutler.group_commit import Outcome, PendingPut
 from objbutler.provenance import current_activity
 from objbutler.registry.records import DatasetRef, validate_data_id, validate_dataset_type_name, validate_run
 from objbutler.registry.state import unique_key
-from objbutler.stores import DEFAULT_MAX_CONCURRENCY, budget_of, run_concurrently
+from objbutler.stores import DEFAULT_MAX_CONCURRENCY, Feed, budget_of, run_concurrently
 
 if TYPE_CHECKING:
     from objbutler.butler import Butler
@@ -186,14 +185,17 @@ def put_many(butler: Butler, items: Sequence[Any], run: str, *, format: str | No
 class Batch:
     """``with butler.batch(run=...) as batch:``: puts that upload at once and commit together on exit.
 
-    :meth:`put` starts encoding and uploading in the background (at most
-    ``max_concurrency`` at a time; a put waits for a free slot) and returns
-    a :class:`~concurrent.futures.Future` of the ref, resolved when the block
+    :meth:`put` starts encoding and uploading in the background, on the
+    store's concurrency budget (:meth:`~objbutler.stores.ConcurrencyBudget.feed`:
+    at most ``max_concurrency`` at a time; while that many puts wait for a
+    worker, a put runs one itself instead of waiting), and returns a
+    :class:`~concurrent.futures.Future` of the ref, resolved when the block
     exits. On a normal exit everything written is committed as by
     :func:`put_many` (same per-item semantics), :attr:`results` set, and, with
     ``errors="raise"``, a :class:`~objbutler.errors.BatchError` raised if any
-    item failed. If the block raises, nothing is committed, every uploaded
-    object is deleted and the exception propagates (each future gets it).
+    item failed. If the block raises, nothing is committed, puts not yet
+    started are dropped, every uploaded object is deleted and the exception
+    propagates (each future gets it).
 
     Parameters
     ----------
@@ -206,7 +208,8 @@ class Batch:
     errors : {"raise", "return"}
         As :func:`put_many`.
     max_concurrency : int, optional
-        Most uploads at once (default: the store's ``max_concurrency``, else 16).
+        Most uploads at once (default: the store's ``max_concurrency``, else 16;
+        never more than the store's concurrency budget).
     chunk_size : int, optional
         Most datasets per registry commit (default
         :data:`~objbutler.group_commit.DEFAULT_CHUNK_SIZE`).
@@ -224,8 +227,7 @@ class Batch:
         self.errors: ErrorMode = errors
         self._workers = _concurrency(butler, max_concurrency)
         self.chunk_size = chunk_size
-        self._slots = threading.BoundedSemaphore(self._workers)
-        self._pool: ThreadPoolExecutor | None = None
+        self._feed: Feed[BatchItem, PendingPut | BaseException] | None = None
         self._items: list[BatchItem] = []
         self._writes: list[Future[PendingPut | BaseException] | BaseException] = []
         self._first: dict[tuple[str, str, str], int] = {}
@@ -246,8 +248,10 @@ class Batch:
         return self._results
 
     def __enter__(self) -> Batch:
-        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="objbutler-batch")
         self._activity = current_activity(self.butler)
+        activity = self._activity
+        self._feed = budget_of(self.butler.store).feed(lambda item: _write(self.butler, item, self.run, activity),
+                                                       self._workers)
         return self
 
     def put(self, obj: Any, dataset_type: str, data_id: Mapping[str, Any], *,
@@ -260,7 +264,7 @@ class Batch:
         RuntimeError
             Outside the with-block.
         """
-        if self._pool is None or self._results is not None:
+        if self._feed is None or self._results is not None:
             raise RuntimeError("batch.put is only valid inside its with-block")
         item = BatchItem(obj, dataset_type, data_id, inputs=inputs, derived_from=derived_from,
                          format=format if format is not None else self.format,
@@ -278,30 +282,25 @@ class Batch:
         if refused is not None:
             self._writes.append(refused)
             return item.future
-        self._slots.acquire()  # bounded: wait for a free upload slot
-        try:
-            future = self._pool.submit(_write, self.butler, item, self.run, self._activity)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
-        self._writes.append(future)
+        self._writes.append(self._feed.submit(item))
         return item.future
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-        written = [w if isinstance(w, BaseException) else w.result() for w in self._writes]
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.close(cancel=exc is not None)
         if exc is not None:
-            for w in written:
-                if isinstance(w, PendingPut):
-                    w.discard()
+            for w in self._writes:
+                if isinstance(w, Future) and not w.cancelled() and w.exception() is None:
+                    uploaded = w.result()
+                    if isinstance(uploaded, PendingPut):
+                        uploaded.discard()
             for item in self._items:
                 item.future.set_exception(exc)
             self._results = [exc] * len(self._items)
             return
+        written = [w if isinstance(w, BaseException) else w.result() for w in self._writes]
         outcomes = _commit(self.butler, written, self._activity, self.chunk_size)
         self._results = list(outcomes)
         for item, outcome in zip(self._items, outcomes, strict=True):

@@ -211,10 +211,8 @@ def put_files(
 
     Parameters
     ----------
-    butler : Butler
-        The repository.
-    dataset_type : str
-        Dataset type of every file.
+    butler, dataset_type
+        As :func:`ingest_files`.
     entries : sequence of (Path, mapping)
         Each file and the data ID items it has besides those read from its header.
     header_keys, run, fmt, hdu

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from budget_helpers import InFlightStore
 from conftest import Backend
 
 from objbutler import Butler
@@ -263,30 +264,6 @@ def test_timestamped_refresh_failing_before_and_after_the_commit_write(local_bac
 
 
 # -- batch -----------------------------------------------------------------------------------------------------
-
-
-class InFlightStore:
-    """Forwards to a real store and records the most data writes in flight at once."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self._lock = threading.Lock()
-        self._now = 0
-        self.most = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def put(self, key: str, data: bytes) -> ObjectMeta:
-        with self._lock:
-            self._now += 1
-            self.most = max(self.most, self._now)
-        try:
-            threading.Event().wait(0.01)  # hold the slot a moment so that overlaps show
-            return self.inner.put(key, data)
-        finally:
-            with self._lock:
-                self._now -= 1
 
 
 def test_batch_commits_once_on_exit_with_bounded_uploads(local_backend: Backend) -> None:

@@ -32,6 +32,7 @@ from objbutler.stores._base import (
 from objbutler.stores._concurrency import (
     DEFAULT_MAX_CONCURRENCY,
     ConcurrencyBudget,
+    Feed,
     budget_of,
     default_budget,
     run_concurrently,
@@ -55,6 +56,7 @@ __all__ = [
     "ConditionalWrite",
     "ConditionalWriteProbe",
     "EndpointProfile",
+    "Feed",
     "List",
     "ObjectMeta",
     "RangeLike",

@@ -22,9 +22,11 @@ some thread is already running, never for a worker to become free, so a call
 made from inside a budget worker (an image fanned out by
 ``get_cutouts_many`` reading its blocks with ``get_ranges``) proceeds on its
 own thread when every worker is busy, and uses idle workers when there are
-some. A request slot is held only around one request and never while
-waiting for anything else (it is re-entrant on one thread), so slots cannot
-deadlock either.
+some. :meth:`ConcurrencyBudget.feed` takes items one at a time (a
+``with butler.batch()`` block's puts) the same way: a backlog is worked off
+on the submitting thread, never waited for. A request slot is held only
+around one request and never while waiting for anything else (it is
+re-entrant on one thread), so slots cannot deadlock either.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "ConcurrencyBudget",
+    "Feed",
     "budget_of",
     "default_budget",
     "run_concurrently",
@@ -239,6 +242,25 @@ class ConcurrencyBudget:
         job.drain()
         return job.wait()
 
+    def feed(self, function: Callable[[T], R], max_workers: int | None = None) -> Feed[T, R]:
+        """A :class:`Feed`: ``function`` applied to items submitted one at a time, caller-runs like :meth:`map`.
+
+        Parameters
+        ----------
+        function : callable
+            A blocking function of one item.
+        max_workers : int, optional
+            At most this many items at once per submitting thread (that thread
+            included); never more than the budget's ``limit``.
+
+        Returns
+        -------
+        Feed
+            Submit items with :meth:`Feed.submit`; :meth:`Feed.close` finishes them.
+        """
+        width = max(1, min(self.limit, max_workers if max_workers is not None else self.limit))
+        return Feed(self, function, width)
+
     def imap_unordered(self, function: Callable[[T], R], items: Iterable[T], max_workers: int | None = None,
                        ahead: int | None = None) -> Iterator[tuple[T, R | None, BaseException | None]]:
         """Yield ``(item, result, None)`` or ``(item, None, error)`` as items finish, caller-runs like :meth:`map`.
@@ -328,6 +350,108 @@ class ConcurrencyBudget:
         finally:
             with cond:
                 state["stopped"] = True
+
+
+class Feed(Generic[T, R]):
+    """Items handed in one at a time, each run once on an idle worker of a budget or on the submitting thread.
+
+    Made by :meth:`ConcurrencyBudget.feed`. At most ``width - 1`` helper tasks
+    are offered to the budget's workers; :meth:`submit` queues an item and,
+    while ``width`` items wait unstarted (every helper busy, or the budget's
+    workers taken by other calls), runs queued items on the calling thread
+    instead of waiting for a worker (caller-runs). So one submitting thread
+    has at most ``width`` items running at once, and a feed made on a budget
+    worker, or on a budget whose workers are all busy, still makes progress.
+    """
+
+    def __init__(self, budget: ConcurrencyBudget, function: Callable[[T], R], width: int) -> None:
+        self._budget = budget
+        self._function = function
+        self._width = width
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[T, Future[R]]] = collections.deque()
+        self._running = 0
+        self._helpers = 0
+        self._closed = False
+
+    def submit(self, item: T) -> Future[R]:
+        """Queue ``item``; the future of ``function(item)`` (its result, or the exception it raised).
+
+        Raises
+        ------
+        RuntimeError
+            After :meth:`close`.
+        """
+        future: Future[R] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this feed is closed")
+            self._queue.append((item, future))
+            start = self._helpers < self._width - 1
+            if start:
+                self._helpers += 1
+        if start:
+            try:
+                self._budget._executor().submit(self._helper)
+            except RuntimeError:  # the pool is shutting down (interpreter exit): this thread runs everything
+                with self._cond:
+                    self._helpers -= 1
+        while (claimed := self._claim(self._width)) is not None:  # a backlog: work it off here
+            self._run(*claimed)
+        return future
+
+    def close(self, cancel: bool = False) -> None:
+        """Run what is still queued on this thread (or cancel it), then wait for the items running elsewhere.
+
+        Parameters
+        ----------
+        cancel : bool
+            Cancel the queued items (their futures) instead of running them.
+        """
+        with self._cond:
+            self._closed = True
+            dropped = list(self._queue) if cancel else []
+            if cancel:
+                self._queue.clear()
+        for _, future in dropped:
+            future.cancel()
+        while (claimed := self._claim(1)) is not None:
+            self._run(*claimed)
+        with self._cond:
+            while self._running:
+                self._cond.wait()
+
+    def _claim(self, backlog: int) -> tuple[T, Future[R]] | None:
+        """The oldest queued item if at least ``backlog`` wait (counted as running), else None."""
+        with self._cond:
+            if len(self._queue) < backlog:
+                return None
+            self._running += 1
+            return self._queue.popleft()
+
+    def _run(self, item: T, future: Future[R]) -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = self._function(item)
+                except BaseException as exc:  # handed to whoever holds the future
+                    future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise  # KeyboardInterrupt on the submitting thread stops it, as a wait would have
+                else:
+                    future.set_result(result)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def _helper(self) -> None:
+        try:
+            while (claimed := self._claim(1)) is not None:
+                self._run(*claimed)
+        finally:
+            with self._cond:
+                self._helpers -= 1
 
 
 _default_lock = threading.Lock()
