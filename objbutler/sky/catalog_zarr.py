@@ -160,9 +160,12 @@ def _create(out: Path, identity: dict[str, Any], shape: tuple[int, int], dtype: 
 
 
 def _frame(stamp: Cutout, requested: tuple[int, int], mode: ClipMode) -> tuple[int, int, int, int]:
-    """``[y0, y1, x0, x1]``: where the stamp's pixels go in its ``requested`` frame."""
+    """``[y0, y1, x0, x1]``: where the stamp's image pixels are in its ``requested`` frame."""
     ny, nx = stamp.data.shape
-    if mode == "partial" or stamp.input_position_original is None:
+    if mode == "partial":  # the stamp is the frame; its pads are not image pixels
+        rows, cols = stamp.slices_cutout
+        return rows.start, rows.stop, cols.start, cols.stop
+    if stamp.input_position_original is None:
         top, left = 0, 0
     else:  # trim: the whole box, as partial mode would cut it, is the frame
         x, y = stamp.input_position_original
@@ -202,9 +205,12 @@ def _chunk(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Seque
             rows.append(result_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"))
     block = np.full((len(stamps), *requested), _fill(dtype), dtype=dtype)
     valid = np.zeros((len(stamps), 4), dtype=np.int32)
-    for k, (stamp, (y0, y1, x0, x1)) in enumerate(stamps):
-        block[k, y0:y1, x0:x1] = stamp.data
-        valid[k] = (y0, y1, x0, x1)
+    for k, (stamp, bounds) in enumerate(stamps):
+        if mode == "partial":
+            block[k] = stamp.data
+        else:
+            block[k, bounds[0]:bounds[1], bounds[2]:bounds[3]] = stamp.data
+        valid[k] = bounds
     return rows, block, valid
 
 
