@@ -814,7 +814,8 @@ def _parse_size(text: str | None) -> Any:
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Light curve: a catalogue of one position; its stamps in time order with their dates.")
 @click.option("--overwrite", is_flag=True,
-              help="A .zarr --out: replace what another command (other catalogue, size, type...) wrote there.")
+              help="A .zarr --out: replace it, even when another command (other catalogue, size, type...) "
+                   "wrote it (else refused, exit 4).")
 def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, run: str | None,
                where: tuple[str, ...], mode: str, chunk: int, no_progress: bool, png: Path | None,
                overwrite: bool) -> None:
@@ -832,6 +833,11 @@ def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, r
         raise click.BadParameter(f"--png draws one position's light curve; {radec} has {len(coords)} positions",
                                  param_hint="--png")
     conditions = parse_data_id(where) if where else None
+    if out.suffix.lower() == ".zarr":  # its refusals before the progress bar: one error line
+        from objbutler.sky.catalog_zarr import check_zarr_output
+
+        check_zarr_output(dataset_type, coords, _parse_size(size), out, run=run, where=conditions,
+                          mode=mode, chunk=chunk, overwrite=overwrite)  # type: ignore[arg-type]
     started = time.perf_counter()
     with tqdm(total=len(coords), unit="pos", disable=no_progress) as bar:
         summary = write_catalog_cutouts(butler, dataset_type, coords, _parse_size(size), out, run=run,

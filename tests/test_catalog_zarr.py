@@ -121,7 +121,7 @@ def test_stamps_and_results_read_back_with_plain_zarr(tmp_path: Path) -> None:
                 assert str(got) == line[name], (name, got, line[name])
 
 
-@pytest.mark.parametrize("crash", ["after_chunk_marked", "before_chunk_marked"])
+@pytest.mark.parametrize("crash", ["after_chunk_marked", "before_chunk_marked", "after_complete_mark"])
 def test_a_crash_then_a_rerun_gives_the_uninterrupted_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             crash: str) -> None:
     butler, hdus = _repo(tmp_path)
@@ -137,7 +137,7 @@ def test_a_crash_then_a_rerun_gives_the_uninterrupted_group(tmp_path: Path, monk
         with pytest.raises(KeyboardInterrupt):
             write_catalog_cutouts(butler, "calexp", coords, 9, out, chunk=6, progress=progress)
         finished = 3
-    else:  # chunk 3's stamps are in the array, its rows and its mark are not
+    elif crash == "before_chunk_marked":  # chunk 3's stamps are in the array, its rows and its mark are not
         real = catalog_zarr._write_json
 
         def failing(path: Path, document: Any) -> None:
@@ -150,6 +150,18 @@ def test_a_crash_then_a_rerun_gives_the_uninterrupted_group(tmp_path: Path, monk
             write_catalog_cutouts(butler, "calexp", coords, 9, out, chunk=6)
         monkeypatch.setattr(catalog_zarr, "_write_json", real)
         finished = 3
+    elif crash == "after_complete_mark":  # done, but .parts/ still there and the metadata not consolidated
+        tidy = catalog_zarr._tidy
+
+        def crashing(out: Path) -> None:
+            raise OSError("power cut")
+
+        monkeypatch.setattr(catalog_zarr, "_tidy", crashing)
+        with pytest.raises(OSError, match="power cut"):
+            write_catalog_cutouts(butler, "calexp", coords, 9, out, chunk=6)
+        monkeypatch.setattr(catalog_zarr, "_tidy", tidy)
+        assert (out / ".parts").is_dir()
+        finished = math.ceil(len(coords) / 6)
     reads: list[int] = []
     real_cutouts = butler.cutouts_at
 

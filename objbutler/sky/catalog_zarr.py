@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from objbutler.butler import Butler
     from objbutler.registry.records import DatasetRef
 
-__all__ = ["ATTRIBUTE", "write_zarr_cutouts"]
+__all__ = ["ATTRIBUTE", "check_zarr_output", "write_zarr_cutouts"]
 
 ATTRIBUTE = "objbutler"
 KIND = "catalog-cutouts"
@@ -111,23 +111,14 @@ def _fill(dtype: np.dtype[Any]) -> float | int:
     return math.nan if dtype.kind == "f" else 0
 
 
-def _open_existing(out: Path, identity: dict[str, Any], overwrite: bool) -> Any:
-    """The group to resume, None to start afresh; refuses another run's output unless ``overwrite``."""
+def _state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The progress of this command's output at ``out``, None if there is none; refuses anything else there."""
     import zarr
 
-    if not out.exists():
-        return None
-    if overwrite:
-        if out.is_dir():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
-        return None
-    if out.is_dir() and not any(out.iterdir()):
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return None
     try:
-        group = zarr.open_group(out, mode="r+", zarr_format=3)
-        state = group.attrs.get(ATTRIBUTE)
+        state = zarr.open_group(out, mode="r", zarr_format=3).attrs.get(ATTRIBUTE)
     except Exception:  # anything that is not our group
         state = None
     if not isinstance(state, dict) or state.get("kind") != KIND:
@@ -138,7 +129,55 @@ def _open_existing(out: Path, identity: dict[str, Any], overwrite: bool) -> Any:
         differ = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
         raise AlreadyExistsError(f"{out} was written by another cutouts-at command (it differs in "
                                  f"{', '.join(differ)}); add --overwrite to replace it, or write elsewhere")
-    return group
+    return state
+
+
+def _checked(dataset_type: str, coords: SkyCoord, size: Any, mode: str, chunk: int, run: str | None,
+             where: dict[str, Any] | None, time: Any) -> tuple[SkyCoord, tuple[int, int], dict[str, Any]]:
+    """The catalogue as a 1-D SkyCoord, the frame ``(ny, nx)`` and the identity; refuses what cannot be written."""
+    if chunk < 1:
+        raise InvalidCutoutError(f"chunk must be >= 1, got {chunk}")
+    if size is None or is_angular(size):
+        raise InvalidCutoutError(f"a .zarr output needs a stamp size in pixels (one frame shape), got {size}")
+    requested = requested_shape(size)
+    if min(requested) < 1:
+        raise InvalidCutoutError(f"stamp size must be positive, got {size}")
+    coords = coords.reshape((1,)) if coords.isscalar else coords.ravel()
+    return coords, requested, _identity(dataset_type, coords, size, mode, chunk, run, where, time)
+
+
+def check_zarr_output(dataset_type: str, coords: SkyCoord, size: Any, out: Path, *, run: str | None = None,
+                      where: dict[str, Any] | None = None, time: Any = None, mode: ClipMode = "trim",
+                      chunk: int = 1000, overwrite: bool = False) -> None:
+    """Refuse now what :func:`write_zarr_cutouts` would refuse with these arguments, touching nothing.
+
+    For a caller that shows progress: its errors then come before any progress bar.
+
+    Raises
+    ------
+    AlreadyExistsError
+        If ``out`` holds something else than this command's output, without ``overwrite``.
+    InvalidCutoutError
+        For an angular size or ``chunk < 1``.
+    """
+    _, _, identity = _checked(dataset_type, coords, size, mode, chunk, run, where, time)
+    if not overwrite:
+        _state(out, identity)
+
+
+def _open_existing(out: Path, identity: dict[str, Any], overwrite: bool) -> Any:
+    """The group to resume, None to start afresh; refuses another run's output unless ``overwrite``."""
+    import zarr
+
+    if overwrite and out.exists():
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+        return None
+    if _state(out, identity) is None:
+        return None
+    return zarr.open_group(out, mode="r+", zarr_format=3)
 
 
 def _create(out: Path, identity: dict[str, Any], shape: tuple[int, int], dtype: np.dtype[Any]) -> Any:
@@ -297,20 +336,10 @@ def write_zarr_cutouts(
     InvalidCutoutError
         For an angular size or ``chunk < 1``.
     """
-    import zarr
-
-    if chunk < 1:
-        raise InvalidCutoutError(f"chunk must be >= 1, got {chunk}")
-    if size is None or is_angular(size):
-        raise InvalidCutoutError(f"a .zarr output needs a stamp size in pixels (one frame shape), got {size}")
-    coords = coords.reshape((1,)) if coords.isscalar else coords.ravel()
-    requested = requested_shape(size)
-    if min(requested) < 1:
-        raise InvalidCutoutError(f"stamp size must be positive, got {size}")
+    coords, requested, identity = _checked(dataset_type, coords, size, mode, chunk, run, where, time)
     total = len(coords)
     chunks = math.ceil(total / chunk)
     order = spatial_order(radec_to_xyz(coords.icrs.ra.deg, coords.icrs.dec.deg))
-    identity = _identity(dataset_type, coords, size, mode, chunk, run, where, time)
     group = _open_existing(out, identity, overwrite)
     if group is None:
         refs: dict[str, DatasetRef] = {}
@@ -326,6 +355,7 @@ def write_zarr_cutouts(
         summary.chunks_resumed = chunks
         for name in ("stamps", "without_image", "skipped"):
             setattr(summary, name, int(state["totals"][name]))
+        _tidy(out)  # a crash after the mark may have left these undone
         if progress is not None:
             progress(total)
         return summary
@@ -364,8 +394,15 @@ def write_zarr_cutouts(
     state.update(complete=True, totals={"stamps": summary.stamps, "without_image": summary.without_image,
                                         "skipped": summary.skipped, "rows": len(rows)})
     group.update_attributes({ATTRIBUTE: state})
+    _tidy(out)
+    return summary
+
+
+def _tidy(out: Path) -> None:
+    """After the completion mark: drop the chunks' rows and consolidate the metadata (again, if a rerun)."""
+    import zarr
+
     shutil.rmtree(out / PARTS, ignore_errors=True)
     with warnings.catch_warnings():  # zarr-python's own extension; xarray warns when it is missing
         warnings.simplefilter("ignore", UserWarning)
         zarr.consolidate_metadata(str(out), zarr_format=3)  # written last: a resumed run never finds it stale
-    return summary
