@@ -803,7 +803,8 @@ def _parse_size(text: str | None) -> Any:
               help="Catalogue with ra,dec columns in degrees: .csv, .ecsv or .parquet.")
 @click.option("--size", required=True, help="Stamp size: pixels, or an angle like 10arcsec.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="A directory (resumable: stamps-*.fits, results.csv) or one .fits file.")
+              help="A directory (resumable: stamps-*.fits, results.csv), one .fits file, or a .zarr group "
+                   "(resumable; stamps, valid, row and results/).")
 @click.option("--run", default=None, help="Only images of this run.")
 @click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Data ID condition (repeatable).")
 @click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True)
@@ -812,8 +813,12 @@ def _parse_size(text: str | None) -> Any:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Light curve: a catalogue of one position; its stamps in time order with their dates.")
+@click.option("--overwrite", is_flag=True,
+              help="A .zarr --out: replace it, even when another command (other catalogue, size, type...) "
+                   "wrote it (else refused, exit 4).")
 def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, run: str | None,
-               where: tuple[str, ...], mode: str, chunk: int, no_progress: bool, png: Path | None) -> None:
+               where: tuple[str, ...], mode: str, chunk: int, no_progress: bool, png: Path | None,
+               overwrite: bool) -> None:
     """Stamps of every image of TYPE at every catalogue position, with a results table."""
     import time
 
@@ -828,11 +833,16 @@ def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, r
         raise click.BadParameter(f"--png draws one position's light curve; {radec} has {len(coords)} positions",
                                  param_hint="--png")
     conditions = parse_data_id(where) if where else None
+    if out.suffix.lower() == ".zarr":  # its refusals before the progress bar: one error line
+        from objbutler.sky.catalog_zarr import check_zarr_output
+
+        check_zarr_output(dataset_type, coords, _parse_size(size), out, run=run, where=conditions,
+                          mode=mode, chunk=chunk, overwrite=overwrite)  # type: ignore[arg-type]
     started = time.perf_counter()
     with tqdm(total=len(coords), unit="pos", disable=no_progress) as bar:
         summary = write_catalog_cutouts(butler, dataset_type, coords, _parse_size(size), out, run=run,
                                         where=conditions, mode=mode, chunk=chunk,  # type: ignore[arg-type]
-                                        progress=bar.update)
+                                        progress=bar.update, overwrite=overwrite)
     click.echo(f"{summary.stamps} stamps at {summary.positions} positions in {time.perf_counter() - started:.2f} s "
                f"({summary.without_image} positions in no image, {summary.skipped} skipped"
                + (f", {summary.chunks_resumed} chunks resumed" if summary.chunks_resumed else "") + ")")

@@ -182,6 +182,11 @@ ROWS: list[Row] = [
         says=".png"),
     row("cutout of a metric", ERROR, "cutout", "{repo}", "metric", "--data-id", "visit=1", "--run", "r",
         "--boxes", "{ws}/boxes.csv", says="image"),
+    # -- cutouts-at -----------------------------------------------------------------------------------------
+    row("cutouts-at onto a .zarr it did not write", CONFLICT, "cutouts-at", "{repo}", "calexp", "--radec",
+        "{ws}/radec.csv", "--size", "5", "--out", "{ws}/old.zarr", says=("not a cutouts-at Zarr", "--overwrite")),
+    row("cutouts-at .zarr with an angular size", ERROR, "cutouts-at", "{repo}", "calexp", "--radec",
+        "{ws}/radec.csv", "--size", "5arcsec", "--out", "{ws}/new.zarr", says="in pixels"),
     # -- put-many ------------------------------------------------------------------------------------------
     row("put-many a file that is not FITS", ERROR, "put-many", "{ws}/notes.txt", "calexp", "--to", "{repo}",
         "--data-id", "visit=9", "--data-id", "detector=2", "--run", "r", says="not a FITS file"),
@@ -256,6 +261,8 @@ def workspace(tmp_path: Path) -> Path:
     np.savez(ws / "old.npz", a=np.zeros(3))
     (ws / "stamps").mkdir()
     (ws / "stamps" / "stamp-00000.fits").write_bytes(b"an older stamp")
+    (ws / "old.zarr").mkdir()
+    (ws / "old.zarr" / "notes.txt").write_text("not stamps\n")
     return ws
 
 

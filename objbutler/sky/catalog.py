@@ -17,6 +17,10 @@ Output
     ``--out FILE.fits``: one multi-extension FITS file, stamps appended chunk by chunk, and a
     ``RESULTS`` table extension at the end. Not resumable (a crash leaves a file without its table).
 
+    ``--out NAME.zarr``: one Zarr v3 group (``stamps``, ``valid``, ``row`` and a ``results`` group of
+    1-D columns), resumable, refusing another command's output without ``overwrite``: see
+    :mod:`objbutler.sky.catalog_zarr`.
+
 Results columns: ``position`` (row of the catalogue), ``ra``, ``dec``, ``dataset_id``, ``data_id``
 (JSON), ``run``, ``mjd``, ``band``, ``x0 y0 x1 y1`` (the stamp's box in parent pixels),
 ``x y`` (the position in parent pixels), ``stamp`` (``file[EXTNAME]``) and ``flags``: empty for a
@@ -27,7 +31,6 @@ whole stamp, ``trimmed`` (clipped at an edge), ``padded`` (``partial`` mode, fil
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -40,6 +43,7 @@ import numpy as np
 
 from objbutler.cutouts import ClipMode, Cutout
 from objbutler.errors import InvalidCutoutError
+from objbutler.sky.catalog_rows import COLUMNS, CatalogSummary, flags_of, requested_shape, result_row
 from objbutler.sky.geometry import radec_to_xyz, spatial_order
 from objbutler.sky.stamp_fits import StampEncoder, primary_header
 
@@ -51,21 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COLUMNS", "CatalogSummary", "read_catalog", "write_catalog_cutouts"]
 
-COLUMNS = ("position", "ra", "dec", "dataset_id", "data_id", "run", "mjd", "band", "x0", "y0", "x1", "y1", "x", "y",
-           "stamp", "flags")
 PROGRESS = "progress.json"
-
-
-@dataclasses.dataclass
-class CatalogSummary:
-    """What :func:`write_catalog_cutouts` wrote."""
-
-    positions: int = 0
-    stamps: int = 0
-    without_image: int = 0
-    skipped: int = 0
-    chunks_resumed: int = 0
-    results: Path | None = None
 
 
 def read_catalog(path: Path) -> SkyCoord:
@@ -90,24 +80,6 @@ def read_catalog(path: Path) -> SkyCoord:
     return SkyCoord(ra * u.deg, dec * u.deg)
 
 
-def _flags(stamp: Cutout, requested: tuple[int, int], mode: ClipMode) -> str:
-    ny, nx = (int(n) for n in stamp.ref.sky["shape"])
-    box = stamp.bbox
-    inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= nx and box.y1 <= ny
-    if mode == "partial":
-        return "" if inside else "padded"
-    return "" if stamp.data.shape == requested else "trimmed"
-
-
-def _requested(size: Any) -> tuple[int, int]:
-    if isinstance(size, tuple | list):
-        return int(size[0]), int(size[1])
-    try:
-        return int(size), int(size)
-    except (TypeError, ValueError):
-        return (-1, -1)  # an angle: the shape differs per image, only clipping is flagged
-
-
 def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], rows_of: np.ndarray,
                 coords: SkyCoord, stamp_file: str, requested: tuple[int, int], mode: ClipMode,
                 encoder: StampEncoder) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -123,27 +95,14 @@ def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: 
             name = f"P{position}_{ref.id[:8]}"
             hdus.append(encoder.encode(stamp, name))
             x, y = stamp.input_position_original or (math.nan, math.nan)
-            rows.append(_row(position, ra, dec, ref, stamp.bbox, x, y, f"{stamp_file}[{name}]",
-                             _flags(stamp, requested, mode)))
+            rows.append(result_row(position, ra, dec, ref, stamp.bbox, x, y, f"{stamp_file}[{name}]",
+                             flags_of(stamp, requested, mode)))
         for item in skipped_by_position.get(offset, []):
-            rows.append(_row(position, ra, dec, item.ref, None, math.nan, math.nan, "", f"skipped: {item.reason}"))
+            rows.append(result_row(position, ra, dec, item.ref, None, math.nan, math.nan, "",
+                                   f"skipped: {item.reason}"))
         if not pairs and offset not in skipped_by_position:
-            rows.append(_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"))
+            rows.append(result_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"))
     return rows, hdus
-
-
-def _row(position: int, ra: float, dec: float, ref: DatasetRef | None, bbox: Any, x: float, y: float, stamp: str,
-         flags: str) -> dict[str, Any]:
-    sky = (ref.sky or {}) if ref is not None else {}
-    return {
-        "position": position, "ra": ra, "dec": dec,
-        "dataset_id": ref.id if ref else "", "data_id": json.dumps(ref.data_id, sort_keys=True) if ref else "",
-        "run": ref.run if ref else "", "mjd": sky.get("mjd", ""), "band": sky.get("band", ""),
-        "x0": bbox.x0 if bbox else "", "y0": bbox.y0 if bbox else "", "x1": bbox.x1 if bbox else "",
-        "y1": bbox.y1 if bbox else "", "x": "" if math.isnan(x) else round(x, 4),
-        "y": "" if math.isnan(y) else round(y, 4),
-        "stamp": stamp, "flags": flags,
-    }
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -164,19 +123,27 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 def write_catalog_cutouts(
     butler: Butler, dataset_type: str, coords: SkyCoord, size: Any, out: Path, *, run: str | None = None,
     where: dict[str, Any] | None = None, time: Any = None, mode: ClipMode = "trim", chunk: int = 1000,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, overwrite: bool = False,
 ) -> CatalogSummary:
     """Cut the stamps of every catalogue position from every image holding it, writing as it goes.
 
     See the module docstring for the output; ``progress`` is called with the positions done per chunk.
+    ``overwrite`` lets a ``.zarr`` output replace what is not this command's own partial output (the
+    other outputs ignore it).
     """
     from astropy.io import fits
+
+    if out.suffix.lower() == ".zarr":
+        from objbutler.sky.catalog_zarr import write_zarr_cutouts
+
+        return write_zarr_cutouts(butler, dataset_type, coords, size, out, run=run, where=where, time=time,
+                                  mode=mode, chunk=chunk, progress=progress, overwrite=overwrite)
 
     if chunk < 1:
         raise InvalidCutoutError(f"chunk must be >= 1, got {chunk}")
     coords = coords.reshape((1,)) if coords.isscalar else coords.ravel()
     total = len(coords)
-    requested = _requested(size)
+    requested = requested_shape(size)
     summary = CatalogSummary(positions=total)
     single = out.suffix.lower() in (".fits", ".fit", ".fts")
     order = spatial_order(radec_to_xyz(coords.icrs.ra.deg, coords.icrs.dec.deg))
