@@ -216,6 +216,7 @@ class Butler:
         exist_ok: bool = False,
         store: Store | None = None,
         commit_protocol: str | None = None,
+        log_shards: int | None = None,
         **store_options: Any,
     ) -> Butler:
         """Create a new, empty repository and return a Butler on it.
@@ -251,10 +252,15 @@ class Butler:
             None (default): ``"sequenced"`` on a store with an atomic create
             (one log: a reader's refresh is one listing), ``"timestamped"``
             without one. ``"claimed"`` (atomic-create stores) scales writes
-            with writers, about three requests per put at 64 writers, but a
-            reader's refresh lists every log shard (64 by default): choose it
+            with writers: three requests per put by the writer, plus about
+            one GET per put amortized to fold commits into checkpoints; a
+            reader's refresh is one listing (the log is compacted). Choose it
             for repositories that many processes write at once.
             ``"timestamped"`` runs on any store with server timestamps.
+        log_shards : int, optional
+            ``"claimed"`` only: how many log shards (1 to 1000; 64 when not
+            given). More shards than concurrent writers keep writers apart; a
+            reader's refresh is one listing whatever the number.
         **store_options
             Passed to :func:`objbutler.stores.open_store`.
 
@@ -288,7 +294,7 @@ class Butler:
             protocol = _choose_protocol(store, allow_no_atomic_create, commit_protocol)
             timestamped = protocol == "timestamped"
             resolution = probe_timestamp_resolution(store) if timestamped else DEFAULT_TIMESTAMP_RESOLUTION
-            shards = DEFAULT_LOG_SHARDS if protocol == "claimed" else 0
+            shards = (log_shards or DEFAULT_LOG_SHARDS) if protocol == "claimed" else 0
             config = RepositoryConfig(protocol, fmt, interval, DEFAULT_SETTLE_SECONDS, resolution, utc_now(), shards)
             body = config.to_json()
             try:

@@ -17,6 +17,7 @@ __all__ = [
     "CLAIM_BACKOFF",
     "COMMIT_RACE_BACKOFF",
     "DEFAULT_CHECKPOINT_INTERVAL",
+    "DEFAULT_COMPACTION_GRACE",
     "DEFAULT_SETTLE_SECONDS",
     "DEFAULT_TIMESTAMP_RESOLUTION",
     "STORE_RETRY_ATTEMPTS",
@@ -25,6 +26,10 @@ __all__ = [
 
 DEFAULT_CHECKPOINT_INTERVAL = 100
 """Commits between registry checkpoints (a new reader replays at most about this many commits)."""
+
+DEFAULT_COMPACTION_GRACE = 30.0
+"""Claimed protocol: how old a compaction marker must be before the log entries it folded are deleted
+(writers re-read the markers every half of it; a write slower than that is written again)."""
 
 DEFAULT_SETTLE_SECONDS = 0.5
 """How long a timestamped commit waits for earlier commits to become visible before it checks who won."""

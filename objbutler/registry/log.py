@@ -18,6 +18,14 @@ digits>.json``. Uniqueness does not come from the log (claims settle it, see
 :mod:`objbutler.registry.claims`), so shards need no order among each other:
 a reader's position is a vector of per-shard sequence numbers.
 
+A sharded log is **compacted**: after a checkpoint folds every commit up to a
+vector, its writer records a *marker* ``manifest/log/~/<total>.json`` (sorted
+after every shard) naming that vector and the older vector it is about to
+delete through, and only then deletes those commits. The live log therefore
+stays about one checkpoint interval long, and a reader's refresh is **one
+listing** of ``manifest/log/`` whatever the number of shards (see
+:meth:`ShardedLog.list_live` and docs/registry.md for why nothing is missed).
+
 A position is a string that sorts in log order: the 20-digit sequence number,
 ``"<timestamp>|<key>"``, or (sharded) ``"shards:<n0>,<n1>,..."``.
 """
@@ -26,20 +34,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import re
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
+from objbutler.errors import FormatError
 from objbutler.stores import ObjectMeta, Store, run_concurrently
 
-__all__ = ["LOG_PREFIX", "CommitLog", "LogEntry", "SequencedLog", "ShardedLog", "TimestampedLog", "decode_vector",
-           "encode_vector"]
+__all__ = ["LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry", "Marker", "SequencedLog", "ShardedLog",
+           "TimestampedLog", "decode_marker", "decode_vector", "encode_marker", "encode_vector"]
 
 LOG_PREFIX = "manifest/log/"
 VECTOR_PREFIX = "shards:"
 _VECTOR = re.compile(r"shards:\d{1,20}(,\d{1,20}){0,4095}")
 MAX_SHARDS = 1000
+MARKER_PREFIX = f"{LOG_PREFIX}~/"
+"""Compaction markers of a sharded log (``~`` sorts after the shards' digits: a listing reaches them last)."""
 
 
 def encode_vector(vector: Sequence[int]) -> str:
@@ -232,6 +244,20 @@ class ShardedLog:
             return None
         return int(shard), int(sequence)
 
+    def shard_tail(self, shard: int, after: int) -> int:
+        """The highest sequence number taken in ``shard``, at least ``after`` (one listing).
+
+        Unlike a reader, a writer does not stop at a gap: compaction deletes
+        the slots below a checkpoint, and a slot is only ever taken above every
+        slot it is known to follow.
+        """
+        tail = after
+        for meta in self.store.list(self.prefix(shard), start_after=self.key(shard, after) if after else None):
+            parsed = self.parse(meta.key)
+            if parsed is not None and parsed[0] == shard:
+                tail = max(tail, parsed[1])
+        return tail
+
     def list_shard_after(self, shard: int, after: int) -> list[LogEntry]:
         """The commits of ``shard`` after sequence ``after``, stopping at any gap (one listing)."""
         prefix = self.prefix(shard)
@@ -248,7 +274,104 @@ class ShardedLog:
             expected += 1
         return entries
 
+    @staticmethod
+    def marker_key(total: int) -> str:
+        """Key of the compaction marker of the checkpoint covering ``total`` commits."""
+        return f"{MARKER_PREFIX}{total:020d}.json"
+
+    def list_live(self) -> LiveLog:
+        """Every live commit slot of every shard and every marker: **one** (paginated) listing."""
+        slots: dict[int, list[int]] = {}
+        markers: list[Marker] = []
+        newest: dt.datetime | None = None
+        for meta in self.store.list(LOG_PREFIX):
+            if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
+                newest = meta.last_modified
+            parsed = self.parse(meta.key)
+            if parsed is not None:
+                if parsed[0] < self.shards:
+                    slots.setdefault(parsed[0], []).append(parsed[1])
+                continue
+            if meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
+                markers.append(Marker(total, meta.key, meta.last_modified))
+        for sequences in slots.values():
+            sequences.sort()
+        markers.sort(key=lambda marker: marker.total)
+        return LiveLog(slots, markers, newest)
+
+    def list_markers(self) -> list[Marker]:
+        """The compaction markers only, oldest first (one listing)."""
+        markers = [Marker(total, meta.key, meta.last_modified) for meta in self.store.list(MARKER_PREFIX)
+                   if (total := _marker_total(meta.key)) is not None]
+        return sorted(markers, key=lambda marker: marker.total)
+
     def list_after(self, vector: Sequence[int], max_workers: int = 16) -> list[list[LogEntry]]:
         """Every shard's commits after its entry of ``vector``, listed concurrently (one listing per shard)."""
         return run_concurrently(lambda shard: self.list_shard_after(shard, vector[shard]),
                                 list(range(self.shards)), max_workers)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Marker:
+    """A compaction marker as a listing shows it.
+
+    Parameters
+    ----------
+    total : int
+        Commits its checkpoint covers (the checkpoint is ``manifest/checkpoints/<total>.parquet``).
+    key : str
+        The marker's object key.
+    last_modified : datetime or None
+        Its server-side modification time.
+    """
+
+    total: int
+    key: str
+    last_modified: dt.datetime | None
+
+
+@dataclasses.dataclass
+class LiveLog:
+    """What one listing of a sharded log shows.
+
+    Parameters
+    ----------
+    slots : dict
+        Shard -> the sequence numbers listed, ascending.
+    markers : list of Marker
+        Compaction markers, oldest first.
+    newest_time : datetime or None
+        The newest modification time listed (the server's clock, no later than now).
+    """
+
+    slots: dict[int, list[int]]
+    markers: list[Marker]
+    newest_time: dt.datetime | None
+
+
+def encode_marker(position: str, deletes: str | None) -> bytes:
+    """The body of a compaction marker: the checkpoint's vector, and the vector deleted through (or None)."""
+    return json.dumps({"v": 1, "position": position, "deletes": deletes}, sort_keys=True).encode()
+
+
+def decode_marker(data: bytes, shards: int, where: str) -> tuple[list[int], list[int]]:
+    """``(position, deletes)`` vectors of a marker body (``deletes`` all zeros when none).
+
+    Raises
+    ------
+    FormatError
+        If the body is not a marker of a log with ``shards`` shards.
+    """
+    try:
+        document = json.loads(data)
+        position = decode_vector(document["position"], shards)
+        deletes = decode_vector(document.get("deletes"), shards)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FormatError(f"{where} is not a compaction marker: {exc}") from None
+    return position, deletes
+
+
+def _marker_total(key: str) -> int | None:
+    name = key[len(MARKER_PREFIX):]
+    stem = name[:-len(".json")] if name.endswith(".json") else ""
+    return int(stem) if stem.isdigit() and len(stem) == 20 else None

@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +40,7 @@ from objbutler.defaults import (
     CLAIM_BACKOFF,
     COMMIT_RACE_BACKOFF,
     DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_COMPACTION_GRACE,
     DEFAULT_SETTLE_SECONDS,
     DEFAULT_TIMESTAMP_RESOLUTION,
 )
@@ -62,18 +65,22 @@ from objbutler.registry.commits import Commit, decode_commit, encode_commit, new
 from objbutler.registry.log import (
     LOG_PREFIX,
     CommitLog,
+    LiveLog,
     LogEntry,
+    Marker,
     SequencedLog,
     ShardedLog,
     TimestampedLog,
+    decode_marker,
     decode_vector,
+    encode_marker,
     encode_vector,
 )
 from objbutler.registry.records import DatasetRef, DatasetType
 from objbutler.registry.sharded import ShardedWriter
 from objbutler.registry.slots import CREATE_ATTEMPTS, decide_create
 from objbutler.registry.state import RegistryState
-from objbutler.stores import Store
+from objbutler.stores import Store, delete_keys
 
 __all__ = ["PROTOCOLS", "Registry"]
 
@@ -109,6 +116,10 @@ class Registry:
         is verified.
     log_shards : int
         Claimed protocol: how many log shards the repository has.
+    compaction_grace : float
+        Claimed protocol: seconds a compaction marker must have existed before
+        the commits it folded are deleted; a writer re-reads the markers at
+        least every half of it (see :meth:`keep_up_with_compaction`).
     """
 
     def __init__(
@@ -121,6 +132,7 @@ class Registry:
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         timestamp_resolution: float = DEFAULT_TIMESTAMP_RESOLUTION,
         log_shards: int = DEFAULT_LOG_SHARDS,
+        compaction_grace: float = DEFAULT_COMPACTION_GRACE,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown commit protocol {protocol!r}")
@@ -138,6 +150,12 @@ class Registry:
         self.shards: ShardedLog | None = ShardedLog(store, log_shards) if protocol == "claimed" else None
         self.writer: ShardedWriter | None = ShardedWriter(store, self.shards) if self.shards is not None else None
         self._vector: list[int] = []  # claimed: the view's per-shard position
+        self.compaction_grace = compaction_grace
+        self._marker_positions: dict[int, list[int]] = {}  # claimed: live markers read, total -> position
+        self._deleted: list[int] = [0] * log_shards  # claimed: compaction announced deleting through this
+        self._markers_at = -math.inf  # claimed: monotonic time the markers were last listed
+        self._live: LiveLog | None = None  # claimed: the last listing of the log
+        self._commits_since_check = random.randrange(checkpoint_interval)  # claimed: spread writers' checks
         self._state: RegistryState | None = None
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
         self._tail: list[tuple[LogEntry, Commit]] = []
@@ -161,22 +179,104 @@ class Registry:
             self._state = state
         return self._state
 
-    def _refresh_sharded(self, shards: ShardedLog) -> RegistryState:
-        """List every shard after the view's position (concurrently), read the new commits, apply them."""
+    def _refresh_sharded(self, shards: ShardedLog, rebase_if_behind: bool = False) -> RegistryState:
+        """One listing of the whole log; read the new commits of every shard and apply them.
+
+        A view that compaction has overtaken (it deleted commits this view has
+        not read) restarts from the newest checkpoint that covers them; with
+        ``rebase_if_behind``, so does a view behind the newest checkpoint (a
+        checkpoint writer reads one Parquet file instead of every commit since
+        its view).
+        """
+        started = time.monotonic()
+        live = shards.list_live()
+        self._read_markers(live.markers, started)
+        self._live = live
+        if self._state is not None and any(d > v for d, v in zip(self._deleted, self._vector, strict=True)):
+            self._state = None
+        if rebase_if_behind and self._state is not None and max(self._marker_positions, default=0) > sum(self._vector):
+            self._state = None
         if self._state is None:
-            checkpoint = self._latest_checkpoint()
+            checkpoint = self._sharded_checkpoint(shards)
             self._state = RegistryState(checkpoint, self.repository)
             self._vector = decode_vector(checkpoint.position, shards.shards)
         state = self._state
-        listed = shards.list_after(self._vector)
-        entries = [entry for shard in listed for entry in shard]  # (shard, sequence) order
+        entries = []
+        for shard in sorted(live.slots):
+            expected = self._vector[shard] + 1
+            for sequence in live.slots[shard]:
+                if sequence < expected:
+                    continue  # folded into the checkpoint, deletion pending
+                if sequence != expected:
+                    break  # a gap: nothing after it is part of the shard yet
+                entries.append(LogEntry(f"{shard:03d}/{sequence:020d}", shards.key(shard, sequence)))
+                expected += 1
         if entries:
             self._apply(state, self._fetch(entries))
-            for shard, shard_entries in enumerate(listed):
-                if shard_entries:
-                    self._vector[shard] = int(shard_entries[-1].position.split("/")[1])
+            for entry in entries:
+                shard, sequence = (int(part) for part in entry.position.split("/"))
+                self._vector[shard] = max(self._vector[shard], sequence)
             state.position = encode_vector(self._vector)
+        if self.writer is not None:
+            self.writer.learn(self._vector)
         return state
+
+    def _read_markers(self, markers: Sequence[Marker], listed_at: float) -> None:
+        """Read the bodies of markers not read yet: what compaction deleted, and where checkpoints are."""
+        assert self.shards is not None
+        new = [marker for marker in markers if marker.total not in self._marker_positions]
+        for marker in new:
+            try:
+                position, deletes = decode_marker(self.store.get(marker.key), self.shards.shards, marker.key)
+            except NotFoundError:
+                continue  # an older marker removed by a compaction since the listing; newer ones say more
+            except FormatError as exc:
+                log.warning("ignoring a compaction marker: %s", exc)
+                position, deletes = [0] * self.shards.shards, [0] * self.shards.shards
+            self._marker_positions[marker.total] = position
+            self._deleted = [max(a, b) for a, b in zip(self._deleted, deletes, strict=True)]
+            if self.writer is not None:
+                self.writer.learn(position)
+        listed = {marker.total for marker in markers}
+        self._marker_positions = {t: p for t, p in self._marker_positions.items() if t in listed}
+        self._markers_at = listed_at
+
+    def _sharded_checkpoint(self, shards: ShardedLog) -> Checkpoint:
+        """The newest checkpoint that covers every commit compaction deleted (markers first, then a listing)."""
+        covering = sorted((total for total, position in self._marker_positions.items()
+                           if all(p >= d for p, d in zip(position, self._deleted, strict=True))), reverse=True)
+        for total in covering:
+            key = f"{CHECKPOINT_PREFIX}{total:020d}.parquet"
+            try:
+                checkpoint = decode_checkpoint(self.store.get(key), key)
+                decode_vector(checkpoint.position, shards.shards)
+                return checkpoint
+            except NotFoundError:
+                continue  # removed by retention since: an older one, or the listing below, will do
+            except (FormatError, ValueError) as exc:
+                log.warning("skipping unreadable checkpoint %s (%s)", key, exc)
+        return self._latest_checkpoint()
+
+    def keep_up_with_compaction(self) -> None:
+        """Claimed writers: re-read the compaction markers unless that was done within half the grace period.
+
+        A writer only takes slots above every marker's position, and compaction
+        deletes a slot only once the marker folding it is ``compaction_grace``
+        old: so a slot this writer takes within half the grace after reading
+        the markers was never deleted, and a commit written there is listed by
+        every reader. See docs/registry.md.
+        """
+        if self.shards is None or time.monotonic() - self._markers_at < self.compaction_grace / 2:
+            return
+        started = time.monotonic()
+        self._read_markers(self.shards.list_markers(), started)
+
+    def _possibly_compacted(self, shard: int, sequence: int) -> bool:
+        """True if the slot may have been deleted by compaction before this writer's commit landed in it."""
+        if time.monotonic() - self._markers_at < self.compaction_grace / 2:
+            return False  # the slot was taken within half the grace of reading the markers: never deleted
+        self.keep_up_with_compaction()
+        return sequence <= self._deleted[shard]
 
     @property
     def state(self) -> RegistryState:
@@ -362,13 +462,26 @@ class Registry:
         commit = new_commit(types, dimensions, refs, annotations)
         body = encode_commit(commit)
         claims = self.writer.claim(commit) if refs else []
+        view = self._vector or [0] * self.shards.shards
+        placed: tuple[int, int] | None = None
         try:
-            shard, sequence = self.writer.place(body, commit.commit_id, self._vector or [0] * self.shards.shards)
+            placed = self.writer.place(body, commit.commit_id, view, self.keep_up_with_compaction)
+            while self._possibly_compacted(*placed):
+                # So slow that compaction may have deleted the slot before the commit landed in it: the same
+                # commit goes to a fresh slot too (readers keep one copy).
+                log.warning("the commit %s reached slot %s late; writing it again", commit.commit_id, placed)
+                placed = self.writer.place(body, commit.commit_id, view, self.keep_up_with_compaction)
         except CommitOutcomeUnknownError:
             raise  # the commit may have landed: its claims stay
-        except ObjButlerError:
+        except ObjButlerError as exc:
+            if placed is not None:
+                raise CommitOutcomeUnknownError(
+                    f"the commit {commit.commit_id} landed late in slot {placed} and could not be written again "
+                    f"({exc}); the data is kept"
+                ) from exc
             self.writer.release(claims)  # every slot tried is decided and none is ours: nothing can land
             raise
+        shard, sequence = placed
         # The commit point has passed: the commit stands.
         if self._vector and self._vector[shard] + 1 == sequence:
             with contextlib.suppress(Exception):  # the next refresh reads it anyway
@@ -462,7 +575,7 @@ class Registry:
         """Housekeeping after the commit point: it may fail, it never raises (the commit stands)."""
         try:
             if placed is not None:
-                self._maybe_checkpoint_sharded(placed[1])
+                self._maybe_checkpoint_sharded()
             elif self.protocol == "sequenced":
                 self._maybe_checkpoint_sequenced()
             else:
@@ -492,22 +605,53 @@ class Registry:
             if position - self._checkpointed >= 2 * self.checkpoint_interval:
                 self._write_checkpoint(state.to_checkpoint(), state.position)
 
-    def _maybe_checkpoint_sharded(self, sequence: int) -> None:
-        """The writer of every ``checkpoint_interval``-th slot of a shard checkpoints, unless one is recent.
+    def _maybe_checkpoint_sharded(self) -> None:
+        """Every ``checkpoint_interval``-th commit of this writer (from a random phase) may checkpoint.
 
-        One listing tells the newest checkpoint; a view older than it restarts
-        from it, so the work is bounded by the commits since that checkpoint.
+        Its writer refreshes (one listing, the commits since the newest
+        checkpoint), and writes a checkpoint and compacts when that checkpoint
+        is at least half an interval behind. With N writers the checks spread
+        out and the live log stays about one interval long, whatever the
+        number of shards.
         """
-        if sequence % self.checkpoint_interval:
+        self._commits_since_check += 1
+        if self._commits_since_check < self.checkpoint_interval:
             return
-        newest = [key[len(CHECKPOINT_PREFIX):-len(".parquet")] for key in self._checkpoint_keys()[:1]]
-        newest_total = int(newest[0]) if newest and newest[0].isdigit() else 0
-        if self._state is not None and newest_total > sum(self._vector):
-            self._state = None  # start from the newer checkpoint rather than reading every commit since ours
-        state = self.refresh()
-        total = sum(self._vector)
-        if total - newest_total >= self.checkpoint_interval:
-            self._write_checkpoint(state.to_checkpoint(), f"{total:020d}")
+        self._commits_since_check = 0
+        assert self.shards is not None
+        self._refresh_sharded(self.shards, rebase_if_behind=True)
+        newest = max(self._marker_positions, default=0)
+        if sum(self._vector) - newest >= max(1, self.checkpoint_interval // 2):
+            self._checkpoint_and_compact()
+
+    def _checkpoint_and_compact(self) -> None:
+        """Write a checkpoint of the view, its marker, then delete what an old enough marker folded.
+
+        Order matters: a commit is deleted only after a marker that announces
+        the deletion exists, and only if that marker's checkpoint is at least
+        ``compaction_grace`` old (see :meth:`keep_up_with_compaction`).
+        """
+        assert self.shards is not None and self._state is not None and self._live is not None
+        live, state, vector = self._live, self._state, list(self._vector)
+        total = sum(vector)
+        self._write_checkpoint(state.to_checkpoint(), f"{total:020d}")
+        cutoff = None if live.newest_time is None else live.newest_time - dt.timedelta(seconds=self.compaction_grace)
+        old_enough = [m for m in live.markers
+                      if m.total in self._marker_positions and m.total < total
+                      and (self.compaction_grace <= 0 or (cutoff is not None and m.last_modified is not None
+                                                          and m.last_modified <= cutoff))
+                      and all(p <= v for p, v in zip(self._marker_positions[m.total], vector, strict=True))]
+        through = old_enough[-1] if old_enough else None
+        deletes = self._marker_positions[through.total] if through is not None else None
+        with contextlib.suppress(AlreadyExistsError):
+            announced = None if deletes is None else encode_vector(deletes)
+            self.store.put_if_absent(self.shards.marker_key(total), encode_marker(encode_vector(vector), announced))
+        if through is None or deletes is None:
+            return
+        doomed = [self.shards.key(shard, sequence) for shard, sequences in live.slots.items()
+                  for sequence in sequences if sequence <= deletes[shard]]
+        doomed += [m.key for m in live.markers if m.total < through.total]
+        delete_keys(self.store, doomed)
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
@@ -528,7 +672,7 @@ class Registry:
         if state.position is None:
             return
         if self.shards is not None:
-            self._write_checkpoint(state.to_checkpoint(), f"{sum(self._vector):020d}")
+            self._checkpoint_and_compact()
         elif self.log.ordered_by_creation:
             self._write_checkpoint(state.to_checkpoint(), state.position)
         else:

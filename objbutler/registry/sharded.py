@@ -187,12 +187,19 @@ class ShardedWriter:
 
     # -- 3. placing the commit ------------------------------------------------------
 
-    def place(self, body: bytes, commit_id: str, view: Sequence[int]) -> tuple[int, int]:
+    def learn(self, vector: Sequence[int]) -> None:
+        """Raise the slots known taken to ``vector`` (a reader's view, or a compaction marker's position)."""
+        self.known = [max(a, b) for a, b in zip(self.known, vector, strict=True)]
+
+    def place(self, body: bytes, commit_id: str, view: Sequence[int],
+              before_attempt: Callable[[], None] | None = None) -> tuple[int, int]:
         """Write the commit to a free slot; ``(shard, sequence)`` of the slot that holds it.
 
         ``view`` is the reader's per-shard vector (slots known to exist).
         Every slot tried is decided before moving on, so no write of this call
-        can land later anywhere.
+        can land later anywhere. ``before_attempt`` runs before each slot is
+        tried (the registry uses it to keep up with compaction, see
+        :meth:`objbutler.registry.registry.Registry.keep_up_with_compaction`).
 
         Raises
         ------
@@ -203,11 +210,13 @@ class ShardedWriter:
         ConflictError
             Last resort: no slot was won within ``max_place_seconds``.
         """
-        self.known = [max(a, b) for a, b in zip(self.known, view, strict=True)]
+        self.learn(view)
         deadline = time.monotonic() + self.max_place_seconds
         foreign = 0
         skipped = 0
         while True:
+            if before_attempt is not None:
+                before_attempt()
             shard = self.shard
             sequence = self.known[shard] + 1
             key = self.log.key(shard, sequence)
@@ -219,9 +228,7 @@ class ShardedWriter:
             skipped += 1
             if foreign >= HOP_AFTER and self.log.shards > 1:  # another writer is active here: move
                 self.shard = random.choice([k for k in range(self.log.shards) if k != shard])
-                tail = self.log.list_shard_after(self.shard, self.known[self.shard])
-                if tail:
-                    self.known[self.shard] = int(tail[-1].position.split("/")[1])
+                self.known[self.shard] = self.log.shard_tail(self.shard, self.known[self.shard])
                 foreign = 0
             if time.monotonic() > deadline:
                 raise ConflictError(f"found no free log slot in {self.max_place_seconds:.0f} s ({skipped} taken by "

@@ -46,9 +46,12 @@ from objbutler.stores._endpoint import (
 from objbutler.stores._names import bucket_name_problem, parse_store_uri, validate_bucket_name
 from objbutler.stores._probe import ConditionalWriteProbe, probe_conditional_writes, probe_timestamp_resolution
 from objbutler.stores._retry import RetryPolicy
+from objbutler.stores.bulk import DeleteMany, delete_keys
 from objbutler.stores.wrapper import StoreWrapper, if_inner_has
 
 __all__ = [
+    "DeleteMany",
+    "delete_keys",
     "DEFAULT_MAX_CONCURRENCY",
     "ByteRange",
     "CompareAndSwap",

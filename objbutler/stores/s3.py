@@ -50,7 +50,7 @@ import functools
 import os
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import botocore.config
@@ -481,6 +481,28 @@ class S3Store(RemoteStore):
             raise
         except NotFoundError:
             pass
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete objects, up to 1,000 in one ``DeleteObjects`` request; missing keys are not an error.
+
+        Raises
+        ------
+        StoreError
+            If the server refused to delete some key (the message names the first).
+        """
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            request: dict[str, Any] = {"Objects": [{"Key": self._full(key)} for key in batch], "Quiet": True}
+
+            def send(client: Any, request: dict[str, Any] = request) -> dict[str, Any]:
+                return client.delete_objects(Bucket=self.bucket, Delete=request)
+
+            answer = self._call(send, batch[0], "delete")
+            errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise StoreError(f"s3 delete of {len(errors)} of {len(batch)} objects failed, first "
+                                 f"{errors[0].get('Key')!r}: {errors[0].get('Code')} {errors[0].get('Message')}")
 
     # -- listing --------------------------------------------------------------------------
 

@@ -1,0 +1,145 @@
+"""Compaction of a claimed repository's sharded log: short live log, one-listing refresh, nothing lost.
+
+A checkpoint writer records a marker, then deletes what an old enough marker folded. These tests
+cross many checkpoint boundaries with several writers (in one process, so that a writer can be held
+stale on purpose) and check that every committed dataset stays visible to fresh, warm and stale
+readers, that a stale writer never reuses a deleted slot, and what a refresh costs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Backend
+
+from objbutler.butler import Butler
+from objbutler.maintenance import fsck
+from objbutler.registry.log import LOG_PREFIX, MARKER_PREFIX, ShardedLog
+from objbutler.stores import DeleteMany, open_store
+from objbutler.stores.local import LocalStore
+from objbutler.testing.wrappers import CountingStore
+
+INTERVAL = 6
+
+
+def _create(tmp_path: Path, shards: int = 8) -> str:
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=shards)
+    return uri
+
+
+def _writer(uri: str, grace: float = 0.0) -> Butler:
+    butler = Butler(uri)
+    butler.registry.compaction_grace = grace
+    return butler
+
+
+def _live_entries(uri: str) -> list[str]:
+    return [m.key for m in LocalStore(uri).list(LOG_PREFIX)
+            if ShardedLog.parse(m.key) is not None]
+
+
+def test_many_checkpoints_keep_the_log_short_and_lose_nothing(tmp_path: Path) -> None:
+    uri = _create(tmp_path)
+    writers = [_writer(uri) for _ in range(4)]
+    warm = Butler(uri)
+    assert warm.query() == []
+    put = []
+    for n in range(120):
+        for i, butler in enumerate(writers):  # data types and keys change across checkpoint boundaries
+            if n % 3 == 0:
+                put.append(butler.put({"n": n}, "metric", {"visit": n, "detector": i}, run="r").id)
+            else:
+                put.append(butler.put({"n": n}, f"kind{n % 2}", {"exposure": n * 10 + i, "band": "g"}, run="r").id)
+        if n % 17 == 0:
+            assert {r.id for r in warm.query()} == set(put)  # a warm reader keeps up across compactions
+    markers = [m.key for m in LocalStore(uri).list(MARKER_PREFIX)]
+    assert markers, "no checkpoint was ever written"
+    assert len(_live_entries(uri)) < 10 * INTERVAL, "compaction did not delete folded commits"
+    for reader in (Butler(uri), warm, writers[0]):
+        assert {r.id for r in reader.query()} == set(put)
+    report = fsck(Butler(uri))
+    assert report.ok and report.claims == [] and report.orphans == []
+
+
+def test_a_stale_writer_never_reuses_a_deleted_slot(tmp_path: Path) -> None:
+    uri = _create(tmp_path, shards=1)  # one shard: the stale writer's next slot is certainly deleted
+    stale = _writer(uri)
+    first = stale.put({"v": 0}, "metric", {"visit": 0}, run="r")
+    busy = _writer(uri)
+    refs = [first] + [busy.put({"v": n}, "metric", {"visit": n}, run="r") for n in range(1, 60)]
+    assert len(_live_entries(uri)) < 60  # slots the stale writer still believes free were deleted
+    late = stale.put({"v": "late"}, "metric", {"visit": 1000}, run="r")
+    refs.append(late)
+    for reader in (Butler(uri), busy):
+        assert {r.id for r in reader.query()} == {r.id for r in refs}
+    assert fsck(Butler(uri)).ok
+
+
+def test_a_reader_overtaken_by_compaction_starts_again_from_a_checkpoint(tmp_path: Path) -> None:
+    uri = _create(tmp_path)
+    reader = Butler(uri)
+    writer = _writer(uri)
+    refs = [writer.put({"v": 0}, "metric", {"visit": 0}, run="r")]
+    assert [r.id for r in reader.query()] == [refs[0].id]
+    refs += [writer.put({"v": n}, "metric", {"visit": n}, run="r") for n in range(1, 80)]
+    assert {r.id for r in reader.query()} == {r.id for r in refs}
+
+
+@pytest.mark.parametrize("shards", [1, 64, 256])
+def test_a_warm_refresh_is_one_listing_whatever_the_number_of_shards(tmp_path: Path, shards: int) -> None:
+    uri = _create(tmp_path, shards=shards)
+    writer = _writer(uri)
+    for n in range(20):
+        writer.put({"v": n}, "metric", {"visit": n}, run="r")
+    counting = CountingStore(LocalStore(uri))
+    reader = Butler(uri, store=counting)
+    assert len(reader.query()) == 20
+    counting.reset()
+    assert len(reader.query()) == 20
+    assert counting.requests_by_method == {"list": 1}  # nothing new: one listing, no GET
+    for n in range(20, 23):
+        writer.put({"v": n}, "metric", {"visit": n}, run="r")
+    counting.reset()
+    assert len(reader.query()) == 23
+    assert counting.requests_by_method["list"] == 1
+    assert counting.requests - 1 <= 3 + 2  # the three new commits (and at most a marker and a checkpoint)
+
+
+def test_folding_reads_each_commit_about_once(tmp_path: Path) -> None:
+    """Whoever checkpoints reads the commits since the newest checkpoint, not since its own view."""
+    uri = _create(tmp_path)
+    counting = [CountingStore(LocalStore(uri)) for _ in range(4)]
+    writers = [Butler(uri, store=c) for c in counting]
+    for butler in writers:
+        butler.registry.compaction_grace = 0.0
+    puts = 0
+    for n in range(60):
+        for i, butler in enumerate(writers):
+            butler.put({"n": n}, "metric", {"visit": n, "detector": i}, run="r")
+            puts += 1
+    reads = sum(c.requests_by_method["get"] + c.requests_by_method["get_many"] for c in counting)
+    # Each commit is read about once by whoever folds it, plus each writer reads the markers written
+    # since its last check (writers / interval per commit: 4 / 6 here, 0.16 at 16 writers and 100).
+    assert reads <= (1 + len(writers) / INTERVAL + 0.35) * puts, f"{reads} GETs for {puts} puts"
+
+
+def test_compaction_on_localstack_deletes_in_batches(localstack_backend: Backend) -> None:
+    """The S3 store deletes folded commits with DeleteObjects; readers and fsck see every dataset."""
+    uri = localstack_backend.new_uri()
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=8,
+                  **localstack_backend.options)
+    writers = []
+    for _ in range(3):
+        butler = Butler(uri, **localstack_backend.options)
+        butler.registry.compaction_grace = 0.0
+        writers.append(butler)
+    put = [w.put({"n": n}, "metric", {"visit": n, "detector": i}, run="r").id
+           for n in range(25) for i, w in enumerate(writers)]
+    store = open_store(uri, **localstack_backend.options)
+    assert isinstance(store, DeleteMany)
+    live = [m.key for m in store.list(LOG_PREFIX) if ShardedLog.parse(m.key) is not None]
+    assert len(live) < 5 * INTERVAL
+    assert {r.id for r in Butler(uri, **localstack_backend.options).query()} == set(put)
+    assert fsck(Butler(uri, **localstack_backend.options)).ok
