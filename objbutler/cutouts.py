@@ -65,6 +65,7 @@ __all__ = [
     "cutout_wcs",
     "plan_stamp",
     "plan_stamps",
+    "plan_stamp_arrays",
 ]
 
 ClipMode = Literal["trim", "partial", "strict"]
@@ -215,59 +216,81 @@ def accepts(box: Box, image_shape: tuple[int, ...], mode: ClipMode) -> bool:
 def plan_stamps(boxes: Sequence[Box] | np.ndarray, image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
     """Plan every box of a request (see :func:`plan_stamp`).
 
-    ``boxes`` may also be an ``(N, 4)`` integer array of corners ``(x0, y0, x1, y1)``: what a caller
-    that computed them with numpy passes (no Box per request is made until the plan's).
-    The clipping is computed for all boxes at once; the plans and the errors are those of
-    :func:`plan_stamp` applied box by box.
+    ``boxes`` may also be an ``(N, 4)`` integer array of corners ``(x0, y0, x1, y1)``. The clipping
+    is computed for all boxes at once (:func:`plan_stamp_arrays`); the plans and the errors are those
+    of :func:`plan_stamp` applied box by box.
 
     Raises
     ------
     InvalidCutoutError
-        For an unknown mode, a box that clipping rules out, or stamps that
-        would hold more than :func:`max_stamp_pixels` pixels in all.
+        For an unknown mode, a box that clipping rules out, stamps that would hold more than
+        :func:`max_stamp_pixels` pixels in all, or corners beyond 64-bit integers.
+    """
+    bboxes, reads = plan_stamp_arrays(boxes, image_shape, mode)
+    plans = []
+    for index, row in enumerate(np.concatenate([bboxes, reads], axis=1).tolist()):
+        bbox = Box(row[0], row[1], row[2], row[3])
+        whole = row[0] == row[4] and row[1] == row[5] and row[2] == row[6] and row[3] == row[7]
+        plans.append(StampPlan(index, bbox, bbox if whole else Box(row[4], row[5], row[6], row[7])))
+    return plans
+
+
+def plan_stamp_arrays(boxes: Sequence[Box] | np.ndarray, image_shape: tuple[int, int],
+                      mode: ClipMode) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`plan_stamps` as two ``(N, 4)`` int64 arrays of corners: each stamp's ``bbox`` and ``read``.
+
+    What a reader that cuts thousands of stamps uses: no Python object per stamp (the checks, the
+    clipping and the pixel bound are numpy operations over all boxes).
+
+    Parameters
+    ----------
+    boxes : sequence of Box or (x0, y0, x1, y1), or an (N, 4) integer array of corners
+        The requested boxes.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the parent image.
+    mode : {"trim", "partial", "strict"}
+        Clipping mode.
+
+    Returns
+    -------
+    bbox, read : numpy.ndarray
+        Per box, ``x0, y0, x1, y1`` of the stamp's extent and of the part of the image to read.
+
+    Raises
+    ------
+    InvalidCutoutError
+        As :func:`plan_stamps`.
     """
     if mode not in _MODES:
         raise InvalidCutoutError(f"mode must be one of {_MODES}, got {mode!r}")
     given, corners = _box_corners(boxes)
     ny, nx = int(image_shape[0]), int(image_shape[1])
-    if corners is None:  # corners beyond int64: the plain route
-        image = Box(0, 0, nx, ny)
-        plans = [_plan_stamp(i, box, image, mode) for i, box in enumerate(given or ())]
-        check_stamp_pixels(plan.bbox for plan in plans)
-        return plans
     x0, y0, x1, y1 = corners.T
     rx0, ry0 = np.maximum(x0, 0), np.maximum(y0, 0)  # Box.intersection, vectorized
     rx1, ry1 = np.maximum(rx0, np.minimum(x1, nx)), np.maximum(ry0, np.minimum(y1, ny))
-    inside = (rx0 == x0) & (ry0 == y0) & (rx1 == x1) & (ry1 == y1)
+    reads = np.column_stack([rx0, ry0, rx1, ry1])
     if mode == "strict":
-        refused = ~inside
+        refused = np.any(reads != corners, axis=1)
     elif mode == "trim":
         refused = ((rx1 == rx0) | (ry1 == ry0)) & (x1 > x0) & (y1 > y0)
     else:
         refused = None
     if refused is not None and refused.any():
         first = int(np.argmax(refused))
-        box = given[first] if given is not None else Box(*(int(v) for v in corners[first]))
+        box = given[first] if given is not None else Box(*corners[first].tolist())
         _plan_stamp(first, box, Box(0, 0, nx, ny), mode)  # raises its error
-    if mode == "partial":
-        areas = (x1 - x0).astype(np.float64) * (y1 - y0)
-    else:
-        areas = (rx1 - rx0).astype(np.float64) * (ry1 - ry0)
-    _check_areas(areas)
-    plans = []
-    reads = np.column_stack([rx0, ry0, rx1, ry1]).tolist()
-    for index, (whole, read) in enumerate(zip(inside.tolist(), reads, strict=True)):
-        box = given[index] if given is not None else Box(*corners[index].tolist())
-        clipped = box if whole else Box(*read)
-        plans.append(StampPlan(index, box if mode == "partial" else clipped, clipped))
-    return plans
+    bboxes = corners if mode == "partial" else reads
+    _check_areas((bboxes[:, 2] - bboxes[:, 0]).astype(np.float64) * (bboxes[:, 3] - bboxes[:, 1]))
+    return bboxes, reads
 
 
-def _box_corners(boxes: Sequence[Box] | np.ndarray) -> tuple[list[Box] | None, np.ndarray | None]:
-    """The boxes (when given as boxes) and their ``(N, 4)`` int64 corners (None if beyond int64)."""
+def _box_corners(boxes: Sequence[Box] | np.ndarray) -> tuple[list[Box] | None, np.ndarray]:
+    """The boxes (when given as boxes) and their ``(N, 4)`` int64 corners."""
     if isinstance(boxes, np.ndarray):
         if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype.kind not in "iu":
             raise InvalidCutoutError(f"box corners must be an (N, 4) integer array, got {boxes.dtype} {boxes.shape}")
+        if boxes.dtype.kind == "u" and boxes.size and int(boxes.max()) > np.iinfo(np.int64).max:
+            raise InvalidCutoutError("box corners must fit in 64-bit integers")
         corners = boxes.astype(np.int64, copy=False)
         bad = np.flatnonzero((corners[:, 2] < corners[:, 0]) | (corners[:, 3] < corners[:, 1]))
         if bad.size:
@@ -277,7 +300,7 @@ def _box_corners(boxes: Sequence[Box] | np.ndarray) -> tuple[list[Box] | None, n
     try:
         corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in given], dtype=np.int64).reshape(-1, 4)
     except OverflowError:
-        return given, None
+        raise InvalidCutoutError("box corners must fit in 64-bit integers") from None
     return given, corners
 
 

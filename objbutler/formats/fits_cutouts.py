@@ -26,7 +26,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from astropy.wcs import WCS
 
-from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
+from objbutler.cutouts import (
+    Box,
+    ClipMode,
+    Cutout,
+    ParentWCS,
+    StampPlan,
+    new_stamp,
+    plan_stamp_arrays,
+    plan_stamps,
+    stamp_dtype,
+)
 from objbutler.errors import FormatError
 from objbutler.formats._image import _wcs_from
 from objbutler.formats.fits_headers import (
@@ -48,12 +58,12 @@ __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
 # --------------------------------------------------------------------- stamp planning (pure)
 
 
-def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) -> np.ndarray:
+def row_ranges(reads: Sequence[Box] | np.ndarray, nx: int, itemsize: int, data_start: int) -> np.ndarray:
     """The byte ranges of every row of every box of an uncompressed 2-D image.
 
     Parameters
     ----------
-    reads : sequence of Box
+    reads : sequence of Box, or an (N, 4) integer array of their corners
         Boxes inside the image (empty boxes contribute nothing).
     nx : int
         NAXIS1, pixels per image row.
@@ -67,7 +77,11 @@ def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) ->
     numpy.ndarray
         ``(n, 2)`` int64 array of half-open ``(start, stop)`` offsets, box by box, row by row.
     """
-    corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in reads if not b.is_empty], dtype=np.int64).reshape(-1, 4)
+    if isinstance(reads, np.ndarray):
+        corners = reads.astype(np.int64, copy=False).reshape(-1, 4)
+        corners = corners[(corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])]
+    else:
+        corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in reads if not b.is_empty], dtype=np.int64).reshape(-1, 4)
     heights = corners[:, 3] - corners[:, 1]
     row_in_box = np.arange(int(heights.sum()), dtype=np.int64) - np.repeat(np.cumsum(heights) - heights, heights)
     rows = np.repeat(corners[:, 1], heights) + row_in_box
@@ -207,16 +221,18 @@ def read_fits_cutouts(
     if len(facts.shape) != 2:
         raise FormatError(f"HDU {info.index} of {key!r} is {len(facts.shape)}-D; cutouts need a 2-D image")
     shape = (facts.shape[0], facts.shape[1])
-    plans = plan_stamps(boxes, shape, mode)
+    plans = plan_stamps(boxes, shape, mode) if facts.kind == "compressed" else None
+    bboxes, reads = plan_stamp_arrays(boxes, shape, mode) if plans is None else (None, None)
     if parent_wcs is not None:
         wcs = ParentWCS(lambda: parent_wcs)
     elif hinted is not None:
         wcs = ParentWCS(lambda: read_fits_wcs(store, key, hdu=hinted.index))
     else:
         wcs = ParentWCS(lambda: _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header))
-    if facts.kind == "compressed":
+    if plans is not None:
         return _compressed_cutouts(reader, info, plans, fill_value, cost, wcs)
-    return _image_cutouts(reader, info, plans, fill_value, cost, wcs, facts.scaling)
+    assert bboxes is not None and reads is not None
+    return _image_cutouts(reader, info, bboxes, reads, fill_value, cost, wcs, facts.scaling, shape[1])
 
 
 class _Facts(NamedTuple):
@@ -281,31 +297,52 @@ def read_fits_wcs(store: ReadRanges, key: str, *, hdu: HduSelector = None) -> WC
 
 
 def _image_cutouts(
-    reader: HeaderReader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel, wcs: ParentWCS,
-    scaling: PixelScaling | None = None,
+    reader: HeaderReader, info: HduInfo, bboxes: np.ndarray, reads: np.ndarray, fill_value: float, cost: CostModel,
+    wcs: ParentWCS, scaling: PixelScaling | None, nx: int,
 ) -> list[Cutout]:
+    """Stamps of a plain image HDU from their planned corners (:func:`plan_stamp_arrays`).
+
+    The byte offsets of every stamp, and which fetched block holds all its rows, are numpy
+    operations over all stamps; per stamp, one strided view of its block and one copy remain.
+    """
     scaling = scaling or PixelScaling.from_header(info.header)
-    itemsize = scaling.raw_dtype.itemsize
-    nx = info.image_shape[1]
-    plan = plan_reads(row_ranges([p.read for p in plans], nx, itemsize, info.data_start), cost)
+    raw_dtype = scaling.raw_dtype
+    itemsize, stride = raw_dtype.itemsize, nx * raw_dtype.itemsize
+    plan = plan_reads(row_ranges(reads, nx, itemsize, info.data_start), cost)
     fetched = reader.fetch(plan)
-    dtype = scaling.dtype
+    dtype, plain = scaling.dtype, scaling.is_plain
+    padded_dtype = stamp_dtype(dtype, fill_value)
+    heights, widths = reads[:, 3] - reads[:, 1], reads[:, 2] - reads[:, 0]
+    firsts = info.data_start + (reads[:, 1] * nx + reads[:, 0]) * itemsize
+    ends = firsts + (heights - 1) * stride + widths * itemsize  # one past the last row's last byte
+    # per stamp, the block holding its first byte, and its offset there when the block holds every row
+    block_starts = np.array([block.start for block in plan.blocks] or [0], dtype=np.int64)
+    block_stops = np.array([block.stop for block in plan.blocks] or [0], dtype=np.int64)
+    holder = np.searchsorted(block_starts, firsts, side="right") - 1
+    known = np.maximum(holder, 0)
+    inside = (holder >= 0) & (ends <= block_stops[known])
+    offsets = np.where(inside, firsts - block_starts[known], -1)
+    table = np.column_stack([bboxes, reads, holder, offsets, firsts]).tolist()
     stamps = []
-    raw_dtype, stride = scaling.raw_dtype, nx * itemsize
-    plain = scaling.is_plain
-    for stamp_plan in plans:
-        read = stamp_plan.read
-        if read.x1 > read.x0 and read.y1 > read.y0:
-            first = info.data_start + (read.y0 * nx + read.x0) * itemsize
-            raw = stamp_rows(plan, fetched, first, stride, (read.y1 - read.y0, read.x1 - read.x0), raw_dtype)
-            if plain and read is stamp_plan.bbox:
-                data = raw.astype(dtype)  # the usual stamp: one byte-swapping copy, straight out of the block
+    for index, (bx0, by0, bx1, by1, rx0, ry0, rx1, ry1, block, offset, first) in enumerate(table):
+        bbox = Box(bx0, by0, bx1, by1)
+        whole = bx0 == rx0 and by0 == ry0 and bx1 == rx1 and by1 == ry1
+        read = bbox if whole else Box(rx0, ry0, rx1, ry1)
+        shape = (by1 - by0, bx1 - bx0)
+        if rx1 > rx0 and ry1 > ry0:
+            rows = (ry1 - ry0, rx1 - rx0)
+            if offset >= 0:  # the usual stamp: every row in one fetched block, a strided view of it
+                raw = np.ndarray(rows, raw_dtype, buffer=fetched[block], offset=offset, strides=(stride, itemsize))
             else:
-                data = new_stamp(stamp_plan, dtype, fill_value)
-                data[stamp_plan.destination] = raw if plain else scaling.decode(raw)
+                raw = stamp_rows(plan, fetched, first, stride, rows, raw_dtype)
+            if plain and whole:
+                data = raw.astype(dtype)  # one byte-swapping copy, straight out of the block
+            else:
+                data = np.empty(shape, dtype) if whole else np.full(shape, fill_value, padded_dtype)
+                data[ry0 - by0 : ry1 - by0, rx0 - bx0 : rx1 - bx0] = raw if plain else scaling.decode(raw)
         else:
-            data = new_stamp(stamp_plan, dtype, fill_value)
-        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index, read=stamp_plan.read))
+            data = np.empty(shape, dtype) if whole else np.full(shape, fill_value, padded_dtype)
+        stamps.append(Cutout.from_parent(data, bbox, wcs, index, read=read))
     return stamps
 
 
