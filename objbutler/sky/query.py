@@ -179,10 +179,11 @@ _FAR = 2.0**52
 
 def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRef], size: Any,
                 mode: ClipMode) -> tuple[list[_ImageJob], list[Skipped]]:
-    """Group (position, image) pairs by image and turn each into pixel boxes (no I/O).
+    """Group (position, image) pairs by image and turn each into a pixel box (no I/O).
 
-    Per image, one WCS call places all its positions and numpy makes and clips their boxes: no
-    Python object per stamp but the pixel position Cutout2D reports (see ``docs/design.md``).
+    One WCS call per image places all its positions; the boxes, their clipping and the grouping
+    are numpy operations over every pair at once, so an image costs its WCS call and a stamp no
+    Python object but the pixel position Cutout2D reports (see ``docs/design.md``).
     """
     ra_all, dec_all = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
     codes: dict[str, int] = {}
@@ -190,45 +191,60 @@ def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRe
     for ref in refs:
         if codes.setdefault(ref.id, len(codes)) == len(images):
             images.append(ref)
-    image_of = np.fromiter((codes[ref.id] for ref in refs), dtype=np.int64, count=len(refs))
+    pairs = len(refs)
+    image_of = np.fromiter((codes[ref.id] for ref in refs), dtype=np.int64, count=pairs)
     order = np.argsort(image_of, kind="stable")  # pairs by image, each image's in the index's order
-    bounds = np.searchsorted(image_of[order], np.arange(len(images) + 1))
-    jobs, skipped = [], []
+    bounds = np.searchsorted(image_of[order], np.arange(len(images) + 1)).tolist()
+    # per pair: pixel position, stamp size (ny, nx) and image shape (ny, nx); NaN/0 where not planned
+    xs, ys = np.full(pairs, np.nan), np.full(pairs, np.nan)
+    sides = np.zeros((pairs, 4), dtype=np.int64)
+    planned = np.zeros(pairs, dtype=bool)
+    wcs_of: list[WCS | None] = [None] * len(images)
+    skipped: list[Skipped] = []
     for code, ref in enumerate(images):
         slots = order[bounds[code] : bounds[code + 1]]
-        indices = position[slots]
         if ref.format not in ("fits", "zarr"):
-            skipped += [Skipped(i, ref, f"{ref.format} is not an image format") for i in indices.tolist()]
+            skipped += [Skipped(i, ref, f"{ref.format} is not an image format") for i in position[slots].tolist()]
             continue
-        wcs = _registry_wcs(ref)
+        wcs = wcs_of[code] = _registry_wcs(ref)
         if wcs is None:
-            skipped += [Skipped(i, ref, "the registry's WCS cards do not build a WCS") for i in indices.tolist()]
+            reason = "the registry's WCS cards do not build a WCS"
+            skipped += [Skipped(i, ref, reason) for i in position[slots].tolist()]
             continue
-        shape = tuple(int(n) for n in ref.sky["shape"])  # type: ignore[index]
-        ny, nx = _stamp_size(size, wcs)
-        xs, ys = _pixel_positions(coords[indices] if not _celestial(wcs)[1] else coords, wcs,
-                                  (ra_all[indices], dec_all[indices]))
-        placed = np.isfinite(xs) & np.isfinite(ys) & (np.abs(xs) < _FAR) & (np.abs(ys) < _FAR)
-        for i in indices[~placed].tolist():
-            skipped.append(Skipped(i, ref, "the WCS gives no pixel position"))
-        # Cutout2D's rounding (x0 = ceil(x - nx / 2)), as math.ceil gives it per stamp
-        x0 = np.ceil(np.where(placed, xs, 0.0) - nx / 2.0).astype(np.int64)
-        y0 = np.ceil(np.where(placed, ys, 0.0) - ny / 2.0).astype(np.int64)
-        boxes = np.column_stack([x0, y0, x0 + nx, y0 + ny])
-        keep = placed & _accepted(boxes, shape, mode)
-        for i, corners in zip(indices[placed & ~keep].tolist(), boxes[placed & ~keep].tolist(), strict=True):
-            box = Box(*corners)
-            skipped.append(Skipped(i, ref, f"{mode} mode refuses {box} on the {shape[0]}x{shape[1]} image"))
-        if keep.any():
-            jobs.append(_ImageJob(ref, wcs, indices[keep].tolist(), boxes[keep],
-                                  list(zip(xs[keep].tolist(), ys[keep].tolist(), strict=True)), slots[keep].tolist()))
+        indices = position[slots]
+        xs[slots], ys[slots] = _pixel_positions(coords[indices] if not _celestial(wcs)[1] else coords, wcs,
+                                                (ra_all[indices], dec_all[indices]))
+        sides[slots] = (*_stamp_size(size, wcs), *(int(n) for n in ref.sky["shape"]))  # type: ignore[index]
+        planned[slots] = True
+    placed = planned & np.isfinite(xs) & np.isfinite(ys) & (np.abs(xs) < _FAR) & (np.abs(ys) < _FAR)
+    # Cutout2D's rounding (x0 = ceil(x - nx / 2)), as math.ceil gives it per stamp
+    x0 = np.ceil(np.where(placed, xs, 0.0) - sides[:, 1] / 2.0).astype(np.int64)
+    y0 = np.ceil(np.where(placed, ys, 0.0) - sides[:, 0] / 2.0).astype(np.int64)
+    boxes = np.column_stack([x0, y0, x0 + sides[:, 1], y0 + sides[:, 0]])
+    keep = placed & _accepted(boxes, sides[:, 2], sides[:, 3], mode)
+    for slot in np.flatnonzero(planned & ~placed).tolist():
+        skipped.append(Skipped(int(position[slot]), refs[slot], "the WCS gives no pixel position"))
+    for slot in np.flatnonzero(placed & ~keep).tolist():
+        box, (ny, nx) = Box(*boxes[slot].tolist()), sides[slot, 2:].tolist()
+        skipped.append(Skipped(int(position[slot]), refs[slot], f"{mode} mode refuses {box} on the {ny}x{nx} image"))
+    kept = order[keep[order]]  # kept pairs, by image
+    edges = np.searchsorted(image_of[kept], np.arange(len(images) + 1)).tolist()
+    kept_positions, kept_slots = position[kept].tolist(), kept.tolist()
+    kept_pixels = list(zip(xs[kept].tolist(), ys[kept].tolist(), strict=True))
+    kept_boxes = boxes[kept]
+    jobs = []
+    for code, ref in enumerate(images):
+        low, high = edges[code], edges[code + 1]
+        wcs = wcs_of[code]
+        if high > low and wcs is not None:
+            jobs.append(_ImageJob(ref, wcs, kept_positions[low:high], kept_boxes[low:high], kept_pixels[low:high],
+                                  kept_slots[low:high]))
     return jobs, skipped
 
 
-def _accepted(boxes: np.ndarray, shape: tuple[int, ...], mode: ClipMode) -> np.ndarray:
-    """:func:`objbutler.cutouts.accepts` of every box (none empty) on an image of ``shape``, vectorized."""
+def _accepted(boxes: np.ndarray, ny: np.ndarray, nx: np.ndarray, mode: ClipMode) -> np.ndarray:
+    """:func:`objbutler.cutouts.accepts` of every box (none empty) on images of ``ny`` x ``nx``, vectorized."""
     x0, y0, x1, y1 = boxes.T
-    ny, nx = shape[0], shape[1]
     if mode == "strict":
         return (x0 >= 0) & (y0 >= 0) & (x1 <= nx) & (y1 <= ny)
     if mode == "trim":  # some overlap
