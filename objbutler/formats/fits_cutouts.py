@@ -49,7 +49,7 @@ from objbutler.formats.fits_headers import (
     locate,
 )
 from objbutler.formats.fits_tiles import TileTable, image_header
-from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
+from objbutler.ranges import DEFAULT_MAX_BLOCK, ByteRange, CostModel, ReadPlan, extract, plan_reads
 from objbutler.stores import ReadRanges, run_concurrently
 
 __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
@@ -308,20 +308,28 @@ def _image_cutouts(
     scaling = scaling or PixelScaling.from_header(info.header)
     raw_dtype = scaling.raw_dtype
     itemsize, stride = raw_dtype.itemsize, nx * raw_dtype.itemsize
-    plan = plan_reads(row_ranges(reads, nx, itemsize, info.data_start), cost)
-    fetched = reader.fetch(plan)
-    dtype, plain = scaling.dtype, scaling.is_plain
-    padded_dtype = stamp_dtype(dtype, fill_value)
     heights, widths = reads[:, 3] - reads[:, 1], reads[:, 2] - reads[:, 0]
     firsts = info.data_start + (reads[:, 1] * nx + reads[:, 0]) * itemsize
     ends = firsts + (heights - 1) * stride + widths * itemsize  # one past the last row's last byte
-    # per stamp, the block holding its first byte, and its offset there when the block holds every row
-    block_starts = np.array([block.start for block in plan.blocks] or [0], dtype=np.int64)
-    block_stops = np.array([block.stop for block in plan.blocks] or [0], dtype=np.int64)
-    holder = np.searchsorted(block_starts, firsts, side="right") - 1
-    known = np.maximum(holder, 0)
-    inside = (holder >= 0) & (ends <= block_stops[known])
-    offsets = np.where(inside, firsts - block_starts[known], -1)
+    pixels = (heights > 0) & (widths > 0)
+    low, high = (int(firsts[pixels].min()), int(ends[pixels].max())) if pixels.any() else (0, 0)
+    if 0 < high - low <= min(cost.break_even_bytes, DEFAULT_MAX_BLOCK):
+        # What plan_reads makes of the stamps' rows when they span at most one break-even size (an
+        # object history's one stamp per image): one block from the first stamp byte to the last.
+        plan = ReadPlan([ByteRange(low, high)])
+        holder, offsets = np.zeros_like(firsts), firsts - low
+    else:
+        plan = plan_reads(row_ranges(reads, nx, itemsize, info.data_start), cost)
+        # per stamp, the block holding its first byte, and its offset there when the block holds every row
+        block_starts = np.array([block.start for block in plan.blocks] or [0], dtype=np.int64)
+        block_stops = np.array([block.stop for block in plan.blocks] or [0], dtype=np.int64)
+        holder = np.searchsorted(block_starts, firsts, side="right") - 1
+        known = np.maximum(holder, 0)
+        inside = (holder >= 0) & (ends <= block_stops[known])
+        offsets = np.where(inside, firsts - block_starts[known], -1)
+    fetched = reader.fetch(plan)
+    dtype, plain = scaling.dtype, scaling.is_plain
+    padded_dtype = stamp_dtype(dtype, fill_value)
     table = np.column_stack([bboxes, reads, holder, offsets, firsts]).tolist()
     stamps = []
     for index, (bx0, by0, bx1, by1, rx0, ry0, rx1, ry1, block, offset, first) in enumerate(table):
