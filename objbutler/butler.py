@@ -931,7 +931,7 @@ class Butler:
                 stamp.input_position_original = (x, y)
         return stamps
 
-    def read_image_cutouts(self, ref: DatasetRef, boxes: Sequence[Box], mode: ClipMode = "trim",
+    def read_image_cutouts(self, ref: DatasetRef, boxes: Sequence[Box] | np.ndarray, mode: ClipMode = "trim",
                            fill_value: float = np.nan, *, cost: Any = None, parent_wcs: Any = None,
                            hdu: int | str | None = None) -> list[Cutout]:
         """Stamps at pixel boxes of one image dataset, wherever its data is (the one reader of image pixels).

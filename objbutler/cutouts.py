@@ -65,6 +65,7 @@ __all__ = [
     "cutout_wcs",
     "plan_stamp",
     "plan_stamps",
+    "plan_stamp_arrays",
 ]
 
 ClipMode = Literal["trim", "partial", "strict"]
@@ -212,21 +213,106 @@ def accepts(box: Box, image_shape: tuple[int, ...], mode: ClipMode) -> bool:
     return mode == "partial" or not overlap.is_empty or box.is_empty
 
 
-def plan_stamps(boxes: Sequence[Box], image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
+def plan_stamps(boxes: Sequence[Box] | np.ndarray, image_shape: tuple[int, int], mode: ClipMode) -> list[StampPlan]:
     """Plan every box of a request (see :func:`plan_stamp`).
+
+    ``boxes`` may also be an ``(N, 4)`` integer array of corners ``(x0, y0, x1, y1)``. The clipping
+    is computed for all boxes at once (:func:`plan_stamp_arrays`); the plans and the errors are those
+    of :func:`plan_stamp` applied box by box.
 
     Raises
     ------
     InvalidCutoutError
-        For an unknown mode, a box that clipping rules out, or stamps that
-        would hold more than :func:`max_stamp_pixels` pixels in all.
+        For an unknown mode, a box that clipping rules out, stamps that would hold more than
+        :func:`max_stamp_pixels` pixels in all, or corners beyond 64-bit integers.
+    """
+    bboxes, reads = plan_stamp_arrays(boxes, image_shape, mode)
+    plans = []
+    for index, row in enumerate(np.concatenate([bboxes, reads], axis=1).tolist()):
+        bbox = Box(row[0], row[1], row[2], row[3])
+        whole = row[0] == row[4] and row[1] == row[5] and row[2] == row[6] and row[3] == row[7]
+        plans.append(StampPlan(index, bbox, bbox if whole else Box(row[4], row[5], row[6], row[7])))
+    return plans
+
+
+def plan_stamp_arrays(boxes: Sequence[Box] | np.ndarray, image_shape: tuple[int, int],
+                      mode: ClipMode) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`plan_stamps` as two ``(N, 4)`` int64 arrays of corners: each stamp's ``bbox`` and ``read``.
+
+    What a reader that cuts thousands of stamps uses: no Python object per stamp (the checks, the
+    clipping and the pixel bound are numpy operations over all boxes).
+
+    Parameters
+    ----------
+    boxes : sequence of Box or (x0, y0, x1, y1), or an (N, 4) integer array of corners
+        The requested boxes.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the parent image.
+    mode : {"trim", "partial", "strict"}
+        Clipping mode.
+
+    Returns
+    -------
+    bbox, read : numpy.ndarray
+        Per box, ``x0, y0, x1, y1`` of the stamp's extent and of the part of the image to read.
+
+    Raises
+    ------
+    InvalidCutoutError
+        As :func:`plan_stamps`.
     """
     if mode not in _MODES:
         raise InvalidCutoutError(f"mode must be one of {_MODES}, got {mode!r}")
-    image = Box(0, 0, int(image_shape[1]), int(image_shape[0]))
-    plans = [_plan_stamp(i, as_box(box), image, mode) for i, box in enumerate(boxes)]
-    check_stamp_pixels(plan.bbox for plan in plans)
-    return plans
+    given, corners = _box_corners(boxes)
+    ny, nx = int(image_shape[0]), int(image_shape[1])
+    x0, y0, x1, y1 = corners.T
+    rx0, ry0 = np.maximum(x0, 0), np.maximum(y0, 0)  # Box.intersection, vectorized
+    rx1, ry1 = np.maximum(rx0, np.minimum(x1, nx)), np.maximum(ry0, np.minimum(y1, ny))
+    reads = np.column_stack([rx0, ry0, rx1, ry1])
+    if mode == "strict":
+        refused = np.any(reads != corners, axis=1)
+    elif mode == "trim":
+        refused = ((rx1 == rx0) | (ry1 == ry0)) & (x1 > x0) & (y1 > y0)
+    else:
+        refused = None
+    if refused is not None and refused.any():
+        first = int(np.argmax(refused))
+        box = given[first] if given is not None else Box(*corners[first].tolist())
+        _plan_stamp(first, box, Box(0, 0, nx, ny), mode)  # raises its error
+    bboxes = corners if mode == "partial" else reads
+    _check_areas((bboxes[:, 2] - bboxes[:, 0]).astype(np.float64) * (bboxes[:, 3] - bboxes[:, 1]))
+    return bboxes, reads
+
+
+def _box_corners(boxes: Sequence[Box] | np.ndarray) -> tuple[list[Box] | None, np.ndarray]:
+    """The boxes (when given as boxes) and their ``(N, 4)`` int64 corners."""
+    if isinstance(boxes, np.ndarray):
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype.kind not in "iu":
+            raise InvalidCutoutError(f"box corners must be an (N, 4) integer array, got {boxes.dtype} {boxes.shape}")
+        if boxes.dtype.kind == "u" and boxes.size and int(boxes.max()) > np.iinfo(np.int64).max:
+            raise InvalidCutoutError("box corners must fit in 64-bit integers")
+        corners = boxes.astype(np.int64, copy=False)
+        bad = np.flatnonzero((corners[:, 2] < corners[:, 0]) | (corners[:, 3] < corners[:, 1]))
+        if bad.size:
+            Box(*corners[int(bad[0])].tolist())  # raises its error
+        return None, corners
+    given = [as_box(box) for box in boxes]
+    try:
+        corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in given], dtype=np.int64).reshape(-1, 4)
+    except OverflowError:
+        raise InvalidCutoutError("box corners must fit in 64-bit integers") from None
+    return given, corners
+
+
+def _check_areas(areas: np.ndarray) -> None:
+    """:func:`check_stamp_pixels` for stamp areas computed with numpy (float64: exact below 2**53)."""
+    limit = max_stamp_pixels()
+    over = np.flatnonzero(np.cumsum(areas) > limit)
+    if over.size:
+        raise InvalidCutoutError(
+            f"the stamps of this request hold more than {limit:,} pixels (reached at request {int(over[0])}); "
+            "ask for fewer or smaller stamps, or raise OBJBUTLER_MAX_CUTOUT_PIXELS"
+        )
 
 
 def max_stamp_pixels() -> int:
@@ -530,8 +616,8 @@ class Cutout:
     ``wcs``; everywhere else the two are equal.
     """
 
-    __slots__ = ("_parent_wcs", "_slices_original", "_wcs", "bbox", "data", "index", "input_position_original",
-                 "ref")
+    __slots__ = ("_parent_wcs", "_read", "_slices_original", "_wcs", "bbox", "data", "index",
+                 "input_position_original", "ref")
 
     def __init__(self, data: np.ndarray, bbox: Box, wcs: WCS | None = None, index: int = 0) -> None:
         self.data = data
@@ -542,6 +628,7 @@ class Cutout:
         self.ref: Any = None
         self.input_position_original: tuple[float, float] | None = None
         self._slices_original: tuple[slice, slice] | None = None
+        self._read: Box | None = None  # the image part the pixels came from: slices_original, made when asked
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -575,6 +662,9 @@ class Cutout:
         box clipped at 0 (the far edge of the image is unknown here).
         """
         if self._slices_original is not None:
+            return self._slices_original
+        if self._read is not None:
+            self._slices_original = self._read.slices()
             return self._slices_original
         box = self.bbox
         return (slice(max(box.y0, 0), max(box.y1, 0)), slice(max(box.x0, 0), max(box.x1, 0)))
@@ -645,8 +735,7 @@ class Cutout:
         """
         stamp = cls(data, bbox, None, index)
         stamp._parent_wcs = parent_wcs
-        if read is not None:
-            stamp._slices_original = read.slices()
+        stamp._read = read  # slices_original made from it when first asked for
         return stamp
 
     @property

@@ -302,8 +302,15 @@ def plan_reads(
     keep = stops > starts
     if not keep.any():
         return ReadPlan([])
-    run_starts, run_stops = _union(starts[keep], stops[keep], 1)
+    starts, stops = starts[keep], stops[keep]
     break_even = cost.break_even_bytes
+    first, last = int(starts.min()), int(stops.max())
+    if last - first <= min(break_even, max_block):
+        # What the steps below give when the needs span at most one break-even size (the usual few
+        # stamps of one image): every gap is shorter than b, so one cluster, whose one piece is
+        # trimmed to the needs: one block, without the sorting and the unions.
+        return ReadPlan([ByteRange(first, last)])
+    run_starts, run_stops = _union(starts, stops, 1)
     cluster_starts, cluster_stops = _union(run_starts, run_stops, break_even)
     spread = int(np.sum(cluster_stops - cluster_starts)) / cost.concurrency
     target = max(1, min(max(math.ceil(spread), break_even), max_block))

@@ -18,14 +18,25 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from astropy.wcs import WCS
 
-from objbutler.cutouts import Box, ClipMode, Cutout, ParentWCS, StampPlan, new_stamp, plan_stamps
+from objbutler.cutouts import (
+    Box,
+    ClipMode,
+    Cutout,
+    ParentWCS,
+    StampPlan,
+    new_stamp,
+    plan_stamp_arrays,
+    plan_stamps,
+    stamp_dtype,
+)
 from objbutler.errors import FormatError
 from objbutler.formats._image import _wcs_from
 from objbutler.formats.fits_headers import (
@@ -38,7 +49,7 @@ from objbutler.formats.fits_headers import (
     locate,
 )
 from objbutler.formats.fits_tiles import TileTable, image_header
-from objbutler.ranges import CostModel, ReadPlan, extract, plan_reads
+from objbutler.ranges import DEFAULT_MAX_BLOCK, ByteRange, CostModel, ReadPlan, extract, plan_reads
 from objbutler.stores import ReadRanges, run_concurrently
 
 __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
@@ -47,12 +58,12 @@ __all__ = ["read_fits_cutouts", "read_fits_wcs", "row_ranges", "stamp_rows"]
 # --------------------------------------------------------------------- stamp planning (pure)
 
 
-def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) -> np.ndarray:
+def row_ranges(reads: Sequence[Box] | np.ndarray, nx: int, itemsize: int, data_start: int) -> np.ndarray:
     """The byte ranges of every row of every box of an uncompressed 2-D image.
 
     Parameters
     ----------
-    reads : sequence of Box
+    reads : sequence of Box, or an (N, 4) integer array of their corners
         Boxes inside the image (empty boxes contribute nothing).
     nx : int
         NAXIS1, pixels per image row.
@@ -66,7 +77,11 @@ def row_ranges(reads: Sequence[Box], nx: int, itemsize: int, data_start: int) ->
     numpy.ndarray
         ``(n, 2)`` int64 array of half-open ``(start, stop)`` offsets, box by box, row by row.
     """
-    corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in reads if not b.is_empty], dtype=np.int64).reshape(-1, 4)
+    if isinstance(reads, np.ndarray):
+        corners = reads.astype(np.int64, copy=False).reshape(-1, 4)
+        corners = corners[(corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])]
+    else:
+        corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in reads if not b.is_empty], dtype=np.int64).reshape(-1, 4)
     heights = corners[:, 3] - corners[:, 1]
     row_in_box = np.arange(int(heights.sum()), dtype=np.int64) - np.repeat(np.cumsum(heights) - heights, heights)
     rows = np.repeat(corners[:, 1], heights) + row_in_box
@@ -134,7 +149,7 @@ def stamp_rows(
 def read_fits_cutouts(
     store: ReadRanges,
     key: str,
-    boxes: Sequence[Box],
+    boxes: Sequence[Box] | np.ndarray,
     mode: ClipMode = "trim",
     fill_value: float = np.nan,
     *,
@@ -152,8 +167,9 @@ def read_fits_cutouts(
         Where the object is: anything with range reads (a store, a wrapper, a read-only source).
     key : str
         The FITS object's key.
-    boxes : sequence of Box
-        Half-open pixel boxes ``data[y0:y1, x0:x1]``, in any order.
+    boxes : sequence of Box, or an (N, 4) integer array
+        Half-open pixel boxes ``data[y0:y1, x0:x1]``, in any order (an array: their corners
+        ``x0, y0, x1, y1``, see :func:`objbutler.cutouts.plan_stamps`).
     mode : {"trim", "partial", "strict"}
         Clipping mode (see :mod:`objbutler.cutouts`).
     fill_value : float, default NaN
@@ -194,24 +210,69 @@ def read_fits_cutouts(
     cost = cost or CostModel.for_store(store, key)
     reader = HeaderReader(store, key, cost)
     recorded = layout.get("hdu") if isinstance(layout, dict) else None
-    hinted = layout_info(layout, object_size) if layout is not None and hdu in (None, recorded) else None
+    facts = _layout_facts(layout, object_size) if layout is not None and hdu in (None, recorded) else None
+    hinted = facts.info if facts is not None else None
     info = hinted or locate(reader, hdu)
     if hinted is None:  # the layout was checked against object_size; a header is checked here
         size = object_size if object_size is not None else _size_if_known(reader)
         check_declared_sizes(info, size, key, "tiles")
-    if len(info.image_shape) != 2:
-        raise FormatError(f"HDU {info.index} of {key!r} is {len(info.image_shape)}-D; cutouts need a 2-D image")
-    shape = (info.image_shape[0], info.image_shape[1])
-    plans = plan_stamps(boxes, shape, mode)
+        facts = _Facts(info, info.image_shape, info.kind, None)
+    assert facts is not None
+    if len(facts.shape) != 2:
+        raise FormatError(f"HDU {info.index} of {key!r} is {len(facts.shape)}-D; cutouts need a 2-D image")
+    shape = (facts.shape[0], facts.shape[1])
+    plans = plan_stamps(boxes, shape, mode) if facts.kind == "compressed" else None
+    bboxes, reads = plan_stamp_arrays(boxes, shape, mode) if plans is None else (None, None)
     if parent_wcs is not None:
         wcs = ParentWCS(lambda: parent_wcs)
     elif hinted is not None:
         wcs = ParentWCS(lambda: read_fits_wcs(store, key, hdu=hinted.index))
     else:
         wcs = ParentWCS(lambda: _wcs_from(image_header(info.header) if info.kind == "compressed" else info.header))
-    if info.kind == "compressed":
+    if plans is not None:
         return _compressed_cutouts(reader, info, plans, fill_value, cost, wcs)
-    return _image_cutouts(reader, info, plans, fill_value, cost, wcs)
+    assert bboxes is not None and reads is not None
+    return _image_cutouts(reader, info, bboxes, reads, fill_value, cost, wcs, facts.scaling, shape[1])
+
+
+class _Facts(NamedTuple):
+    """What cutting an HDU needs of its header: read once per registry layout, not per call."""
+
+    info: HduInfo
+    shape: tuple[int, ...]
+    kind: str
+    scaling: PixelScaling | None  # of a plain image HDU
+
+
+def _facts_from(layout: Any, object_size: int | None) -> _Facts | None:
+    info = layout_info(layout, object_size)
+    if info is None:
+        return None
+    kind = info.kind
+    return _Facts(info, info.image_shape, kind, PixelScaling.from_header(info.header) if kind == "image" else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _facts_of(frozen: tuple[tuple[str, str, Any], ...], object_size: int | None) -> _Facts | None:
+    return _facts_from({key: value for key, _, value in frozen}, object_size)
+
+
+def _layout_facts(layout: Any, object_size: int | None) -> _Facts | None:
+    """:func:`layout_info` of a registry layout with its shape, kind and scaling, cached by the layout's content.
+
+    Building the astropy Header of a layout and reading its cards back costs ~0.2 ms, as much as
+    planning and reading one stamp: an object history over a thousand images pays it once per layout.
+    The cached HduInfo's header is shared: nothing here modifies it.
+    """
+    if not isinstance(layout, dict):
+        return _facts_from(layout, object_size)
+    try:
+        # the value's type is part of the key: a layout with BZERO 32768 is not one with 32768.0
+        frozen = tuple(sorted((k, type(v).__name__, tuple(v) if isinstance(v, list) else v) for k, v in layout.items()))
+        hash(frozen)
+    except TypeError:  # a value that is not hashable (not a layout objbutler wrote)
+        return _facts_from(layout, object_size)
+    return _facts_of(frozen, object_size)
 
 
 def read_fits_wcs(store: ReadRanges, key: str, *, hdu: HduSelector = None) -> WCS | None:
@@ -236,30 +297,60 @@ def read_fits_wcs(store: ReadRanges, key: str, *, hdu: HduSelector = None) -> WC
 
 
 def _image_cutouts(
-    reader: HeaderReader, info: HduInfo, plans: list[StampPlan], fill_value: float, cost: CostModel, wcs: ParentWCS
+    reader: HeaderReader, info: HduInfo, bboxes: np.ndarray, reads: np.ndarray, fill_value: float, cost: CostModel,
+    wcs: ParentWCS, scaling: PixelScaling | None, nx: int,
 ) -> list[Cutout]:
-    scaling = PixelScaling.from_header(info.header)
-    itemsize = scaling.raw_dtype.itemsize
-    nx = info.image_shape[1]
-    plan = plan_reads(row_ranges([p.read for p in plans], nx, itemsize, info.data_start), cost)
+    """Stamps of a plain image HDU from their planned corners (:func:`plan_stamp_arrays`).
+
+    The byte offsets of every stamp, and which fetched block holds all its rows, are numpy
+    operations over all stamps; per stamp, one strided view of its block and one copy remain.
+    """
+    scaling = scaling or PixelScaling.from_header(info.header)
+    raw_dtype = scaling.raw_dtype
+    itemsize, stride = raw_dtype.itemsize, nx * raw_dtype.itemsize
+    heights, widths = reads[:, 3] - reads[:, 1], reads[:, 2] - reads[:, 0]
+    firsts = info.data_start + (reads[:, 1] * nx + reads[:, 0]) * itemsize
+    ends = firsts + (heights - 1) * stride + widths * itemsize  # one past the last row's last byte
+    pixels = (heights > 0) & (widths > 0)
+    low, high = (int(firsts[pixels].min()), int(ends[pixels].max())) if pixels.any() else (0, 0)
+    if 0 < high - low <= min(cost.break_even_bytes, DEFAULT_MAX_BLOCK):
+        # What plan_reads makes of the stamps' rows when they span at most one break-even size (an
+        # object history's one stamp per image): one block from the first stamp byte to the last.
+        plan = ReadPlan([ByteRange(low, high)])
+        holder, offsets = np.zeros_like(firsts), firsts - low
+    else:
+        plan = plan_reads(row_ranges(reads, nx, itemsize, info.data_start), cost)
+        # per stamp, the block holding its first byte, and its offset there when the block holds every row
+        block_starts = np.array([block.start for block in plan.blocks] or [0], dtype=np.int64)
+        block_stops = np.array([block.stop for block in plan.blocks] or [0], dtype=np.int64)
+        holder = np.searchsorted(block_starts, firsts, side="right") - 1
+        known = np.maximum(holder, 0)
+        inside = (holder >= 0) & (ends <= block_stops[known])
+        offsets = np.where(inside, firsts - block_starts[known], -1)
     fetched = reader.fetch(plan)
-    dtype = scaling.dtype
+    dtype, plain = scaling.dtype, scaling.is_plain
+    padded_dtype = stamp_dtype(dtype, fill_value)
+    table = np.column_stack([bboxes, reads, holder, offsets, firsts]).tolist()
     stamps = []
-    raw_dtype, stride = scaling.raw_dtype, nx * itemsize
-    plain = scaling.is_plain
-    for stamp_plan in plans:
-        read = stamp_plan.read
-        if read.x1 > read.x0 and read.y1 > read.y0:
-            first = info.data_start + (read.y0 * nx + read.x0) * itemsize
-            raw = stamp_rows(plan, fetched, first, stride, (read.y1 - read.y0, read.x1 - read.x0), raw_dtype)
-            if plain and read is stamp_plan.bbox:
-                data = raw.astype(dtype)  # the usual stamp: one byte-swapping copy, straight out of the block
+    for index, (bx0, by0, bx1, by1, rx0, ry0, rx1, ry1, block, offset, first) in enumerate(table):
+        bbox = Box(bx0, by0, bx1, by1)
+        whole = bx0 == rx0 and by0 == ry0 and bx1 == rx1 and by1 == ry1
+        read = bbox if whole else Box(rx0, ry0, rx1, ry1)
+        shape = (by1 - by0, bx1 - bx0)
+        if rx1 > rx0 and ry1 > ry0:
+            rows = (ry1 - ry0, rx1 - rx0)
+            if offset >= 0:  # the usual stamp: every row in one fetched block, a strided view of it
+                raw = np.ndarray(rows, raw_dtype, buffer=fetched[block], offset=offset, strides=(stride, itemsize))
             else:
-                data = new_stamp(stamp_plan, dtype, fill_value)
-                data[stamp_plan.destination] = raw if plain else scaling.decode(raw)
+                raw = stamp_rows(plan, fetched, first, stride, rows, raw_dtype)
+            if plain and whole:
+                data = raw.astype(dtype)  # one byte-swapping copy, straight out of the block
+            else:
+                data = np.empty(shape, dtype) if whole else np.full(shape, fill_value, padded_dtype)
+                data[ry0 - by0 : ry1 - by0, rx0 - bx0 : rx1 - bx0] = raw if plain else scaling.decode(raw)
         else:
-            data = new_stamp(stamp_plan, dtype, fill_value)
-        stamps.append(Cutout.from_parent(data, stamp_plan.bbox, wcs, stamp_plan.index, read=stamp_plan.read))
+            data = np.empty(shape, dtype) if whole else np.full(shape, fill_value, padded_dtype)
+        stamps.append(Cutout.from_parent(data, bbox, wcs, index, read=read))
     return stamps
 
 

@@ -587,7 +587,7 @@ def _assemble(
 def read_zarr_cutouts(
     store: Store,
     prefix: str,
-    boxes: Sequence[Box],
+    boxes: Sequence[Box] | np.ndarray,
     mode: ClipMode = "trim",
     fill_value: float = np.nan,
     *,
@@ -603,7 +603,7 @@ def read_zarr_cutouts(
         Where the array lives.
     prefix : str
         The array's prefix.
-    boxes : sequence of Box or (x0, y0, x1, y1)
+    boxes : sequence of Box or (x0, y0, x1, y1), or an (N, 4) integer array of corners
         Half-open pixel boxes in parent pixels.
     mode : {"trim", "partial", "strict"}
         Clipping mode (:mod:`objbutler.cutouts`).

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from objbutler.cutouts import Box, ClipMode, Cutout, accepts
+from objbutler.cutouts import Box, ClipMode, Cutout
 from objbutler.errors import InvalidCutoutError, NotSupportedError, ObjButlerError
 from objbutler.sky.footprint import sky_wcs
 from objbutler.sky.geometry import radec_to_xyz
@@ -117,8 +117,9 @@ class _ImageJob:
     ref: DatasetRef
     wcs: WCS
     positions: list[int]  # caller's position index per stamp
-    boxes: list[Box]
+    boxes: np.ndarray  # (N, 4) int64 corners x0, y0, x1, y1 per stamp
     pixels: list[tuple[float, float]]
+    slots: list[int] = dataclasses.field(default_factory=list)  # per stamp, its pair in the index's answer
 
 
 def _stamp_size(size: Any, wcs: WCS) -> tuple[int, int]:
@@ -172,42 +173,108 @@ def _pixel_positions(coords: SkyCoord, wcs: WCS, radec: tuple[np.ndarray, np.nda
     return np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float))
 
 
+_FAR = 2.0**52
+"""Pixel coordinates beyond this are not a position on the image (nor exact as floats)."""
+
+
 def plan_images(coords: SkyCoord, position: np.ndarray, refs: Sequence[DatasetRef], size: Any,
                 mode: ClipMode) -> tuple[list[_ImageJob], list[Skipped]]:
-    """Group (position, image) pairs by image and turn each into a pixel box (no I/O)."""
+    """Group (position, image) pairs by image and turn each into a pixel box (no I/O).
+
+    One WCS call per image places all its positions; the boxes, their clipping and the grouping
+    are numpy operations over every pair at once, so an image costs its WCS call and a stamp no
+    Python object but the pixel position Cutout2D reports (see ``docs/design.md``).
+    """
     ra_all, dec_all = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
-    groups: dict[str, tuple[DatasetRef, list[int]]] = {}
-    for index, ref in zip(position.tolist(), refs, strict=True):
-        groups.setdefault(ref.id, (ref, []))[1].append(index)
-    jobs, skipped = [], []
-    for ref, indices in groups.values():
+    codes: dict[str, int] = {}
+    images: list[DatasetRef] = []
+    for ref in refs:
+        if codes.setdefault(ref.id, len(codes)) == len(images):
+            images.append(ref)
+    pairs = len(refs)
+    image_of = np.fromiter((codes[ref.id] for ref in refs), dtype=np.int64, count=pairs)
+    order = np.argsort(image_of, kind="stable")  # pairs by image, each image's in the index's order
+    bounds = np.searchsorted(image_of[order], np.arange(len(images) + 1)).tolist()
+    # per pair: pixel position, stamp size (ny, nx) and image shape (ny, nx); NaN/0 where not planned
+    xs, ys = np.full(pairs, np.nan), np.full(pairs, np.nan)
+    sides = np.zeros((pairs, 4), dtype=np.int64)
+    planned = np.zeros(pairs, dtype=bool)
+    wcs_of: list[WCS | None] = [None] * len(images)
+    skipped: list[Skipped] = []
+    for code, ref in enumerate(images):
+        slots = order[bounds[code] : bounds[code + 1]]
         if ref.format not in ("fits", "zarr"):
-            skipped += [Skipped(i, ref, f"{ref.format} is not an image format") for i in indices]
+            skipped += [Skipped(i, ref, f"{ref.format} is not an image format") for i in position[slots].tolist()]
             continue
-        wcs = sky_wcs(ref.sky) if ref.sky is not None else None
+        wcs = wcs_of[code] = _registry_wcs(ref)
         if wcs is None:
-            skipped += [Skipped(i, ref, "the registry's WCS cards do not build a WCS") for i in indices]
+            reason = "the registry's WCS cards do not build a WCS"
+            skipped += [Skipped(i, ref, reason) for i in position[slots].tolist()]
             continue
-        shape = tuple(int(n) for n in ref.sky["shape"])  # type: ignore[index]
-        ny, nx = _stamp_size(size, wcs)
-        xs, ys = _pixel_positions(coords[indices] if not _celestial(wcs)[1] else coords, wcs,
-                                  (ra_all[indices], dec_all[indices]))
-        job = _ImageJob(ref, wcs, [], [], [])
-        for index, x, y in zip(indices, xs.tolist(), ys.tolist(), strict=True):
-            if not (math.isfinite(x) and math.isfinite(y)):
-                skipped.append(Skipped(index, ref, "the WCS gives no pixel position"))
-                continue
-            x0, y0 = math.ceil(x - nx / 2.0), math.ceil(y - ny / 2.0)
-            box = Box(x0, y0, x0 + nx, y0 + ny)
-            if not accepts(box, shape, mode):
-                skipped.append(Skipped(index, ref, f"{mode} mode refuses {box} on the {shape[0]}x{shape[1]} image"))
-                continue
-            job.positions.append(index)
-            job.boxes.append(box)
-            job.pixels.append((x, y))
-        if job.boxes:
-            jobs.append(job)
+        indices = position[slots]
+        xs[slots], ys[slots] = _pixel_positions(coords[indices] if not _celestial(wcs)[1] else coords, wcs,
+                                                (ra_all[indices], dec_all[indices]))
+        sides[slots] = (*_stamp_size(size, wcs), *(int(n) for n in ref.sky["shape"]))  # type: ignore[index]
+        planned[slots] = True
+    placed = planned & np.isfinite(xs) & np.isfinite(ys) & (np.abs(xs) < _FAR) & (np.abs(ys) < _FAR)
+    # Cutout2D's rounding (x0 = ceil(x - nx / 2)), as math.ceil gives it per stamp
+    x0 = np.ceil(np.where(placed, xs, 0.0) - sides[:, 1] / 2.0).astype(np.int64)
+    y0 = np.ceil(np.where(placed, ys, 0.0) - sides[:, 0] / 2.0).astype(np.int64)
+    boxes = np.column_stack([x0, y0, x0 + sides[:, 1], y0 + sides[:, 0]])
+    keep = placed & _accepted(boxes, sides[:, 2], sides[:, 3], mode)
+    for slot in np.flatnonzero(planned & ~placed).tolist():
+        skipped.append(Skipped(int(position[slot]), refs[slot], "the WCS gives no pixel position"))
+    for slot in np.flatnonzero(placed & ~keep).tolist():
+        box, (ny, nx) = Box(*boxes[slot].tolist()), sides[slot, 2:].tolist()
+        skipped.append(Skipped(int(position[slot]), refs[slot], f"{mode} mode refuses {box} on the {ny}x{nx} image"))
+    kept = order[keep[order]]  # kept pairs, by image
+    edges = np.searchsorted(image_of[kept], np.arange(len(images) + 1)).tolist()
+    kept_positions, kept_slots = position[kept].tolist(), kept.tolist()
+    kept_pixels = list(zip(xs[kept].tolist(), ys[kept].tolist(), strict=True))
+    kept_boxes = boxes[kept]
+    jobs = []
+    for code, ref in enumerate(images):
+        low, high = edges[code], edges[code + 1]
+        wcs = wcs_of[code]
+        if high > low and wcs is not None:
+            jobs.append(_ImageJob(ref, wcs, kept_positions[low:high], kept_boxes[low:high], kept_pixels[low:high],
+                                  kept_slots[low:high]))
     return jobs, skipped
+
+
+def _accepted(boxes: np.ndarray, ny: np.ndarray, nx: np.ndarray, mode: ClipMode) -> np.ndarray:
+    """:func:`objbutler.cutouts.accepts` of every box (none empty) on images of ``ny`` x ``nx``, vectorized."""
+    x0, y0, x1, y1 = boxes.T
+    if mode == "strict":
+        return (x0 >= 0) & (y0 >= 0) & (x1 <= nx) & (y1 <= ny)
+    if mode == "trim":  # some overlap
+        return (x1 > 0) & (x0 < nx) & (y1 > 0) & (y0 < ny) & (nx > 0) & (ny > 0)
+    return np.ones(len(boxes), dtype=bool)
+
+
+_REF_WCS: dict[str, tuple[Any, WCS | None]] = {}
+_REF_WCS_LOCK = threading.Lock()
+_REF_WCS_MAX = 65_536
+
+
+def _registry_wcs(ref: DatasetRef) -> WCS | None:
+    """The WCS of a ref's sky record, remembered per dataset id (while the ref holds the same record).
+
+    :func:`objbutler.sky.footprint.sky_wcs` caches by the cards' content, which costs a JSON
+    encoding of the cards (~20 us) per call: an object history asks once per image per query.
+    """
+    if ref.sky is None:
+        return None
+    with _REF_WCS_LOCK:
+        known = _REF_WCS.get(ref.id)
+    if known is not None and known[0] is ref.sky:
+        return known[1]
+    wcs = sky_wcs(ref.sky)
+    with _REF_WCS_LOCK:
+        if len(_REF_WCS) >= _REF_WCS_MAX:
+            _REF_WCS.clear()
+        _REF_WCS[ref.id] = (ref.sky, wcs)
+    return wcs
 
 
 ImageReader = Callable[..., list[Cutout]]
@@ -232,13 +299,11 @@ def _cut(store: Store, job: _ImageJob, mode: ClipMode, fill_value: float, cost: 
                                    known=layout_metadata(ref.layout, ref.key, ref.size), parent_wcs=job.wcs)
     else:  # plan_images keeps images only
         raise NotSupportedError(f"{ref.dataset_type} is {ref.format}, not an image")
-    ny, nx = (int(n) for n in ref.sky["shape"])  # type: ignore[index]
-    image = Box(0, 0, nx, ny)
-    for stamp, (x, y), index in zip(stamps, job.pixels, job.positions, strict=True):
+    # the readers give each stamp the part of the image it came from (its slices_original)
+    for stamp, pixel, index in zip(stamps, job.pixels, job.positions, strict=True):
         stamp.index = index
         stamp.ref = ref
-        stamp.input_position_original = (x, y)
-        stamp.slices_original = stamp.bbox.intersection(image).slices()
+        stamp.input_position_original = pixel
     return stamps
 
 
@@ -307,17 +372,16 @@ def cutouts_at(store: Store, state: RegistryState, positions: Any, size: Any, da
     coords, xyz, _ = as_positions(positions)
     position, refs = state_sky_index(state).find(xyz, dataset_type, where, run, mjd_range(time))
     jobs, skipped = plan_images(coords, position, refs, size, mode)
-    stamps: dict[tuple[int, str], Cutout] = {}
+    found: list[Cutout | None] = [None] * len(refs)  # per (position, image) pair of the index's answer
     for job, cut, reason in iter_image_cutouts(store, jobs, mode, fill_value, max_images_in_flight, on_error, read):
         if cut is None:
             skipped += [Skipped(i, job.ref, reason or "failed") for i in job.positions]
             continue
-        for index, stamp in zip(job.positions, cut, strict=True):
-            stamps[(index, job.ref.id)] = stamp
+        for slot, stamp in zip(job.slots, cut, strict=True):
+            found[slot] = stamp
     out = SkyCutouts([] for _ in range(len(xyz)))
-    for index, ref in zip(position.tolist(), refs, strict=True):
-        found = stamps.get((index, ref.id))
-        if found is not None:
-            out[index].append((ref, found))
+    for index, ref, cutout in zip(position.tolist(), refs, found, strict=True):
+        if cutout is not None:
+            out[index].append((ref, cutout))
     out.skipped = sorted(skipped, key=lambda s: (s.position, s.ref.id))
     return out

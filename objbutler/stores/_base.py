@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -241,6 +242,10 @@ class Store(ReadRanges, List, Write, ConditionalWrite, Protocol):
         ...
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+"""Control characters: not in a key (one regex search, not a Python test per character)."""
+
+
 def validate_key(key: str) -> str:
     """Check that a key is safe to place under a store's root and return it.
 
@@ -273,7 +278,7 @@ def validate_key(key: str) -> str:
         raise InvalidKeyError(f"object key must be relative, got {key!r}")
     if "\\" in key:
         raise InvalidKeyError(f"object key must not contain a backslash: {key!r}")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+    if _CONTROL.search(key):
         raise InvalidKeyError(f"object key contains a control character: {key!r}")
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
