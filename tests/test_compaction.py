@@ -143,3 +143,27 @@ def test_compaction_on_localstack_deletes_in_batches(localstack_backend: Backend
     assert len(live) < 5 * INTERVAL
     assert {r.id for r in Butler(uri, **localstack_backend.options).query()} == set(put)
     assert fsck(Butler(uri, **localstack_backend.options)).ok
+
+
+def test_one_writer_folds_at_a_time_and_a_dead_writers_lease_expires(tmp_path: Path) -> None:
+    import os
+    import time
+
+    uri = _create(tmp_path)
+    writer = _writer(uri)
+    writer.registry._commits_since_check = -10**9  # no check while the log fills
+    for n in range(10):
+        writer.put({"v": n}, "metric", {"visit": n}, run="r")
+    lease = tmp_path / "repo" / ShardedLog.lease_key(0, 1)
+    lease.parent.mkdir(parents=True)
+    lease.write_text("{}")  # another writer is folding
+    writer.registry._commits_since_check = INTERVAL - 1
+    writer.put({"v": 10}, "metric", {"visit": 10}, run="r")
+    assert list(LocalStore(uri).list(MARKER_PREFIX)) == []
+    old = time.time() - 600
+    os.utime(lease, (old, old))  # ... and died ten minutes ago
+    writer.registry._commits_since_check = INTERVAL - 1
+    writer.put({"v": 11}, "metric", {"visit": 11}, run="r")
+    assert [m.key for m in LocalStore(uri).list(MARKER_PREFIX)] == [ShardedLog.marker_key(12)]
+    assert (tmp_path / "repo" / ShardedLog.lease_key(0, 2)).exists()
+    assert len(Butler(uri).query()) == 12

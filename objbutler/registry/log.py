@@ -43,14 +43,16 @@ from typing import Protocol
 from objbutler.errors import FormatError
 from objbutler.stores import ObjectMeta, Store, run_concurrently
 
-__all__ = ["LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry", "Marker", "SequencedLog", "ShardedLog",
-           "TimestampedLog", "decode_marker", "decode_vector", "encode_marker", "encode_vector"]
+__all__ = ["LEASE_PREFIX", "LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry", "Marker", "SequencedLog",
+           "ShardedLog", "TimestampedLog", "decode_marker", "decode_vector", "encode_marker", "encode_vector"]
 
 LOG_PREFIX = "manifest/log/"
 VECTOR_PREFIX = "shards:"
 _VECTOR = re.compile(r"shards:\d{1,20}(,\d{1,20}){0,4095}")
 MAX_SHARDS = 1000
 MARKER_PREFIX = f"{LOG_PREFIX}~/"
+LEASE_PREFIX = f"{LOG_PREFIX}~lease/"
+"""Who is folding the commits after a checkpoint: ``<total>-<attempt>.json`` (one folder at a time)."""
 """Compaction markers of a sharded log (``~`` sorts after the shards' digits: a listing reaches them last)."""
 
 
@@ -283,6 +285,7 @@ class ShardedLog:
         """Every live commit slot of every shard and every marker: **one** (paginated) listing."""
         slots: dict[int, list[int]] = {}
         markers: list[Marker] = []
+        leases: dict[int, list[dt.datetime | None]] = {}
         newest: dt.datetime | None = None
         for meta in self.store.list(LOG_PREFIX):
             if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
@@ -294,10 +297,17 @@ class ShardedLog:
                 continue
             if meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
                 markers.append(Marker(total, meta.key, meta.last_modified))
+            elif meta.key.startswith(LEASE_PREFIX) and meta.key[len(LEASE_PREFIX):][:20].isdigit():
+                leases.setdefault(int(meta.key[len(LEASE_PREFIX):][:20]), []).append(meta.last_modified)
         for sequences in slots.values():
             sequences.sort()
         markers.sort(key=lambda marker: marker.total)
-        return LiveLog(slots, markers, newest)
+        return LiveLog(slots, markers, newest, leases)
+
+    @staticmethod
+    def lease_key(total: int, attempt: int) -> str:
+        """Key of the ``attempt``-th lease on folding the commits after the checkpoint covering ``total``."""
+        return f"{LEASE_PREFIX}{total:020d}-{attempt}.json"
 
     def list_markers(self) -> list[Marker]:
         """The compaction markers only, oldest first (one listing)."""
@@ -342,11 +352,14 @@ class LiveLog:
         Compaction markers, oldest first.
     newest_time : datetime or None
         The newest modification time listed (the server's clock, no later than now).
+    leases : dict
+        Checkpoint total -> the modification times of its fold leases.
     """
 
     slots: dict[int, list[int]]
     markers: list[Marker]
     newest_time: dt.datetime | None
+    leases: dict[int, list[dt.datetime | None]] = dataclasses.field(default_factory=dict)
 
 
 def encode_marker(position: str, deletes: str | None) -> bytes:

@@ -90,6 +90,8 @@ PROTOCOLS = ("sequenced", "timestamped", "claimed")
 KEEP_CHECKPOINTS = 3
 CLAIM_ATTEMPTS = CREATE_ATTEMPTS
 DEFAULT_LOG_SHARDS = 64
+FOLD_LEASE_SECONDS = 60.0
+"""A fold lease older than this (by the server's clock) no longer keeps other writers from folding."""
 
 
 class Registry:
@@ -179,17 +181,20 @@ class Registry:
             self._state = state
         return self._state
 
-    def _refresh_sharded(self, shards: ShardedLog, rebase_if_behind: bool = False) -> RegistryState:
+    def _refresh_sharded(self, shards: ShardedLog, rebase_if_behind: bool = False,
+                         listed: tuple[LiveLog, float] | None = None) -> RegistryState:
         """One listing of the whole log; read the new commits of every shard and apply them.
 
         A view that compaction has overtaken (it deleted commits this view has
         not read) restarts from the newest checkpoint that covers them; with
         ``rebase_if_behind``, so does a view behind the newest checkpoint (a
         checkpoint writer reads one Parquet file instead of every commit since
-        its view).
+        its view). ``listed`` is a listing just made and when it started.
         """
-        started = time.monotonic()
-        live = shards.list_live()
+        if listed is None:
+            started = time.monotonic()
+            listed = shards.list_live(), started
+        live, started = listed
         self._read_markers(live.markers, started)
         self._live = live
         if self._state is not None and any(d > v for d, v in zip(self._deleted, self._vector, strict=True)):
@@ -619,10 +624,38 @@ class Registry:
             return
         self._commits_since_check = 0
         assert self.shards is not None
-        self._refresh_sharded(self.shards, rebase_if_behind=True)
+        started = time.monotonic()
+        live = self.shards.list_live()
+        self._read_markers(live.markers, started)
         newest = max(self._marker_positions, default=0)
+        folded = self._marker_positions.get(newest, [0] * self.shards.shards)
+        pending = sum(1 for shard, sequences in live.slots.items() for n in sequences if n > folded[shard])
+        if pending < max(1, self.checkpoint_interval // 2):
+            return  # decided from the listing alone: no commit is read
+        if not self._take_fold_lease(live, newest):
+            return  # another writer is folding these commits now
+        self._refresh_sharded(self.shards, rebase_if_behind=True, listed=(live, started))
         if sum(self._vector) - newest >= max(1, self.checkpoint_interval // 2):
             self._checkpoint_and_compact()
+
+    def _take_fold_lease(self, live: LiveLog, newest: int) -> bool:
+        """Claim the folding of the commits after checkpoint ``newest`` (False: a live lease is another's).
+
+        Writers that check at about the same time would otherwise all read the
+        same commits. A lease older than ``FOLD_LEASE_SECONDS`` (its holder
+        died or is stuck) is superseded by the next attempt number.
+        """
+        assert self.shards is not None
+        held = live.leases.get(newest, [])
+        if live.newest_time is not None:
+            cutoff = live.newest_time - dt.timedelta(seconds=FOLD_LEASE_SECONDS)
+            if any(t is None or t > cutoff for t in held):
+                return False
+        try:
+            self.store.put_if_absent(self.shards.lease_key(newest, len(held) + 1), b"{}")
+        except AlreadyExistsError:
+            return False
+        return True
 
     def _checkpoint_and_compact(self) -> None:
         """Write a checkpoint of the view, its marker, then delete what an old enough marker folded.
@@ -651,6 +684,8 @@ class Registry:
         doomed = [self.shards.key(shard, sequence) for shard, sequences in live.slots.items()
                   for sequence in sequences if sequence <= deletes[shard]]
         doomed += [m.key for m in live.markers if m.total < through.total]
+        doomed += [self.shards.lease_key(total, n + 1) for total, times in live.leases.items() if total < through.total
+                   for n in range(len(times))]
         delete_keys(self.store, doomed)
 
     def _maybe_checkpoint_timestamped(self) -> None:
