@@ -258,7 +258,7 @@ class Butler:
             for repositories that many processes write at once.
             ``"timestamped"`` runs on any store with server timestamps.
         log_shards : int, optional
-            ``"claimed"`` only: how many log shards (1 to 1000; 64 when not
+            ``"claimed"`` only: how many log shards (1 to 1000; 256 when not
             given). More shards than concurrent writers keep writers apart; a
             reader's refresh is one listing whatever the number.
         **store_options

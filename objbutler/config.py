@@ -9,7 +9,7 @@ open, instead of failing later inside a put whose commit already landed::
     {"format": "objbutler-repository", "version": 1, "created": "...",
      "commit_protocol": "sequenced", "default_format": "fits",
      "checkpoint_interval": 100, "settle_seconds": 0.5, "timestamp_resolution": 0.0,
-     "log_shards": 64}
+     "log_shards": 256}
 
 ``log_shards`` is the number of log shards of a ``claimed`` repository (0, or
 absent, for the other protocols).

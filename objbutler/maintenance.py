@@ -45,7 +45,7 @@ from objbutler.registry.log import LOG_PREFIX
 from objbutler.registry.records import DatasetRef
 from objbutler.stores import ObjectMeta, Store, budget_of, open_store, run_concurrently
 from objbutler.stores.cache import CachingStore
-from objbutler.stores.local import _TMP_PREFIX, LocalStore
+from objbutler.stores.local import TMP_PREFIX, LocalStore
 
 __all__ = ["FsckReport", "Orphan", "RemovalReport", "content_checksum", "dataset_problem", "fsck", "parse_age",
            "remove_repository", "vacuum"]
@@ -323,7 +323,7 @@ def _tidy_local(root: Path) -> None:
     """Remove what a local repository leaves once its objects are gone: temporary files, empty folders, the root."""
     for current, _dirs, files in os.walk(root, topdown=False):
         for name in files:
-            if name.startswith(_TMP_PREFIX):  # a write that was interrupted, or is still in flight
+            if name.startswith(TMP_PREFIX):  # a write that was interrupted, or is still in flight
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(current, name))
         with contextlib.suppress(OSError):  # not empty: something that is not ours, left as it is

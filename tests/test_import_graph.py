@@ -138,3 +138,20 @@ def test_no_private_module_of_another_package() -> None:
             if here != owner and not here.startswith(owner + "."):
                 borrowed.append(f"{module} -> {target}")
     assert not borrowed, "private modules imported from outside their package:\n" + "\n".join(sorted(borrowed))
+
+
+def test_no_private_name_of_another_package() -> None:
+    """``from objbutler.formats.x import _helper`` outside objbutler.formats borrows a private name too."""
+    borrowed = []
+    for module, path in MODULES.items():
+        for node in _import_nodes(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("objbutler"):
+                continue
+            private = [alias.name for alias in node.names if alias.name.startswith("_") and alias.name != "__version__"]
+            if not private or node.module not in MODULES:
+                continue
+            owner = _package_of(node.module)
+            here = _package_of(module)
+            if here != owner and not here.startswith(owner + "."):
+                borrowed += [f"{module} -> {node.module}.{name}" for name in private]
+    assert not borrowed, "private names imported from outside their package:\n" + "\n".join(sorted(borrowed))

@@ -130,6 +130,7 @@ __all__ = [
     "encode_zarr",
     "fetch_zarr",
     "header_from_json",
+    "zarr_image_shape_and_attributes",
     "header_to_json",
     "plan_chunks",
     "read_zarr",
@@ -225,6 +226,12 @@ def _load_image(store: Store, prefix: str) -> tuple[str, dict[str, Any], ArrayV3
         prefix = _join(prefix, members["image"])
         raw = store.get(_join(prefix, ZARR_JSON))
     return (prefix, *_parse_metadata(raw, prefix))
+
+
+def zarr_image_shape_and_attributes(store: Store, prefix: str) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """The shape and attributes of the image a prefix holds (an array, or an objbutler image group's ``image``)."""
+    metadata = _load_image(store, prefix)[2]
+    return tuple(metadata.shape), dict(metadata.attributes)
 
 
 def zarr_image_attributes(store: Any, prefix: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from objbutler.errors import FormatError
 from objbutler.formats._image import Image
 from objbutler.formats.wcs_cards import header_wcs, superseded_keys
 
-__all__ = ["IMAGE_MEMBER", "ZARR_JSON", "header_from_json", "header_to_json"]
+__all__ = ["IMAGE_MEMBER", "WCS_RELAX", "ZARR_JSON", "header_from_json", "header_to_json"]
 
 
 ZARR_JSON = "zarr.json"
@@ -35,6 +35,8 @@ _LAYOUT_VERSION = 1
 
 
 _WCS_RELAX = WCSHDO_all | WCSHDO_SIP | WCSHDO_P17
+WCS_RELAX = _WCS_RELAX
+"""The ``relax`` flags objbutler writes a WCS's header cards with (SIP and every extension astropy knows)."""
 
 
 _STANDARD_KEYWORD = re.compile(r"[A-Z0-9_-]{0,8}")

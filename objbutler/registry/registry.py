@@ -89,7 +89,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("sequenced", "timestamped", "claimed")
 KEEP_CHECKPOINTS = 3
 CLAIM_ATTEMPTS = CREATE_ATTEMPTS
-DEFAULT_LOG_SHARDS = 64
+DEFAULT_LOG_SHARDS = 256
 FOLD_LEASE_SECONDS = 60.0
 """A fold lease older than this (by the server's clock) no longer keeps other writers from folding."""
 

@@ -64,18 +64,18 @@ def read_sky_record(store: Store, ref: DatasetRef) -> dict[str, Any] | None:
         return sky_record_from_header(header, tuple(info.image_shape), relax=True)
     if ref.format == "zarr":
         from objbutler.formats.wcs_cards import header_wcs
-        from objbutler.formats.zarr_array import _load_image
-        from objbutler.formats.zarr_header import _WCS_RELAX, header_from_json
+        from objbutler.formats.zarr_array import zarr_image_shape_and_attributes
+        from objbutler.formats.zarr_header import WCS_RELAX, header_from_json
 
-        _, _, metadata = _load_image(store, ref.key)
-        cards = metadata.attributes.get("wcs")
+        shape, attributes = zarr_image_shape_and_attributes(store, ref.key)
+        cards = attributes.get("wcs")
         if not cards:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wcs = header_wcs(header_from_json(cards))
-        described = header_from_json(metadata.attributes.get("fits_header") or [])
-        return sky_record(wcs, tuple(metadata.shape), described, relax=_WCS_RELAX)
+        described = header_from_json(attributes.get("fits_header") or [])
+        return sky_record(wcs, shape, described, relax=WCS_RELAX)
     return None
 
 

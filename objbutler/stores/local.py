@@ -29,10 +29,11 @@ from objbutler.stores._base import (
     validate_prefix,
 )
 
-__all__ = ["LocalStore"]
+__all__ = ["TMP_PREFIX", "LocalStore"]
 
 _MKDIR_ATTEMPTS = 16  # a directory removed under a put by concurrent deletes is made again
-_TMP_PREFIX = ".objbutler-tmp-"
+TMP_PREFIX = ".objbutler-tmp-"
+"""Name prefix of a file being written (renamed into place when complete; vacuum removes stale ones)."""
 
 
 def _etag(stat: os.stat_result) -> str:
@@ -132,7 +133,7 @@ class LocalStore:
         empty, possibly between our ``mkdir`` and ``open``; once the temporary file exists the
         directory is no longer empty, so making it again and retrying closes that window.
         """
-        temp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        temp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         for attempt in range(_MKDIR_ATTEMPTS):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,7 @@ class LocalStore:
             stem = "" if relative == "." else relative.replace(os.sep, "/") + "/"
             for name in filenames:
                 key = stem + name
-                if name.startswith(_TMP_PREFIX) or not key.startswith(prefix):
+                if name.startswith(TMP_PREFIX) or not key.startswith(prefix):
                     continue
                 if start_after is not None and key <= start_after:
                     continue
