@@ -330,7 +330,8 @@ def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: st
               help="Create the S3 bucket (or Swift container) if it does not exist.")
 @click.option("--commit-protocol", type=click.Choice(["claimed", "sequenced", "timestamped"]), default=None,
               help="Commit protocol (default: sequenced with an atomic create, timestamped without; claimed "
-                   "scales writes with many concurrent writers, at one listing per log shard per refresh).")
+                   "scales writes with many concurrent writers: three writes per put, a compacted log that a reader "
+                   "lists once per refresh).")
 def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool,
            commit_protocol: str | None) -> None:
     """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).
