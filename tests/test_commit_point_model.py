@@ -84,6 +84,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "commit": ("put|put_if_absent", r"^manifest/log/"),
     "log_list": ("list", r"^manifest/log/"),
     "log_read": ("get|get_many", r"^manifest/log/"),
+    "log_delete": ("delete", r"^manifest/log/"),  # claimed: compaction deleting folded commits
     "claim": ("put_if_absent|get|delete", r"^manifest/claims/"),
     "registration": ("put_if_absent|get", r"^manifest/(types|dimensions)/"),
     "checkpoint_write": ("put|put_if_absent", r"^manifest/checkpoints/"),
@@ -94,7 +95,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "data_cleanup": ("delete|list", r"^data/"),
 }
 WRITE_TARGETS = {"commit", "claim", "registration", "checkpoint_write", "checkpoint_delete", "data_write",
-                 "data_cleanup"}
+                 "data_cleanup", "log_delete"}
 
 
 def _scaled(default: int, divisor: int = 1) -> int:
@@ -267,7 +268,10 @@ class CommitPointMachine(RuleBasedStateMachine):
         if template is None:
             butler = Butler.create(self.uri, store=self.inner, checkpoint_interval=interval,
                                    allow_no_atomic_create=self.target.ignore_conditions,
-                                   commit_protocol=None if self.target.timestamped else self.target.protocol)
+                                   commit_protocol=None if self.target.timestamped else self.target.protocol,
+                                   # claimed: two shards, so that writers share them and compaction deletes
+                                   # slots a stale writer may still believe free
+                                   log_shards=2 if self.target.protocol == "claimed" else None)
             assert butler.registry.protocol == self.target.expected_protocol
             _CONFIG_TEMPLATES[self.target.name] = self.inner.get(CONFIG_KEY)
             return
@@ -278,6 +282,7 @@ class CommitPointMachine(RuleBasedStateMachine):
     def _open(self, store: Store) -> Butler:
         butler = Butler(self.uri, store=store)
         butler.registry.settle_seconds = 0.0
+        butler.registry.compaction_grace = 0.0  # claimed: compaction deletes folded commits at once, under faults
         return butler
 
     def teardown(self) -> None:

@@ -167,3 +167,42 @@ def test_one_writer_folds_at_a_time_and_a_dead_writers_lease_expires(tmp_path: P
     assert [m.key for m in LocalStore(uri).list(MARKER_PREFIX)] == [ShardedLog.marker_key(12)]
     assert (tmp_path / "repo" / ShardedLog.lease_key(0, 2)).exists()
     assert len(Butler(uri).query()) == 12
+
+
+def test_a_commit_that_lands_in_a_slot_compaction_already_deleted_is_written_again(tmp_path: Path) -> None:
+    """The slow-write rule: a slot write that ended long after the markers were read is checked, and
+    if compaction may have deleted the slot before the write landed, the commit goes to a fresh slot."""
+    import dataclasses
+    import math
+
+    from objbutler.registry.checkpoint import CHECKPOINT_PREFIX, encode_checkpoint
+    from objbutler.registry.log import encode_marker, encode_vector
+
+    uri = _create(tmp_path, shards=1)
+    store = LocalStore(uri)
+    other = Butler(uri)
+    earlier = [other.put({"v": n}, "metric", {"visit": n}, run="r") for n in range(3)]
+    before = other.registry.refresh().to_checkpoint()  # what a compaction that missed the slow commit folded
+    slow = _writer(uri, grace=30.0)
+    slow.registry.refresh()
+    place = slow.registry.writer.place
+
+    def place_then_lose_the_slot(*args: object, **kwargs: object) -> tuple[int, int]:
+        slow.registry.writer.place = place  # type: ignore[method-assign]  # once
+        shard, sequence = place(*args, **kwargs)  # type: ignore[arg-type]
+        # Meanwhile (the write was slow): a checkpoint covering this slot without this commit, its marker
+        # announcing the deletion, and the deletion, all before the write landed: the slot is gone.
+        vector = [sequence]
+        total = sum(vector)
+        store.put(f"{CHECKPOINT_PREFIX}{total:020d}.parquet",
+                  encode_checkpoint(dataclasses.replace(before, position=encode_vector(vector))))
+        store.put(ShardedLog.marker_key(total), encode_marker(encode_vector(vector), encode_vector(vector)))
+        store.delete(ShardedLog.key(shard, sequence))
+        slow.registry._markers_at = -math.inf  # the markers were read long before the write ended
+        return shard, sequence
+
+    slow.registry.writer.place = place_then_lose_the_slot  # type: ignore[method-assign]
+    late = slow.put({"v": "late"}, "metric", {"visit": 99}, run="r")
+    for reader in (Butler(uri), other):
+        assert {r.id for r in reader.query()} == {r.id for r in [*earlier, late]}
+    assert fsck(Butler(uri)).ok
