@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import linecache
 import os
 import re
@@ -248,4 +249,85 @@ def test_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, monkeypat
     for ref in repo.query():
         expected[ref.run] = expected.get(ref.run, 0) + 1
     assert len(list((tmp_path / "registry-example/manifest/checkpoints").iterdir())) == min(3, commits // 10)
+    assert dict(duckdb.sql(recipe).fetchall()) == expected
+
+
+def _claimed_recipe() -> str:
+    return next(b.text for b in page_blocks("registry.md") if b.language == "sql" and "[0-9][0-9][0-9]" in b.text)
+
+
+def _log_alone(recipe: str) -> str:
+    """The recipe's ``tail`` without its ``WHERE``, counted per run: what the page says to run with no checkpoint."""
+    tail = re.search(r"^tail AS \(.*?\n(.*?)^\s+WHERE ", recipe, re.MULTILINE | re.DOTALL)
+    assert tail is not None, "the claimed recipe has no `tail AS (... WHERE` part"
+    return f"SELECT run, count(*) FROM ({tail.group(1)}) GROUP BY run"
+
+
+@pytest.mark.parametrize(("commits", "interval", "finish", "grace"), [
+    (9, 20, "", None),               # no checkpoint yet (one needs half an interval of commits): the log alone
+    (12, 4, "checkpoint", None),     # exactly at a checkpoint: no tail
+    (48, 4, "tail", None),           # several checkpoints (older ones pruned), a tail, folded commits still listed
+    (48, 4, "tail", 0.0),            # the same with compaction deleting folded commits at once
+])
+def test_claimed_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               commits: int, interval: int, finish: str,
+                                                               grace: float | None) -> None:
+    """The page's recipe for a claimed repository gives objbutler's own count, per run, whatever the log holds."""
+    duckdb = pytest.importorskip("duckdb")
+    import numpy as np
+
+    from objbutler import Butler
+
+    recipe = _claimed_recipe()
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "claimed-example"
+    Butler.create("claimed-example", checkpoint_interval=interval, commit_protocol="claimed", log_shards=4)
+    writers = [Butler("claimed-example") for _ in range(3)]  # random shards, phases: commits spread over shards
+    if grace is not None:
+        for writer in writers:
+            writer.registry.compaction_grace = grace
+    if finish == "tail":  # a last writer that never checks: the commits after the newest checkpoint stay a tail
+        writers.append(Butler("claimed-example"))
+        writers[-1].registry.checkpoint_interval = 10**9
+    for n in range(commits + (5 if finish == "tail" else 0)):  # several types, formats and runs; some provenance
+        repo = writers[-1] if n >= commits else writers[n % 3]
+        if n % 7 == 3:
+            repo.put(np.zeros((4, 4), "float32"), "calexp", {"visit": n, "detector": 1}, run=f"run{n % 3}",
+                     format="zarr", inputs=repo.query()[:1])
+        else:
+            repo.put({"n": n}, "metric", {"visit": n}, run=f"run{n % 3}")
+    if finish == "checkpoint":
+        writers[0].registry.write_checkpoint()
+    expected: dict[str, int] = {}
+    for ref in Butler("claimed-example").query():
+        expected[ref.run] = expected.get(ref.run, 0) + 1
+    assert sum(expected.values()) == commits + (5 if finish == "tail" else 0)
+
+    # The case is the one named: what the checkpoints, the tail and compaction left in the bucket.
+    checkpoints = sorted((root / "manifest/checkpoints").glob("*.parquet"))
+    listed = [(int(p.parent.name), int(p.stem)) for p in (root / "manifest/log").glob("[0-9][0-9][0-9]/*.json")]
+    if not checkpoints:
+        assert commits < interval // 2
+        with pytest.raises(duckdb.IOException, match="No files found"):
+            duckdb.sql(recipe).fetchall()
+        assert dict(duckdb.sql(_log_alone(recipe)).fetchall()) == expected
+        return
+    import pyarrow.parquet as pq
+
+    position = json.loads(pq.read_schema(checkpoints[-1]).metadata[b"objbutler"])["position"]
+    through = [int(n) for n in position.removeprefix("shards:").split(",")]
+    tail = [seq for shard, seq in listed if seq > through[shard]]
+    folded_listed = len(listed) - len(tail)
+    if finish == "checkpoint":
+        assert tail == [] and folded_listed == commits
+    else:
+        assert len(checkpoints) == 3 and len(tail) >= 5
+        assert sum(1 for n in through if n) > 1  # commits in several shards: the vector is indexed by shard
+        if grace is None:
+            assert folded_listed == sum(through)  # nothing deleted within the grace period
+            markers = list((root / "manifest/log/~").glob("*.json"))
+            assert len(markers) > len(checkpoints)  # the markers of pruned checkpoints are still there
+        else:
+            assert 0 < len(listed) < sum(expected.values())  # folded commits deleted (not all: the newest fold)
+            assert folded_listed > 0  # ... and some still listed, that the recipe must not count twice
     assert dict(duckdb.sql(recipe).fetchall()) == expected
