@@ -43,7 +43,7 @@ import numpy as np
 
 from objbutler.cutouts import ClipMode, Cutout
 from objbutler.errors import InvalidCutoutError
-from objbutler.sky.catalog_rows import COLUMNS, CatalogSummary, flags_of, requested_shape, result_row
+from objbutler.sky.catalog_rows import COLUMNS, CatalogSummary, chunk_rows, requested_shape
 from objbutler.sky.geometry import radec_to_xyz, spatial_order
 from objbutler.sky.stamp_fits import StampEncoder, primary_header
 
@@ -84,24 +84,12 @@ def _chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: 
                 coords: SkyCoord, stamp_file: str, requested: tuple[int, int], mode: ClipMode,
                 encoder: StampEncoder) -> tuple[list[dict[str, Any]], list[bytes]]:
     rows, hdus = [], []
-    ras, decs = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
-    skipped_by_position: dict[int, list[Any]] = {}
-    for item in skipped:
-        skipped_by_position.setdefault(item.position, []).append(item)
-    for offset, pairs in enumerate(result):
-        position = int(rows_of[offset])
-        ra, dec = float(ras[offset]), float(decs[offset])
-        for ref, stamp in pairs:
-            name = f"P{position}_{ref.id[:8]}"
+    for row, ref, stamp in chunk_rows(result, skipped, rows_of, coords, requested, mode):
+        if ref is not None and stamp is not None:
+            name = f"P{row['position']}_{ref.id[:8]}"
             hdus.append(encoder.encode(stamp, name))
-            x, y = stamp.input_position_original or (math.nan, math.nan)
-            rows.append(result_row(position, ra, dec, ref, stamp.bbox, x, y, f"{stamp_file}[{name}]",
-                             flags_of(stamp, requested, mode)))
-        for item in skipped_by_position.get(offset, []):
-            rows.append(result_row(position, ra, dec, item.ref, None, math.nan, math.nan, "",
-                                   f"skipped: {item.reason}"))
-        if not pairs and offset not in skipped_by_position:
-            rows.append(result_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"))
+            row["stamp"] = f"{stamp_file}[{name}]"
+        rows.append(row)
     return rows, hdus
 
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from objbutler.cutouts import ClipMode, Cutout
 
 if TYPE_CHECKING:
+    from astropy.coordinates import SkyCoord
+
     from objbutler.registry.records import DatasetRef
 
-__all__ = ["COLUMNS", "CatalogSummary", "flags_of", "requested_shape", "result_row"]
+__all__ = ["COLUMNS", "CatalogSummary", "chunk_rows", "flags_of", "requested_shape", "result_row"]
 
 COLUMNS = ("position", "ra", "dec", "dataset_id", "data_id", "run", "mjd", "band", "x0", "y0", "x1", "y1", "x", "y",
            "stamp", "flags")
@@ -64,3 +69,29 @@ def result_row(position: int, ra: float, dec: float, ref: DatasetRef | None, bbo
         "y": "" if math.isnan(y) else round(y, 4),
         "stamp": stamp, "flags": flags,
     }
+
+
+def chunk_rows(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Sequence[Any], rows_of: np.ndarray,
+               coords: SkyCoord, requested: tuple[int, int],
+               mode: ClipMode) -> Iterator[tuple[dict[str, Any], DatasetRef | None, Cutout | None]]:
+    """One chunk of ``cutouts_at`` results as results-table rows, in table order.
+
+    Per position: a row per stamp (yielded with its ref and stamp; the
+    caller fills in ``stamp``), a row per image skipped there, and a
+    ``no_image`` row when no image holds it.
+    """
+    ras, decs = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
+    skipped_by_position: dict[int, list[Any]] = {}
+    for item in skipped:
+        skipped_by_position.setdefault(item.position, []).append(item)
+    for offset, pairs in enumerate(result):
+        position = int(rows_of[offset])
+        ra, dec = float(ras[offset]), float(decs[offset])
+        for ref, stamp in pairs:
+            x, y = stamp.input_position_original or (math.nan, math.nan)
+            yield result_row(position, ra, dec, ref, stamp.bbox, x, y, "", flags_of(stamp, requested, mode)), ref, stamp
+        for item in skipped_by_position.get(offset, []):
+            yield result_row(position, ra, dec, item.ref, None, math.nan, math.nan, "",
+                             f"skipped: {item.reason}"), None, None
+        if not pairs and offset not in skipped_by_position:
+            yield result_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"), None, None

@@ -43,7 +43,7 @@ import numpy as np
 
 from objbutler.cutouts import ClipMode, Cutout, boxes_at, is_angular
 from objbutler.errors import AlreadyExistsError, InvalidCutoutError
-from objbutler.sky.catalog_rows import COLUMNS, CatalogSummary, flags_of, requested_shape, result_row
+from objbutler.sky.catalog_rows import COLUMNS, CatalogSummary, chunk_rows, requested_shape
 from objbutler.sky.geometry import radec_to_xyz, spatial_order
 
 if TYPE_CHECKING:
@@ -221,27 +221,14 @@ def _chunk(result: Sequence[Sequence[tuple[DatasetRef, Cutout]]], skipped: Seque
     """One chunk's results rows (``stamp``: the global index), its stamps in their frames, and ``valid``."""
     rows: list[dict[str, Any]] = []
     stamps: list[tuple[Cutout, tuple[int, int, int, int]]] = []
-    ras, decs = np.atleast_1d(coords.ra.deg), np.atleast_1d(coords.dec.deg)
-    skipped_by_position: dict[int, list[Any]] = {}
-    for item in skipped:
-        skipped_by_position.setdefault(item.position, []).append(item)
-    for offset, pairs in enumerate(result):
-        position = int(rows_of[offset])
-        ra, dec = float(ras[offset]), float(decs[offset])
-        for ref, stamp in pairs:
+    for row, ref, stamp in chunk_rows(result, skipped, rows_of, coords, requested, mode):
+        if ref is not None and stamp is not None:
             if not np.can_cast(stamp.data.dtype, dtype, "safe"):
                 raise InvalidCutoutError(f"image {ref.id} gave {stamp.data.dtype} pixels, which the {dtype} stamps "
                                          "array cannot hold; its registry layout records another type")
-            x, y = stamp.input_position_original or (math.nan, math.nan)
-            row = result_row(position, ra, dec, ref, stamp.bbox, x, y, "", flags_of(stamp, requested, mode))
             row["stamp"] = first_stamp + len(stamps)
-            rows.append(row)
             stamps.append((stamp, _frame(stamp, requested, mode)))
-        for item in skipped_by_position.get(offset, []):
-            rows.append(result_row(position, ra, dec, item.ref, None, math.nan, math.nan, "",
-                                   f"skipped: {item.reason}"))
-        if not pairs and offset not in skipped_by_position:
-            rows.append(result_row(position, ra, dec, None, None, math.nan, math.nan, "", "no_image"))
+        rows.append(row)
     block = np.full((len(stamps), *requested), _fill(dtype), dtype=dtype)
     valid = np.zeros((len(stamps), 4), dtype=np.int32)
     for k, (stamp, bounds) in enumerate(stamps):
