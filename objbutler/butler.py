@@ -285,6 +285,11 @@ class Butler:
         RepositoryConfig("sequenced", fmt, interval)  # refuse bad arguments before any I/O
         if commit_protocol is not None and commit_protocol not in PROTOCOLS:
             raise ConfigError(f"commit_protocol must be one of {list(PROTOCOLS)}, got {commit_protocol!r}")
+        if log_shards is not None:
+            if commit_protocol != "claimed":
+                raise ConfigError(f"log_shards is a setting of the claimed commit protocol; got "
+                                  f"log_shards={log_shards!r} with commit_protocol={commit_protocol!r}")
+            RepositoryConfig("claimed", fmt, interval, log_shards=log_shards)  # 1 to 1000, before any I/O
         given = store
         store = store if store is not None else open_store(uri, **store_options)
         # Look first: a store without a conditional create (Swift) would otherwise overwrite the config

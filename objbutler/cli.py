@@ -332,8 +332,10 @@ def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: st
               help="Commit protocol (default: sequenced with an atomic create, timestamped without; claimed "
                    "scales writes with many concurrent writers: three writes per put, a compacted log that a reader "
                    "lists once per refresh).")
+@click.option("--log-shards", type=click.IntRange(1, 1000), default=None,
+              help="With --commit-protocol claimed: log shards (default 256; more than the writers expected at once).")
 def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool,
-           commit_protocol: str | None) -> None:
+           commit_protocol: str | None, log_shards: int | None) -> None:
     """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).
 
     The bucket or container must exist, unless --create-bucket is given (or its alias for Swift,
@@ -343,7 +345,8 @@ def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_b
 
     _refuse_file_as_repository(uri)
     butler = Butler.create(uri, default_format=default_format, allow_no_atomic_create=allow_no_atomic_create,
-                           commit_protocol=commit_protocol, **_bucket_options(uri, create_bucket))
+                           commit_protocol=commit_protocol, log_shards=log_shards,
+                           **_bucket_options(uri, create_bucket))
     click.echo(f"created {uri} (commit protocol: {butler.config['commit_protocol']})")
 
 

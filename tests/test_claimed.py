@@ -284,6 +284,11 @@ def test_commit_protocol_can_be_chosen_and_is_checked(tmp_path: Any) -> None:
         Butler.create(str(tmp_path / "bad"), commit_protocol="fastest")
     assert not os.path.exists(tmp_path / "bad" / "objbutler.json")
     assert Butler.create(str(tmp_path / "seq"), commit_protocol="sequenced").config.log_shards == 0
+    for bad in ({"log_shards": 8}, {"log_shards": 8, "commit_protocol": "sequenced"},
+                {"log_shards": 0, "commit_protocol": "claimed"}, {"log_shards": 1001, "commit_protocol": "claimed"}):
+        with pytest.raises(ConfigError):
+            Butler.create(str(tmp_path / "bad"), **bad)  # type: ignore[arg-type]
+        assert not (tmp_path / "bad").exists()
 
 
 def test_cli_create_chooses_the_commit_protocol(tmp_path: Any) -> None:
@@ -298,3 +303,6 @@ def test_cli_create_chooses_the_commit_protocol(tmp_path: Any) -> None:
         assert Butler(repo).config.commit_protocol == protocol
     result = CliRunner().invoke(main, ["create", str(tmp_path / "default")], catch_exceptions=False)
     assert "commit protocol: sequenced" in result.output  # claimed is chosen, never assumed
+    result = CliRunner().invoke(main, ["create", str(tmp_path / "few"), "--commit-protocol", "claimed",
+                                       "--log-shards", "8"], catch_exceptions=False)
+    assert result.exit_code == 0 and Butler(str(tmp_path / "few")).config.log_shards == 8
