@@ -271,7 +271,7 @@ class CommitPointMachine(RuleBasedStateMachine):
                                    commit_protocol=None if self.target.timestamped else self.target.protocol,
                                    # claimed: two shards, so that writers share them and compaction deletes
                                    # slots a stale writer may still believe free
-                                   log_shards=2 if self.target.protocol == "claimed" else None)
+                                   log_shards=2 if self.target.expected_protocol == "claimed" else None)
             assert butler.registry.protocol == self.target.expected_protocol
             _CONFIG_TEMPLATES[self.target.name] = self.inner.get(CONFIG_KEY)
             return
