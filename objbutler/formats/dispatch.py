@@ -133,9 +133,13 @@ def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> Encoded
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits
         from objbutler.formats.fits_headers import fits_layout
+        from objbutler.formats.fits_plain import encode_plain_fits
 
-        data = encode_fits(image, **options)
         sky = sky_record(image.wcs, image.data.shape, image.header, relax=True)
+        plain = encode_plain_fits(image, **options)  # bare pixels: astropy's bytes without astropy's cost
+        if plain is not None:
+            return EncodedDataset("image", fmt, {"": plain[0]}, _sha256(plain[0]), plain[1], sky)
+        data = encode_fits(image, **options)
         return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data), sky)
     from objbutler.formats.zarr_header import _WCS_RELAX
     from objbutler.formats.zarr_layout import zarr_layout
