@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -114,16 +115,24 @@ def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDat
 
 def check_format_options(fmt: str, options: dict[str, Any]) -> None:
     """Raise FormatError for a format option the encoder does not take, naming the ones it does."""
+    if not options:
+        return
+    allowed = list(_encoder_options(fmt))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise FormatError(f"unknown {fmt} format option(s) {unknown}; allowed: {allowed}")
+
+
+@functools.cache
+def _encoder_options(fmt: str) -> tuple[str, ...]:
+    """The keyword options of a format's encoder (its signature, read once per format)."""
     import inspect
 
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits as encoder
     else:
         from objbutler.formats.zarr_write import encode_zarr as encoder  # type: ignore[assignment]
-    allowed = [name for name in inspect.signature(encoder).parameters if name != "image"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise FormatError(f"unknown {fmt} format option(s) {unknown}; allowed: {allowed}")
+    return tuple(name for name in inspect.signature(encoder).parameters if name != "image")
 
 
 def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
