@@ -491,8 +491,9 @@ class Butler:
         clean_id = validate_data_id(data_id)
         run = validate_run(run)
         provenance = provenance_record(inputs, derived_from, activity)
-        obj = stamp_fits_cards(obj, provenance, format or self.config["default_format"])
-        encoded = encode_dataset(obj, format, self.config["default_format"], dict(format_options or {}))
+        default_format = self.config.default_format
+        obj = stamp_fits_cards(obj, provenance, format or default_format)
+        encoded = encode_dataset(obj, format, default_format, dict(format_options or {}))
         kinds = dimension_kinds(clean_id)
         new_type = DatasetType(dataset_type, tuple(clean_id), encoded.kind)
         ref_id = str(uuid.uuid4())

@@ -139,10 +139,11 @@ def _admit(registry: Registry, puts: Sequence[PendingPut], outcomes: list[Outcom
     kinds: dict[str, str] = {}
     for index, put in enumerate(puts):
         ref = put.ref
+        unique = ref.unique_key
         try:
-            if ref.unique_key in seen:
+            if unique in seen:
                 raise ConflictError(f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is put twice in this "
-                                    f"batch; dataset {seen[ref.unique_key]} came first", conflicts=[ref.id])
+                                    f"batch; dataset {seen[unique]} came first", conflicts=[ref.id])
             registry.check([put.dataset_type], put.kinds, [ref])
             if ref.dataset_type in types:
                 types[ref.dataset_type].check_compatible(put.dataset_type)
@@ -153,7 +154,7 @@ def _admit(registry: Registry, puts: Sequence[PendingPut], outcomes: list[Outcom
         except ObjButlerError as exc:
             _refuse(puts, [index], exc, outcomes)
             continue
-        seen[ref.unique_key] = ref.id
+        seen[unique] = ref.id
         types.setdefault(ref.dataset_type, put.dataset_type)
         kinds.update(put.kinds)
         live.append(index)

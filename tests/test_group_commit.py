@@ -456,3 +456,27 @@ def test_remote_ingest_drops_exactly_the_data_ids_a_rival_took(tmp_path: Path) -
     fresh = Butler(uri)
     assert fresh.find("raw", {"exposure": 2}, run="r").id == taken[0].id
     _only_data_of(fresh.store, [*refs, taken[0]])
+
+
+def test_data_id_canonicalized_once_per_ref_per_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count data ID encodings during put_many's commit: one per ref in each of the commit's checks, not ten."""
+    import objbutler.registry.records as records
+
+    butler = Butler.create(str(tmp_path / "repo"))
+    written = [butler.prepare_put(_image(i), "img", {"visit": i}, "r")[0] for i in range(30)]
+    for pending in written:
+        butler.registry.check([pending.dataset_type], pending.kinds, [pending.ref])
+    calls = []
+    original = records.canonical_data_id
+
+    def counting(data_id: Any) -> str:
+        calls.append(1)
+        return original(data_id)
+
+    monkeypatch.setattr(records, "canonical_data_id", counting)
+    butler.registry.check([written[0].dataset_type], written[0].kinds, [p.ref for p in written])
+    assert len(calls) == 30
+    calls.clear()
+    outcomes = butler.commit_pending(written)
+    assert all(isinstance(o, DatasetRef) for o in outcomes)
+    assert len(calls) <= 5 * 30  # _admit (its key and its check), then the commit's own check and index

@@ -440,3 +440,25 @@ def test_listing_stays_inside_the_root(moto_server: ServerInfo, moto_bucket: str
     metas = {m.key: m for m in inner.list()}
     assert metas["a"].etag == inner.head("a").etag
     assert metas["a"].last_modified is not None and metas["a"].last_modified.tzinfo is not None
+
+
+# -- Expect: 100-continue only for large bodies -------------------------------------------------
+
+
+def test_small_puts_send_no_expect_continue(moto_server: ServerInfo, moto_bucket: str) -> None:
+    """Count PUTs sent with ``Expect: 100-continue``: none for small bodies, every one at 1 MiB and more."""
+    from objbutler.stores.s3 import EXPECT_CONTINUE_MIN_BYTES
+
+    store = _store_for(moto_server, moto_bucket, f"e/{uuid.uuid4().hex}")
+    sent: list[tuple[int, bool]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        body = request.body
+        sent.append((len(body) if isinstance(body, bytes) else -1, "Expect" in request.headers))
+
+    store._client().meta.events.register("before-send.s3.PutObject", record)
+    store.put("small", b"x" * 5760)
+    store.put_if_absent("small-create", b"y" * 100)
+    store.put("large", b"z" * EXPECT_CONTINUE_MIN_BYTES)
+    assert [expect for _, expect in sent] == [False, False, True]
+    assert store.get("small") == b"x" * 5760 and store.get("large") == b"z" * EXPECT_CONTINUE_MIN_BYTES

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -114,16 +115,24 @@ def _encode_image(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDat
 
 def check_format_options(fmt: str, options: dict[str, Any]) -> None:
     """Raise FormatError for a format option the encoder does not take, naming the ones it does."""
+    if not options:
+        return
+    allowed = list(_encoder_options(fmt))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise FormatError(f"unknown {fmt} format option(s) {unknown}; allowed: {allowed}")
+
+
+@functools.cache
+def _encoder_options(fmt: str) -> tuple[str, ...]:
+    """The keyword options of a format's encoder (its signature, read once per format)."""
     import inspect
 
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits as encoder
     else:
         from objbutler.formats.zarr_write import encode_zarr as encoder  # type: ignore[assignment]
-    allowed = [name for name in inspect.signature(encoder).parameters if name != "image"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise FormatError(f"unknown {fmt} format option(s) {unknown}; allowed: {allowed}")
+    return tuple(name for name in inspect.signature(encoder).parameters if name != "image")
 
 
 def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> EncodedDataset:
@@ -133,9 +142,13 @@ def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> Encoded
     if fmt == "fits":
         from objbutler.formats.fits import encode_fits
         from objbutler.formats.fits_headers import fits_layout
+        from objbutler.formats.fits_plain import encode_plain_fits
 
-        data = encode_fits(image, **options)
         sky = sky_record(image.wcs, image.data.shape, image.header, relax=True)
+        plain = encode_plain_fits(image, **options)  # bare pixels: astropy's bytes without astropy's cost
+        if plain is not None:
+            return EncodedDataset("image", fmt, {"": plain[0]}, _sha256(plain[0]), plain[1], sky)
+        data = encode_fits(image, **options)
         return EncodedDataset("image", fmt, {"": data}, _sha256(data), fits_layout(data), sky)
     from objbutler.formats.zarr_header import _WCS_RELAX
     from objbutler.formats.zarr_layout import zarr_layout

@@ -116,7 +116,7 @@ def _in(family: re.Pattern[str], keyword: str) -> bool:
 
 def has_wcs(header: fits.Header) -> bool:
     """Whether ``header`` has primary WCS cards (``CTYPE1``, ``CRPIX1``, ``CRVAL1``, ``CD1_1`` or ``PC1_1``)."""
-    return any(key in header for key in _HAS_WCS_KEYS)
+    return len(header) > 0 and any(key in header for key in _HAS_WCS_KEYS)  # an array's empty header: no lookups
 
 
 def lookup_table_cards(header: fits.Header) -> list[str]:

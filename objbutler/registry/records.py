@@ -136,16 +136,22 @@ def validate_data_id(data_id: Any) -> DataId:
     return out
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""What ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` builds on every call."""
+
+
 def canonical_data_id(data_id: DataId) -> str:
     """The canonical JSON text of a validated data ID (sorted keys, no spaces)."""
-    return json.dumps(data_id, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(data_id)
 
 
 def data_id_slug(data_id: DataId) -> str:
     """A readable, key-safe rendering for object names: ``detector=22,visit=903334``."""
     if not data_id:
         return "_"
-    parts = (f"{key}={urllib.parse.quote(str(value), safe='')}" for key, value in data_id.items())
+    # an int's digits and sign need no quoting (quote() would return them unchanged)
+    parts = (f"{key}={value}" if type(value) is int else f"{key}={urllib.parse.quote(str(value), safe='')}"
+             for key, value in data_id.items())
     return ",".join(parts)
 
 

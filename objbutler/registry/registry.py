@@ -397,10 +397,10 @@ class Registry:
     def _check(state: RegistryState, types: list[DatasetType], dimensions: dict[str, str],
                refs: list[DatasetRef]) -> None:
         state.check_types(types, dimensions)
-        in_checkpoint = state.checkpoint_members(ref.unique_key for ref in refs)
-        taken = [ref for ref in refs
-                 if ref.unique_key in in_checkpoint
-                 or (ref.unique_key in state.tail and state.tail[ref.unique_key].id != ref.id)]
+        uniques = [ref.unique_key for ref in refs]  # each a JSON encoding of the data ID: once per ref
+        in_checkpoint = state.checkpoint_members(uniques)
+        taken = [ref for ref, unique in zip(refs, uniques, strict=True)
+                 if unique in in_checkpoint or ((held := state.tail.get(unique)) is not None and held.id != ref.id)]
         if taken:
             first = taken[0]
             holder = state.find_unique(first.unique_key)

@@ -57,6 +57,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
+import botocore.utils
 
 from objbutler.errors import (
     AlreadyExistsError,
@@ -113,6 +114,27 @@ def _api_model_loader() -> botocore.loaders.Loader:
     definitions, which otherwise every new session parses again (66-100 ms per client; 11 ms shared).
     """
     return botocore.loaders.Loader()
+
+
+EXPECT_CONTINUE_MIN_BYTES = 1 << 20
+"""Smallest PUT body sent with ``Expect: 100-continue``.
+
+botocore asks for it on every PUT whose body it streams (every ``put_object``):
+the client sends the headers, waits for the server's ``100 Continue``, then
+the body. For a small object that is a second exchange per PUT for nothing
+(the body costs less to send than the wait), and about 8% of a small PUT's
+client CPU against LocalStack. Bodies below this size go out with the
+headers; larger ones keep the header (a refused upload is not sent).
+"""
+
+
+def _no_expect_for_small_bodies(request: Any, **_: Any) -> None:
+    """botocore ``before-sign`` handler: drop ``Expect: 100-continue`` from a PUT of a small body."""
+    if "Expect" not in request.headers:
+        return
+    length = botocore.utils.determine_content_length(request.body)
+    if length is not None and length < EXPECT_CONTINUE_MIN_BYTES:
+        del request.headers["Expect"]
 
 
 # Options of botocore's create_client (the rest of **client_options go to botocore.config.Config).
@@ -318,7 +340,9 @@ class S3Store(RemoteStore):
         for option, argument in _CLIENT_ARGS.items():
             if option in self._client_options:
                 kwargs[argument] = self._client_options[option]
-        return session.create_client("s3", **kwargs)
+        client = session.create_client("s3", **kwargs)
+        client.meta.events.register("before-sign.s3.PutObject", _no_expect_for_small_bodies)
+        return client
 
     def _ensure_bucket(self, client: Any) -> None:
         """Create the bucket unless it exists (``create_bucket=True``)."""
