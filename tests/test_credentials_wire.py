@@ -48,12 +48,17 @@ class Endpoints:
     def uri_b(self) -> str:
         return f"s3://{self.bucket_b}/{uuid.uuid4().hex[:8]}"
 
-    def entries(self) -> list[LogEntry]:
-        return self.proxy_a.entries() + self.proxy_b.entries()
-
     def reset(self) -> None:
-        self.proxy_a.reset_log()
-        self.proxy_b.reset_log()
+        # A client can have its answer before the proxy books the request: settle first, or the setup's
+        # last request (signed with the setup's key) lands in the log after the reset.
+        for proxy in (self.proxy_a, self.proxy_b):
+            assert proxy.settle(timeout=30.0)
+            proxy.reset_log()
+
+    def entries(self) -> list[LogEntry]:
+        for proxy in (self.proxy_a, self.proxy_b):
+            assert proxy.settle(timeout=30.0)
+        return self.proxy_a.entries() + self.proxy_b.entries()
 
     def keys_for_bucket(self, bucket: str) -> set[str | None]:
         """The access keys of every request (on either endpoint) that touched ``bucket``."""
