@@ -165,7 +165,7 @@ def test_one_writer_folds_at_a_time_and_a_dead_writers_lease_expires(tmp_path: P
     writer.registry._commits_since_check = INTERVAL - 1
     writer.put({"v": 11}, "metric", {"visit": 11}, run="r")
     assert [m.key for m in LocalStore(uri).list(MARKER_PREFIX)] == [ShardedLog.marker_key(12)]
-    assert (tmp_path / "repo" / ShardedLog.lease_key(0, 2)).exists()
+    assert lease.exists() and not (tmp_path / "repo" / ShardedLog.lease_key(0, 2)).exists()  # released when done
     assert len(Butler(uri).query()) == 12
 
 

@@ -632,14 +632,19 @@ class Registry:
         pending = sum(1 for shard, sequences in live.slots.items() for n in sequences if n > folded[shard])
         if pending < max(1, self.checkpoint_interval // 2):
             return  # decided from the listing alone: no commit is read
-        if not self._take_fold_lease(live, newest):
+        lease = self._take_fold_lease(live, newest)
+        if lease is None:
             return  # another writer is folding these commits now
-        self._refresh_sharded(self.shards, rebase_if_behind=True, listed=(live, started))
-        if sum(self._vector) - newest >= max(1, self.checkpoint_interval // 2):
-            self._checkpoint_and_compact()
+        try:
+            self._refresh_sharded(self.shards, rebase_if_behind=True, listed=(live, started))
+            if sum(self._vector) - newest >= max(1, self.checkpoint_interval // 2):
+                self._checkpoint_and_compact()
+        finally:
+            with contextlib.suppress(ObjButlerError):  # done or failed: the next writer need not wait for it
+                self.store.delete(lease)
 
-    def _take_fold_lease(self, live: LiveLog, newest: int) -> bool:
-        """Claim the folding of the commits after checkpoint ``newest`` (False: a live lease is another's).
+    def _take_fold_lease(self, live: LiveLog, newest: int) -> str | None:
+        """Claim the folding of the commits after checkpoint ``newest``: the lease's key (None: another's is live).
 
         Writers that check at about the same time would otherwise all read the
         same commits. A lease older than ``FOLD_LEASE_SECONDS`` (its holder
@@ -650,12 +655,13 @@ class Registry:
         if live.newest_time is not None:
             cutoff = live.newest_time - dt.timedelta(seconds=FOLD_LEASE_SECONDS)
             if any(t is None or t > cutoff for t in held):
-                return False
+                return None
+        key = self.shards.lease_key(newest, len(held) + 1)
         try:
-            self.store.put_if_absent(self.shards.lease_key(newest, len(held) + 1), b"{}")
+            self.store.put_if_absent(key, b"{}")
         except AlreadyExistsError:
-            return False
-        return True
+            return None
+        return key
 
     def _checkpoint_and_compact(self) -> None:
         """Write a checkpoint of the view, its marker, then delete what an old enough marker folded.

@@ -89,6 +89,11 @@ class RegistryState:
         found = pc.filter(joined, pc.is_in(joined, value_set=pa.array(list(wanted), pa.string())))
         return {wanted[text] for text in found.to_pylist()}
 
+    def _checkpoint_id(self, unique: UniqueKey) -> str | None:
+        """The id of the checkpoint row holding ``unique`` (a scan: only for the rare duplicate)."""
+        rows = self.checkpoint.table.filter(pc.equal(self._joined_keys(), _SEPARATOR.join(unique)))
+        return str(rows["id"][0].as_py()) if rows.num_rows else None
+
     def find_unique(self, unique: UniqueKey) -> DatasetRef | None:
         """The committed dataset with this (type, run, canonical data ID), if any."""
         if unique in self.tail:
@@ -137,8 +142,8 @@ class RegistryState:
         for ref in commit.datasets:
             unique = ref.unique_key
             if unique in self.tail or unique in in_checkpoint:
-                if ref.id not in self._tail_ids:
-                    self.shadowed.append(ref)
+                if ref.id not in self._tail_ids and (unique in self.tail or self._checkpoint_id(unique) != ref.id):
+                    self.shadowed.append(ref)  # another dataset holds the data ID (a second copy of one is not)
                 continue
             self.tail[unique] = ref
             self._tail_ids[ref.id] = unique
