@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from objbutler.errors import FormatError
-from objbutler.stores import ObjectMeta, Store, run_concurrently
+from objbutler.stores import ObjectMeta, Store
 
 __all__ = ["LEASE_PREFIX", "LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry", "Marker", "SequencedLog",
            "ShardedLog", "TimestampedLog", "decode_marker", "decode_vector", "encode_marker", "encode_vector"]
@@ -260,22 +260,6 @@ class ShardedLog:
                 tail = max(tail, parsed[1])
         return tail
 
-    def list_shard_after(self, shard: int, after: int) -> list[LogEntry]:
-        """The commits of ``shard`` after sequence ``after``, stopping at any gap (one listing)."""
-        prefix = self.prefix(shard)
-        start_after = self.key(shard, after) if after else None
-        entries = []
-        expected = after + 1
-        for meta in self.store.list(prefix, start_after=start_after):
-            parsed = self.parse(meta.key)
-            if parsed is None or parsed[0] != shard:
-                continue
-            if parsed[1] != expected:
-                break  # a gap: nothing after it is part of the shard yet
-            entries.append(LogEntry(f"{shard:03d}/{parsed[1]:020d}", meta.key))
-            expected += 1
-        return entries
-
     @staticmethod
     def marker_key(total: int) -> str:
         """Key of the compaction marker of the checkpoint covering ``total`` commits."""
@@ -315,10 +299,6 @@ class ShardedLog:
                    if (total := _marker_total(meta.key)) is not None]
         return sorted(markers, key=lambda marker: marker.total)
 
-    def list_after(self, vector: Sequence[int], max_workers: int = 16) -> list[list[LogEntry]]:
-        """Every shard's commits after its entry of ``vector``, listed concurrently (one listing per shard)."""
-        return run_concurrently(lambda shard: self.list_shard_after(shard, vector[shard]),
-                                list(range(self.shards)), max_workers)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
