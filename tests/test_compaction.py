@@ -8,6 +8,7 @@ readers, that a stale writer never reuses a deleted slot, and what a refresh cos
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,11 @@ from conftest import Backend
 
 from objbutler.butler import Butler
 from objbutler.maintenance import fsck
-from objbutler.registry.log import LOG_PREFIX, MARKER_PREFIX, ShardedLog
-from objbutler.stores import DeleteMany, open_store
+from objbutler.registry.checkpoint import CHECKPOINT_PREFIX, decode_checkpoint
+from objbutler.registry.log import LOG_PREFIX, MARKER_PREFIX, ShardedLog, decode_marker, decode_vector
+from objbutler.stores import DeleteMany, ObjectMeta, open_store
 from objbutler.stores.local import LocalStore
+from objbutler.stores.wrapper import StoreWrapper
 from objbutler.testing.wrappers import CountingStore
 
 INTERVAL = 6
@@ -205,4 +208,57 @@ def test_a_commit_that_lands_in_a_slot_compaction_already_deleted_is_written_aga
     late = slow.put({"v": "late"}, "metric", {"visit": 99}, run="r")
     for reader in (Butler(uri), other):
         assert {r.id for r in reader.query()} == {r.id for r in [*earlier, late]}
+    assert fsck(Butler(uri)).ok
+
+
+class _LaggingStore(StoreWrapper):
+    """A listing that misses some keys (a gateway whose listing lags its writes); a hook before marker writes."""
+
+    def __init__(self, inner: LocalStore, hidden: set[str], before_marker: Callable[[], object] | None = None) -> None:
+        super().__init__(inner)
+        self.hidden = hidden
+        self.before_marker = before_marker
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
+        return (meta for meta in super().list(prefix, start_after) if meta.key not in self.hidden)
+
+    def put_if_absent(self, key: str, data: bytes) -> ObjectMeta:
+        if key.startswith(MARKER_PREFIX) and self.before_marker is not None:
+            hook, self.before_marker = self.before_marker, None
+            hook()
+        return super().put_if_absent(key, data)
+
+
+def test_two_folds_reaching_the_same_total_with_other_commits_announce_only_their_own(tmp_path: Path) -> None:
+    """A total of commits is not a position: the fold that lost the checkpoint's name writes no marker.
+
+    Fold A sees slots 0/1, 0/2 and fold B sees 0/1, 1/1 (each listing misses one key): both reach total 2.
+    A writes checkpoint 2; B, running between A's checkpoint and A's marker, finds checkpoint 2 taken. Had
+    B announced its vector in marker 2, a later compaction would delete 1/1 although checkpoint 2 lacks it.
+    """
+    uri = _create(tmp_path, shards=2)
+    writer = _writer(uri)
+    assert writer.registry.writer is not None
+    refs = []
+    writer.registry.checkpoint_interval = 1000  # no fold of its own among these three
+    for shard, visit in ((0, 1), (0, 2), (1, 3)):
+        writer.registry.writer.shard = shard
+        refs.append(writer.put({"v": visit}, "metric", {"visit": visit}, run="r"))
+    assert sorted(_live_entries(uri)) == [ShardedLog.key(0, 1), ShardedLog.key(0, 2), ShardedLog.key(1, 1)]
+    fold_b = Butler(uri, store=_LaggingStore(LocalStore(uri), {ShardedLog.key(0, 2)}))
+    fold_a = Butler(uri, store=_LaggingStore(LocalStore(uri), {ShardedLog.key(1, 1)},
+                                             before_marker=fold_b.registry.write_checkpoint))
+    assert len(fold_b.query()) == 2  # B's view: 0/1 and 1/1, from before A's checkpoint exists
+    fold_a.registry.write_checkpoint()
+    store = LocalStore(uri)
+    for marker in ShardedLog(store, 2).list_markers():
+        position, _ = decode_marker(store.get(marker.key), 2, marker.key)
+        key = f"{CHECKPOINT_PREFIX}{marker.total:020d}.parquet"
+        held = decode_checkpoint(store.get(key), key).position
+        assert held is not None and decode_vector(held, 2) == position, f"marker {marker.total} is not its checkpoint's"
+    writer.registry.checkpoint_interval = INTERVAL
+    for n in range(4, 40):  # later folds delete through the markers; every reader keeps every dataset
+        refs.append(writer.put({"v": n}, "metric", {"visit": n}, run="r"))
+    for reader in (Butler(uri), fold_a, fold_b, writer):
+        assert {r.id for r in reader.query()} == {r.id for r in refs}
     assert fsck(Butler(uri)).ok

@@ -254,7 +254,9 @@ class Registry:
             key = f"{CHECKPOINT_PREFIX}{total:020d}.parquet"
             try:
                 checkpoint = decode_checkpoint(self.store.get(key), key)
-                decode_vector(checkpoint.position, shards.shards)
+                if decode_vector(checkpoint.position, shards.shards) != self._marker_positions[total]:
+                    log.warning("skipping checkpoint %s: it holds other commits than its marker announces", key)
+                    continue
                 return checkpoint
             except NotFoundError:
                 continue  # removed by retention since: an older one, or the listing below, will do
@@ -673,7 +675,11 @@ class Registry:
         assert self.shards is not None and self._state is not None and self._live is not None
         live, state, vector = self._live, self._state, list(self._vector)
         total = sum(vector)
-        self._write_checkpoint(state.to_checkpoint(), f"{total:020d}")
+        if not self._write_checkpoint(state.to_checkpoint(), f"{total:020d}"):
+            # Another fold reached the same total first, maybe with other commits (a total is not a
+            # position): its marker, if any, is its own to write. Announcing our vector beside its
+            # checkpoint would let a later compaction delete commits that checkpoint does not hold.
+            return
         cutoff = None if live.newest_time is None else live.newest_time - dt.timedelta(seconds=self.compaction_grace)
         old_enough = [m for m in live.markers
                       if m.total in self._marker_positions and m.total < total
@@ -723,14 +729,26 @@ class Registry:
             finally:
                 self.checkpoint_interval = interval
 
-    def _write_checkpoint(self, checkpoint: Checkpoint, name: str) -> None:
+    def _write_checkpoint(self, checkpoint: Checkpoint, name: str) -> bool:
+        """Create the checkpoint ``name`` and prune old ones; False if a checkpoint of that name existed.
+
+        On the sequenced and timestamped logs a name is a position, so an
+        existing checkpoint of that name holds the same commits. On a claimed
+        log it is a total of commits, which two folds can reach with
+        different commits: the caller must not announce the existing one as
+        its own (see :meth:`_checkpoint_and_compact`).
+        """
         key = f"{CHECKPOINT_PREFIX}{name.replace(':', '')}.parquet"
-        with contextlib.suppress(AlreadyExistsError):
+        created = True
+        try:
             self.store.put_if_absent(key, encode_checkpoint(checkpoint))
+        except AlreadyExistsError:
+            created = False
         if self.shards is None and self.log.ordered_by_creation and name.isdigit():
             self._checkpointed = max(self._checkpointed, int(name))
         for stale in self._checkpoint_keys()[KEEP_CHECKPOINTS:]:
             self.store.delete(stale)
+        return created
 
     def _checkpoint_keys(self) -> list[str]:
         """Every checkpoint's key, newest first (one listing)."""
