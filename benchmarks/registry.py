@@ -18,7 +18,10 @@ Workloads (issue 3):
     fresh Butler's query) and failed puts (exceptions), and the CPU seconds of
     the writers, the proxy and the server (two cores: saturation shows here).
     Where ``Butler.create`` takes ``commit_protocol=``, the ``sequenced``
-    protocol and the default run side by side.
+    protocol and the default run side by side. Right after, the same writers
+    measure the **floor**: two raw writes per put (the data object and one
+    record created with ``put_if_absent``), the least any commit design sends;
+    each row says what fraction of it objbutler reached (``of_floor``).
 ``put_many <n>``
     ``Butler.put_many`` of n = 10,000 such arrays from one process (a row
     saying "not available" where the tree has no ``put_many``), beside the
@@ -36,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import io
 import json
 import os
 import shutil
@@ -83,6 +85,8 @@ class RegistrySettings:
     install_daf_butler: bool = True
     protocols: tuple[str, ...] = ("sequenced", "claimed")
     """Commit protocols of the writer rows (``default``: what a new repository gets)."""
+    floors: bool = True
+    """Measure each writer count's floor (:data:`benchmarks.registry_writers.FLOOR_WRITES` raw writes per put)."""
 
 
 def registry_settings(quick: bool, smoke: bool = False, writers: tuple[int, ...] | None = None) -> RegistrySettings:
@@ -268,14 +272,11 @@ def _per_put(stats: dict[str, Any] | None, returned: int) -> tuple[float | None,
             round(stats["by_method"].get("GET", 0) / returned, 2))
 
 
-def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettings,
-                log: Callable[[str], None], requested: str | None) -> Row:
-    from benchmarks.registry_writers import DATASET_TYPE, run_writers
+def _run_measured(where: Target, uri: str, mode: str, writers: int, settings: RegistrySettings,
+                  floor: bool) -> tuple[Any, dict[str, Any] | None, dict[str, float]]:
+    """Run the writers (or the floor's); their outcome, the proxy's stats and the CPU used, from the release on."""
+    from benchmarks.registry_writers import run_writers
 
-    uri = where.new_uri(f"writers-{mode}-{writers}")
-    options = where.store_options
-    protocol = _create(uri, options, requested)
-    expected = writers * settings.puts_per_writer
     meter = CpuMeter(_parties(where))
     before: dict[str, float] = {}
 
@@ -284,11 +285,42 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
             where.proxy.reset()
         before.update(meter.snapshot())
 
-    outcome = run_writers(uri, options, writers, settings.puts_per_writer, mode,  # type: ignore[arg-type]
-                          run="writers", timeout=settings.writers_timeout, on_ready=ready)
+    outcome = run_writers(uri, where.store_options, writers, settings.puts_per_writer, mode,  # type: ignore[arg-type]
+                          run="writers", timeout=settings.writers_timeout, on_ready=ready, floor=floor)
     after = meter.snapshot()
     stats = where.proxy.stats() if where.proxy is not None else None
-    cpu = {name: after[name] - before.get(name, after[name]) for name in after}
+    return outcome, stats, {name: after[name] - before.get(name, after[name]) for name in after}
+
+
+def _floor_row(where: Target, mode: str, writers: int, settings: RegistrySettings,
+               log: Callable[[str], None]) -> Row:
+    """The same writers making the two writes any design needs per put (data + one record), in the same run."""
+    from benchmarks.registry_writers import FLOOR_WRITES
+
+    outcome, stats, cpu = _run_measured(where, where.new_uri(f"floor-{mode}-{writers}"), mode, writers, settings,
+                                        floor=True)
+    done = sum(len(r.ids) for r in outcome.results)
+    failed = sum(r.failures for r in outcome.results) + outcome.missing * settings.puts_per_writer
+    rate = round(done / outcome.wall, 1) if outcome.wall else None
+    requests, _ = _per_put(stats, done)
+    log(f"  writers-{writers} {mode} floor [{where.profile}]: {FLOOR_WRITES} raw writes per put, {rate} puts/s, "
+        f"{failed} failed; CPU s: server {cpu.get('server', 0):.1f} over {outcome.wall:.1f} s")
+    return Row("registry", f"writers-{writers} {mode}", f"floor: {FLOOR_WRITES} raw writes per put", done,
+               outcome.wall or None, requests, None, min=outcome.wall, max=outcome.wall, reps=1,
+               extra={"target": where.name, "profile": where.profile, "protocol": "floor", "mode": mode,
+                      "writers": writers, "puts_per_second": rate, "requests_per_put": requests, "failed": failed,
+                      "server_cpu_s": round(cpu.get("server", 0), 2), "wall_s": round(outcome.wall, 3)})
+
+
+def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettings,
+                log: Callable[[str], None], requested: str | None) -> Row:
+    from benchmarks.registry_writers import DATASET_TYPE
+
+    uri = where.new_uri(f"writers-{mode}-{writers}")
+    options = where.store_options
+    protocol = _create(uri, options, requested)
+    expected = writers * settings.puts_per_writer
+    outcome, stats, cpu = _run_measured(where, uri, mode, writers, settings, floor=False)
     returned = {i for r in outcome.results for i in r.ids}
     visible = {ref.id for ref in Butler(uri, **options).query(DATASET_TYPE, run="writers")}
     latencies = [t for r in outcome.results for t in r.latencies]
@@ -321,27 +353,28 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
 
 
 def _writer_rows(where: Target, settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
+    """Each writer count's rows, then (``settings.floors``) its floor, measured right after in the same run."""
     rows = []
-    for requested in _protocols(settings.protocols):
-        for mode in settings.writer_modes:
-            for writers in settings.writers:
-                rows.append(_writer_row(where, mode, writers, settings, log, requested))
+    for mode in settings.writer_modes:
+        for writers in settings.writers:
+            ours = [_writer_row(where, mode, writers, settings, log, requested)
+                    for requested in _protocols(settings.protocols)]
+            if settings.floors:
+                floor = _floor_row(where, mode, writers, settings, log)
+                for row in ours:
+                    rate, ceiling = row.extra.get("puts_per_second"), floor.extra["puts_per_second"]
+                    row.extra["floor_puts_per_second"] = ceiling
+                    row.extra["of_floor"] = round(rate / ceiling, 3) if rate and ceiling else None
+                ours.append(floor)
+            rows.extend(ours)
     return rows
-
-
-def _fits_bytes(array: np.ndarray) -> bytes:
-    from astropy.io import fits
-
-    buffer = io.BytesIO()
-    fits.PrimaryHDU(array).writeto(buffer)
-    return buffer.getvalue()
 
 
 def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
     """``Butler.put_many`` of n small arrays from one process, and the raw-PUT floor of the same objects."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmarks.registry_writers import DATASET_TYPE, small_array
+    from benchmarks.registry_writers import DATASET_TYPE, fits_bytes, small_array
     from objbutler.stores import DEFAULT_MAX_CONCURRENCY
 
     n = settings.put_many
@@ -385,7 +418,7 @@ def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str
                         error="not available: Butler.put_many is not in this tree", extra=dict(base)))
     store = open_store(where.new_uri("floor"), **where.store_options)
     concurrency = int(getattr(store, "max_concurrency", DEFAULT_MAX_CONCURRENCY))
-    payloads = [_fits_bytes(array) for array in arrays]
+    payloads = [fits_bytes(array) for array in arrays]
     with _accounting(where) as used, ThreadPoolExecutor(concurrency) as pool:
         started = time.perf_counter()
         list(pool.map(lambda item: store.put(f"floor/{item[0]:06d}.fits", item[1]), enumerate(payloads)))

@@ -11,6 +11,14 @@ the first refresh) before a first barrier; the caller's ``on_ready`` runs
 then (reset the proxy's counters, start the CPU meter), and a second barrier
 releases every writer at once, so the counts cover only the measured puts.
 
+With ``floor=True`` the same writers do not put datasets: each "put" is the
+least any commit design must send for one small dataset, **two writes** -- the
+data object (the same FITS bytes, encoded beforehand) and one registry record
+created with ``put_if_absent`` -- through the same store, proxy and barriers.
+Its rate, measured in the same run beside the real one, is this machine's and
+server's ceiling for that many writers (on two cores, 64 spawned clients and
+the server compete for the CPU: the ceiling itself can fall).
+
 :func:`run_writers` returns a :class:`WritersOutcome`; the suite then checks in
 a fresh Butler that every ref that came back is there (``lost``), and reads
 the requests from the proxy.
@@ -19,6 +27,7 @@ the requests from the proxy.
 from __future__ import annotations
 
 import dataclasses
+import io
 import multiprocessing
 import threading
 import time
@@ -27,12 +36,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["DATASET_TYPE", "WriterResult", "WritersOutcome", "run_writers", "small_array"]
+__all__ = ["DATASET_TYPE", "FLOOR_WRITES", "WriterResult", "WritersOutcome", "fits_bytes", "run_writers",
+           "small_array"]
 
 DATASET_TYPE = "small"
 SHAPE = (16, 16)
 _MESSAGES = 3
-
+FLOOR_WRITES = 2
+"""Writes per put of the floor writers: the data object and one registry record."""
+_RECORD = b'{"dataset": "%s", "type": "small", "run": "%s", "data_id": {"visit": %d, "detector": %d}}'
 
 def small_array(writer: int, index: int) -> np.ndarray:
     """The 16x16 float32 array writer ``writer`` puts as its ``index``-th dataset (distinct content)."""
@@ -92,11 +104,55 @@ class WritersOutcome:
     cpu_seconds: float
 
 
-def _puts(butler: Any, writer: int, puts: int, run: str, barriers: tuple[Any, Any], cpu: bool) -> WriterResult:
+class _ButlerPut:
+    """A real put through a Butler."""
+
+    def __init__(self, butler: Any) -> None:
+        self.butler = butler
+
+    def prepare(self, arrays: list[np.ndarray]) -> None:
+        """Nothing to do beforehand: encoding is part of a put."""
+
+    def __call__(self, array: np.ndarray, data_id: dict[str, int], run: str) -> str:
+        return str(self.butler.put(array, DATASET_TYPE, data_id, run=run).id)
+
+
+class _FloorPut:
+    """The floor's "put": the data object and one conditionally created record, bytes encoded beforehand."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.encoded: dict[int, bytes] = {}
+
+    def prepare(self, arrays: list[np.ndarray]) -> None:
+        """Encode the arrays' FITS bytes now, outside the measured part."""
+        self.encoded.update({id(array): fits_bytes(array) for array in arrays})
+
+    def __call__(self, array: np.ndarray, data_id: dict[str, int], run: str) -> str:
+        tag = f"{run}/{data_id['detector']:05d}-{data_id['visit']:07d}"
+        data = self.encoded.get(id(array)) or fits_bytes(array)
+        self.store.put(f"floor/data/{tag}.fits", data)
+        self.store.put_if_absent(f"floor/records/{tag}.json",
+                                 _RECORD % (tag.encode(), run.encode(), data_id["visit"], data_id["detector"]))
+        return tag
+
+
+def fits_bytes(array: np.ndarray) -> bytes:
+    """The bytes of a minimal FITS file holding ``array`` (what a small put writes)."""
+    from astropy.io import fits
+
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(array).writeto(buffer)
+    return buffer.getvalue()
+
+
+def _puts(put: _ButlerPut | _FloorPut, writer: int, puts: int, run: str, barriers: tuple[Any, Any],
+          cpu: bool) -> WriterResult:
     result = WriterResult()
     arrays = [small_array(writer, i) for i in range(puts)]
+    put.prepare(arrays)
     try:
-        butler.put(small_array(writer, -1), DATASET_TYPE, {"visit": -1, "detector": writer}, run="warmup")
+        put(small_array(writer, -1), {"visit": -1, "detector": writer}, "warmup")
     except Exception as exc:  # the measured puts will say more; keep going
         result.messages.append(f"warm-up: {type(exc).__name__}: {exc}"[:300])
     barriers[0].wait()
@@ -106,8 +162,7 @@ def _puts(butler: Any, writer: int, puts: int, run: str, barriers: tuple[Any, An
     for index, array in enumerate(arrays):
         begun = time.perf_counter()
         try:
-            ref = butler.put(array, DATASET_TYPE, {"visit": index, "detector": writer}, run=run)
-            result.ids.append(ref.id)
+            result.ids.append(put(array, {"visit": index, "detector": writer}, run))
         except Exception as exc:  # counted: the suite reports failures, it does not stop on them
             result.failures += 1
             if len(result.messages) < _MESSAGES:
@@ -134,21 +189,31 @@ def _release(barriers: tuple[Any, Any], on_ready: Callable[[], object]) -> None:
             barrier.abort()
 
 
-def _process_writer(uri: str, options: dict[str, Any], writer: int, puts: int, run: str,
-                    barriers: tuple[Any, Any], queue: Any) -> None:
+def _putter(uri: str, options: dict[str, Any], floor: bool) -> _ButlerPut | _FloorPut:
+    """A writer's put: a Butler opened and refreshed, or (the floor) a bare store client."""
+    if floor:
+        from objbutler.stores import open_store
+
+        return _FloorPut(open_store(uri, **options))
     from objbutler import Butler
 
     butler = Butler(uri, **options)
     butler.registry.refresh()
-    queue.put((writer, dataclasses.asdict(_puts(butler, writer, puts, run, barriers, cpu=True))))
+    return _ButlerPut(butler)
+
+
+def _process_writer(uri: str, options: dict[str, Any], writer: int, puts: int, run: str,
+                    barriers: tuple[Any, Any], queue: Any, floor: bool) -> None:
+    put = _putter(uri, options, floor)
+    queue.put((writer, dataclasses.asdict(_puts(put, writer, puts, run, barriers, cpu=True))))
 
 
 def _run_processes(uri: str, options: dict[str, Any], writers: int, puts: int, run: str, timeout: float,
-                   on_ready: Callable[[], object]) -> tuple[list[WriterResult], int, float]:
+                   on_ready: Callable[[], object], floor: bool) -> tuple[list[WriterResult], int, float]:
     context = multiprocessing.get_context("spawn")
     barriers = (context.Barrier(writers + 1, timeout=timeout), context.Barrier(writers + 1, timeout=timeout))
     queue = context.Queue()
-    processes = [context.Process(target=_process_writer, args=(uri, options, w, puts, run, barriers, queue))
+    processes = [context.Process(target=_process_writer, args=(uri, options, w, puts, run, barriers, queue, floor))
                  for w in range(writers)]
     for process in processes:
         process.start()
@@ -174,16 +239,13 @@ def _run_processes(uri: str, options: dict[str, Any], writers: int, puts: int, r
 
 
 def _run_threads(uri: str, options: dict[str, Any], writers: int, puts: int, run: str, timeout: float,
-                 on_ready: Callable[[], object]) -> tuple[list[WriterResult], int, float]:
-    from objbutler import Butler
-
-    butler = Butler(uri, **options)
-    butler.registry.refresh()
+                 on_ready: Callable[[], object], floor: bool) -> tuple[list[WriterResult], int, float]:
+    put = _putter(uri, options, floor)  # one Butler (or store client) shared by every thread
     barriers = (threading.Barrier(writers + 1, timeout=timeout), threading.Barrier(writers + 1, timeout=timeout))
     results: list[WriterResult | None] = [None] * writers
 
     def work(writer: int) -> None:
-        results[writer] = _puts(butler, writer, puts, run, barriers, cpu=False)
+        results[writer] = _puts(put, writer, puts, run, barriers, cpu=False)
 
     threads = [threading.Thread(target=work, args=(w,), name=f"bench-writer-{w}", daemon=True)
                for w in range(writers)]
@@ -201,7 +263,7 @@ def _run_threads(uri: str, options: dict[str, Any], writers: int, puts: int, run
 
 def run_writers(uri: str, options: dict[str, Any], writers: int, puts: int, mode: Literal["processes", "threads"],
                 run: str = "writers", timeout: float = 900.0,
-                on_ready: Callable[[], object] = lambda: None) -> WritersOutcome:
+                on_ready: Callable[[], object] = lambda: None, floor: bool = False) -> WritersOutcome:
     """Run ``writers`` writers of ``puts`` small puts each into the repository at ``uri``.
 
     Parameters
@@ -223,6 +285,9 @@ def run_writers(uri: str, options: dict[str, Any], writers: int, puts: int, mode
     on_ready : callable
         Called once every writer has opened its Butler and made its warm-up put, just before they are
         released together.
+    floor : bool
+        Measure the floor instead (see the module docstring): :data:`FLOOR_WRITES` raw writes per put,
+        no Butler, ``uri`` need not be a repository.
 
     Returns
     -------
@@ -235,9 +300,9 @@ def run_writers(uri: str, options: dict[str, Any], writers: int, puts: int, mode
         released.append(time.time())
 
     if mode == "processes":
-        results, missing, cpu = _run_processes(uri, options, writers, puts, run, timeout, ready)
+        results, missing, cpu = _run_processes(uri, options, writers, puts, run, timeout, ready, floor)
     elif mode == "threads":
-        results, missing, cpu = _run_threads(uri, options, writers, puts, run, timeout, ready)
+        results, missing, cpu = _run_threads(uri, options, writers, puts, run, timeout, ready, floor)
     else:
         raise ValueError(f"mode must be processes or threads, got {mode!r}")
     if missing and released:  # writers still busy were stopped at the timeout: the run lasted until then

@@ -79,9 +79,13 @@ def test_registry_writer_rows_follow_the_protocol_and_count_options(tmp_path: Pa
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
-    writers = [r for r in rows if r["workload"].startswith("writers-")]
+    writers = [r for r in rows if r["workload"].startswith("writers-") and r["protocol"] != "floor"]
     assert {r["protocol"] for r in writers} == {"claimed"}  # only the protocol asked for
     assert {r["n"] for r in writers} == {6}  # 2 writers x 3 puts
+    floors = [r for r in rows if r["workload"].startswith("writers-") and r["protocol"] == "floor"]
+    assert {(r["mode"], r["writers"], r["n"], r["failed"]) for r in floors} == {
+        ("processes", 2, 6, 0), ("threads", 2, 6, 0)}  # each writer count's floor, in the same run
+    assert all(r["of_floor"] > 0 for r in writers), writers
     assert {r["n"] for r in rows if r["workload"].startswith("put_many")} == {7}
     assert not [r for r in rows if "manifest" in r["workload"] or "daf" in r["method"] or "query" in r["workload"]]
     refused = CliRunner().invoke(main, ["bench", "registry", "--target", "local", "--protocols", "bogus"])
@@ -118,7 +122,9 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
     assert {r["profile"] for r in rows} == {"loopback", "cloud-20ms"}
     for profile in ("loopback", "cloud-20ms"):
         writers = {(r["protocol"], r["mode"], r["writers"]): r for r in rows
-                   if r["profile"] == profile and r["workload"].startswith("writers-")}
+                   if r["profile"] == profile and r["workload"].startswith("writers-") and r["protocol"] != "floor"}
+        floors = [r for r in rows if r["profile"] == profile and r.get("protocol") == "floor"]
+        assert {r["requests_per_put"] for r in floors} == {2.0}, floors  # counted by the proxy: data + record
         assert set(writers) == {(protocol, mode, w) for protocol in ("sequenced", "claimed")
                                 for mode in ("processes", "threads") for w in (1, 4)}, profile
         for (_protocol, _mode, w), row in writers.items():
@@ -138,7 +144,7 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
             assert put_many["committed"] == put_many["n"] and put_many["lost"] == 0, put_many
     text = (report / "README.md").read_text()
     assert "## Profiles side by side" in text and "| loopback | cloud-20ms |" in text
-    assert text.count("| cloud-20ms | writers-") == 8  # 2 protocols x 2 modes x 2 writer counts
+    assert text.count("| cloud-20ms | writers-") == 12  # (2 protocols + the floor) x 2 modes x 2 writer counts
 
 
 # -- the counting proxy: a FaultProxy with latency, a bandwidth cap and in-flight counts ------------------
