@@ -87,6 +87,7 @@ from objbutler.registry.registry import DEFAULT_LOG_SHARDS, PROTOCOLS, Registry
 from objbutler.registry.state import check_condition_kind
 from objbutler.stores import (
     Store,
+    budget_of,
     open_store,
     probe_conditional_writes,
     probe_timestamp_resolution,
@@ -396,7 +397,10 @@ class Butler:
                                             activity=activity)
         # fail before uploading when the view already says no
         self.registry.check([pending.dataset_type], pending.kinds, [pending.ref])
-        self.upload(pending, encoded)
+        if self.registry.claims_ahead:
+            pending = self.upload_and_claim(pending, encoded)
+        else:
+            self.upload(pending, encoded)
         outcome = self.commit_pending([pending])[0]  # shares a commit with other threads' puts, if any
         if isinstance(outcome, BaseException):
             raise outcome  # data deleted, or kept when the outcome is unknown (see commit_group)
@@ -513,6 +517,59 @@ class Butler:
         except Exception:
             pending.discard()  # no commit names this key yet
             raise
+
+    def upload_and_claim(self, pending: PendingPut, encoded: EncodedDataset) -> PendingPut:
+        """Claimed protocol: write the data and claim its data ID at the same time (one round trip, not two).
+
+        Returns the put with ``claimed`` set and a ``discard`` that also
+        releases the claim. If either fails, what the other wrote is undone
+        (the data deleted, our claim released) and the error raised: a refused
+        claim's ConflictError first. A claim refused before the upload started
+        stops the upload from starting.
+
+        Raises
+        ------
+        ConflictError, StoreError
+            As :meth:`put`, before its commit point: nothing was committed.
+        """
+        claims: list[str] = []
+        refused: list[BaseException] = []
+        uploaded: list[bool] = []
+
+        def claim() -> BaseException | None:
+            try:
+                claims.extend(self.registry.claim_ahead([pending.dataset_type], pending.kinds, [pending.ref]))
+            except BaseException as exc:  # handed back, raised below once the upload is settled
+                refused.append(exc)
+                return exc
+            return None
+
+        def upload() -> BaseException | None:
+            if refused:
+                return None  # the claim was refused first: nothing to write
+            try:
+                self.upload(pending, encoded)  # deletes what it wrote if it fails
+            except BaseException as exc:  # handed back, raised below
+                return exc
+            uploaded.append(True)
+            return None
+
+        claim_error, upload_error = budget_of(self.store).map(lambda step: step(), [claim, upload], 2)
+        if claim_error is None and upload_error is None:
+            discard = pending.discard
+
+            def undo() -> None:
+                discard()
+                self.registry.release_claims(claims)
+
+            return dataclasses.replace(pending, discard=undo, claimed=True)
+        if claim_error is None:
+            self.registry.release_claims(claims)
+        if uploaded:
+            pending.discard()
+        error = claim_error if claim_error is not None else upload_error
+        assert error is not None
+        raise error
 
     def commit_pending(self, puts: Sequence[PendingPut], chunk_size: int | None = None) -> list[Any]:
         """Commit written datasets through this Butler's commit combiner: per item the ref or the exception.

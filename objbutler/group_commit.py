@@ -60,13 +60,18 @@ class PendingPut:
     kinds : dict of str to str
         Kind (``int``/``str``) of each data ID key.
     discard : callable
-        Deletes the data objects (best effort); called when the item is refused.
+        Deletes the data objects, and releases the claim if ``claimed``
+        (best effort); called when the item is refused.
+    claimed : bool
+        Its data ID is already claimed (:meth:`Registry.claim_ahead`): the
+        commit does not claim it again.
     """
 
     ref: DatasetRef
     dataset_type: DatasetType
     kinds: dict[str, str]
     discard: Callable[[], None]
+    claimed: bool = False
 
 
 def commit_group(registry: Registry, puts: Sequence[PendingPut],
@@ -107,7 +112,8 @@ def _commit_chunk(registry: Registry, puts: Sequence[PendingPut]) -> list[Outcom
             types.setdefault(puts[index].dataset_type.name, puts[index].dataset_type)
             kinds.update(puts[index].kinds)
         try:
-            registry.commit(list(types.values()), kinds, [puts[index].ref for index in live])
+            registry.commit(list(types.values()), kinds, [puts[index].ref for index in live],
+                            claimed={puts[index].ref.id for index in live if puts[index].claimed})
         except CommitOutcomeUnknownError as exc:
             for index in live:
                 outcomes[index] = exc  # it may have landed or may still land: keep the data

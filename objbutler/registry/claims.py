@@ -47,7 +47,8 @@ class Claim:
     Parameters
     ----------
     commit_id : str
-        The commit that holds the data ID.
+        The commit that holds the data ID, or empty when the claim was made
+        before the commit was formed (a put claims while its data uploads).
     dataset_id : str
         The dataset it commits there.
     time : str

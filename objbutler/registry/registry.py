@@ -33,7 +33,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from objbutler.defaults import (
@@ -337,12 +337,50 @@ class Registry:
 
     # -- committing ------------------------------------------------------------
 
+    @property
+    def claims_ahead(self) -> bool:
+        """True if datasets are claimed one by one before their commit (the ``claimed`` protocol).
+
+        A put then claims its data ID while its data uploads (:meth:`claim_ahead`),
+        so the commit itself is one write.
+        """
+        return self.writer is not None
+
+    def claim_ahead(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef]) -> list[str]:
+        """Claimed protocol: register what the refs use and claim them now; the claim keys (all ours).
+
+        Pass the refs' ids as ``claimed`` to :meth:`commit`; if they are not
+        committed, :meth:`release_claims` undoes the claims. Nothing is
+        committed here: a claim without a commit is an unfinished claim
+        (``objbutler fsck``).
+
+        Raises
+        ------
+        ConflictError
+            A type or data ID key disagrees with its registration (nothing
+            written), or another commit holds a claim (this call's claims released).
+        StoreError
+            A claim or registration could not be made; this call's claims released.
+        """
+        if self.writer is None:
+            return []
+        self.writer.register(types, dimensions, self.state.dataset_types, self.state.dimensions)
+        return self.writer.claim(refs)
+
+    def release_claims(self, keys: Sequence[str]) -> None:
+        """Delete claims this process made with :meth:`claim_ahead` and did not commit (best effort)."""
+        if self.writer is not None and keys:
+            self.writer.release(keys)
+
     def commit(self, dataset_types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
-               annotations: list[dict[str, Any]] | None = None) -> None:
+               annotations: list[dict[str, Any]] | None = None, claimed: Collection[str] = ()) -> None:
         """Commit datasets whose data objects are already fully written (and/or annotations of earlier ones).
 
         ``annotations`` (``{"id": ..., "sky": ...}``, see :mod:`objbutler.registry.commits`) go through
         the same commit point: they are committed once their commit object exists.
+        ``claimed`` are the ids of refs :meth:`claim_ahead` already claimed
+        (claimed protocol): their claims are the caller's to release if this
+        raises anything but CommitOutcomeUnknownError.
 
         **The commit point.** The datasets are committed once their commit
         object exists on the store. This method is built around that single
@@ -374,7 +412,7 @@ class Registry:
         placed: tuple[int, int] | None = None
         try:
             if self.protocol == "claimed":
-                placed = self._commit_claimed(dataset_types, dimensions, refs, annotations)
+                placed = self._commit_claimed(dataset_types, dimensions, refs, annotations, claimed)
             elif self.protocol == "sequenced":
                 self._commit_sequenced(dataset_types, dimensions, refs, annotations)
             else:
@@ -455,7 +493,8 @@ class Registry:
             is None
 
     def _commit_claimed(self, types: list[DatasetType], dimensions: dict[str, str], refs: list[DatasetRef],
-                        annotations: list[dict[str, Any]] | None = None) -> tuple[int, int]:
+                        annotations: list[dict[str, Any]] | None = None,
+                        claimed: Collection[str] = ()) -> tuple[int, int]:
         """Register, claim, place (see :mod:`objbutler.registry.sharded`); the slot that holds the commit.
 
         Before the slot holds the commit, a failure releases this call's claims
@@ -468,7 +507,8 @@ class Registry:
         self.writer.register(types, dimensions, state.dataset_types, state.dimensions)
         commit = new_commit(types, dimensions, refs, annotations)
         body = encode_commit(commit)
-        claims = self.writer.claim(commit) if refs else []
+        unclaimed = [ref for ref in refs if ref.id not in claimed]
+        claims = self.writer.claim(unclaimed, commit.commit_id) if unclaimed else []
         view = self._vector or [0] * self.shards.shards
         placed: tuple[int, int] | None = None
         try:

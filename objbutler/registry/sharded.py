@@ -8,7 +8,8 @@ A commit goes through three steps, each a conditional create
    ``manifest/dimensions/``); a disagreement is a ConflictError before anything
    else is written.
 2. **Claim** every dataset's ``(type, run, data ID)`` (``manifest/claims/``),
-   concurrently. A claim another commit holds refuses that dataset
+   concurrently (a single put registers and claims while its data uploads:
+   :meth:`objbutler.butler.Butler.upload_and_claim`). A claim another commit holds refuses that dataset
    (ConflictError naming the refused ids) after the claims of this call are
    released. This is where uniqueness is settled: no log has to be read.
 3. **Place** the commit in a log shard: the slot after the last one this
@@ -42,7 +43,7 @@ from objbutler.registry.claims import (
     encode_type,
     type_key,
 )
-from objbutler.registry.commits import Commit, decode_commit, utc_now
+from objbutler.registry.commits import decode_commit, utc_now
 from objbutler.registry.log import ShardedLog
 from objbutler.registry.records import DatasetRef, DatasetType
 from objbutler.registry.slots import decide_create
@@ -123,8 +124,13 @@ class ShardedWriter:
 
     # -- 2. claims ------------------------------------------------------------------
 
-    def claim(self, commit: Commit) -> list[str]:
-        """Claim every dataset of ``commit``; the claim keys (all ours) on success.
+    def claim(self, refs: Sequence[DatasetRef], commit_id: str = "") -> list[str]:
+        """Claim every dataset of ``refs``; the claim keys (all ours) on success.
+
+        ``commit_id`` names the commit they go into, or is empty when the
+        claims are made before the commit is formed (a put claims while its
+        data uploads, see :meth:`objbutler.registry.registry.Registry.claim_ahead`).
+        A claim is ours when it names our dataset id.
 
         Raises
         ------
@@ -136,14 +142,12 @@ class ShardedWriter:
             whose write is undecided may remain: vacuum removes it).
         """
         now = utc_now()
-        items = [(ref, claim_key(ref.unique_key), encode_claim(Claim(commit.commit_id, ref.id, now)))
-                 for ref in commit.datasets]
+        items = [(ref, claim_key(ref.unique_key), encode_claim(Claim(commit_id, ref.id, now))) for ref in refs]
 
         def one(item: tuple[DatasetRef, str, bytes]) -> Claim | ObjButlerError | None:
-            _, key, body = item
+            ref, key, body = item
             try:
-                other = decide_create(self.store, key, body,
-                                      lambda raw: decode_claim(raw, key).commit_id == commit.commit_id)
+                other = decide_create(self.store, key, body, lambda raw: decode_claim(raw, key).dataset_id == ref.id)
                 return None if other is None else decode_claim(other, key)
             except ObjButlerError as exc:
                 return exc
@@ -170,7 +174,8 @@ class ShardedWriter:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
         return ConflictError(
             f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is already claimed by dataset {claim.dataset_id} "
-            f"(commit {claim.commit_id}, claimed {'?' if age is None else f'{age:.0f}'} s ago){more}. If that "
+            f"({f'commit {claim.commit_id}, ' if claim.commit_id else ''}claimed "
+            f"{'?' if age is None else f'{age:.0f}'} s ago){more}. If that "
             "dataset is not in the registry, its put is still committing or crashed; `objbutler vacuum` clears "
             "unfinished claims older than its grace period",
             conflicts=[r.id for r, _ in taken],
