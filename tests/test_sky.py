@@ -536,3 +536,25 @@ def test_proxy_adds_latency() -> None:
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+def test_a_parquet_catalogue_written_by_pyarrow_is_read_without_pandas(tmp_path: Path) -> None:
+    """Astropy reads Parquet through pandas, which objbutler does not install: catalogues go through pyarrow."""
+    import pyarrow as pa
+
+    from objbutler.dask.requests import parse_requests
+    from objbutler.errors import FormatError
+    from objbutler.sky.catalog import read_catalog
+
+    positions = _positions(4)
+    catalog = tmp_path / "targets.parquet"
+    pq.write_table(pa.table({"ra": positions.ra.deg, "dec": positions.dec.deg, "mag": [20.0, 21.0, 22.0, 23.0]}),
+                   catalog)
+    coords = read_catalog(catalog)
+    assert np.allclose(coords.ra.deg, positions.ra.deg) and np.allclose(coords.dec.deg, positions.dec.deg)
+    requests = parse_requests(str(catalog), dataset_type="calexp", size=5, data_id_keys=())
+    assert [(r.ra, r.dec) for r in requests] == pytest.approx(list(zip(positions.ra.deg, positions.dec.deg)))
+    garbled = tmp_path / "garbled.parquet"
+    garbled.write_bytes(b"PAR1 not really")
+    with pytest.raises(FormatError, match="garbled.parquet"):
+        read_catalog(garbled)

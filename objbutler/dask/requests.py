@@ -89,7 +89,7 @@ def parse_requests(
         ``data_id_keys`` says which), so a table with columns ``visit, detector,
         ra, dec`` works as is. Missing or masked
         values (``None``, NaN, masked) count as absent. A path is read with
-        :meth:`astropy.table.Table.read` (ECSV, FITS, Parquet, CSV ...).
+        :meth:`astropy.table.Table.read` (ECSV, FITS, CSV ...), or Parquet (read with pyarrow).
         A row with a sky position and no image (no data ID, no dataset ID) asks
         for every image holding the position (:func:`objbutler.dask.cutouts`
         finds them in the registry's sky index); for a catalogue with further
@@ -128,9 +128,9 @@ def parse_requests(
 
 def _rows(requests: Any) -> Iterable[Any]:
     if isinstance(requests, str | os.PathLike):
-        from astropy.table import Table
+        from objbutler.formats.dispatch import read_table_file
 
-        requests = Table.read(requests)
+        requests = read_table_file(requests)
     colnames = getattr(requests, "colnames", None)
     if colnames is not None:  # astropy Table
         return (dict(zip(colnames, row, strict=True)) for row in requests)

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,8 @@ from objbutler.errors import FormatError, NotFoundError, NotSupportedError
 from objbutler.formats._image import Image, as_image, to_nddata
 from objbutler.stores import Store
 
-__all__ = ["FORMATS", "EncodedDataset", "Recorded", "encode_dataset", "kind_of", "read_dataset", "write_dataset"]
+__all__ = ["FORMATS", "EncodedDataset", "Recorded", "encode_dataset", "kind_of", "read_dataset", "read_table_file",
+           "write_dataset"]
 
 FORMATS = {"fits": "image", "zarr": "image", "json": "metadata", "parquet": "table", "ecsv": "table"}
 DEFAULT_FORMAT = {"metadata": "json", "table": "parquet"}
@@ -206,6 +208,25 @@ def _table_to_parquet(table: Any) -> bytes:
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_arrays(arrays, schema=schema), sink, compression="zstd")
     return sink.getvalue()
+
+
+def read_table_file(path: str | os.PathLike[str]) -> Any:
+    """An astropy Table from a file: Parquet through pyarrow (astropy's reader needs pandas), else ``Table.read``.
+
+    Raises
+    ------
+    FormatError
+        The file is not a table astropy or pyarrow can read.
+    """
+    from astropy.table import Table
+
+    try:
+        if str(path).lower().endswith((".parquet", ".parq", ".pq")):
+            with open(path, "rb") as handle:
+                return _parquet_to_table(handle.read())
+        return Table.read(path)
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as exc:
+        raise FormatError(f"{path}: not a table objbutler can read ({type(exc).__name__}: {exc})") from exc
 
 
 def _parquet_to_table(data: bytes) -> Any:

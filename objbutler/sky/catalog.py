@@ -69,9 +69,9 @@ def read_catalog(path: Path) -> SkyCoord:
         coords = read_radec_csv(path)
         assert isinstance(coords, SkyCoord)
         return coords
-    from astropy.table import Table
+    from objbutler.formats.dispatch import read_table_file
 
-    table = Table.read(path)
+    table = read_table_file(path)
     names = {name.lower(): name for name in table.colnames}
     if "ra" not in names or "dec" not in names:
         raise InvalidCutoutError(f"{path}: needs columns ra and dec (degrees); has {table.colnames}")
