@@ -417,3 +417,16 @@ def test_cli_provenance(lineage: Lineage) -> None:
     assert down.output.startswith("datasets made from raw") and "deepCoadd" in down.output
     missing = runner.invoke(main, ["provenance", lineage.a.uri, "deepCoadd", "--data-id", "tract=2"])
     assert missing.exit_code == 3 and "error: no deepCoadd with data ID" in missing.output
+
+
+def test_a_repository_opened_by_a_relative_path_is_home_to_links_recorded_with_its_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    absolute = Butler.create(str(tmp_path / "camera"))
+    raw = absolute.put({"adu": 1}, "raw", {"exposure": 1}, run="raw")
+    calexp = absolute.put({"flux": 2}, "calexp", {"visit": 1}, run="isr", inputs=[raw])
+    monkeypatch.chdir(tmp_path)
+    relative = Butler("camera")
+    text = relative.provenance(relative.query("calexp")[0]).to_tree_text()
+    assert "[used] raw" in text or "[derived] raw" in text, text
+    assert " @ " not in text and "unresolved" not in text, text  # one repository, however it was spelled
+    assert relative.provenance(calexp).nodes.keys() >= {raw.id, calexp.id}

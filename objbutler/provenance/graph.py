@@ -8,10 +8,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from objbutler.errors import ObjButlerError
 from objbutler.provenance.activity import Activity
 from objbutler.registry.records import DatasetRef
+from objbutler.stores.locations import parse_location
 
-__all__ = ["PROV_NAMESPACE", "EdgeKind", "LineageEdge", "LineageGraph", "LineageNode"]
+__all__ = ["PROV_NAMESPACE", "EdgeKind", "LineageEdge", "LineageGraph", "LineageNode", "repository_key",
+           "same_repository"]
 
 PROV_NAMESPACE = "urn:objbutler:"
 EdgeKind = Literal["used", "wasDerivedFrom"]
@@ -144,7 +147,7 @@ class LineageGraph:
         activity = self.activities.get(node.activity_id or "")
         if activity is not None:
             text += f" <{activity.name}>"
-        if node.repository and node.repository != home:
+        if node.repository and not same_repository(node.repository, home):
             text += f" @ {node.repository}"
         if not node.resolved:
             text += f"  (unresolved: {node.problem})"
@@ -238,3 +241,16 @@ def _activity_attributes(activity: Activity) -> dict[str, Any]:
     if activity.ended:
         attributes["prov:endTime"] = activity.ended
     return attributes
+
+
+def repository_key(uri: str) -> str:
+    """One spelling per repository: a local path made absolute (``camera`` and ``/home/me/camera`` agree)."""
+    try:
+        return parse_location(uri.rstrip("/") or uri).uri
+    except ObjButlerError:  # not a location objbutler parses: compare as written
+        return uri
+
+
+def same_repository(a: str, b: str) -> bool:
+    """True if two repository URIs name the same repository (see :func:`repository_key`)."""
+    return a == b or repository_key(a) == repository_key(b)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from objbutler.errors import NotFoundError, ObjButlerError
 from objbutler.provenance.activity import ACTIVITY_PREFIX, Activity
-from objbutler.provenance.graph import EdgeKind, LineageEdge, LineageGraph, LineageNode
+from objbutler.provenance.graph import EdgeKind, LineageEdge, LineageGraph, LineageNode, repository_key
 from objbutler.registry.records import DatasetRef
 
 if TYPE_CHECKING:
@@ -25,32 +25,34 @@ class _Walk:
     def __init__(self, butler: Butler, others: Iterable[Butler], resolver: Callable[[str], Butler] | None) -> None:
         self.home = butler
         self.resolver = resolver
-        self.butlers: dict[str, Butler | None] = {b.uri: b for b in others}
-        self.butlers[butler.uri] = butler
+        self.butlers: dict[str, Butler | None] = {repository_key(b.uri): b for b in others}
+        self.butlers[repository_key(butler.uri)] = butler
         self.problems: dict[str, str] = {}
         self.states: dict[str, RegistryState] = {}
         self.graph_activities: dict[str, Activity] = {}
 
     def _butler(self, uri: str) -> Butler | None:
-        if uri not in self.butlers:
+        key = repository_key(uri)
+        if key not in self.butlers:
             # Another repository is opened by the caller's resolver, or from the environment alone: never
             # with this repository's store options, whose keys are not the caller's to lend elsewhere.
             open_other = self.resolver or type(self.home)
             try:
-                self.butlers[uri] = open_other(uri)
+                self.butlers[key] = open_other(uri)
             except (ObjButlerError, OSError, ValueError) as exc:
-                self.butlers[uri] = None
-                self.problems[uri] = f"cannot open repository {uri}: {type(exc).__name__}: {exc}"
-        return self.butlers[uri]
+                self.butlers[key] = None
+                self.problems[key] = f"cannot open repository {uri}: {type(exc).__name__}: {exc}"
+        return self.butlers[key]
 
     def resolve(self, link: Mapping[str, Any]) -> LineageNode:
         uri = str(link.get("repository") or self.home.uri)
         butler = self._butler(uri)
         if butler is None:
-            return LineageNode.from_link(link, self.problems[uri])
-        if uri not in self.states:
-            self.states[uri] = butler.registry.refresh()
-        found = self.states[uri].query(dataset_id=str(link["id"]))
+            return LineageNode.from_link(link, self.problems[repository_key(uri)])
+        key = repository_key(uri)
+        if key not in self.states:
+            self.states[key] = butler.registry.refresh()
+        found = self.states[key].query(dataset_id=str(link["id"]))
         if not found:
             return LineageNode.from_link(link, f"dataset {link['id']} is not in {uri}")
         return LineageNode.from_ref(found[0])
