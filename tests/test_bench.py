@@ -124,7 +124,9 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
         writers = {(r["protocol"], r["mode"], r["writers"]): r for r in rows
                    if r["profile"] == profile and r["workload"].startswith("writers-") and r["protocol"] != "floor"}
         floors = [r for r in rows if r["profile"] == profile and r.get("protocol") == "floor"]
-        assert {r["requests_per_put"] for r in floors} == {2.0}, floors  # counted by the proxy: data + record
+        # counted by the proxy: the data and the record (a retry of a request LocalStack answered 5xx under
+        # load counts too)
+        assert all(2.0 <= r["requests_per_put"] < 3 and r["failed"] == 0 for r in floors), floors
         assert set(writers) == {(protocol, mode, w) for protocol in ("sequenced", "claimed")
                                 for mode in ("processes", "threads") for w in (1, 4)}, profile
         for (_protocol, _mode, w), row in writers.items():

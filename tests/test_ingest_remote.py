@@ -742,7 +742,8 @@ def test_old_records_and_checkpoints_still_read() -> None:
 
 def test_an_old_repository_opens_and_takes_direct_datasets(tmp_path: Path) -> None:
     """A repository whose checkpoint predates the direct column keeps working, and then records direct datasets."""
-    butler = Butler.create(str(tmp_path / "repo"), checkpoint_interval=1)
+    # old repositories are sequenced (claimed became the default later)
+    butler = Butler.create(str(tmp_path / "repo"), checkpoint_interval=1, commit_protocol="sequenced")
     ref = butler.put(_image(1), "raw", {"visit": 1}, run="r")
     (checkpoint_key,) = [m.key for m in butler.store.list("manifest/checkpoints/")]
     decoded = decode_checkpoint(butler.store.get(checkpoint_key), checkpoint_key)

@@ -130,7 +130,7 @@ def test_images_without_celestial_wcs_have_no_footprint() -> None:
 
 def test_old_checkpoint_without_sky_columns_still_opens(tmp_path: Path) -> None:
     uri = str(tmp_path / "repo")
-    butler = Butler.create(uri)
+    butler = Butler.create(uri, commit_protocol="sequenced")  # old repositories are sequenced
     _fill(butler, 3, formats=("fits",))
     butler.registry.write_checkpoint()
     key = next(m.key for m in butler.store.list(CHECKPOINT_PREFIX))
