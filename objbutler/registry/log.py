@@ -247,17 +247,25 @@ class ShardedLog:
         return int(shard), int(sequence)
 
     def shard_tail(self, shard: int, after: int) -> int:
-        """The highest sequence number taken in ``shard``, at least ``after`` (one listing).
+        """The last slot of the run of taken slots right after slot ``after`` of ``shard`` (one listing).
 
-        Unlike a reader, a writer does not stop at a gap: compaction deletes
-        the slots below a checkpoint, and a slot is only ever taken above every
-        slot it is known to follow.
+        ``after`` is a slot the writer knows taken, at or above every marker
+        position it has read; compaction deletes only slots at or below the
+        position of a marker a writer has read (see
+        :meth:`objbutler.registry.registry.Registry.keep_up_with_compaction`),
+        and a slot is only taken right after one known taken. So the slots
+        above ``after`` are one run, and anything past a gap is a stray that
+        readers never reach (they stop at the gap): a commit placed after it
+        would never be listed.
         """
         tail = after
         for meta in self.store.list(self.prefix(shard), start_after=self.key(shard, after) if after else None):
             parsed = self.parse(meta.key)
-            if parsed is not None and parsed[0] == shard:
-                tail = max(tail, parsed[1])
+            if parsed is None or parsed[0] != shard or parsed[1] <= tail:
+                continue
+            if parsed[1] != tail + 1:
+                break  # a gap: what follows is no commit of this shard (yet)
+            tail = parsed[1]
         return tail
 
     @staticmethod
