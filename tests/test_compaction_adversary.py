@@ -394,3 +394,40 @@ def test_a_marker_ahead_of_every_slot_does_not_swallow_later_puts(tmp_path: Path
     _carry_on(writers, ids)
     for reader in (Butler(uri), *writers):
         assert _ids(reader) == set(ids)
+
+
+UNFIXED_IN_REGISTRY = "bug: fixed by FIX.patch (registry.py), which removes this mark"
+
+
+@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
+@pytest.mark.parametrize("body", [b"\xff not json", b'{"v": 1, "position": "shards:1,1", "deletes": null}'],
+                         ids=["garbled", "total-disagrees-with-position"])
+def test_a_bad_marker_with_a_huge_total_does_not_stop_compaction(tmp_path: Path, body: bytes) -> None:
+    """A marker that cannot be what its name says is ignored: not taken as the newest checkpoint (no
+    fold would ever be far enough past it, and the live log would grow without bound)."""
+    uri, writers, ids = _hostile_repo(tmp_path)
+    LocalStore(uri).put(ShardedLog.marker_key(10**6), body)
+    _carry_on(writers, ids, rounds=20)
+    for reader in (Butler(uri), *writers):
+        assert _ids(reader) == set(ids)
+    live = [m.key for m in LocalStore(uri).list(LOG_PREFIX) if ShardedLog.parse(m.key) is not None]
+    assert len(live) < len(ids) // 2, f"compaction stopped: {len(live)} live commits of {len(ids)}"
+
+
+@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
+def test_a_checkpoint_whose_position_disagrees_with_its_marker_is_skipped(tmp_path: Path) -> None:
+    """The newest marker's checkpoint holds an older fold (its position is behind the commits the
+    markers say were deleted): a reader must not start from it, or the deleted commits between the two
+    are silently missing. (The same mismatch arises when two folds name different vectors by one total.)"""
+    uri, writers, ids = _hostile_repo(tmp_path, shards=SHARDS)
+    _carry_on(writers, ids, rounds=8)
+    stale = Butler(uri)
+    assert _ids(stale) == set(ids)
+    markers = _keys(uri, MARKER_PREFIX)
+    checkpoints = _keys(uri, CHECKPOINT_PREFIX)
+    assert len(markers) >= 2 and len(checkpoints) == 3
+    newest = markers[-1][len(MARKER_PREFIX):-len(".json")]
+    store = LocalStore(uri)
+    store.put(f"{CHECKPOINT_PREFIX}{newest}.parquet", store.get(checkpoints[0]))  # the oldest fold, renamed
+    for reader in (Butler(uri), stale):
+        assert _ids(reader) == set(ids)
