@@ -31,11 +31,13 @@ from typing import Any
 import pytest
 
 from objbutler.butler import Butler
+from objbutler.errors import CommitOutcomeUnknownError, ObjButlerError
 from objbutler.maintenance import fsck, vacuum
 from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
 from objbutler.registry.log import LEASE_PREFIX, LOG_PREFIX, MARKER_PREFIX, ShardedLog, encode_marker, encode_vector
 from objbutler.stores import ObjectMeta, RangeLike, Store, StoreWrapper
 from objbutler.stores.local import LocalStore
+from objbutler.testing.faults import Fault, FaultPlan, FaultyStore
 
 INTERVAL = 4
 SHARDS = 4
@@ -152,13 +154,19 @@ def _no_check(butler: Butler) -> Butler:
     return butler
 
 
-def _put(butler: Butler, n: int, i: int) -> str:
-    """One put whose dataset type (and data ID keys) depend on ``n``; the new ref's id."""
+def _spec(n: int, i: int) -> tuple[str, dict[str, Any], str]:
+    """Dataset type, data ID and run of put ``(n, i)``: types and data ID keys change with ``n``."""
     if n % 3 == 0:
-        return butler.put({"n": n, "i": i}, "metric", {"visit": n, "detector": i}, run="r").id
+        return "metric", {"visit": n, "detector": i}, "r"
     if n % 3 == 1:
-        return butler.put({"n": n, "i": i}, "kind1", {"exposure": n * 10 + i, "band": "g"}, run="r").id
-    return butler.put({"n": n, "i": i}, "kind2", {"tract": n, "patch": i}, run="r2").id
+        return "kind1", {"exposure": n * 10 + i, "band": "g"}, "r"
+    return "kind2", {"tract": n, "patch": i}, "r2"
+
+
+def _put(butler: Butler, n: int, i: int) -> str:
+    """Put ``(n, i)`` (see :func:`_spec`); the new ref's id."""
+    kind, data_id, run = _spec(n, i)
+    return butler.put({"n": n, "i": i}, kind, data_id, run=run).id
 
 
 def _expire_leases(root: Path) -> None:
@@ -431,3 +439,177 @@ def test_a_checkpoint_whose_position_disagrees_with_its_marker_is_skipped(tmp_pa
     store.put(f"{CHECKPOINT_PREFIX}{newest}.parquet", store.get(checkpoints[0]))  # the oldest fold, renamed
     for reader in (Butler(uri), stale):
         assert _ids(reader) == set(ids)
+
+
+# -- 4. real processes, overlapping data IDs, one SIGKILLed --------------------------------------------------
+
+
+def _process_writer(uri: str, index: int, items: list[tuple[str, dict[str, int], str]], grace: float,
+                    out_path: str, barrier: Any) -> None:
+    """Put ``items`` in order; one JSON line per outcome, flushed before the next put (a spawn target)."""
+    import json
+
+    from objbutler.errors import CommitOutcomeUnknownError, ConflictError, ObjButlerError
+
+    butler = Butler(uri)
+    butler.registry.compaction_grace = grace
+    butler.registry.refresh()
+    barrier.wait()
+    with open(out_path, "a") as out:
+        for n, (kind, data_id, run) in enumerate(items):
+            record: dict[str, Any] = {"kind": kind, "data_id": data_id, "run": run}
+            try:
+                record["ok"] = butler.put({"writer": index, "n": n}, kind, data_id, run=run).id
+            except ConflictError:
+                record["conflict"] = True
+            except CommitOutcomeUnknownError as exc:
+                record["unknown"] = str(exc)
+            except ObjButlerError as exc:
+                record["error"] = f"{type(exc).__name__}: {exc}"
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+
+def _items(index: int, count: int) -> list[tuple[str, dict[str, int], str]]:
+    """Writers ``i`` and ``i + 3`` race for the same metric data IDs; the other kinds are their own."""
+    import random
+
+    items: list[tuple[str, dict[str, int], str]] = []
+    for n in range(count):
+        if n % 2 == 0:
+            items.append(("metric", {"visit": n, "detector": index % 3}, "r"))
+        elif n % 4 == 1:
+            items.append(("kind1", {"exposure": index * 1000 + n, "band": 1}, "r"))
+        else:
+            items.append(("kind2", {"tract": n, "patch": index}, "r2"))
+    random.Random(index).shuffle(items)
+    return items
+
+
+def _outcomes(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+@pytest.mark.parametrize("grace", [0.0, 0.3])
+def test_processes_racing_across_many_checkpoints_lose_nothing_and_one_wins_each_data_id(
+        tmp_path: Path, grace: float) -> None:
+    """Six writer processes (pairs racing for the same data IDs) and a seventh that is SIGKILLed after
+    some puts, with a short grace (none, 0.3 s) so that compaction deletes while they run. A warm reader polls
+    throughout: it never fails, and never loses what it saw. Every put that returned is in every reader's
+    view at the end, each data ID has one winner, every ConflictError names a held data ID."""
+    import multiprocessing
+    import signal
+    import time
+
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=SHARDS)
+    context = multiprocessing.get_context("spawn")
+    writers, victim_index = 6, 6
+    barrier = context.Barrier(writers + 2)
+    outs = [tmp_path / f"out{index}.jsonl" for index in range(writers + 1)]
+    processes = [context.Process(target=_process_writer, args=(uri, index, _items(index, 30), grace, str(outs[index]),
+                                                               barrier))
+                 for index in range(writers)]
+    processes.append(context.Process(target=_process_writer,
+                                     args=(uri, victim_index, _items(victim_index, 1000), grace,
+                                           str(outs[victim_index]), barrier)))
+    stale, warm = Butler(uri), Butler(uri)
+    assert _ids(stale) == set() == _ids(warm)
+    for process in processes:
+        process.start()
+    barrier.wait(timeout=120)
+    seen: set[str] = set()
+    killed = False
+    polls = 0
+    while any(p.is_alive() for p in processes[:writers]):
+        now = _ids(warm)
+        assert seen <= now, f"a warm reader lost {len(seen - now)} datasets it had seen"
+        seen, polls = now, polls + 1
+        if not killed and outs[victim_index].exists() and len(_outcomes(outs[victim_index])) >= 10:
+            os.kill(processes[victim_index].pid, signal.SIGKILL)  # type: ignore[arg-type]
+            killed = True
+        time.sleep(0.05)
+    if not killed:
+        os.kill(processes[victim_index].pid, signal.SIGKILL)  # type: ignore[arg-type]
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes[:writers]] == [0] * writers
+    outcomes = [record for path in outs for record in _outcomes(path)]
+    assert not [r for r in outcomes if "error" in r], [r["error"] for r in outcomes if "error" in r][:3]
+    returned = [r for r in outcomes if "ok" in r]
+    fresh = Butler(uri)
+    final = {(ref.dataset_type, ref.run, tuple(sorted(ref.data_id.items()))): ref.id for ref in fresh.query()}
+    by_key: dict[tuple[str, str, tuple[tuple[str, int], ...]], list[str]] = {}
+    for r in returned:
+        by_key.setdefault((r["kind"], r["run"], tuple(sorted(r["data_id"].items()))), []).append(r["ok"])
+    assert all(len(ids) == 1 for ids in by_key.values()), "two puts of one data ID both returned"
+    assert {key: ids[0] for key, ids in by_key.items()}.items() <= final.items(), "a put that returned is lost"
+    for r in outcomes:
+        if "conflict" in r:
+            assert (r["kind"], r["run"], tuple(sorted(r["data_id"].items()))) in final
+    assert len([r for r in outcomes if "conflict" in r]) > 0, "the writers never raced"
+    for reader in (fresh, warm, stale):
+        assert _ids(reader) == set(final.values())
+    if grace == 0:
+        live = [k for k in _keys(uri, LOG_PREFIX) if ShardedLog.parse(k) is not None]
+        assert len(live) < len(final) // 2, "compaction did not delete while the writers ran"
+    assert polls > 3 and len(_keys(uri, MARKER_PREFIX)) >= 1
+    _assert_clean(uri)
+
+
+# -- 5. faults on the fold's own requests ------------------------------------------------------------------
+
+LOG_LISTING = "^" + re.escape(LOG_PREFIX) + "$"
+FOLD_FAULTS = {
+    "marker-lost-answer": [Fault("lost_answer", "put_if_absent", MARKER, occurrences=None)],
+    "marker-late": [Fault("late", "put_if_absent", MARKER, occurrences=None, after_calls=30)],
+    "checkpoint-late": [Fault("late", "put_if_absent", CHECKPOINT, occurrences=None, after_calls=3)],
+    "checkpoint-lost-answer": [Fault("lost_answer", "put_if_absent", CHECKPOINT, occurrences=(1, 3, 5))],
+    "slot-deletes-late": [Fault("late", "delete", SLOT, occurrences=None, after_calls=2)],
+    "deletes-refused": [Fault("refuse", "delete", f"{SLOT}|{MARKER}", occurrences=None)],
+    "second-delete-5xx": [Fault("before", "delete", SLOT, occurrences=(2, 7, 12))],
+    "listing-breaks-half-way": [Fault("lost_answer", "list", LOG_LISTING, occurrences=(2, 3, 5, 8))],
+    "fold-read-fails": [Fault("before", "get|get_many", SLOT, occurrences=(1, 3))],
+    "lease-release-late": [Fault("late", "delete", LEASE, occurrences=None, after_calls=1)],
+    "lease-lost-answer": [Fault("lost_answer", "put_if_absent", LEASE, occurrences=(2,))],
+    "marker-reads-fail": [Fault("before", "get", MARKER, occurrences=(1, 2, 4))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOLD_FAULTS))
+def test_faults_on_the_folds_requests_lose_nothing(tmp_path: Path, name: str) -> None:
+    """One of three compacting writers gets faults on its fold's requests (lost answers, late writes,
+    refusals, 5xx, a listing that fails half-way); no put may be lost, none may report a wrong outcome,
+    and a reader racing those folds never fails."""
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=2)
+    faulty_store = FaultyStore(LocalStore(uri), FaultPlan(FOLD_FAULTS[name]))
+    faulty = _writer(uri, faulty_store)
+    writers = [faulty, _writer(uri), _writer(uri)]
+    stale = Butler(uri)
+    lagging = {lag: Butler(uri) for lag in (1, 2, 3)}  # readers that refresh every 1, 2, 3 rounds
+    assert _ids(stale) == set()
+    returned: list[str] = []
+    failed: list[tuple[str, dict[str, Any], str]] = []
+    for n in range(20):
+        faulty.registry._commits_since_check = INTERVAL - 1  # the faulty writer checks at every put
+        for i, writer in enumerate(writers):
+            try:
+                returned.append(_put(writer, n, i))
+            except CommitOutcomeUnknownError:
+                pass
+            except ObjButlerError:
+                failed.append(_spec(n, i))  # nothing committed: no reader may ever see it
+        for lag, reader in lagging.items():
+            if n % lag == 0:
+                assert set(returned) <= _ids(reader), f"a reader refreshing every {lag} rounds lost datasets"
+    faulty_store.flush_late()
+    assert faulty_store.counts, "no fault was injected: the scenario does not reach the fold"
+    fresh = Butler(uri)
+    for kind, data_id, run in failed:
+        assert fresh.query(kind, where=data_id, run=run) == [], "a put that failed committed something"
+    for reader in (fresh, stale, *lagging.values(), *writers):
+        assert set(returned) <= _ids(reader)
+    _assert_clean(uri)
