@@ -35,7 +35,7 @@ from objbutler.errors import CommitOutcomeUnknownError, ObjButlerError
 from objbutler.maintenance import fsck, vacuum
 from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
 from objbutler.registry.log import LEASE_PREFIX, LOG_PREFIX, MARKER_PREFIX, ShardedLog, encode_marker, encode_vector
-from objbutler.stores import ObjectMeta, RangeLike, Store, StoreWrapper
+from objbutler.stores import ObjectMeta, RangeLike, Store, StoreWrapper, open_store
 from objbutler.stores.local import LocalStore
 from objbutler.testing.faults import Fault, FaultPlan, FaultyStore
 
@@ -444,14 +444,14 @@ def test_a_checkpoint_whose_position_disagrees_with_its_marker_is_skipped(tmp_pa
 # -- 4. real processes, overlapping data IDs, one SIGKILLed --------------------------------------------------
 
 
-def _process_writer(uri: str, index: int, items: list[tuple[str, dict[str, int], str]], grace: float,
-                    out_path: str, barrier: Any) -> None:
+def _process_writer(uri: str, options: dict[str, Any], index: int, items: list[tuple[str, dict[str, int], str]],
+                    grace: float, out_path: str, barrier: Any) -> None:
     """Put ``items`` in order; one JSON line per outcome, flushed before the next put (a spawn target)."""
     import json
 
     from objbutler.errors import CommitOutcomeUnknownError, ConflictError, ObjButlerError
 
-    butler = Butler(uri)
+    butler = Butler(uri, **options)
     butler.registry.compaction_grace = grace
     butler.registry.refresh()
     barrier.wait()
@@ -492,30 +492,34 @@ def _outcomes(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-@pytest.mark.parametrize("grace", [0.0, 0.3])
+@pytest.mark.parametrize(("where", "grace"), [("local", 0.0), ("local", 0.3), ("localstack", 0.0)])
 def test_processes_racing_across_many_checkpoints_lose_nothing_and_one_wins_each_data_id(
-        tmp_path: Path, grace: float) -> None:
+        tmp_path: Path, request: pytest.FixtureRequest, where: str, grace: float) -> None:
     """Six writer processes (pairs racing for the same data IDs) and a seventh that is SIGKILLed after
-    some puts, with a short grace (none, 0.3 s) so that compaction deletes while they run. A warm reader polls
-    throughout: it never fails, and never loses what it saw. Every put that returned is in every reader's
-    view at the end, each data ID has one winner, every ConflictError names a held data ID."""
+    some puts, with a short grace (none, 0.3 s) so that compaction deletes while they run. A warm reader
+    polls throughout: it never fails, and never loses what it saw. Every put that returned is in every
+    reader's view at the end, each data ID has one winner, every ConflictError names a held data ID."""
     import multiprocessing
     import signal
     import time
 
-    uri = str(tmp_path / "repo")
-    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=SHARDS)
+    if where == "local":
+        uri, options = str(tmp_path / "repo"), {}
+    else:
+        backend = request.getfixturevalue("localstack_backend")
+        uri, options = backend.new_uri(), dict(backend.options)
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=SHARDS, **options)
+    store = open_store(uri, **options)
+    puts = 30 if where == "local" else 20  # per writer
     context = multiprocessing.get_context("spawn")
     writers, victim_index = 6, 6
     barrier = context.Barrier(writers + 2)
     outs = [tmp_path / f"out{index}.jsonl" for index in range(writers + 1)]
-    processes = [context.Process(target=_process_writer, args=(uri, index, _items(index, 30), grace, str(outs[index]),
-                                                               barrier))
-                 for index in range(writers)]
-    processes.append(context.Process(target=_process_writer,
-                                     args=(uri, victim_index, _items(victim_index, 1000), grace,
-                                           str(outs[victim_index]), barrier)))
-    stale, warm = Butler(uri), Butler(uri)
+    processes = [context.Process(target=_process_writer,
+                                 args=(uri, options, index, _items(index, 1000 if index == victim_index else puts),
+                                       grace, str(outs[index]), barrier))
+                 for index in range(writers + 1)]
+    stale, warm = Butler(uri, **options), Butler(uri, **options)
     assert _ids(stale) == set() == _ids(warm)
     for process in processes:
         process.start()
@@ -539,7 +543,7 @@ def test_processes_racing_across_many_checkpoints_lose_nothing_and_one_wins_each
     outcomes = [record for path in outs for record in _outcomes(path)]
     assert not [r for r in outcomes if "error" in r], [r["error"] for r in outcomes if "error" in r][:3]
     returned = [r for r in outcomes if "ok" in r]
-    fresh = Butler(uri)
+    fresh = Butler(uri, **options)
     final = {(ref.dataset_type, ref.run, tuple(sorted(ref.data_id.items()))): ref.id for ref in fresh.query()}
     by_key: dict[tuple[str, str, tuple[tuple[str, int], ...]], list[str]] = {}
     for r in returned:
@@ -552,11 +556,15 @@ def test_processes_racing_across_many_checkpoints_lose_nothing_and_one_wins_each
     assert len([r for r in outcomes if "conflict" in r]) > 0, "the writers never raced"
     for reader in (fresh, warm, stale):
         assert _ids(reader) == set(final.values())
+    assert polls > 3 and [m.key for m in store.list(MARKER_PREFIX)]
     if grace == 0:
-        live = [k for k in _keys(uri, LOG_PREFIX) if ShardedLog.parse(k) is not None]
+        live = [m.key for m in store.list(LOG_PREFIX) if ShardedLog.parse(m.key) is not None]
         assert len(live) < len(final) // 2, "compaction did not delete while the writers ran"
-    assert polls > 3 and len(_keys(uri, MARKER_PREFIX)) >= 1
-    _assert_clean(uri)
+    report = fsck(Butler(uri, **options))
+    assert report.ok and report.dangling == [] and report.shadowed == [], report
+    vacuum(Butler(uri, **options), older_than=dt.timedelta(0))
+    after = fsck(Butler(uri, **options))
+    assert after.ok and after.orphans == [] and after.claims == [], after
 
 
 # -- 5. faults on the fold's own requests ------------------------------------------------------------------
