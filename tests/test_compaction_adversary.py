@@ -621,3 +621,25 @@ def test_faults_on_the_folds_requests_lose_nothing(tmp_path: Path, name: str) ->
     for reader in (fresh, stale, *lagging.values(), *writers):
         assert set(returned) <= _ids(reader)
     _assert_clean(uri)
+
+
+@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
+def test_a_fold_lease_whose_create_lost_its_answer_does_not_stall_compaction(tmp_path: Path) -> None:
+    """The lease create landed but its answer was lost: the writer gives up the fold, and nobody holds
+    the lease for FOLD_LEASE_SECONDS (60 s), while every writer waits for it and the live log grows."""
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=2)
+    faulty_store = FaultyStore(LocalStore(uri), FaultPlan([Fault("lost_answer", "put_if_absent", LEASE)]))
+    faulty = _writer(uri, faulty_store)
+    writers = [faulty, _writer(uri), _writer(uri)]
+    ids: list[str] = []
+    n = 0
+    while not faulty_store.counts:
+        faulty.registry._commits_since_check = INTERVAL - 1  # it checks at every put until the fault hits
+        ids.append(_put(faulty, n, 0))
+        n += 1
+        assert n < 50, "the faulty writer never tried to fold"
+    markers = _keys(uri, MARKER_PREFIX)
+    _carry_on(writers, ids, rounds=12, start=100)
+    assert _ids(Butler(uri)) == set(ids)
+    assert _keys(uri, MARKER_PREFIX)[-1:] != markers[-1:], "no fold since the lost lease answer (a 60 s stall)"
