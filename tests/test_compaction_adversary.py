@@ -643,3 +643,23 @@ def test_a_fold_lease_whose_create_lost_its_answer_does_not_stall_compaction(tmp
     _carry_on(writers, ids, rounds=12, start=100)
     assert _ids(Butler(uri)) == set(ids)
     assert _keys(uri, MARKER_PREFIX)[-1:] != markers[-1:], "no fold since the lost lease answer (a 60 s stall)"
+
+
+def test_a_stray_object_with_a_future_time_does_not_void_the_grace(tmp_path: Path) -> None:
+    """Compaction measures a marker's age against the newest time the log listing shows. A stray object
+    under manifest/log/ stamped an hour ahead (a copy that kept a skewed clock's times) made every marker
+    look a grace old at once: a writer that had read the markers moments earlier placed its commit in a
+    slot already deleted, the put returned, and no reader ever saw it."""
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=1)
+    busy = Butler(uri)  # the default grace (30 s)
+    ids = [busy.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(3)]
+    stale = Butler(uri)
+    ids.append(stale.put({"n": 3}, "metric", {"visit": 3}, run="r").id)  # it read the markers just now
+    LocalStore(uri).put(f"{LOG_PREFIX}stray.txt", b"x")
+    future = dt.datetime.now(dt.UTC).timestamp() + 3600
+    os.utime(tmp_path / "repo" / LOG_PREFIX / "stray.txt", (future, future))
+    ids += [busy.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(4, 40)]
+    ids.append(stale.put({"n": 99}, "metric", {"visit": 99}, run="r").id)  # within half the grace of its reading
+    for reader in (Butler(uri), busy):
+        assert _ids(reader) == set(ids)
