@@ -280,17 +280,19 @@ class ShardedLog:
         leases: dict[int, list[dt.datetime | None]] = {}
         newest: dt.datetime | None = None
         for meta in self.store.list(LOG_PREFIX):
-            if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
-                newest = meta.last_modified
             parsed = self.parse(meta.key)
             if parsed is not None:
-                if parsed[0] < self.shards:
-                    slots.setdefault(parsed[0], []).append(parsed[1])
-                continue
-            if meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
+                if parsed[0] >= self.shards:
+                    continue
+                slots.setdefault(parsed[0], []).append(parsed[1])
+            elif meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
                 markers.append(Marker(total, meta.key, meta.last_modified))
             elif meta.key.startswith(LEASE_PREFIX) and meta.key[len(LEASE_PREFIX):][:20].isdigit():
                 leases.setdefault(int(meta.key[len(LEASE_PREFIX):][:20]), []).append(meta.last_modified)
+            else:
+                continue  # a stray: its time (a copy may carry a skewed clock's) must not age the markers
+            if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
+                newest = meta.last_modified
         for sequences in slots.values():
             sequences.sort()
         markers.sort(key=lambda marker: marker.total)
@@ -339,7 +341,8 @@ class LiveLog:
     markers : list of Marker
         Compaction markers, oldest first.
     newest_time : datetime or None
-        The newest modification time listed (the server's clock, no later than now).
+        The newest modification time of a commit, marker or lease listed (the server's clock, no later
+        than now; stray keys do not count).
     leases : dict
         Checkpoint total -> the modification times of its fold leases.
     """
