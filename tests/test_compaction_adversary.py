@@ -20,6 +20,7 @@ fsck after vacuum is clean; readers never crash on what they list.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from objbutler.registry.log import LEASE_PREFIX, LOG_PREFIX, MARKER_PREFIX, Shar
 from objbutler.stores import ObjectMeta, RangeLike, Store, StoreWrapper, open_store
 from objbutler.stores.local import LocalStore
 from objbutler.testing.faults import Fault, FaultPlan, FaultyStore
+from objbutler.testing.wrappers import CountingStore
 
 INTERVAL = 4
 SHARDS = 4
@@ -662,4 +664,39 @@ def test_a_stray_object_with_a_future_time_does_not_void_the_grace(tmp_path: Pat
     ids += [busy.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(4, 40)]
     ids.append(stale.put({"n": 99}, "metric", {"visit": 99}, run="r").id)  # within half the grace of its reading
     for reader in (Butler(uri), busy):
+        assert _ids(reader) == set(ids)
+
+
+@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
+def test_a_marker_announcing_deletions_past_its_own_position_is_ignored(tmp_path: Path) -> None:
+    """A marker only ever announces deleting through an older marker's position, never past its own.
+    One that does (its deletes field corrupted) made every writer that read it think each slot it took
+    may have been compacted: it wrote each commit again, slot after slot, up to the announced position
+    (300 requests a put here; for a huge number, a put that never ends); and every reader start again
+    from a checkpoint at every refresh."""
+    uri, _, ids = _hostile_repo(tmp_path)
+    store = LocalStore(uri)
+    newest = _keys(uri, MARKER_PREFIX)[-1]
+    position = json.loads(store.get(newest))["position"]
+    store.put(newest, encode_marker(position, encode_vector([300, 300])))  # its deletes field, corrupted
+    counting = CountingStore(LocalStore(uri))
+    writers = [_writer(uri, counting), _writer(uri), _writer(uri)]  # writers that read it
+    _carry_on(writers, ids, rounds=6)
+    assert counting.requests_by_method["put_if_absent"] < 6 * 8, "commits written again and again"
+    for reader in (Butler(uri), *writers):
+        assert _ids(reader) == set(ids)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_an_unreadable_checkpoint_is_skipped_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    uri, writers, ids = _hostile_repo(tmp_path)
+    store = LocalStore(uri)
+    newest = _keys(uri, MARKER_PREFIX)[-1][len(MARKER_PREFIX):-len(".json")]
+    key = f"{CHECKPOINT_PREFIX}{newest}.parquet"
+    store.put(key, b"PAR1 not parquet PAR1" if damage == "garbage" else store.get(key)[:200])
+    assert _ids(Butler(uri)) == set(ids)
+    assert "checkpoint" in caplog.text
+    _carry_on(writers, ids, rounds=6)
+    for reader in (Butler(uri), *writers):
         assert _ids(reader) == set(ids)
