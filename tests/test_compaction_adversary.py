@@ -424,7 +424,6 @@ def test_a_bad_marker_with_a_huge_total_does_not_stop_compaction(tmp_path: Path,
     assert len(live) < len(ids) // 2, f"compaction stopped: {len(live)} live commits of {len(ids)}"
 
 
-@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
 def test_a_checkpoint_whose_position_disagrees_with_its_marker_is_skipped(tmp_path: Path) -> None:
     """The newest marker's checkpoint holds an older fold (its position is behind the commits the
     markers say were deleted): a reader must not start from it, or the deleted commits between the two
