@@ -223,9 +223,10 @@ class Butler:
         """Create a new, empty repository and return a Butler on it.
 
         The store's conditional writes are probed first. A store that claims an
-        atomic create and enforces it gets the ``sequenced`` commit protocol
-        unless ``commit_protocol="claimed"`` is asked for (claims per data ID
-        and a sharded log, for many concurrent writers: see docs/registry.md);
+        atomic create and enforces it gets the ``claimed`` commit protocol
+        (claims per data ID and a sharded log, so that many concurrent writers
+        scale: see docs/registry.md) unless ``commit_protocol="sequenced"`` is
+        asked for (one log, two requests per put, for a single writer);
         a store without one (Swift) gets ``timestamped``. A store that claims an
         atomic create but ignores the header is refused unless
         ``allow_no_atomic_create=True``, which degrades to ``timestamped``.
@@ -250,13 +251,14 @@ class Butler:
         store : Store, optional
             Use this store object instead of opening ``uri``.
         commit_protocol : {"claimed", "sequenced", "timestamped"}, optional
-            None (default): ``"sequenced"`` on a store with an atomic create
-            (one log: a reader's refresh is one listing), ``"timestamped"``
-            without one. ``"claimed"`` (atomic-create stores) scales writes
-            with writers: three requests per put by the writer, plus about
-            one GET per put amortized to fold commits into checkpoints; a
-            reader's refresh is one listing (the log is compacted). Choose it
-            for repositories that many processes write at once.
+            None (default): ``"claimed"`` on a store with an atomic create,
+            ``"timestamped"`` without one. ``"claimed"`` scales writes with
+            writers: three requests per put in two round trips (the claim
+            goes with the upload), plus about one GET per put amortized to
+            fold commits into checkpoints; a reader's refresh is one listing
+            (the log is compacted). ``"sequenced"`` (atomic-create stores):
+            one log, two requests per put, but every writer reads every other
+            writer's commits, so throughput falls as writers are added.
             ``"timestamped"`` runs on any store with server timestamps.
         log_shards : int, optional
             ``"claimed"`` only: how many log shards (1 to 1000; 256 when not
@@ -287,7 +289,7 @@ class Butler:
         if commit_protocol is not None and commit_protocol not in PROTOCOLS:
             raise ConfigError(f"commit_protocol must be one of {list(PROTOCOLS)}, got {commit_protocol!r}")
         if log_shards is not None:
-            if commit_protocol != "claimed":
+            if commit_protocol not in (None, "claimed"):
                 raise ConfigError(f"log_shards is a setting of the claimed commit protocol; got "
                                   f"log_shards={log_shards!r} with commit_protocol={commit_protocol!r}")
             RepositoryConfig("claimed", fmt, interval, log_shards=log_shards)  # 1 to 1000, before any I/O
@@ -298,6 +300,9 @@ class Butler:
         exists = _has_config(store)
         if not exists:
             protocol = _choose_protocol(store, allow_no_atomic_create, commit_protocol)
+            if log_shards is not None and protocol != "claimed":
+                raise ConfigError(f"log_shards is a setting of the claimed commit protocol, which {uri} cannot "
+                                  f"run (it gets {protocol})")
             timestamped = protocol == "timestamped"
             resolution = probe_timestamp_resolution(store) if timestamped else DEFAULT_TIMESTAMP_RESOLUTION
             shards = (log_shards or DEFAULT_LOG_SHARDS) if protocol == "claimed" else 0
@@ -316,6 +321,8 @@ class Butler:
                 f"or remove it first (objbutler rm-repo {uri})"
             )
         butler = cls(uri, store=given, **store_options)
+        if not exists:
+            butler.registry.write_empty_checkpoint()  # claimed: stock tools find a checkpoint from the start
         if exists:
             asked = {"default_format": default_format, "checkpoint_interval": checkpoint_interval}
             differ = [f"{name}={getattr(butler.config, name)!r} (asked for {value!r})"
@@ -1283,7 +1290,7 @@ def _choose_protocol(store: Store, allow_no_atomic_create: bool, wanted: str | N
         return "timestamped"
     probe = probe_conditional_writes(store)
     if probe.create_enforced and (probe.match_enforced or not caps.compare_and_swap):
-        return wanted or "sequenced"
+        return wanted or "claimed"
     if wanted is not None:
         raise NotSupportedError(f"{store.uri} does not enforce an atomic create: the {wanted} commit protocol "
                                 "cannot run on it")

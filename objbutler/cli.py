@@ -329,11 +329,12 @@ def _find(butler: Any, dataset_type: str, data_id: dict[str, int | str], run: st
 @click.option("--create-bucket", "--create-container", "create_bucket", is_flag=True,
               help="Create the S3 bucket (or Swift container) if it does not exist.")
 @click.option("--commit-protocol", type=click.Choice(["claimed", "sequenced", "timestamped"]), default=None,
-              help="Commit protocol (default: sequenced with an atomic create, timestamped without; claimed "
-                   "scales writes with many concurrent writers: three writes per put, a compacted log that a reader "
-                   "lists once per refresh).")
+              help="Commit protocol (default: claimed with an atomic create, timestamped without). claimed "
+                   "scales writes with concurrent writers (three writes per put in two round trips, a compacted "
+                   "log that a reader lists once per refresh); sequenced keeps one ordered log (two writes per "
+                   "put, for a single writer: writers read each other's commits).")
 @click.option("--log-shards", type=click.IntRange(1, 1000), default=None,
-              help="With --commit-protocol claimed: log shards (default 256; more than the writers expected at once).")
+              help="Claimed repositories: log shards (default 256; more than the writers expected at once).")
 def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_bucket: bool,
            commit_protocol: str | None, log_shards: int | None) -> None:
     """Create an empty repository at URI (a path, file:///path, s3://BUCKET/PREFIX or swift://CONTAINER/PREFIX).

@@ -51,8 +51,8 @@ def _claims(butler: Butler) -> list[str]:
 
 def test_new_repository_on_an_atomic_store_is_claimed(atomic_backend: Backend) -> None:
     uri = atomic_backend.new_uri()
-    assert Butler.create(uri + "-default", **atomic_backend.options).config.commit_protocol == "sequenced"
-    butler = Butler.create(uri, commit_protocol="claimed", **atomic_backend.options)
+    assert Butler.create(uri + "-seq", commit_protocol="sequenced", **atomic_backend.options).config.log_shards == 0
+    butler = Butler.create(uri, **atomic_backend.options)
     assert butler.config.commit_protocol == "claimed" and butler.config.log_shards >= 1
     ref = butler.put({"v": 1}, "metric", {"visit": 1}, run="r")
     keys = sorted(m.key for m in butler.store.list("manifest/"))
@@ -290,7 +290,8 @@ def test_commit_protocol_can_be_chosen_and_is_checked(tmp_path: Any) -> None:
         Butler.create(str(tmp_path / "bad"), commit_protocol="fastest")
     assert not os.path.exists(tmp_path / "bad" / "objbutler.json")
     assert Butler.create(str(tmp_path / "seq"), commit_protocol="sequenced").config.log_shards == 0
-    for bad in ({"log_shards": 8}, {"log_shards": 8, "commit_protocol": "sequenced"},
+    assert Butler.create(str(tmp_path / "few"), log_shards=8).config.log_shards == 8  # claimed by default
+    for bad in ({"log_shards": 8, "commit_protocol": "sequenced"}, {"log_shards": 8, "commit_protocol": "timestamped"},
                 {"log_shards": 0, "commit_protocol": "claimed"}, {"log_shards": 1001, "commit_protocol": "claimed"}):
         with pytest.raises(ConfigError):
             Butler.create(str(tmp_path / "bad"), **bad)  # type: ignore[arg-type]
@@ -308,9 +309,8 @@ def test_cli_create_chooses_the_commit_protocol(tmp_path: Any) -> None:
         assert result.exit_code == 0 and f"commit protocol: {protocol}" in result.output
         assert Butler(repo).config.commit_protocol == protocol
     result = CliRunner().invoke(main, ["create", str(tmp_path / "default")], catch_exceptions=False)
-    assert "commit protocol: sequenced" in result.output  # claimed is chosen, never assumed
-    result = CliRunner().invoke(main, ["create", str(tmp_path / "few"), "--commit-protocol", "claimed",
-                                       "--log-shards", "8"], catch_exceptions=False)
+    assert "commit protocol: claimed" in result.output  # the default on a store with an atomic create
+    result = CliRunner().invoke(main, ["create", str(tmp_path / "few"), "--log-shards", "8"], catch_exceptions=False)
     assert result.exit_code == 0 and Butler(str(tmp_path / "few")).config.log_shards == 8
 
 

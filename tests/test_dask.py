@@ -398,3 +398,29 @@ def test_cli_cutout_runs_on_a_scheduler(client: Any, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["cutout", repo, "calexp", "--data-id", "visit=1", "--boxes", str(boxes),
                                        "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"])
     assert result.exit_code != 0 and "not both" in result.output
+
+
+def test_a_local_cluster_takes_no_fixed_port(capfd: pytest.CaptureFixture[str]) -> None:
+    """``--workers N`` starts a cluster whose scheduler HTTP server takes a free port, not 8787 (and no warning)."""
+    import socket
+    import warnings
+
+    from objbutler.dask import connect
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))  # another cluster's dashboard, say
+    except OSError:
+        holder.close()
+        pytest.skip("port 8787 is taken on this machine already")
+    holder.listen()
+    try:
+        with warnings.catch_warnings(record=True) as caught, connect(workers=1) as client:
+            warnings.simplefilter("always")
+            assert client.submit(sum, [20, 22]).result() == 42
+            ports = client.scheduler_info().get("services", {}).values()
+    finally:
+        holder.close()
+    assert 8787 not in ports
+    messages = [str(w.message) for w in caught] + [capfd.readouterr().err]
+    assert not [m for m in messages if "already in use" in m], messages

@@ -450,8 +450,11 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             yield client
     elif workers is not None:
         with (
+            # dashboard_address=None alone still starts the scheduler's HTTP server on :8787 (and warns when
+            # another cluster holds it): no dashboard, and that server on a free loopback port
             LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, host="127.0.0.1",
-                         dashboard_address=None) as cluster,
+                         dashboard_address=None,
+                         scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster,
             Client(cluster) as client,
         ):
             yield client

@@ -28,6 +28,7 @@ Three commit protocols, chosen from what the store guarantees (never assumed):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -752,6 +753,18 @@ class Registry:
         state = RegistryState(self.state.checkpoint, self.repository)
         state.apply_many([(entry.position, commit) for entry, commit in settled])
         self._write_checkpoint(state.to_checkpoint(), settled[-1][0].position.split("|", 1)[0])
+
+    def write_empty_checkpoint(self) -> None:
+        """Claimed protocol, at create: the checkpoint of no commits (every shard at 0).
+
+        A claimed repository then always has a checkpoint, so the stock-tools
+        recipe of docs/registry.md (newest checkpoint plus the commits above its
+        vector) works from the first put on. Other protocols: nothing.
+        """
+        if self.shards is None:
+            return
+        empty = dataclasses.replace(empty_checkpoint(), position=encode_vector([0] * self.shards.shards))
+        self._write_checkpoint(empty, f"{0:020d}")
 
     def write_checkpoint(self) -> None:
         """Write a checkpoint of everything visible now (sequenced) or settled (timestamped)."""
