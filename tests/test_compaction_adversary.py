@@ -299,11 +299,6 @@ def test_a_writer_killed_at_any_step_of_a_fold_loses_nothing(
 # -- 2. a reader whose listed commits are deleted before it reads them ------------------------------------
 
 
-READER_RACE = ("bug: a refresh that lists commits a fold then deletes raises NotFoundError from get_many; "
-               "FIX.patch (registry.py: list again, the deletion's marker restarts the view) removes this mark")
-
-
-@pytest.mark.xfail(strict=True, reason=READER_RACE)
 @pytest.mark.parametrize("grace", [0.0, 30.0])
 def test_a_reader_whose_listed_commits_are_compacted_before_it_reads_them(tmp_path: Path, grace: float) -> None:
     """Reader lists (commits 4-8 and a marker folding 1-6 that announces no deletion yet); a fold then
@@ -406,10 +401,6 @@ def test_a_marker_ahead_of_every_slot_does_not_swallow_later_puts(tmp_path: Path
         assert _ids(reader) == set(ids)
 
 
-UNFIXED_IN_REGISTRY = "bug: fixed by FIX.patch (registry.py), which removes this mark"
-
-
-@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
 @pytest.mark.parametrize("body", [b"\xff not json", b'{"v": 1, "position": "shards:1,1", "deletes": null}'],
                          ids=["garbled", "total-disagrees-with-position"])
 def test_a_bad_marker_with_a_huge_total_does_not_stop_compaction(tmp_path: Path, body: bytes) -> None:
@@ -624,7 +615,6 @@ def test_faults_on_the_folds_requests_lose_nothing(tmp_path: Path, name: str) ->
     _assert_clean(uri)
 
 
-@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
 def test_a_fold_lease_whose_create_lost_its_answer_does_not_stall_compaction(tmp_path: Path) -> None:
     """The lease create landed but its answer was lost: the writer gives up the fold, and nobody holds
     the lease for FOLD_LEASE_SECONDS (60 s), while every writer waits for it and the live log grows."""
@@ -666,7 +656,6 @@ def test_a_stray_object_with_a_future_time_does_not_void_the_grace(tmp_path: Pat
         assert _ids(reader) == set(ids)
 
 
-@pytest.mark.xfail(strict=True, reason=UNFIXED_IN_REGISTRY)
 def test_a_marker_announcing_deletions_past_its_own_position_is_ignored(tmp_path: Path) -> None:
     """A marker only ever announces deleting through an older marker's position, never past its own.
     One that does (its deletes field corrupted) made every writer that read it think each slot it took
