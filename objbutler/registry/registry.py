@@ -273,6 +273,14 @@ class Registry:
                 log.warning("ignoring a compaction marker: %s", exc)
                 self._ignored_markers.add(marker.key)
                 continue
+            if not self._has_checkpoint(marker.total):
+                # A fold writes its checkpoint before its marker, so this one is a stray (a vector ahead of
+                # every slot would make writers place commits past a gap that readers never cross), or its
+                # checkpoint was pruned by retention: newer markers, whose positions are at least its
+                # deletions, say everything it would.
+                log.info("ignoring the compaction marker %s: its checkpoint is not there", marker.key)
+                self._ignored_markers.add(marker.key)
+                continue
             self._marker_positions[marker.total] = position
             self._deleted = [max(a, b) for a, b in zip(self._deleted, deletes, strict=True)]
             if self.writer is not None:
@@ -281,6 +289,14 @@ class Registry:
         self._marker_positions = {t: p for t, p in self._marker_positions.items() if t in listed}
         self._ignored_markers &= {marker.key for marker in markers}
         self._markers_at = listed_at
+
+    def _has_checkpoint(self, total: int) -> bool:
+        """True if the checkpoint a claimed log's marker of ``total`` commits announces exists (one HEAD)."""
+        try:
+            self.store.head(f"{CHECKPOINT_PREFIX}{total:020d}.parquet")
+        except NotFoundError:
+            return False
+        return True
 
     def _sharded_checkpoint(self, shards: ShardedLog) -> Checkpoint:
         """The newest checkpoint that covers every commit compaction deleted (markers first, then a listing)."""
