@@ -247,17 +247,25 @@ class ShardedLog:
         return int(shard), int(sequence)
 
     def shard_tail(self, shard: int, after: int) -> int:
-        """The highest sequence number taken in ``shard``, at least ``after`` (one listing).
+        """The last slot of the run of taken slots right after slot ``after`` of ``shard`` (one listing).
 
-        Unlike a reader, a writer does not stop at a gap: compaction deletes
-        the slots below a checkpoint, and a slot is only ever taken above every
-        slot it is known to follow.
+        ``after`` is a slot the writer knows taken, at or above every marker
+        position it has read; compaction deletes only slots at or below the
+        position of a marker a writer has read (see
+        :meth:`objbutler.registry.registry.Registry.keep_up_with_compaction`),
+        and a slot is only taken right after one known taken. So the slots
+        above ``after`` are one run, and anything past a gap is a stray that
+        readers never reach (they stop at the gap): a commit placed after it
+        would never be listed.
         """
         tail = after
         for meta in self.store.list(self.prefix(shard), start_after=self.key(shard, after) if after else None):
             parsed = self.parse(meta.key)
-            if parsed is not None and parsed[0] == shard:
-                tail = max(tail, parsed[1])
+            if parsed is None or parsed[0] != shard or parsed[1] <= tail:
+                continue
+            if parsed[1] != tail + 1:
+                break  # a gap: what follows is no commit of this shard (yet)
+            tail = parsed[1]
         return tail
 
     @staticmethod
@@ -272,17 +280,19 @@ class ShardedLog:
         leases: dict[int, list[dt.datetime | None]] = {}
         newest: dt.datetime | None = None
         for meta in self.store.list(LOG_PREFIX):
-            if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
-                newest = meta.last_modified
             parsed = self.parse(meta.key)
             if parsed is not None:
-                if parsed[0] < self.shards:
-                    slots.setdefault(parsed[0], []).append(parsed[1])
-                continue
-            if meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
+                if parsed[0] >= self.shards:
+                    continue
+                slots.setdefault(parsed[0], []).append(parsed[1])
+            elif meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
                 markers.append(Marker(total, meta.key, meta.last_modified))
             elif meta.key.startswith(LEASE_PREFIX) and meta.key[len(LEASE_PREFIX):][:20].isdigit():
                 leases.setdefault(int(meta.key[len(LEASE_PREFIX):][:20]), []).append(meta.last_modified)
+            else:
+                continue  # a stray: its time (a copy may carry a skewed clock's) must not age the markers
+            if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
+                newest = meta.last_modified
         for sequences in slots.values():
             sequences.sort()
         markers.sort(key=lambda marker: marker.total)
@@ -331,7 +341,8 @@ class LiveLog:
     markers : list of Marker
         Compaction markers, oldest first.
     newest_time : datetime or None
-        The newest modification time listed (the server's clock, no later than now).
+        The newest modification time of a commit, marker or lease listed (the server's clock, no later
+        than now; stray keys do not count).
     leases : dict
         Checkpoint total -> the modification times of its fold leases.
     """

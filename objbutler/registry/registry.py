@@ -34,6 +34,7 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -93,6 +94,8 @@ CLAIM_ATTEMPTS = CREATE_ATTEMPTS
 DEFAULT_LOG_SHARDS = 256
 FOLD_LEASE_SECONDS = 60.0
 """A fold lease older than this (by the server's clock) no longer keeps other writers from folding."""
+REFRESH_ATTEMPTS = 3
+"""Claimed: listings a refresh makes when compaction deletes commits it listed before it reads them."""
 
 
 class Registry:
@@ -156,6 +159,7 @@ class Registry:
         self.compaction_grace = compaction_grace
         self._marker_positions: dict[int, list[int]] = {}  # claimed: live markers read, total -> position
         self._deleted: list[int] = [0] * log_shards  # claimed: compaction announced deleting through this
+        self._ignored_markers: set[str] = set()  # claimed: listed marker keys that are no marker (warned once)
         self._markers_at = -math.inf  # claimed: monotonic time the markers were last listed
         self._live: LiveLog | None = None  # claimed: the last listing of the log
         self._commits_since_check = random.randrange(checkpoint_interval)  # claimed: spread writers' checks
@@ -191,7 +195,26 @@ class Registry:
         ``rebase_if_behind``, so does a view behind the newest checkpoint (a
         checkpoint writer reads one Parquet file instead of every commit since
         its view). ``listed`` is a listing just made and when it started.
+
+        A commit listed but gone when read was deleted by a compaction since
+        the listing (the marker it listed may have turned ``compaction_grace``
+        old meanwhile): the marker announcing that deletion was written before
+        it, so a new listing shows it and restarts the view from a checkpoint
+        that covers the commit. Nothing was applied from the failed attempt.
         """
+        for attempt in range(1, REFRESH_ATTEMPTS + 1):
+            try:
+                return self._refresh_sharded_once(shards, rebase_if_behind, listed)
+            except NotFoundError as exc:
+                if attempt == REFRESH_ATTEMPTS:
+                    raise
+                log.info("a commit was compacted between listing and reading it (%s); listing again", exc)
+                listed = None
+        raise AssertionError("unreachable")
+
+    def _refresh_sharded_once(self, shards: ShardedLog, rebase_if_behind: bool,
+                              listed: tuple[LiveLog, float] | None) -> RegistryState:
+        """One attempt of :meth:`_refresh_sharded` (NotFoundError: a listed commit is gone)."""
         if listed is None:
             started = time.monotonic()
             listed = shards.list_live(), started
@@ -230,22 +253,50 @@ class Registry:
     def _read_markers(self, markers: Sequence[Marker], listed_at: float) -> None:
         """Read the bodies of markers not read yet: what compaction deleted, and where checkpoints are."""
         assert self.shards is not None
-        new = [marker for marker in markers if marker.total not in self._marker_positions]
+        new = [marker for marker in markers
+               if marker.total not in self._marker_positions and marker.key not in self._ignored_markers]
         for marker in new:
             try:
                 position, deletes = decode_marker(self.store.get(marker.key), self.shards.shards, marker.key)
+                if sum(position) != marker.total:
+                    raise FormatError(f"{marker.key} is not a compaction marker: its position "
+                                      f"{encode_vector(position)} does not add up to {marker.total}")
+                if any(d > p for d, p in zip(deletes, position, strict=True)):
+                    # A fold deletes through an older marker's position, never past its own.
+                    raise FormatError(f"{marker.key} is not a compaction marker: it deletes through "
+                                      f"{encode_vector(deletes)}, past its position {encode_vector(position)}")
             except NotFoundError:
                 continue  # an older marker removed by a compaction since the listing; newer ones say more
             except FormatError as exc:
+                # Not a marker: ignored altogether (were its total taken as the newest checkpoint's, no
+                # fold would ever be far enough past it and compaction would stop).
                 log.warning("ignoring a compaction marker: %s", exc)
-                position, deletes = [0] * self.shards.shards, [0] * self.shards.shards
+                self._ignored_markers.add(marker.key)
+                continue
+            if not self._has_checkpoint(marker.total):
+                # A fold writes its checkpoint before its marker, so this one is a stray (a vector ahead of
+                # every slot would make writers place commits past a gap that readers never cross), or its
+                # checkpoint was pruned by retention: newer markers, whose positions are at least its
+                # deletions, say everything it would.
+                log.info("ignoring the compaction marker %s: its checkpoint is not there", marker.key)
+                self._ignored_markers.add(marker.key)
+                continue
             self._marker_positions[marker.total] = position
             self._deleted = [max(a, b) for a, b in zip(self._deleted, deletes, strict=True)]
             if self.writer is not None:
                 self.writer.learn(position)
         listed = {marker.total for marker in markers}
         self._marker_positions = {t: p for t, p in self._marker_positions.items() if t in listed}
+        self._ignored_markers &= {marker.key for marker in markers}
         self._markers_at = listed_at
+
+    def _has_checkpoint(self, total: int) -> bool:
+        """True if the checkpoint a claimed log's marker of ``total`` commits announces exists (one HEAD)."""
+        try:
+            self.store.head(f"{CHECKPOINT_PREFIX}{total:020d}.parquet")
+        except NotFoundError:
+            return False
+        return True
 
     def _sharded_checkpoint(self, shards: ShardedLog) -> Checkpoint:
         """The newest checkpoint that covers every commit compaction deleted (markers first, then a listing)."""
@@ -700,11 +751,14 @@ class Registry:
             if any(t is None or t > cutoff for t in held):
                 return None
         key = self.shards.lease_key(newest, len(held) + 1)
+        body = f'{{"holder": "{uuid.uuid4().hex}"}}'.encode()
         try:
-            self.store.put_if_absent(key, b"{}")
-        except AlreadyExistsError:
-            return None
-        return key
+            # A create whose answer was lost may have landed: decide it, or nobody would hold the lease
+            # while every writer waits FOLD_LEASE_SECONDS for it.
+            other = decide_create(self.store, key, body, lambda held: held == body, read_foreign=False)
+        except CommitOutcomeUnknownError:
+            return None  # undecided: let it expire
+        return key if other is None else None
 
     def _checkpoint_and_compact(self) -> None:
         """Write a checkpoint of the view, its marker, then delete what an old enough marker folded.
