@@ -363,7 +363,11 @@ def create(uri: str, default_format: str, allow_no_atomic_create: bool, create_b
 @click.option("--hdu", default=None, help="HDU to ingest (index or name); default: the first with image data.")
 def put_command(uri: str, dataset_type: str, files: tuple[Path, ...], data_id: tuple[str, ...],
                 header_keys: tuple[str, ...], run: str | None, fmt: str | None, hdu: str | None) -> None:
-    """Ingest FITS FILES as datasets of DATASET_TYPE (data ID from options and header cards)."""
+    """Put the images of FITS FILES as datasets of DATASET_TYPE (data ID from options and header cards).
+
+    Each file's image is written into the repository as FITS or Zarr; `objbutler ingest` instead takes
+    whole files (and directories, globs, S3 prefixes) as they are, copied or registered in place.
+    """
     from objbutler.butler import Butler
     from objbutler.ingest import ingest_files
 
@@ -425,7 +429,8 @@ def ingest_command(uri: str, dataset_type: str, sources: tuple[str, ...], data_i
     for ref in refs:
         click.echo(f"{ref.id}  {ref.dataset_type}  {json.dumps(ref.data_id)}  {ref.key}")
     for source, error in failures:
-        click.echo(f"error: {source}: {error_message(error, 'ingest')}", err=True)
+        message = error_message(error, "ingest")
+        click.echo(f"error: {message if message.startswith(str(source)) else f'{source}: {message}'}", err=True)
     click.echo(f"ingested {len(refs)} dataset(s) ({transfer}), {len(failures)} failure(s)")
     if failures:
         sys.exit(1)
@@ -715,7 +720,9 @@ def rm_repo(uri: str, yes: bool, missing_ok: bool) -> None:
 @click.option("--radec", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV with columns ra,dec in degrees (then --size).")
 @click.option("--size", default=None, help="Stamp size for --radec: pixels, or an angle like 10arcsec.")
-@click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True)
+@click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True,
+              help="A box over the image edge: trim (the part inside), partial (full size, filled outside), "
+                   "strict (an error), as astropy's Cutout2D.")
 @click.option("--out", "out", type=click.Path(), default=None,
               help="What to write, by its suffix: a directory (no suffix, or ending in /) for one FITS file per "
                    "stamp, NAME.fits for one multi-extension FITS file, NAME.npz for one NumPy archive.")
@@ -812,7 +819,9 @@ def _parse_size(text: str | None) -> Any:
                    "(resumable; stamps, valid, row and results/).")
 @click.option("--run", default=None, help="Only images of this run.")
 @click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Data ID condition (repeatable).")
-@click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True)
+@click.option("--mode", type=click.Choice(["trim", "partial", "strict"]), default="trim", show_default=True,
+              help="A box over the image edge: trim (the part inside), partial (full size, filled outside), "
+                   "strict (an error), as astropy's Cutout2D.")
 @click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Positions per batch (memory holds one batch's stamps).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -886,7 +895,9 @@ def reindex(uri: str, dataset_type: str | None, jobs: int) -> None:
               help="Number of postage stamps to cut.")
 @click.option("--size", default=4096, show_default=True, type=click.IntRange(min=64),
               help="Side of the synthetic PVI in pixels.")
-@click.option("--png", default=None, help="Write a contact sheet of the first stamps to this PNG file.")
+@click.option("--png", default=None, metavar="FILE.png",
+              help="Write the contact sheet of the first stamps here [default: <repo>/contact_sheet.png for a "
+                   "local repository].")
 def demo(repo: str, stamps: int, size: int, png: str | None) -> None:
     """Run the end-to-end demo on an embedded local repository."""
     from objbutler.demo import run_demo
@@ -932,7 +943,7 @@ def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], 
                        with_inputs=with_inputs, progress=not no_progress, jobs=jobs, batch_size=batch_size,
                        destination_options=_bucket_options(dst, create_bucket))
     for ref, reason in report.failed:
-        click.echo(f"failed: {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run}: {reason}", err=True)
+        click.echo(f"error: {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run}: {reason}", err=True)
     click.echo(report.summary())
     if not report.ok:
         click.echo(f"error: {len(report.failed)} of {report.selected} datasets were not copied (listed above); "

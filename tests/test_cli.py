@@ -122,3 +122,14 @@ def test_demo_runs_small(tmp_path: Path) -> None:
     assert results["cutouts_fits_requests"] <= 10
     assert (tmp_path / "demo" / "contact_sheet.png").exists()
     assert any("50 stamps" in line for line in lines)
+
+
+def test_ingest_names_a_failed_source_once(tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    Butler.create(repo)
+    header_less = tmp_path / "c.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(header_less)
+    result = CliRunner().invoke(main, ["ingest", repo, "raw", str(header_less), "--header-key", "visit=EXPNUM",
+                                       "--run", "r"])
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and line.count(str(header_less)) == 1, line
