@@ -23,7 +23,8 @@ Workloads (issue 3):
     record created with ``put_if_absent``), the least any commit design sends;
     each row says what fraction of it objbutler reached (``of_floor``).
 ``put_many <n>``
-    ``Butler.put_many`` of n = 10,000 such arrays from one process (a row
+    ``Butler.put_many`` of n = 10,000 such arrays from one process, one row per
+    commit protocol of the writer rows (a row
     saying "not available" where the tree has no ``put_many``), beside the
     physical floor measured in the same run: raw concurrent PUTs of the same
     n objects (the FITS bytes a put writes) at the store's concurrency.
@@ -297,7 +298,7 @@ def _floor_row(where: Target, mode: str, writers: int, settings: RegistrySetting
     """The same writers making the two writes any design needs per put (data + one record), in the same run."""
     from benchmarks.registry_writers import FLOOR_WRITES
 
-    outcome, stats, cpu = _run_measured(where, where.new_uri(f"floor-{mode}-{writers}"), mode, writers, settings,
+    outcome, stats, cpu = _run_measured(where, where.new_bucket_uri(f"floor-{mode}-{writers}"), mode, writers, settings,
                                         floor=True)
     done = sum(len(r.ids) for r in outcome.results)
     failed = sum(r.failures for r in outcome.results) + outcome.missing * settings.puts_per_writer
@@ -316,7 +317,7 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
                 log: Callable[[str], None], requested: str | None) -> Row:
     from benchmarks.registry_writers import DATASET_TYPE
 
-    uri = where.new_uri(f"writers-{mode}-{writers}")
+    uri = where.new_bucket_uri(f"writers-{mode}-{writers}")
     options = where.store_options
     protocol = _create(uri, options, requested)
     expected = writers * settings.puts_per_writer
@@ -370,11 +371,47 @@ def _writer_rows(where: Target, settings: RegistrySettings, log: Callable[[str],
     return rows
 
 
+def _put_many_row(where: Target, workload: str, arrays: list[np.ndarray], base: dict[str, Any],
+                  requested: str | None, log: Callable[[str], None]) -> Row:
+    """One ``Butler.put_many`` of ``arrays`` into a new repository of the ``requested`` protocol."""
+    from benchmarks.registry_writers import DATASET_TYPE
+
+    n = len(arrays)
+    uri = where.new_bucket_uri("put-many")
+    protocol = _create(uri, where.store_options, requested)
+    butler = Butler(uri, **where.store_options)
+    items = [(array, DATASET_TYPE, {"visit": i, "detector": 0}) for i, array in enumerate(arrays)]
+    failure = None
+    refs: list[Any] = []
+    with _accounting(where) as used:
+        started = time.perf_counter()
+        try:
+            refs = list(butler.put_many(items, run="many"))
+        except Exception as exc:  # reported in the row
+            failure = f"{type(exc).__name__}: {exc}"[:300]
+        seconds = time.perf_counter() - started
+    returned = {getattr(ref, "id", None) for ref in refs} - {None}
+    visible = {ref.id for ref in Butler(uri, **where.store_options).query(DATASET_TYPE, run="many")}
+    requests, gets = _per_put(used["stats"], len(returned))
+    log(f"  {workload} [{where.profile}, {protocol}]: {len(returned)} returned in {seconds:.2f} s = "
+        f"{len(returned) / seconds:.0f} datasets/s, {requests} requests/dataset" + (f"; {failure}" if failure else ""))
+    return Row("registry", workload, "objbutler put_many", n, seconds if returned else None, requests,
+               None, min=seconds, max=seconds, reps=1, kind="objbutler", error=failure,
+               extra={**base, "protocol": protocol, "puts_per_second": round(len(returned) / seconds, 1),
+                      "wall_s": round(seconds, 3),
+                      "requests_per_put": requests, "gets_per_put": gets, "expected": n,
+                      "committed": len(returned), "visible": len(visible),
+                      "lost": len(returned - visible), "failed": n - len(returned),
+                      "client_cpu_s": round(used["cpu"].get("client", 0), 2),
+                      "server_cpu_s": round(used["cpu"].get("server", 0), 2),
+                      "proxy_cpu_s": round(used["cpu"].get("proxy", 0), 2)})
+
+
 def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str], None]) -> list[Row]:
     """``Butler.put_many`` of n small arrays from one process, and the raw-PUT floor of the same objects."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmarks.registry_writers import DATASET_TYPE, fits_bytes, small_array
+    from benchmarks.registry_writers import fits_bytes, small_array
     from objbutler.stores import DEFAULT_MAX_CONCURRENCY
 
     n = settings.put_many
@@ -383,40 +420,13 @@ def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str
     arrays = [small_array(0, i) for i in range(n)]
     rows = []
     if hasattr(Butler, "put_many"):
-        uri = where.new_uri("put-many")
-        protocol = _create(uri, where.store_options, None)
-        butler = Butler(uri, **where.store_options)
-        items = [(array, DATASET_TYPE, {"visit": i, "detector": 0}) for i, array in enumerate(arrays)]
-        failure = None
-        refs: list[Any] = []
-        with _accounting(where) as used:
-            started = time.perf_counter()
-            try:
-                refs = list(butler.put_many(items, run="many"))
-            except Exception as exc:  # reported in the row
-                failure = f"{type(exc).__name__}: {exc}"[:300]
-            seconds = time.perf_counter() - started
-        returned = {getattr(ref, "id", None) for ref in refs} - {None}
-        visible = {ref.id for ref in Butler(uri, **where.store_options).query(DATASET_TYPE, run="many")}
-        requests, gets = _per_put(used["stats"], len(returned))
-        log(f"  {workload} [{where.profile}]: {len(returned)} returned in {seconds:.2f} s = "
-            f"{len(returned) / seconds:.0f} datasets/s, {requests} requests/dataset"
-            + (f"; {failure}" if failure else ""))
-        rows.append(Row("registry", workload, "objbutler put_many", n, seconds if returned else None, requests,
-                        None, min=seconds, max=seconds, reps=1, kind="objbutler", error=failure,
-                        extra={**base, "protocol": protocol, "puts_per_second": round(len(returned) / seconds, 1),
-                               "wall_s": round(seconds, 3),
-                               "requests_per_put": requests, "gets_per_put": gets, "expected": n,
-                               "committed": len(returned), "visible": len(visible),
-                               "lost": len(returned - visible), "failed": n - len(returned),
-                               "client_cpu_s": round(used["cpu"].get("client", 0), 2),
-                               "server_cpu_s": round(used["cpu"].get("server", 0), 2),
-                               "proxy_cpu_s": round(used["cpu"].get("proxy", 0), 2)}))
+        for requested in _protocols(settings.protocols):
+            rows.append(_put_many_row(where, workload, arrays, base, requested, log))
     else:
         log(f"  {workload} [{where.profile}]: not available (Butler has no put_many in this tree)")
         rows.append(Row("registry", workload, "objbutler put_many", n, None, None, None, kind="objbutler",
                         error="not available: Butler.put_many is not in this tree", extra=dict(base)))
-    store = open_store(where.new_uri("floor"), **where.store_options)
+    store = open_store(where.new_bucket_uri("put-many-floor"), **where.store_options)
     concurrency = int(getattr(store, "max_concurrency", DEFAULT_MAX_CONCURRENCY))
     payloads = [fits_bytes(array) for array in arrays]
     with _accounting(where) as used, ThreadPoolExecutor(concurrency) as pool:
@@ -436,10 +446,13 @@ def _put_many_rows(where: Target, settings: RegistrySettings, log: Callable[[str
                                      "server_cpu_s": round(used["cpu"].get("server", 0), 2),
                                      "proxy_cpu_s": round(used["cpu"].get("proxy", 0), 2),
                                      "peak_in_flight": (stats or {}).get("peak_in_flight")})
+    for row in rows:
+        if row.seconds:
+            row.extra["floor_puts_per_second"] = floor.extra["puts_per_second"]
+            row.extra["of_floor"] = round(row.extra["puts_per_second"] / floor.extra["puts_per_second"], 3)
     if rows and rows[0].seconds:
         rows[0].ratio_vs_objbutler = 1.0
         floor.ratio_vs_objbutler = round(seconds / rows[0].seconds, 3)
-        rows[0].extra["floor_puts_per_second"] = floor.extra["puts_per_second"]
     return [*rows, floor]
 
 

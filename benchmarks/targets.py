@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -74,6 +75,23 @@ class Target:
     def new_uri(self, label: str) -> str:
         """A fresh repository location under :attr:`base`."""
         return f"{self.base}/{label}-{uuid.uuid4().hex[:8]}"
+
+    def new_bucket_uri(self, label: str) -> str:
+        """A fresh repository location in a bucket of its own, where this run started the S3 server.
+
+        LocalStack lists a prefix in time that grows with the number of objects in the whole bucket
+        (measured: 3.8 ms for a 10-key prefix alone, 42 ms beside 30,000 other keys), which AWS S3 does
+        not; rows that list (concurrent writers, put_many) would otherwise pay for the objects every
+        earlier row left. On a server this run did not start (an ``s3://`` target, Swift) and locally:
+        :meth:`new_uri`.
+        """
+        if not self.server_pids or not self.base.startswith("s3://"):
+            return self.new_uri(label)
+        from objbutler.stores.s3 import S3Store
+
+        bucket = re.sub(r"[^a-z0-9-]+", "-", f"bench-{label.lower()}")[:50].strip("-") + f"-{uuid.uuid4().hex[:8]}"
+        list(S3Store(bucket, create_bucket=True, **self.store_options).list("none/"))
+        return f"s3://{bucket}/repo"
 
     def object_url(self, repo_uri: str, key: str) -> str:
         """The URL (or path) a non-objbutler client opens for ``key`` of a repository (Swift: its s3api)."""

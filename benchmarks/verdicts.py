@@ -20,6 +20,11 @@ FLOOR_SHARE = 0.5
 """Proposed floor-relative target for concurrent writers: this share of the puts/s of the same writers making
 two raw writes per put (:mod:`benchmarks.registry_writers`). A claimed put writes three objects and folding
 reads about one more, so 2/4 of the floor is what the protocol can reach when the floor is the limit."""
+PUT_MANY_FLOOR_SHARE = 0.8
+"""Proposed floor-relative target for put_many: this share of the raw-PUT floor (the same objects, PUT at the
+store's concurrency), divided by the writes each dataset needs (:data:`PUT_MANY_WRITES`)."""
+PUT_MANY_WRITES = {"sequenced": 1, "claimed": 2, "timestamped": 1}
+"""Writes per dataset of put_many beside the shared commits: the data object, and in a claimed repository its claim."""
 
 
 @dataclasses.dataclass
@@ -242,8 +247,9 @@ def _writers_verdicts(rows: list[Row]) -> list[Verdict]:
                                    f"{row.extra.get('worst_ms')} ms", "met" if per_put <= 3 else "not met"))
     for row in rows:
         if row.suite == "registry" and row.workload.startswith("put_many") and row.method == "objbutler put_many":
-            profile = row.extra.get("profile", "loopback")
-            target = f"[{profile}] put_many of {row.n:,} small datasets at least 2,000 datasets/s"
+            where = ", ".join(str(part) for part in (row.extra.get("profile", "loopback"), row.extra.get("protocol"))
+                              if part)
+            target = f"[{where}] put_many of {row.n:,} small datasets at least 2,000 datasets/s"
             if row.seconds is None:
                 out.append(Verdict(17, target, row.error or "not measured", "not measured"))
                 continue
@@ -252,4 +258,12 @@ def _writers_verdicts(rows: list[Row]) -> list[Verdict]:
                                f"/s), {row.extra.get('lost')} lost, {row.extra.get('failed')} failed",
                                "met" if rate >= 2000 and not row.extra.get("lost") and not row.extra.get("failed")
                                else "not met"))
+            share = row.extra.get("of_floor")
+            if share is not None:
+                writes = PUT_MANY_WRITES.get(str(row.extra.get("protocol")), 1)
+                needed = PUT_MANY_FLOOR_SHARE / writes
+                out.append(Verdict(17, f"[{where}] (proposed, floor-relative) put_many at least "
+                                   f"{PUT_MANY_FLOOR_SHARE:.0%} of the raw-PUT floor per write ({writes} per dataset)",
+                                   f"{share:.2f} of the floor's rate (needs {needed:.2f})",
+                                   "met" if share >= needed else "not met"))
     return out
