@@ -130,7 +130,7 @@ def test_the_wheel_ships_the_runtime_and_no_server_installation(installed: Insta
                  if name.endswith(".py") and SERVER_INSTALLATION.search(text)}
     assert not offending, f"server installation code in the wheel: {offending}"
     entry_points = files["objbutler-0.1.0.dist-info/entry_points.txt"]
-    assert "objbutler = objbutler.cli:main" in entry_points
+    assert "objbutler = objbutler.cli:run" in entry_points
 
 
 def test_the_pattern_finds_server_installation_code() -> None:
