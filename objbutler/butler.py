@@ -323,7 +323,7 @@ class Butler:
         butler = cls(uri, store=given, **store_options)
         if not exists:
             butler.registry.write_empty_checkpoint()  # claimed: stock tools find a checkpoint from the start
-        if exists:
+        else:
             asked = {"default_format": default_format, "checkpoint_interval": checkpoint_interval}
             differ = [f"{name}={getattr(butler.config, name)!r} (asked for {value!r})"
                       for name, value in asked.items() if value is not UNSET and getattr(butler.config, name) != value]

@@ -293,7 +293,7 @@ class Registry:
     def _has_checkpoint(self, total: int) -> bool:
         """True if the checkpoint a claimed log's marker of ``total`` commits announces exists (one HEAD)."""
         try:
-            self.store.head(f"{CHECKPOINT_PREFIX}{total:020d}.parquet")
+            self.store.head(_checkpoint_key(f"{total:020d}"))
         except NotFoundError:
             return False
         return True
@@ -303,7 +303,7 @@ class Registry:
         covering = sorted((total for total, position in self._marker_positions.items()
                            if all(p >= d for p, d in zip(position, self._deleted, strict=True))), reverse=True)
         for total in covering:
-            key = f"{CHECKPOINT_PREFIX}{total:020d}.parquet"
+            key = _checkpoint_key(f"{total:020d}")
             try:
                 checkpoint = decode_checkpoint(self.store.get(key), key)
                 if decode_vector(checkpoint.position, shards.shards) != self._marker_positions[total]:
@@ -845,7 +845,7 @@ class Registry:
         different commits: the caller must not announce the existing one as
         its own (see :meth:`_checkpoint_and_compact`).
         """
-        key = f"{CHECKPOINT_PREFIX}{name.replace(':', '')}.parquet"
+        key = _checkpoint_key(name)
         created = True
         try:
             self.store.put_if_absent(key, encode_checkpoint(checkpoint))
@@ -861,3 +861,8 @@ class Registry:
         """Every checkpoint's key, newest first (one listing)."""
         return sorted((m.key for m in self.store.list(CHECKPOINT_PREFIX) if m.key.endswith(".parquet")),
                       reverse=True)
+
+
+def _checkpoint_key(name: str) -> str:
+    """Key of the checkpoint named by a log position (sequenced, timestamped) or a commit total (claimed)."""
+    return f"{CHECKPOINT_PREFIX}{name.replace(':', '')}.parquet"
