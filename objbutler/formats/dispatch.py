@@ -231,12 +231,13 @@ def read_table_file(path: str | os.PathLike[str]) -> Any:
 
 def _parquet_to_table(data: bytes) -> Any:
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from astropy import units as u
     from astropy.table import Table
     from astropy.time import Time
 
-    arrow = pq.read_table(io.BytesIO(data))
+    from objbutler.parquet_reads import read_parquet
+
+    arrow = read_parquet(data)
     table = Table(meta=json.loads((arrow.schema.metadata or {}).get(b"astropy_meta", b"{}")))
     for field, column in zip(arrow.schema, arrow.columns, strict=True):
         meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from objbutler.errors import FormatError
+from objbutler.parquet_reads import read_parquet
 from objbutler.registry.records import DatasetRef, DatasetType, canonical_data_id
 
 __all__ = [
@@ -244,17 +245,10 @@ def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     return sink.getvalue()
 
 
-THREADED_DECODE_BYTES = 4 << 20
-"""Checkpoints smaller than this are decoded on the calling thread: no gain from Arrow's thread pool, and a pool
-started by a short command could abort the process at exit (apache/arrow#34314: ``terminate called without an
-active exception``; measured: 28 of 40 ``objbutler query`` runs on an empty claimed repository)."""
-
-
 def decode_checkpoint(data: bytes, where: str) -> Checkpoint:
     """Read a checkpoint; FormatError (naming ``where``) if it is corrupt or foreign."""
     try:
-        table = pq.read_table(io.BytesIO(data), page_checksum_verification=True,
-                              use_threads=len(data) > THREADED_DECODE_BYTES)
+        table = read_parquet(data, verify_pages=True)
         raw = (table.schema.metadata or {}).get(b"objbutler")
         if raw is None:
             raise FormatError(f"checkpoint {where} has no objbutler metadata")
