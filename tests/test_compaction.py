@@ -16,6 +16,7 @@ from conftest import Backend
 
 from objbutler.butler import Butler
 from objbutler.maintenance import fsck
+from objbutler.registry import finish_folds
 from objbutler.registry.checkpoint import CHECKPOINT_PREFIX, decode_checkpoint
 from objbutler.registry.log import LOG_PREFIX, MARKER_PREFIX, ShardedLog, decode_marker, decode_vector
 from objbutler.stores import DeleteMany, ObjectMeta, open_store
@@ -96,6 +97,7 @@ def test_a_warm_refresh_is_one_listing_whatever_the_number_of_shards(tmp_path: P
     writer = _writer(uri)
     for n in range(20):
         writer.put({"v": n}, "metric", {"visit": n}, run="r")
+    assert finish_folds(timeout=60)  # a background fold's checkpoint lands before the counting starts
     counting = CountingStore(LocalStore(uri))
     reader = Butler(uri, store=counting)
     assert len(reader.query()) == 20
@@ -104,6 +106,7 @@ def test_a_warm_refresh_is_one_listing_whatever_the_number_of_shards(tmp_path: P
     assert counting.requests_by_method == {"list": 1}  # nothing new: one listing, no GET
     for n in range(20, 23):
         writer.put({"v": n}, "metric", {"visit": n}, run="r")
+    assert finish_folds(timeout=60)
     counting.reset()
     assert len(reader.query()) == 23
     assert counting.requests_by_method["list"] == 1
@@ -168,11 +171,13 @@ def test_one_writer_folds_at_a_time_and_a_dead_writers_lease_expires(tmp_path: P
     lease.write_text("{}")  # another writer is folding
     writer.registry._commits_since_check = INTERVAL - 1
     writer.put({"v": 10}, "metric", {"visit": 10}, run="r")
+    assert finish_folds(timeout=60)
     assert list(LocalStore(uri).list(MARKER_PREFIX)) == []
     old = time.time() - 600
     os.utime(lease, (old, old))  # ... and died ten minutes ago
     writer.registry._commits_since_check = INTERVAL - 1
     writer.put({"v": 11}, "metric", {"visit": 11}, run="r")
+    assert finish_folds(timeout=60)
     assert [m.key for m in LocalStore(uri).list(MARKER_PREFIX)] == [ShardedLog.marker_key(12)]
     assert lease.exists() and not (tmp_path / "repo" / ShardedLog.lease_key(0, 2)).exists()  # released when done
     assert len(Butler(uri).query()) == 12

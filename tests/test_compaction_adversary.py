@@ -255,6 +255,7 @@ def test_a_writer_killed_at_any_step_of_a_fold_loses_nothing(
     victim = _writer(uri, crash)
     victim.registry.refresh()
     victim.registry._commits_since_check = INTERVAL - 1  # its next put checks, and there is a fold to do
+    victim.registry.fold_in_background = False  # on its own (stale) view, inside the put: the crash reaches it
     place = victim.registry.writer.place
     quiet = _no_check(_writer(uri))
 

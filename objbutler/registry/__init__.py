@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from objbutler.registry.records import DatasetRef, DatasetType
-from objbutler.registry.registry import Registry
+from objbutler.registry.registry import Registry, finish_folds
 
-__all__ = ["DatasetRef", "DatasetType", "Registry"]
+__all__ = ["DatasetRef", "DatasetType", "Registry", "finish_folds"]

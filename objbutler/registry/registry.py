@@ -32,10 +32,13 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from objbutler.defaults import (
@@ -84,7 +87,7 @@ from objbutler.registry.slots import CREATE_ATTEMPTS, decide_create
 from objbutler.registry.state import RegistryState
 from objbutler.stores import Store, delete_keys
 
-__all__ = ["PROTOCOLS", "Registry"]
+__all__ = ["PROTOCOLS", "Registry", "finish_folds"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,40 @@ DEFAULT_LOG_SHARDS = 256
 FOLD_LEASE_SECONDS = 60.0
 """A fold lease older than this (by the server's clock) no longer keeps other writers from folding."""
 REFRESH_ATTEMPTS = 3
+FOLD_THREADS = 2
+"""Background folds run at once per process (each registry runs at most one)."""
 """Claimed: listings a refresh makes when compaction deletes commits it listed before it reads them."""
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_FOLDS_IN_FLIGHT: set[Future[None]] = set()
+
+
+def _fold_pool() -> ThreadPoolExecutor:
+    """This process's pool for background folds (a forked child gets its own: the parent's threads are not in it).
+
+    Its threads are not daemons: the interpreter waits for the folds in flight before it exits, so a
+    short program's fold finishes and releases its lease instead of blocking others' folds for
+    ``FOLD_LEASE_SECONDS``.
+    """
+    with _POOLS_LOCK:
+        pool = _POOLS.get(os.getpid())
+        if pool is None:
+            pool = _POOLS[os.getpid()] = ThreadPoolExecutor(FOLD_THREADS, thread_name_prefix="objbutler-fold")
+        return pool
+
+
+def finish_folds(timeout: float | None = None) -> bool:
+    """Wait for this process's background folds; True when none is left running.
+
+    Parameters
+    ----------
+    timeout : float, optional
+        Seconds to wait at most (default: until they end).
+    """
+    pending = {future for future in list(_FOLDS_IN_FLIGHT) if not future.done()}
+    return not wait(pending, timeout=timeout).not_done
 
 
 class Registry:
@@ -163,6 +199,10 @@ class Registry:
         self._markers_at = -math.inf  # claimed: monotonic time the markers were last listed
         self._live: LiveLog | None = None  # claimed: the last listing of the log
         self._commits_since_check = random.randrange(checkpoint_interval)  # claimed: spread writers' checks
+        self._folder: Registry | None = None  # claimed: the view background folds read and write from
+        self._fold: Future[None] | None = None  # claimed: the background fold in flight, if any
+        self._fold_lock = threading.Lock()
+        self._fold_again = False  # claimed: a fold fell due while one was running
         self._state: RegistryState | None = None
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
         self._tail: list[tuple[LogEntry, Commit]] = []
@@ -674,7 +714,8 @@ class Registry:
         """Housekeeping after the commit point: it may fail, it never raises (the commit stands)."""
         try:
             if placed is not None:
-                self._maybe_checkpoint_sharded()
+                if self._fold_due():
+                    self._start_fold()
             elif self.protocol == "sequenced":
                 self._maybe_checkpoint_sequenced()
             else:
@@ -704,19 +745,73 @@ class Registry:
             if position - self._checkpointed >= 2 * self.checkpoint_interval:
                 self._write_checkpoint(state.to_checkpoint(), state.position)
 
-    def _maybe_checkpoint_sharded(self) -> None:
-        """Every ``checkpoint_interval``-th commit of this writer (from a random phase) may checkpoint.
+    fold_in_background: bool = True
+    """Claimed protocol: fold on a background thread, so a put returns once its commit has landed.
 
-        Its writer refreshes (one listing, the commits since the newest
-        checkpoint), and writes a checkpoint and compacts when that checkpoint
-        is at least half an interval behind. With N writers the checks spread
-        out and the live log stays about one interval long, whatever the
-        number of shards.
-        """
+    A fold reads every commit since the newest checkpoint (hundreds, when many
+    writers put at once); inside a put it set the put's latency and, with
+    many writer processes, the run's throughput. In the background it reads
+    them from a view of its own (:attr:`_folder`), one fold per registry at a
+    time; the interpreter waits for folds in flight before it exits, and
+    :func:`finish_folds` waits for them explicitly. ``False``: fold inside the
+    put that made it due (tests that need a fold's faults to reach the put).
+    """
+
+    def _fold_due(self) -> bool:
+        """Count this commit; every ``checkpoint_interval``-th (from a random phase) may fold."""
         self._commits_since_check += 1
         if self._commits_since_check < self.checkpoint_interval:
-            return
+            return False
         self._commits_since_check = 0
+        return True
+
+    def _start_fold(self) -> None:
+        """Fold now (inline), or hand the fold to the background unless one is still running."""
+        if not self.fold_in_background:
+            self._maybe_checkpoint_sharded()
+            return
+        with self._fold_lock:
+            if self._fold is not None and not self._fold.done():
+                self._fold_again = True  # the running fold may have listed before this commit: once more after it
+                return
+            if self._folder is None:
+                self._folder = Registry(self.store, self.protocol, self.repository, self.checkpoint_interval,
+                                        self.max_attempts, log_shards=self.shards.shards if self.shards else 1,
+                                        compaction_grace=self.compaction_grace)
+                self._folder.fold_in_background = False
+            self._fold_again = False
+            self._fold = _fold_pool().submit(self._fold_until_caught_up, self._folder)
+            _FOLDS_IN_FLIGHT.add(self._fold)
+            self._fold.add_done_callback(_FOLDS_IN_FLIGHT.discard)
+
+    def _fold_until_caught_up(self, folder: Registry) -> None:
+        """Background: fold on ``folder``'s view, again while more folds fell due meanwhile."""
+        while True:
+            folder.checkpoint_interval = self.checkpoint_interval  # settings changed since: follow them
+            folder.compaction_grace = self.compaction_grace
+            folder._fold_logged()
+            with self._fold_lock:
+                if not self._fold_again:
+                    return
+                self._fold_again = False
+
+    def _fold_logged(self) -> None:
+        """A background fold: failures are logged (the commits stand, and a later fold retries)."""
+        try:
+            self._maybe_checkpoint_sharded()
+        except Exception as exc:
+            log.warning("a background fold failed (%s: %s); the commits stand and a later fold writes the "
+                        "checkpoint", type(exc).__name__, exc)
+
+    def _maybe_checkpoint_sharded(self) -> None:
+        """Fold the log if its newest checkpoint is at least half an interval behind.
+
+        One listing tells (no commit is read otherwise); then, under a fold
+        lease, the view catches up (from the newest checkpoint when it is
+        behind it), writes a checkpoint and compacts. With N writers the
+        checks spread out and the live log stays about one interval long,
+        whatever the number of shards.
+        """
         assert self.shards is not None
         started = time.monotonic()
         live = self.shards.list_live()

@@ -1,0 +1,131 @@
+"""Claimed repositories fold in the background: a put returns once its commit has landed.
+
+A fold reads every commit since the newest checkpoint. Inside a put it set that put's latency (seconds, with
+hundreds of commits pending) and, with many writer processes, the run's throughput. These tests hold a fold
+in the middle and show that puts go on, that the fold still finishes (also when the program ends first), and
+that what it writes is what a fold inside a put would have written.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from objbutler import Butler
+from objbutler.registry import finish_folds
+from objbutler.registry.log import LEASE_PREFIX, LOG_PREFIX, MARKER_PREFIX
+from objbutler.stores import StoreWrapper
+from objbutler.stores.local import LocalStore
+
+INTERVAL = 4
+CHECKPOINTS = "manifest/checkpoints/"
+
+
+class HeldLog(StoreWrapper):
+    """Holds every listing of the log, once armed, until released (or 30 s pass)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.release = threading.Event()
+        self.held = 0  # listings waiting right now
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[Any]:
+        if self.armed and prefix == LOG_PREFIX and not self.release.is_set():
+            self.held += 1
+            try:
+                self.release.wait(30)
+            finally:
+                self.held -= 1
+        return self.inner.list(prefix, start_after)
+
+
+def _keys(root: Path, prefix: str) -> list[str]:
+    return [meta.key for meta in LocalStore(str(root)).list(prefix)]
+
+
+def _checkpoint_totals(root: Path) -> list[int]:
+    return sorted(int(Path(key).stem) for key in _keys(root, CHECKPOINTS))
+
+
+def test_puts_go_on_while_a_fold_is_held_and_the_fold_then_finishes(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    Butler.create(str(root), checkpoint_interval=INTERVAL, log_shards=2)
+    held = HeldLog(LocalStore(str(root)))
+    writer = Butler(str(root), store=held)
+    writer.registry.compaction_grace = 0.0
+    ids = [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(INTERVAL)]
+    assert finish_folds(timeout=60)
+    held.armed = True
+    writer.registry._commits_since_check = INTERVAL - 1  # the next put makes a fold due
+    ids += [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(INTERVAL, 3 * INTERVAL)]
+    # Every put returned while the fold they started is held in its first listing.
+    assert held.held == 1, "no fold was running in the background while the puts returned"
+    assert {ref.id for ref in Butler(str(root)).query()} == set(ids)
+    held.release.set()
+    assert finish_folds(timeout=60)
+    assert _checkpoint_totals(root)[-1] >= INTERVAL + 1, _checkpoint_totals(root)
+    assert _keys(root, LEASE_PREFIX) == [], "the fold left its lease behind"
+    assert _keys(root, MARKER_PREFIX), "the fold wrote no marker"
+    assert {ref.id for ref in Butler(str(root)).query()} == set(ids)
+    assert {ref.id for ref in writer.query()} == set(ids)
+
+
+def test_a_fold_that_fails_in_the_background_leaves_the_puts_standing(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    class BrokenCheckpoints(StoreWrapper):
+        def put_if_absent(self, key: str, data: bytes) -> Any:
+            if key.startswith(CHECKPOINTS):
+                raise OSError("the disk is full")
+            return self.inner.put_if_absent(key, data)
+
+    root = tmp_path / "repo"
+    Butler.create(str(root), checkpoint_interval=INTERVAL, log_shards=2)
+    writer = Butler(str(root), store=BrokenCheckpoints(LocalStore(str(root))))
+    ids = [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(4 * INTERVAL)]
+    assert finish_folds(timeout=60)
+    assert _checkpoint_totals(root) == [0]
+    assert "background fold failed" in caplog.text
+    assert {ref.id for ref in Butler(str(root)).query()} == set(ids)
+    fixed = Butler(str(root))
+    fixed.registry.write_checkpoint()
+    assert _checkpoint_totals(root)[-1] == 4 * INTERVAL
+
+
+SLOW_FOLDS = """
+import sys, time
+from objbutler.registry import Registry
+fold = Registry._maybe_checkpoint_sharded
+def slow(self):
+    time.sleep(1.0)  # the program's last put returns long before its fold ends
+    fold(self)
+Registry._maybe_checkpoint_sharded = slow
+"""
+
+
+@pytest.mark.parametrize("how", ["library", "command"])
+def test_a_program_that_ends_during_a_fold_finishes_it_first(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "repo"
+    Butler.create(str(root), checkpoint_interval=2, log_shards=2)
+    if how == "library":
+        body = (f"from objbutler import Butler\nb = Butler({str(root)!r})\nb.registry._commits_since_check = 0\n"
+                "for n in range(2): b.put({'n': n}, 'metric', {'visit': n}, run='r')\n")
+    else:  # the console command leaves with os._exit: it must wait for the fold itself
+        import numpy as np
+        from astropy.io import fits
+
+        fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(tmp_path / "a.fits")
+        body = (f"sys.argv = ['objbutler', 'put', {str(root)!r}, 'calexp', {str(tmp_path / 'a.fits')!r}, "
+                "'--data-id', 'visit=1', '--run', 'r']\n"
+                "import objbutler.registry.registry as r\nr.Registry._fold_due = lambda self: True\n"
+                "from objbutler.cli import run\nrun()\n")
+    done = subprocess.run([sys.executable, "-c", SLOW_FOLDS + body], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _checkpoint_totals(root)[-1] >= 1, "the program ended and its fold was lost"
+    assert _keys(root, LEASE_PREFIX) == []
