@@ -28,17 +28,20 @@ CHECKPOINTS = "manifest/checkpoints/"
 
 
 class HeldLog(StoreWrapper):
-    """Holds every listing of the log, once armed, until released (or 30 s pass)."""
+    """Holds every listing of the log made by a background fold, once armed, until released (or 30 s pass)."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__(inner)
         self.armed = False
         self.release = threading.Event()
         self.held = 0  # listings waiting right now
+        self.entered = threading.Event()  # a listing is being held
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[Any]:
-        if self.armed and prefix == LOG_PREFIX and not self.release.is_set():
+        if (self.armed and prefix == LOG_PREFIX and not self.release.is_set()
+                and threading.current_thread().name.startswith("objbutler-fold")):
             self.held += 1
+            self.entered.set()
             try:
                 self.release.wait(30)
             finally:
@@ -66,7 +69,7 @@ def test_puts_go_on_while_a_fold_is_held_and_the_fold_then_finishes(tmp_path: Pa
     writer.registry._commits_since_check = INTERVAL - 1  # the next put makes a fold due
     ids += [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(INTERVAL, 3 * INTERVAL)]
     # Every put returned while the fold they started is held in its first listing.
-    assert held.held == 1, "no fold was running in the background while the puts returned"
+    assert held.entered.wait(10) and held.held == 1, "no fold was running in the background while the puts returned"
     assert {ref.id for ref in Butler(str(root)).query()} == set(ids)
     held.release.set()
     assert finish_folds(timeout=60)
@@ -129,3 +132,33 @@ def test_a_program_that_ends_during_a_fold_finishes_it_first(tmp_path: Path, how
     assert done.returncode == 0, done.stderr
     assert _checkpoint_totals(root)[-1] >= 1, "the program ended and its fold was lost"
     assert _keys(root, LEASE_PREFIX) == []
+
+
+def test_a_child_forked_during_a_fold_folds_on_its_own(tmp_path: Path) -> None:
+    """The parent's fold (its thread, its lock, its half-updated view) is not in a forked child."""
+    import multiprocessing
+
+    root = tmp_path / "repo"
+    Butler.create(str(root), checkpoint_interval=INTERVAL, log_shards=2)
+    held = HeldLog(LocalStore(str(root)))
+    writer = Butler(str(root), store=held)
+    writer.registry.compaction_grace = 0.0
+    held.armed = True
+    writer.registry._commits_since_check = INTERVAL - 1
+    writer.put({"n": 0}, "metric", {"visit": 0}, run="r")
+    assert held.entered.wait(10) and held.held == 1  # the parent's fold is in its first listing
+
+    def child() -> None:
+        held.release.set()  # the child's listings pass (the parent's stay held)
+        for n in range(1, 2 * INTERVAL + 1):
+            writer.put({"n": n}, "metric", {"visit": n}, run="r")
+        sys.exit(0 if finish_folds(timeout=30) else 1)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0, "the child waited for its parent's fold"
+    assert _checkpoint_totals(root)[-1] >= INTERVAL, "the child never folded"
+    held.release.set()
+    assert finish_folds(timeout=60)
+    assert len(Butler(str(root)).query()) == 2 * INTERVAL + 1

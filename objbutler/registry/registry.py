@@ -108,6 +108,16 @@ _POOLS_LOCK = threading.Lock()
 _FOLDS_IN_FLIGHT: set[Future[None]] = set()
 
 
+def _forget_the_parents_folds() -> None:
+    """In a forked child: the parent's folds, and the threads running them, are not here."""
+    global _POOLS_LOCK, _FOLDS_IN_FLIGHT
+    _POOLS_LOCK = threading.Lock()
+    _FOLDS_IN_FLIGHT = set()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_folds)
+
+
 def _fold_pool() -> ThreadPoolExecutor:
     """This process's pool for background folds (a forked child gets its own: the parent's threads are not in it).
 
@@ -202,6 +212,7 @@ class Registry:
         self._folder: Registry | None = None  # claimed: the view background folds read and write from
         self._fold: Future[None] | None = None  # claimed: the background fold in flight, if any
         self._fold_lock = threading.Lock()
+        self._fold_pid = os.getpid()  # the process whose thread runs self._fold
         self._fold_again = False  # claimed: a fold fell due while one was running
         self._state: RegistryState | None = None
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
@@ -770,6 +781,8 @@ class Registry:
         if not self.fold_in_background:
             self._maybe_checkpoint_sharded()
             return
+        if self._fold_pid != os.getpid():  # forked: the parent's fold, its lock and its view are not ours
+            self._fold_pid, self._fold_lock, self._fold, self._folder = os.getpid(), threading.Lock(), None, None
         with self._fold_lock:
             if self._fold is not None and not self._fold.done():
                 self._fold_again = True  # the running fold may have listed before this commit: once more after it
