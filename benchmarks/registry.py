@@ -330,9 +330,11 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
     requests, gets = _per_put(stats, len(returned))
     wall = outcome.wall or None
     rate = round(len(returned) / outcome.wall, 1) if outcome.wall else None
+    settled_rate = round(len(returned) / outcome.settled_wall, 1) if outcome.settled_wall else None
     label = "objbutler" if requested is None else f"objbutler ({protocol})"
     log(f"  writers-{writers} {mode} [{where.profile}, {protocol}]: {len(returned)}/{expected} returned, "
-        f"{len(returned - visible)} lost, {failed} failed, {rate} puts/s, {requests} requests/put, "
+        f"{len(returned - visible)} lost, {failed} failed, {rate} puts/s ({settled_rate} to the end of the folds), "
+        f"{requests} requests/put, "
         f"{gets} GETs/put, p50 {_ms(_percentile(latencies, 50))} ms, worst "
         f"{_ms(max(latencies) if latencies else None)} ms; CPU s: writers {outcome.cpu_seconds:.1f}, "
         f"server {cpu.get('server', 0):.1f}, proxy {cpu.get('proxy', 0):.1f} over {outcome.wall:.1f} s"
@@ -342,13 +344,15 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
                error=("; ".join(messages) or None) if not returned else None,
                extra={"target": where.name, "profile": where.profile, "protocol": protocol, "mode": mode,
                       "writers": writers, "puts_per_writer": settings.puts_per_writer,
-                      "puts_per_second": rate, "requests_per_put": requests, "gets_per_put": gets,
+                      "puts_per_second": rate, "puts_per_second_with_folds": settled_rate,
+                      "requests_per_put": requests, "gets_per_put": gets,
                       "p50_ms": _ms(_percentile(latencies, 50)), "p99_ms": _ms(_percentile(latencies, 99)),
                       "worst_ms": _ms(max(latencies) if latencies else None),
                       "expected": expected, "committed": len(returned), "visible": len(visible),
                       "lost": len(returned - visible), "failed": failed, "errors": failed, "failures": messages,
                       "client_cpu_s": round(outcome.cpu_seconds, 2), "server_cpu_s": round(cpu.get("server", 0), 2),
                       "proxy_cpu_s": round(cpu.get("proxy", 0), 2), "wall_s": round(outcome.wall, 3),
+                      "settled_wall_s": round(outcome.settled_wall, 3),
                       "peak_in_flight": (stats or {}).get("peak_in_flight"),
                       "requests_unit": "per returned put (opens and warm-up puts excluded)"})
 

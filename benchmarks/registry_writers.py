@@ -67,6 +67,9 @@ class WriterResult:
         The first few exceptions, as text.
     started, finished : float
         ``time.time()`` at the barrier's release and after the last put.
+    settled : float
+        ``time.time()`` once the background folds the writer's puts started
+        have ended too (a claimed repository folds after a put returns).
     cpu_seconds : float
         CPU time of the writer's process during its puts (threads: 0; the
         caller measures the whole process).
@@ -78,6 +81,7 @@ class WriterResult:
     messages: list[str] = dataclasses.field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
+    settled: float = 0.0
     cpu_seconds: float = 0.0
 
 
@@ -94,6 +98,8 @@ class WritersOutcome:
     wall : float
         Seconds from the first writer's start to the last writer's end (when writers are missing: from
         the release until they were given up on).
+    settled_wall : float
+        As ``wall``, to when the last writer's background folds had ended too.
     cpu_seconds : float
         CPU seconds of the writers (processes: their own; threads: this process's).
     """
@@ -101,6 +107,7 @@ class WritersOutcome:
     results: list[WriterResult]
     missing: int
     wall: float
+    settled_wall: float
     cpu_seconds: float
 
 
@@ -116,6 +123,13 @@ class _ButlerPut:
     def __call__(self, array: np.ndarray, data_id: dict[str, int], run: str) -> str:
         return str(self.butler.put(array, DATASET_TYPE, data_id, run=run).id)
 
+    @staticmethod
+    def settle() -> None:
+        """Wait for the folds this process's puts started (they run after a put returns)."""
+        from objbutler.registry import finish_folds
+
+        finish_folds()
+
 
 class _FloorPut:
     """The floor's "put": the data object and one conditionally created record, bytes encoded beforehand."""
@@ -127,6 +141,10 @@ class _FloorPut:
     def prepare(self, arrays: list[np.ndarray]) -> None:
         """Encode the arrays' FITS bytes now, outside the measured part."""
         self.encoded.update({id(array): fits_bytes(array) for array in arrays})
+
+    @staticmethod
+    def settle() -> None:
+        """Nothing runs after a raw write."""
 
     def __call__(self, array: np.ndarray, data_id: dict[str, int], run: str) -> str:
         tag = f"{run}/{data_id['detector']:05d}-{data_id['visit']:07d}"
@@ -169,6 +187,8 @@ def _puts(put: _ButlerPut | _FloorPut, writer: int, puts: int, run: str, barrier
                 result.messages.append(f"{type(exc).__name__}: {exc}"[:300])
         result.latencies.append(time.perf_counter() - begun)
     result.finished = time.time()
+    put.settle()
+    result.settled = time.time()
     if cpu:
         result.cpu_seconds = time.process_time() - cpu_start
     return result
@@ -306,7 +326,9 @@ def run_writers(uri: str, options: dict[str, Any], writers: int, puts: int, mode
     else:
         raise ValueError(f"mode must be processes or threads, got {mode!r}")
     if missing and released:  # writers still busy were stopped at the timeout: the run lasted until then
-        wall = time.time() - released[0]
+        wall = settled = time.time() - released[0]
     else:
-        wall = (max(r.finished for r in results) - min(r.started for r in results)) if results else 0.0
-    return WritersOutcome(results, missing, wall, cpu)
+        start = min((r.started for r in results), default=0.0)
+        wall = max(r.finished for r in results) - start if results else 0.0
+        settled = max(r.settled for r in results) - start if results else 0.0
+    return WritersOutcome(results, missing, wall, settled, cpu)

@@ -253,15 +253,13 @@ class Registry:
         it, so a new listing shows it and restarts the view from a checkpoint
         that covers the commit. Nothing was applied from the failed attempt.
         """
-        for attempt in range(1, REFRESH_ATTEMPTS + 1):
+        for _ in range(REFRESH_ATTEMPTS - 1):
             try:
                 return self._refresh_sharded_once(shards, rebase_if_behind, listed)
             except NotFoundError as exc:
-                if attempt == REFRESH_ATTEMPTS:
-                    raise
                 log.info("a commit was compacted between listing and reading it (%s); listing again", exc)
                 listed = None
-        raise AssertionError("unreachable")
+        return self._refresh_sharded_once(shards, rebase_if_behind, listed)  # the last attempt raises its error
 
     def _refresh_sharded_once(self, shards: ShardedLog, rebase_if_behind: bool,
                               listed: tuple[LiveLog, float] | None) -> RegistryState:
