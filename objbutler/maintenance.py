@@ -43,6 +43,7 @@ from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
 from objbutler.registry.claims import CLAIMS_PREFIX, claim_key
 from objbutler.registry.log import LOG_PREFIX
 from objbutler.registry.records import DatasetRef
+from objbutler.registry.registry import finish_folds
 from objbutler.stores import ObjectMeta, Store, budget_of, open_store, run_concurrently
 from objbutler.stores.cache import CachingStore
 from objbutler.stores.local import TMP_PREFIX, LocalStore
@@ -390,6 +391,7 @@ def remove_repository(
     else:
         uri = repository
     empty = RemovalReport(uri, 0, {}, 0, removed=False)
+    finish_folds()  # this process's folds in flight would write a checkpoint or marker after the listing
     if store is None:
         local = _local_root(uri)
         if local is not None and not local.is_dir():
