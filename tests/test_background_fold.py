@@ -19,8 +19,8 @@ import pytest
 
 from objbutler import Butler
 from objbutler.registry import finish_folds
-from objbutler.registry.log import LEASE_PREFIX, LOG_PREFIX, MARKER_PREFIX
-from objbutler.stores import StoreWrapper
+from objbutler.registry.log import LEASE_PREFIX, LOG_PREFIX, MARKER_PREFIX, ShardedLog
+from objbutler.stores import StoreWrapper, open_store
 from objbutler.stores.local import LocalStore
 
 INTERVAL = 4
@@ -80,6 +80,33 @@ def test_puts_go_on_while_a_fold_is_held_and_the_fold_then_finishes(tmp_path: Pa
     assert {ref.id for ref in writer.query()} == set(ids)
 
 
+def test_a_single_writers_folds_do_not_read_back_its_own_commits(tmp_path: Path) -> None:
+    """The writer hands its commits to its folds: one writer's put stays data + claim + commit, no GET."""
+
+    class CommitReads(StoreWrapper):
+        def __init__(self, inner: Any) -> None:
+            super().__init__(inner)
+            self.reads = 0
+
+        def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            self.reads += ShardedLog.parse(key) is not None
+            return self.inner.get(key, *args, **kwargs)
+
+        def get_many(self, keys: Any) -> Any:
+            return [self.get(key) for key in keys]
+
+    root = tmp_path / "repo"
+    Butler.create(str(root), checkpoint_interval=INTERVAL, log_shards=2)
+    counting = CommitReads(LocalStore(str(root)))
+    writer = Butler(str(root), store=counting)
+    ids = [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(6 * INTERVAL)]
+    assert finish_folds(timeout=60)
+    assert _checkpoint_totals(root)[-1] >= 5 * INTERVAL
+    assert counting.reads == 0
+    assert len(writer.registry._handed) <= INTERVAL, "handed commits the folds hold are not forgotten"
+    assert {ref.id for ref in Butler(str(root)).query()} == set(ids)
+
+
 def test_a_fold_that_fails_in_the_background_leaves_the_puts_standing(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     class BrokenCheckpoints(StoreWrapper):
@@ -112,13 +139,24 @@ Registry._maybe_checkpoint_sharded = slow
 """
 
 
-@pytest.mark.parametrize("how", ["library", "command"])
-def test_a_program_that_ends_during_a_fold_finishes_it_first(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("how", ["library", "library on S3", "command"])
+def test_a_program_that_ends_during_a_fold_finishes_it_first(tmp_path: Path, how: str,
+                                                             request: pytest.FixtureRequest) -> None:
+    """On S3 the fold reads commits on the store's thread pool, which refuses work once the interpreter is
+    ending: the fold then reads them on its own thread (it was lost before)."""
     root = tmp_path / "repo"
-    Butler.create(str(root), checkpoint_interval=2, log_shards=2)
-    if how == "library":
-        body = (f"from objbutler import Butler\nb = Butler({str(root)!r})\nb.registry._commits_since_check = 0\n"
-                "for n in range(2): b.put({'n': n}, 'metric', {'visit': n}, run='r')\n")
+    uri, options = str(root), {}
+    if how == "library on S3":
+        backend = request.getfixturevalue("localstack_backend")
+        uri, options = backend.new_uri(), backend.options
+    other = Butler.create(uri, checkpoint_interval=2, log_shards=2, **options)
+    other.registry._commits_since_check = -10**9  # never folds: the program's fold reads these commits
+    for n in range(8):
+        other.put({"n": n}, "metric", {"visit": 100 + n}, run="r")
+    if how.startswith("library"):
+        body = (f"from objbutler import Butler\nb = Butler({uri!r}, **{options!r})\n"
+                "b.registry._commits_since_check = 0\n"
+                "for n in range(4): b.put({'n': n}, 'metric', {'visit': n}, run='r')\n")
     else:  # the console command leaves with os._exit: it must wait for the fold itself
         import numpy as np
         from astropy.io import fits
@@ -130,8 +168,11 @@ def test_a_program_that_ends_during_a_fold_finishes_it_first(tmp_path: Path, how
                 "from objbutler.cli import run\nrun()\n")
     done = subprocess.run([sys.executable, "-c", SLOW_FOLDS + body], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert _checkpoint_totals(root)[-1] >= 1, "the program ended and its fold was lost"
-    assert _keys(root, LEASE_PREFIX) == []
+    assert "fold failed" not in done.stderr, done.stderr
+    store = open_store(uri, **options)
+    totals = sorted(int(Path(m.key).stem) for m in store.list(CHECKPOINTS))
+    assert totals[-1] >= 9, "the program ended and its fold was lost"
+    assert list(store.list(LEASE_PREFIX)) == []
 
 
 def test_a_child_forked_during_a_fold_folds_on_its_own(tmp_path: Path) -> None:

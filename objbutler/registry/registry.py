@@ -85,7 +85,7 @@ from objbutler.registry.records import DatasetRef, DatasetType
 from objbutler.registry.sharded import ShardedWriter
 from objbutler.registry.slots import CREATE_ATTEMPTS, decide_create
 from objbutler.registry.state import RegistryState
-from objbutler.stores import Store, delete_keys
+from objbutler.stores import Store, budget_of, delete_keys, run_concurrently
 
 __all__ = ["PROTOCOLS", "Registry", "finish_folds"]
 
@@ -98,9 +98,12 @@ DEFAULT_LOG_SHARDS = 256
 FOLD_LEASE_SECONDS = 60.0
 """A fold lease older than this (by the server's clock) no longer keeps other writers from folding."""
 REFRESH_ATTEMPTS = 3
+"""Claimed: listings a refresh makes when compaction deletes commits it listed before it reads them."""
 FOLD_THREADS = 2
 """Background folds run at once per process (each registry runs at most one)."""
-"""Claimed: listings a refresh makes when compaction deletes commits it listed before it reads them."""
+FOLD_READ_LANES = 4
+"""Commits a background fold reads at once: the rest of the store's concurrency budget stays free for puts (with
+all 16 slots, a put of the folding process waited behind hundreds of commit reads)."""
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -214,8 +217,10 @@ class Registry:
         self._fold_lock = threading.Lock()
         self._fold_pid = os.getpid()  # the process whose thread runs self._fold
         self._fold_again = False  # claimed: a fold fell due while one was running
+        self.read_lanes: int | None = None  # commits read at once (None: the store's max_concurrency)
         self._state: RegistryState | None = None
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
+        self._handed: dict[str, bytes] = {}  # claimed: commits this writer placed, by key, for its folder to use
         self._tail: list[tuple[LogEntry, Commit]] = []
 
     # -- reading ---------------------------------------------------------------
@@ -393,6 +398,9 @@ class Registry:
 
     def _fetch(self, entries: Sequence[LogEntry]) -> list[tuple[LogEntry, Commit]]:
         known = dict(self._bodies)
+        for entry in entries:
+            if entry.key not in known and (handed := self._handed.get(entry.key)) is not None:
+                known[entry.key] = decode_commit(handed, entry.key, self.repository)
         missing = [e.key for e in entries if e.key not in known]
         for key, body in self._get_commits(missing).items():
             known[key] = decode_commit(body, key, self.repository)
@@ -405,7 +413,10 @@ class Registry:
         if not keys:
             return {}
         try:
-            return dict(zip(keys, self.store.get_many(keys), strict=True))
+            if self.read_lanes is None:
+                return dict(zip(keys, self.store.get_many(keys), strict=True))
+            return dict(zip(keys, run_concurrently(self.store.get, keys, self.read_lanes, budget_of(self.store)),
+                            strict=True))
         except NotFoundError:
             if self.log.ordered_by_creation:
                 raise
@@ -631,6 +642,7 @@ class Registry:
             raise
         shard, sequence = placed
         # The commit point has passed: the commit stands.
+        self._hand_to_folder(self.shards.key(shard, sequence), body)
         if self._vector and self._vector[shard] + 1 == sequence:
             with contextlib.suppress(Exception):  # the next refresh reads it anyway
                 state.apply(decode_commit(body, self.shards.key(shard, sequence), self.repository),
@@ -790,10 +802,21 @@ class Registry:
                                         self.max_attempts, log_shards=self.shards.shards if self.shards else 1,
                                         compaction_grace=self.compaction_grace)
                 self._folder.fold_in_background = False
+                self._folder.read_lanes = FOLD_READ_LANES
+                self._folder._handed = self._handed  # the writer adds, the folder uses and forgets
             self._fold_again = False
             self._fold = _fold_pool().submit(self._fold_until_caught_up, self._folder)
             _FOLDS_IN_FLIGHT.add(self._fold)
             self._fold.add_done_callback(_FOLDS_IN_FLIGHT.discard)
+
+    def _hand_to_folder(self, key: str, body: bytes) -> None:
+        """Keep a commit this writer placed for its background folds: they need not read it back (a single
+        writer's fold would otherwise GET every commit it wrote). Bounded: the oldest go first."""
+        if not self.fold_in_background:
+            return
+        self._handed[key] = body
+        while len(self._handed) > 4 * self.checkpoint_interval + 64:
+            self._handed.pop(next(iter(self._handed)), None)
 
     def _fold_until_caught_up(self, folder: Registry) -> None:
         """Background: fold on ``folder``'s view, again while more folds fell due meanwhile."""
@@ -837,6 +860,10 @@ class Registry:
             return  # another writer is folding these commits now
         try:
             self._refresh_sharded(self.shards, rebase_if_behind=True, listed=(live, started))
+            for key in list(self._handed):  # handed commits this view holds now are not needed again
+                parsed = self.shards.parse(key)
+                if parsed is not None and parsed[1] <= self._vector[parsed[0]]:
+                    self._handed.pop(key, None)
             if sum(self._vector) - newest >= max(1, self.checkpoint_interval // 2):
                 self._checkpoint_and_compact()
         finally:

@@ -238,7 +238,10 @@ class ConcurrencyBudget:
         job = _Job(function, todo)
         pool = self._executor()
         for _ in range(width - 1):
-            pool.submit(job.drain)
+            try:
+                pool.submit(job.drain)
+            except RuntimeError:  # the pool is shutting down (interpreter exit): this thread drains it all
+                break
         job.drain()
         return job.wait()
 
@@ -325,8 +328,13 @@ class ConcurrencyBudget:
             with cond:
                 wanted = 0 if state["stopped"] or state["exhausted"] else width - 1 - state["helpers"]
                 state["helpers"] += max(0, wanted)
-            for _ in range(max(0, wanted)):
-                self._executor().submit(helper)
+            for started in range(max(0, wanted)):
+                try:
+                    self._executor().submit(helper)
+                except RuntimeError:  # the pool is shutting down (interpreter exit): the consumer works alone
+                    with cond:
+                        state["helpers"] -= wanted - started
+                    break
 
         try:
             top_up()
