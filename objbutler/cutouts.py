@@ -577,6 +577,17 @@ class ParentWCS:
                 self._value, self._build = self._build(), None
             return self._value
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the built WCS (a lock and a closure over a header reader do not pickle)."""
+        return (_built_parent_wcs, (self.get(),))
+
+
+def _built_parent_wcs(value: WCS | None) -> ParentWCS:
+    """A :class:`ParentWCS` already built (what one unpickles as)."""
+    parent = ParentWCS(lambda: value)
+    parent.get()
+    return parent
+
 
 class Cutout:
     """One postage stamp, with astropy :class:`~astropy.nddata.Cutout2D`'s pixel bookkeeping.

@@ -297,3 +297,20 @@ def test_xarray_opens_the_group(tmp_path: Path) -> None:
     frame = table.to_dataframe()
     assert list(frame["position"]) == sorted(frame["position"]) and set(frame["position"]) == set(range(12))
     assert os.path.isdir(tmp_path / "x.zarr" / "results")
+
+
+def test_stamps_from_a_sky_query_pickle_with_their_wcs_and_ref(tmp_path: Path) -> None:
+    """Sky-query stamps carry a lazily built parent WCS (a lock and a closure): they still pickle, for
+    Dask and multiprocessing, as pixels, box, WCS and ref."""
+    import pickle
+
+    butler, hdus = _repo(tmp_path)
+    coords = _catalog(hdus, n=5)
+    pairs = [pair for found in butler.cutouts_at(coords, 11, "calexp") for pair in found]
+    assert pairs
+    back = pickle.loads(pickle.dumps(pairs))
+    for (ref, stamp), (ref_back, stamp_back) in zip(pairs, back, strict=True):
+        assert ref_back == ref and stamp_back.ref == stamp.ref and stamp_back.bbox == stamp.bbox
+        np.testing.assert_array_equal(stamp_back.data, stamp.data)
+        assert stamp_back.input_position_original == stamp.input_position_original
+        assert stamp_back.wcs is not None and stamp_back.wcs.wcs.compare(stamp.wcs.wcs)
