@@ -377,7 +377,8 @@ def put_command(uri: str, dataset_type: str, files: tuple[Path, ...], data_id: t
         raise click.BadParameter("a run is required", param_hint="--run")
     butler = Butler(uri)
     refs, failures = ingest_files(butler, dataset_type, list(files), parse_data_id(data_id),
-                                  dict(_split_pairs(header_keys)), run, fmt, hdu, progress=len(files) > 1)
+                                  dict(_split_pairs(header_keys)), run, fmt, hdu,
+                                  progress=None if len(files) > 1 else False)
     for ref in refs:
         click.echo(f"{ref.id}  {ref.dataset_type}  {json.dumps(ref.data_id)}  {ref.key}")
     for path, error in failures:
@@ -826,7 +827,7 @@ def _parse_size(text: str | None) -> Any:
                    "strict (an error), as astropy's Cutout2D.")
 @click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Positions per batch (memory holds one batch's stamps).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (default: one when stderr is a terminal).")
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Light curve: a catalogue of one position; its stamps in time order with their dates.")
 @click.option("--overwrite", is_flag=True,
@@ -855,7 +856,7 @@ def cutouts_at(uri: str, dataset_type: str, radec: Path, size: str, out: Path, r
         check_zarr_output(dataset_type, coords, _parse_size(size), out, run=run, where=conditions,
                           mode=mode, chunk=chunk, overwrite=overwrite)  # type: ignore[arg-type]
     started = time.perf_counter()
-    with tqdm(total=len(coords), unit="pos", disable=no_progress) as bar:
+    with tqdm(total=len(coords), unit="pos", disable=True if no_progress else None) as bar:  # None: a terminal
         summary = write_catalog_cutouts(butler, dataset_type, coords, _parse_size(size), out, run=run,
                                         where=conditions, mode=mode, chunk=chunk,  # type: ignore[arg-type]
                                         progress=bar.update, overwrite=overwrite)
@@ -924,7 +925,7 @@ def demo(repo: str, stamps: int, size: int, png: str | None) -> None:
 @click.option("--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Datasets copied at once.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Datasets per registry commit.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (default: one when stderr is a terminal).")
 def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], run: str | None,
           with_inputs: bool, create_bucket: bool, jobs: int, batch_size: int, no_progress: bool) -> None:
     """Copy datasets (data and registry entries) from SRC into DST, creating DST if needed.
@@ -942,7 +943,8 @@ def clone(src: str, dst: str, dataset_type: str | None, where: tuple[str, ...], 
         _check_run(source, run)
         raise NotFoundError(f"no dataset of {src} matches --type/--where/--run: nothing to copy, {dst} left alone")
     report = run_clone(source, dst, dataset_type=dataset_type, where=conditions, run=run,
-                       with_inputs=with_inputs, progress=not no_progress, jobs=jobs, batch_size=batch_size,
+                       with_inputs=with_inputs, progress=False if no_progress else None, jobs=jobs,
+                       batch_size=batch_size,
                        destination_options=_bucket_options(dst, create_bucket))
     for ref, reason in report.failed:
         click.echo(f"error: {ref.dataset_type} {json.dumps(ref.data_id)} run={ref.run}: {reason}", err=True)

@@ -250,7 +250,7 @@ def clone(
     where: Mapping[str, Any] | None = None,
     run: str | None = None,
     with_inputs: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     jobs: int = 8,
     batch_size: int = 32,
     source_options: Mapping[str, Any] | None = None,
@@ -271,8 +271,9 @@ def clone(
     with_inputs : bool
         Also copy the provenance inputs of each dataset, recursively, as far
         as the source holds them.
-    progress : bool
-        Show a progress bar (tqdm, on stderr).
+    progress : bool or None
+        A progress bar (tqdm) on stderr: always, never, or (None, the default) when stderr is a
+        terminal (a log file gets no bar lines).
     jobs : int
         Datasets copied at once.
     batch_size : int
@@ -308,7 +309,7 @@ def clone(
             report.failed.append((ref, f"{dst.uri} holds another dataset ({holder.id}) with this data ID and run"))
     lock = threading.Lock()
     with tqdm(total=len(refs), initial=len(refs) - len(todo), unit="dataset", desc="clone",
-              disable=not progress, dynamic_ncols=True) as bar:
+              disable=None if progress is None else not progress, dynamic_ncols=True) as bar:
 
         def copy(ref: DatasetRef) -> tuple[DatasetRef, str | None]:
             error = None

@@ -141,7 +141,7 @@ def ingest_files(
     run: str,
     fmt: str | None = None,
     hdu: str | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> tuple[list[DatasetRef], list[tuple[Path, Exception]]]:
     """Put each FITS file as one dataset; a failure of one file does not stop the others.
 
@@ -168,8 +168,8 @@ def ingest_files(
         Storage format (repository default otherwise).
     hdu : str, optional
         HDU index or name (default: the first with image data).
-    progress : bool
-        Show a progress bar (tqdm) on stderr.
+    progress : bool or None
+        A progress bar (tqdm) on stderr: always, never, or (None) when stderr is a terminal.
 
     Returns
     -------
@@ -180,7 +180,8 @@ def ingest_files(
 
     refs: list[DatasetRef] = []
     failures: list[tuple[Path, Exception]] = []
-    with tqdm(total=len(paths), disable=not progress, unit="file", desc="ingest") as bar:
+    with tqdm(total=len(paths), disable=None if progress is None else not progress, unit="file",
+              desc="ingest") as bar:
         for start in range(0, len(paths), FILES_PER_COMMIT):
             group = paths[start:start + FILES_PER_COMMIT]
             outcomes = put_files(butler, dataset_type, [(path, data_id) for path in group], header_keys, run,

@@ -156,3 +156,24 @@ def test_the_console_command_exits_with_its_own_status_not_pyarrows(tmp_path: Pa
     missing = subprocess.run([script, "query", str(tmp_path / "nothing")], capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode == 3 and "no objbutler repository" in missing.stderr
+
+
+def test_clone_and_cutouts_at_draw_no_progress_bar_into_a_log(tmp_path: Path) -> None:
+    """stderr is not a terminal here (a pipeline's log): no bar lines, as ingest already did."""
+    from astropy.coordinates import SkyCoord
+
+    from objbutler.testing.skyfield import pvis
+
+    repo = str(tmp_path / "repo")
+    butler = Butler.create(repo)
+    hdu = next(iter(pvis(1, shape=(40, 40), field=(150.1, 2.2), seed=1)))
+    butler.put(hdu, "calexp", {"visit": 1}, run="r")
+    center = SkyCoord(150.1, 2.2, unit="deg")
+    (tmp_path / "cat.csv").write_text(f"ra,dec\n{center.ra.deg},{center.dec.deg}\n")
+    runner = CliRunner()
+    for args in (["clone", repo, str(tmp_path / "copy")],
+                 ["cutouts-at", repo, "calexp", "--radec", str(tmp_path / "cat.csv"), "--size", "9",
+                  "--out", str(tmp_path / "stamps")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert "it/s" not in result.output and "%|" not in result.output, result.output
