@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,12 @@ def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 
         raise InvalidCutoutError("no non-empty stamps to draw")
     columns = int(np.ceil(np.sqrt(len(shown))))
     rows = int(np.ceil(len(shown) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.4 + 0.4), squeeze=False)
+    width = columns * 1.4
+    # The title wrapped to the figure's width (9 pt characters are about 0.55 of 9 pt wide): with one
+    # stamp, a one-line title was cut off at both sides.
+    lines = textwrap.wrap(title, max(12, int(width * 72 / (9 * 0.55)))) if title else []
+    figure, axes = plt.subplots(rows, columns, figsize=(width, rows * 1.4 + 0.4 + 0.17 * len(lines)),
+                                squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
     for axis, (stamp, label) in zip(axes.flat, shown, strict=False):
@@ -141,8 +147,8 @@ def write_contact_sheet(stamps: Sequence[Cutout], path: Path, max_stamps: int = 
         low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
         axis.imshow(stamp.data, origin="lower", cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         axis.set_title(label, fontsize=6)
-    if title:
-        figure.suptitle(title, fontsize=9)
+    if lines:
+        figure.suptitle("\n".join(lines), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

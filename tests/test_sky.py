@@ -559,3 +559,28 @@ def test_a_parquet_catalogue_written_by_pyarrow_is_read_without_pandas(tmp_path:
     garbled.write_bytes(b"PAR1 not really")
     with pytest.raises(FormatError, match=r"garbled\.parquet"):
         read_catalog(garbled)
+
+
+@pytest.mark.parametrize("stamps", [1, 2, 9])
+def test_a_contact_sheets_title_fits_inside_the_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    stamps: int) -> None:
+    """A light curve of one image got a one-line title wider than its 1.4-inch figure, cut off at both sides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from objbutler import stamps_io
+    from objbutler.cutouts import Box, Cutout
+
+    kept: list[object] = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figure to measure it
+    sheet = [Cutout(np.arange(81.0).reshape(9, 9), Box(0, 0, 9, 9), index=i) for i in range(stamps)]
+    title = "calexp at RA 150.100000 Dec 2.200000: 1 images, the whole of this title must show"
+    stamps_io.write_contact_sheet(sheet, tmp_path / "sheet.png", title=title)
+    figure = kept[0]
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    (text,) = figure.texts  # type: ignore[attr-defined]  # the suptitle
+    box, frame = text.get_window_extent(renderer), figure.bbox  # type: ignore[attr-defined]
+    assert box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1, (box, frame)
+    assert text.get_text().replace("\n", " ") == title
