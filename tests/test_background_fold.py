@@ -57,12 +57,18 @@ def _checkpoint_totals(root: Path) -> list[int]:
     return sorted(int(Path(key).stem) for key in _keys(root, CHECKPOINTS))
 
 
-def test_puts_go_on_while_a_fold_is_held_and_the_fold_then_finishes(tmp_path: Path) -> None:
-    root = tmp_path / "repo"
+def _held_writer(root: Path) -> tuple[Butler, HeldLog]:
+    """A new repository and a writer whose background folds' listings can be held."""
     Butler.create(str(root), checkpoint_interval=INTERVAL, log_shards=2)
     held = HeldLog(LocalStore(str(root)))
     writer = Butler(str(root), store=held)
     writer.registry.compaction_grace = 0.0
+    return writer, held
+
+
+def test_puts_go_on_while_a_fold_is_held_and_the_fold_then_finishes(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    writer, held = _held_writer(root)
     ids = [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(INTERVAL)]
     assert finish_folds(timeout=60)
     held.armed = True
@@ -180,10 +186,7 @@ def test_a_child_forked_during_a_fold_folds_on_its_own(tmp_path: Path) -> None:
     import multiprocessing
 
     root = tmp_path / "repo"
-    Butler.create(str(root), checkpoint_interval=INTERVAL, log_shards=2)
-    held = HeldLog(LocalStore(str(root)))
-    writer = Butler(str(root), store=held)
-    writer.registry.compaction_grace = 0.0
+    writer, held = _held_writer(root)
     held.armed = True
     writer.registry._commits_since_check = INTERVAL - 1
     writer.put({"n": 0}, "metric", {"visit": 0}, run="r")
