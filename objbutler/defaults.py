@@ -18,6 +18,7 @@ __all__ = [
     "COMMIT_RACE_BACKOFF",
     "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_COMPACTION_GRACE",
+    "DEFAULT_MAX_COMMIT_SECONDS",
     "DEFAULT_SETTLE_SECONDS",
     "DEFAULT_TIMESTAMP_RESOLUTION",
     "STORE_RETRY_ATTEMPTS",
@@ -33,6 +34,9 @@ DEFAULT_COMPACTION_GRACE = 30.0
 
 DEFAULT_SETTLE_SECONDS = 0.5
 """How long a timestamped commit waits for earlier commits to become visible before it checks who won."""
+
+DEFAULT_MAX_COMMIT_SECONDS = 300.0
+"""Sequenced protocol: how long a commit keeps racing for a log slot before it gives up (ConflictError)."""
 
 DEFAULT_TIMESTAMP_RESOLUTION = 0.0
 """Extra settle time for a store whose modification times are coarse (measured at create; 1.0 for whole seconds)."""

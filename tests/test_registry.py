@@ -143,6 +143,41 @@ def test_store_that_ignores_conditions_is_refused(tmp_path: Path) -> None:
     assert butler.config["commit_protocol"] == "timestamped"
 
 
+def test_a_sequenced_writer_that_keeps_losing_keeps_trying_until_its_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every lost race means someone else committed: losing 80 in a row is contention, not failure (a
+    count of 50 failed 45 of 640 puts at 64 processes). Only ``max_commit_seconds`` ends the trying."""
+    from objbutler.backoff import Backoff
+    from objbutler.registry import registry as registry_module
+    from objbutler.stores import StoreWrapper
+    from objbutler.stores.local import LocalStore
+
+    monkeypatch.setattr(registry_module, "COMMIT_RACE_BACKOFF", Backoff(base_delay=0.0, max_delay=0.0))
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="sequenced", checkpoint_interval=1000)
+    rival = Butler(uri)
+    visits = iter(range(1000, 2000))
+
+    class AlwaysBeaten(StoreWrapper):
+        """Before each of the victim's slot creates, the rival commits into that very slot."""
+
+        losses = 80
+
+        def put_if_absent(self, key: str, data: bytes) -> object:
+            if key.startswith("manifest/log/") and self.losses > 0:
+                self.losses -= 1
+                rival.put({"v": self.losses}, "metric", {"visit": next(visits)}, run="r")
+            return self.inner.put_if_absent(key, data)
+
+    victim = Butler(uri, store=AlwaysBeaten(LocalStore(uri)))
+    ref = victim.put({"v": -1}, "metric", {"visit": -1}, run="r")
+    assert len(Butler(uri).query()) == 81 and ref.id in {r.id for r in Butler(uri).query()}
+    late = Butler(uri, store=AlwaysBeaten(LocalStore(uri)))
+    late.registry.max_commit_seconds = 0.0  # one attempt, then the deadline has passed
+    with pytest.raises(ConflictError, match="gave up after losing 1 commit race"):
+        late.put({"v": -2}, "metric", {"visit": -2}, run="r")
+
+
 @pytest.mark.parametrize("protocol", ["sequenced", "claimed"])
 def test_lost_races_retry_then_give_up(tmp_path: Path, protocol: str) -> None:
     """Sequenced: a writer that keeps losing gives up (ConflictError). Claimed: a taken slot is skipped without
