@@ -657,8 +657,9 @@ class Registry:
             self.writer.release(claims)  # every slot tried is decided and none is ours: nothing can land
             raise
         shard, sequence = placed
-        # The commit point has passed: the commit stands.
-        self._hand_to_folder(self.shards.key(shard, sequence), body)
+        # The commit point has passed: the commit stands, and nothing below may raise.
+        with contextlib.suppress(Exception):
+            self._hand_to_folder(self.shards.key(shard, sequence), body)
         if self._vector and self._vector[shard] + 1 == sequence:
             with contextlib.suppress(Exception):  # the next refresh reads it anyway
                 state.apply(decode_commit(body, self.shards.key(shard, sequence), self.repository),
