@@ -27,7 +27,6 @@ import click
 
 from objbutler.cli_errors import EXIT_CODES, error_message, report_errors
 from objbutler.errors import AlreadyExistsError, FormatError, NotFoundError, ObjButlerError
-from objbutler.registry import finish_folds
 from objbutler.version import __version__
 
 MAX_WHERE_VALUES = 100_000
@@ -1076,7 +1075,10 @@ def run() -> None:
         else:
             code = exc.code or 0
     finally:
-        finish_folds()  # a fold in flight holds a lease: finish it (the interpreter would have waited too)
+        if "objbutler.registry.registry" in sys.modules:  # only a command that opened a registry has folds
+            from objbutler.registry import finish_folds
+
+            finish_folds()  # a fold in flight holds a lease: finish it (the interpreter would have waited too)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
