@@ -181,7 +181,8 @@ def test_clone_and_cutouts_at_draw_no_progress_bar_into_a_log(tmp_path: Path) ->
 
 def test_the_command_starts_without_arrow() -> None:
     """`objbutler --help` and commands that open no repository do not pay for pyarrow's import (0.3 s)."""
+    heavy = "('pyarrow', 'objbutler.registry.registry')"
     loaded = subprocess.run([sys.executable, "-c", "import sys, objbutler.cli; "
-                             "print(sorted(m for m in ('pyarrow', 'objbutler.registry.registry') if m in sys.modules))"],
+                             f"print(sorted(m for m in {heavy} if m in sys.modules))"],
                             capture_output=True, text=True, timeout=120, check=True)
     assert loaded.stdout.strip() == "[]"
