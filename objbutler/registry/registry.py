@@ -783,8 +783,12 @@ class Registry:
             if position - self._checkpointed >= 2 * self.checkpoint_interval:
                 self._write_checkpoint(state.to_checkpoint(), state.position)
 
-    fold_in_background: bool = True
-    """Claimed protocol: fold on a background thread, so a put returns once its commit has landed.
+    fold_in_background: bool = False
+    """Claimed protocol: fold on a background thread, so a put returns once its commit has landed (opt-in).
+
+    Off by default for now: with it on, a test of seven racing processes
+    (tests/test_compaction_adversary.py, grace 0) found compaction deleting too
+    little while they ran, 2 runs in 10, cause not yet understood.
 
     A fold reads every commit since the newest checkpoint (hundreds, when many
     writers put at once); inside a put it set the put's latency and, with
