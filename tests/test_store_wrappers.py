@@ -164,3 +164,43 @@ def test_a_subclass_overrides_only_what_it_changes() -> None:
     store.delete("k")
     with pytest.raises(NotFoundError):
         inner.get("k")
+
+
+class _BulkDeletes(MemoryStore):
+    """A memory store with S3's ``DeleteObjects``: counts its batches."""
+
+    batches = 0
+
+    def delete_many(self, keys: Any) -> None:
+        type(self).batches += 1
+        for key in keys:
+            self.delete(key)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_WRAPPERS))
+def test_bulk_deletes_through_a_wrapper_go_through_its_own_delete(name: str, tmp_path: Path) -> None:
+    """``delete_keys`` sends one ``delete_many`` to a store that has it. A wrapper used to take it from its
+    inner store, so a batch of deletes on S3 skipped the wrapper: no fault was injected, nothing was
+    counted, no cache entry dropped (compaction's deletes and checkpoint retention on LocalStack)."""
+    from objbutler.stores import DeleteMany, delete_keys
+
+    make = ALL_WRAPPERS[name]
+    if name == "caching":
+        make = lambda inner: CachingStore(inner, tmp_path / "cache")  # noqa: E731
+    inner = _BulkDeletes(uuid.uuid4().hex)
+    assert isinstance(inner, DeleteMany)
+    wrapper = make(inner)
+    assert not isinstance(wrapper, DeleteMany)
+    seen: list[str] = []
+    delete = wrapper.delete
+
+    def watched(key: str) -> None:
+        seen.append(key)
+        delete(key)
+
+    wrapper.delete = watched  # type: ignore[method-assign]
+    for key in ("a", "b", "c"):
+        inner.put(key, b"x")
+    delete_keys(wrapper, ["a", "b", "c"])
+    assert sorted(seen) == ["a", "b", "c"] and _BulkDeletes.batches == 0
+    assert list(inner.list()) == []

@@ -87,6 +87,12 @@ def _take_out_optional_members(cls: type) -> None:
     cls._wrapper_class = cls  # type: ignore[attr-defined]
 
 
+_NOT_FORWARDED = frozenset({"delete_many"})
+"""Members a wrapper does not take from ``inner`` unless it defines them: forwarded, ``delete_many`` made
+:func:`~objbutler.stores.delete_keys` skip the wrapper's own ``delete`` (a fault injector's faults, a
+counter's counts, a cache's invalidation) for every batch deleted on S3."""
+
+
 class StoreWrapper:
     """A store that forwards every call to ``inner``; subclass it and override what changes.
 
@@ -136,7 +142,7 @@ class StoreWrapper:
 
     def __getattr__(self, name: str) -> Any:
         # only called for attributes the wrapper lacks; never for dunders (pickle, copy probe those)
-        if name == "inner" or (name.startswith("__") and name.endswith("__")):
+        if name == "inner" or name in _NOT_FORWARDED or (name.startswith("__") and name.endswith("__")):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
