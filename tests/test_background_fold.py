@@ -26,12 +26,6 @@ from objbutler.stores.local import LocalStore
 INTERVAL = 4
 
 
-@pytest.fixture(autouse=True)
-def _folds_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Background folds are opt-in (``Registry.fold_in_background``): these tests are about them."""
-    from objbutler.registry import Registry
-
-    monkeypatch.setattr(Registry, "fold_in_background", True)
 CHECKPOINTS = "manifest/checkpoints/"
 
 
@@ -145,7 +139,6 @@ def test_a_fold_that_fails_in_the_background_leaves_the_puts_standing(tmp_path: 
 SLOW_FOLDS = """
 import sys, time
 from objbutler.registry import Registry
-Registry.fold_in_background = True
 fold = Registry._maybe_checkpoint_sharded
 def slow(self):
     time.sleep(1.0)  # the program's last put returns long before its fold ends

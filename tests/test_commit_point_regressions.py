@@ -166,11 +166,12 @@ def test_checkpoint_housekeeping_failure_after_the_commit(any_backend: Backend, 
         method = "put|put_if_absent"
     repo = Repo(any_backend, checkpoint_interval=2)
     butler, faulty = repo.butler()
+    butler.registry.compaction_grace = 0.0  # claimed: a fold deletes (and prunes checkpoints) at once
     refs = []
     for visit in range(7):  # checkpoints at 2, 4, 6 (sequenced); settled commits every minute (timestamped)
         refs.append(butler.put(metric(visit), "metric", {"visit": visit, "detector": 0}, run="r"))
         repo.minute_passes()
-    assert len(repo.checkpoints()) >= 3, repo.checkpoints()
+    assert len(repo.checkpoints()) >= 2, repo.checkpoints()  # claimed: those of the live markers
     faulty.plan.add(Fault(kind, method, CHECKPOINTS, occurrences=None))  # the next checkpoint prunes the oldest
     for visit in range(7, 9):
         refs.append(butler.put(metric(visit), "metric", {"visit": visit, "detector": 0}, run="r"))

@@ -183,6 +183,29 @@ def test_one_writer_folds_at_a_time_and_a_dead_writers_lease_expires(tmp_path: P
     assert len(Butler(uri).query()) == 12
 
 
+def test_a_fresh_lease_lapses_once_four_intervals_of_commits_wait_behind_it(tmp_path: Path) -> None:
+    """A writer killed while folding leaves a fresh lease: the others fold again after FOLD_LEASE_BACKLOG
+    intervals of commits, not after FOLD_LEASE_SECONDS (a minute of no compaction at all)."""
+    from objbutler.registry.registry import FOLD_LEASE_BACKLOG
+
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=8)
+    writer = _writer(uri)
+    writer.registry.fold_in_background = False
+    lease = tmp_path / "repo" / ShardedLog.lease_key(0, 1)
+    lease.parent.mkdir(parents=True)
+    lease.write_text("{}")  # a folder of the empty checkpoint's commits was killed a moment ago
+    backlog = FOLD_LEASE_BACKLOG * INTERVAL
+    for n in range(backlog - 1):
+        writer.put({"v": n}, "metric", {"visit": n}, run="r")
+    assert list(LocalStore(uri).list(MARKER_PREFIX)) == [], "a fresh lease with less backlog than that holds"
+    writer.registry._commits_since_check = INTERVAL - 1
+    writer.put({"v": -1}, "metric", {"visit": -1}, run="r")
+    assert [m.key for m in LocalStore(uri).list(MARKER_PREFIX)] == [ShardedLog.marker_key(backlog)]
+    assert lease.exists() and not (tmp_path / "repo" / ShardedLog.lease_key(0, 2)).exists()  # released when done
+    assert len(Butler(uri).query()) == backlog
+
+
 def test_a_commit_that_lands_in_a_slot_compaction_already_deleted_is_written_again(tmp_path: Path) -> None:
     """The slow-write rule: a slot write that ended long after the markers were read is checked, and
     if compaction may have deleted the slot before the write landed, the commit goes to a fresh slot."""

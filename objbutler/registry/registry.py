@@ -98,6 +98,17 @@ CLAIM_ATTEMPTS = CREATE_ATTEMPTS
 DEFAULT_LOG_SHARDS = 256
 FOLD_LEASE_SECONDS = 60.0
 """A fold lease older than this (by the server's clock) no longer keeps other writers from folding."""
+FOLD_LEASE_BACKLOG = 4
+"""A fold lease also lapses once this many checkpoint intervals of commits wait unfolded per lease taken.
+
+A writer killed while folding leaves its lease behind; honoured for the full
+``FOLD_LEASE_SECONDS``, it stopped every fold (and so compaction) for a minute
+while the writers went on (tests/test_compaction_adversary.py, a SIGKILLed
+process, 2 runs in 10). Past this backlog the holder is dead or too slow for
+the write rate, and one more fold is worth its reads: folds that overlap are
+safe (a fold never deletes past a marker it read), the lease only saves reads.
+The allowance grows with each lease taken, so a slow fold is joined by one
+more, not by every writer that checks."""
 REFRESH_ATTEMPTS = 3
 """Claimed: listings a refresh makes when compaction deletes commits it listed before it reads them."""
 FOLD_THREADS = 2
@@ -783,12 +794,8 @@ class Registry:
             if position - self._checkpointed >= 2 * self.checkpoint_interval:
                 self._write_checkpoint(state.to_checkpoint(), state.position)
 
-    fold_in_background: bool = False
-    """Claimed protocol: fold on a background thread, so a put returns once its commit has landed (opt-in).
-
-    Off by default for now: with it on, a test of seven racing processes
-    (tests/test_compaction_adversary.py, grace 0) found compaction deleting too
-    little while they ran, 2 runs in 10, cause not yet understood.
+    fold_in_background: bool = True
+    """Claimed protocol: fold on a background thread, so a put returns once its commit has landed.
 
     A fold reads every commit since the newest checkpoint (hundreds, when many
     writers put at once); inside a put it set the put's latency and, with
@@ -877,7 +884,7 @@ class Registry:
         pending = sum(1 for shard, sequences in live.slots.items() for n in sequences if n > folded[shard])
         if pending < max(1, self.checkpoint_interval // 2):
             return  # decided from the listing alone: no commit is read
-        lease = self._take_fold_lease(live, newest)
+        lease = self._take_fold_lease(live, newest, pending)
         if lease is None:
             return  # another writer is folding these commits now
         try:
@@ -892,16 +899,19 @@ class Registry:
             with contextlib.suppress(ObjButlerError):  # done or failed: the next writer need not wait for it
                 self.store.delete(lease)
 
-    def _take_fold_lease(self, live: LiveLog, newest: int) -> str | None:
+    def _take_fold_lease(self, live: LiveLog, newest: int, pending: int) -> str | None:
         """Claim the folding of the commits after checkpoint ``newest``: the lease's key (None: another's is live).
 
         Writers that check at about the same time would otherwise all read the
-        same commits. A lease older than ``FOLD_LEASE_SECONDS`` (its holder
-        died or is stuck) is superseded by the next attempt number.
+        same commits. A lease older than ``FOLD_LEASE_SECONDS``, or with more than
+        ``FOLD_LEASE_BACKLOG`` intervals of ``pending`` commits per lease taken
+        behind it (its holder died or is too slow), is superseded by the next
+        attempt number.
         """
         assert self.shards is not None
         held = live.leases.get(newest, [])
-        if live.newest_time is not None:
+        swamped = pending >= FOLD_LEASE_BACKLOG * self.checkpoint_interval * len(held)
+        if live.newest_time is not None and not swamped:
             cutoff = live.newest_time - dt.timedelta(seconds=FOLD_LEASE_SECONDS)
             if any(t is None or t > cutoff for t in held):
                 return None
@@ -949,6 +959,12 @@ class Registry:
         doomed += [self.shards.lease_key(total, n + 1) for total, times in live.leases.items() if total < through.total
                    for n in range(len(times))]
         delete_keys(self.store, doomed)
+        # Retention, last: only checkpoints below the marker deleted through (their markers are gone now, or
+        # they never had one). Any newer one may belong to the newest marker a reader lists; "keep the three
+        # newest" counted checkpoints of folds that failed before their marker (and of overlapping folds),
+        # deleted the newest marker's checkpoint, and a reader that listed then ignored that marker, kept a
+        # view compaction had overtaken and saw nothing (tests/test_compaction_adversary.py).
+        delete_keys(self.store, [key for key in self._checkpoint_keys() if _checkpoint_total(key) < through.total])
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
@@ -1006,7 +1022,9 @@ class Registry:
             self.store.put_if_absent(key, encode_checkpoint(checkpoint))
         except AlreadyExistsError:
             created = False
-        if self.shards is None and self.log.ordered_by_creation and name.isdigit():
+        if self.shards is not None:
+            return created  # claimed: retention is part of compaction (see _checkpoint_and_compact)
+        if self.log.ordered_by_creation and name.isdigit():
             self._checkpointed = max(self._checkpointed, int(name))
         for stale in self._checkpoint_keys()[KEEP_CHECKPOINTS:]:
             self.store.delete(stale)
@@ -1016,6 +1034,12 @@ class Registry:
         """Every checkpoint's key, newest first (one listing)."""
         return sorted((m.key for m in self.store.list(CHECKPOINT_PREFIX) if m.key.endswith(".parquet")),
                       reverse=True)
+
+
+def _checkpoint_total(key: str) -> float:
+    """The commit total a claimed log's checkpoint key names (infinity for any other name: never pruned)."""
+    name = key[len(CHECKPOINT_PREFIX):-len(".parquet")]
+    return int(name) if key.startswith(CHECKPOINT_PREFIX) and name.isdigit() else math.inf
 
 
 def _checkpoint_key(name: str) -> str:
