@@ -330,6 +330,9 @@ def test_claimed_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, m
     assert sum(expected.values()) == commits + (5 if finish == "tail" else 0)
 
     # The case is the one named: what the checkpoints, the tail and compaction left in the bucket.
+    from objbutler.registry import finish_folds
+
+    assert finish_folds(timeout=60)  # background folds: the bucket stops changing
     checkpoints = sorted((root / "manifest/checkpoints").glob("*.parquet"))
     listed = [(int(p.parent.name), int(p.stem)) for p in (root / "manifest/log").glob("[0-9][0-9][0-9]/*.json")]
     if commits < interval // 2:  # no fold yet: the recipe finds the empty checkpoint written at create
@@ -346,12 +349,13 @@ def test_claimed_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, m
     if finish == "checkpoint":
         assert tail == [] and folded_listed == commits
     else:
-        assert len(checkpoints) == 3 and len(tail) >= 5
+        assert len(checkpoints) >= 2 and len(tail) >= 5
         assert sum(1 for n in through if n) > 1  # commits in several shards: the vector is indexed by shard
+        markers = {int(p.stem) for p in (root / "manifest/log/~").glob("*.json")}
+        assert markers <= {int(p.stem) for p in checkpoints}  # every live marker's checkpoint is there
         if grace is None:
-            assert folded_listed == sum(through)  # nothing deleted within the grace period
-            markers = list((root / "manifest/log/~").glob("*.json"))
-            assert len(markers) > len(checkpoints)  # the markers of pruned checkpoints are still there
+            assert folded_listed == sum(through)  # nothing deleted within the grace period ...
+            assert {int(p.stem) for p in checkpoints} == markers | {0}  # ... nor pruned: several to choose from
         else:
             assert 0 < len(listed) < sum(expected.values())  # folded commits deleted (not all: the newest fold)
             assert folded_listed > 0  # ... and some still listed, that the recipe must not count twice
