@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,29 @@ except ModuleNotFoundError as exc:  # the README's test command installs it; say
                             "python3 -m pip install -e './localstack' (README.md, Quick start)") from exc
 
 pytest_plugins = ["conftest_servers"]
+
+SLOW_FOLDS = float(os.environ.get("OBJBUTLER_SLOW_FOLDS") or 0)
+"""Seconds every background fold of this process waits before it starts (a timing stress; 0: none).
+
+``OBJBUTLER_SLOW_FOLDS=0.05 python3 -m pytest ...`` shows the tests that depend on when a fold lands:
+a test that checks what compaction did must wait for the folds (``finish_folds``) or fold inline.
+Folds in child processes are not slowed.
+"""
+
+
+@pytest.fixture(autouse=True)
+def _slow_background_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    if SLOW_FOLDS <= 0:
+        return
+    from objbutler.registry import Registry
+
+    fold = Registry._fold_until_caught_up
+
+    def late_fold(self: Registry, folder: Registry) -> None:
+        time.sleep(SLOW_FOLDS)
+        fold(self, folder)
+
+    monkeypatch.setattr(Registry, "_fold_until_caught_up", late_fold)
 
 
 @dataclasses.dataclass

@@ -201,6 +201,7 @@ def folded_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     ids = [_put(w, n, i) for n in range(12) for i, w in enumerate(writers)]
     quiet = _no_check(_writer(uri))
     ids += [_put(quiet, 100 + n, 7) for n in range(INTERVAL)]  # pending: the next check folds
+    assert finish_folds(timeout=60)
     assert len(_keys(uri, MARKER_PREFIX)) >= 2 and len(_keys(uri, CHECKPOINT_PREFIX)) >= 2
     return root, ids
 
@@ -285,6 +286,7 @@ def test_a_writer_killed_at_any_step_of_a_fold_loses_nothing(
     expected = set(ids) | {victims[0].id}
     for reader in (fresh, warm, stale, *writers):
         assert _ids(reader) == expected
+    assert finish_folds(timeout=60)
     assert len(_keys(uri, MARKER_PREFIX)) >= 1
     live = [k for k in _keys(uri, LOG_PREFIX) if ShardedLog.parse(k) is not None]
     assert len(live) < len(expected) // 2, "compaction stopped after the crash"
@@ -330,17 +332,20 @@ def test_a_reader_whose_listed_commits_are_compacted_before_it_reads_them(tmp_pa
 
 
 def _hostile_repo(tmp_path: Path, shards: int = 2) -> tuple[str, list[Butler], list[str]]:
-    """A claimed repository with three compacting writers and 18 datasets."""
+    """A claimed repository with three compacting writers and 18 datasets, at rest: no fold in flight
+    (a background fold landing later would write a newer marker than the one a test damages)."""
     uri = str(tmp_path / "repo")
     Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=shards)
     writers = [_writer(uri) for _ in range(3)]
     ids = [_put(w, n, i) for n in range(6) for i, w in enumerate(writers)]
+    assert finish_folds(timeout=60)
     return uri, writers, ids
 
 
 def _carry_on(writers: list[Butler], ids: list[str], rounds: int = 16, start: int = 50) -> None:
     for n in range(start, start + rounds):
         ids.extend(_put(w, n, i) for i, w in enumerate(writers))
+    assert finish_folds(timeout=60)  # the folds those puts started (on background threads) have landed
 
 
 def test_stray_keys_and_a_garbled_marker_are_ignored_with_a_warning(
@@ -598,8 +603,10 @@ def test_faults_on_the_folds_requests_lose_nothing(tmp_path: Path, name: str) ->
         for lag, reader in lagging.items():
             if n % lag == 0:
                 assert set(returned) <= _ids(reader), f"a reader refreshing every {lag} rounds lost datasets"
+    assert finish_folds(timeout=60)
     faulty_store.flush_late()
     assert faulty_store.counts, "no fault was injected: the scenario does not reach the fold"
+    faulty_store.plan.clear()  # the faulty writer reads below as a reader: faults not yet spent would hit it
     fresh = Butler(uri)
     for kind, data_id, run in failed:
         assert fresh.query(kind, where=data_id, run=run) == [], "a put that failed committed something"
@@ -621,6 +628,7 @@ def test_a_fold_lease_whose_create_lost_its_answer_does_not_stall_compaction(tmp
     while not faulty_store.counts:
         faulty.registry._commits_since_check = INTERVAL - 1  # it checks at every put until the fault hits
         ids.append(_put(faulty, n, 0))
+        assert finish_folds(timeout=60)
         n += 1
         assert n < 50, "the faulty writer never tried to fold"
     markers = _keys(uri, MARKER_PREFIX)

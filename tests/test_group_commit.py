@@ -186,6 +186,7 @@ def _faulty(uri: str, options: dict[str, Any], faults: list[Fault], *, timestamp
     faulty = FaultyStore(inner, plan)
     butler = Butler(uri, store=faulty)
     butler.registry.settle_seconds = 0.05
+    butler.registry.fold_in_background = False  # a fold's faults strike inside the put, after its commit
     butler.registry.refresh()  # the faults strike from the batch on, not while opening
     plan.add(*faults)
     return butler, faulty

@@ -303,6 +303,7 @@ def test_claimed_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, m
     import numpy as np
 
     from objbutler import Butler
+    from objbutler.registry import finish_folds
 
     recipe = _claimed_recipe()
     monkeypatch.chdir(tmp_path)
@@ -316,6 +317,8 @@ def test_claimed_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, m
         writers.append(Butler("claimed-example"))
         writers[-1].registry.checkpoint_interval = 10**9
     for n in range(commits + (5 if finish == "tail" else 0)):  # several types, formats and runs; some provenance
+        if n == commits:
+            assert finish_folds(timeout=60)  # no fold still in flight reaches the tail's commits
         repo = writers[-1] if n >= commits else writers[n % 3]
         if n % 7 == 3:
             repo.put(np.zeros((4, 4), "float32"), "calexp", {"visit": n, "detector": 1}, run=f"run{n % 3}",
@@ -330,8 +333,6 @@ def test_claimed_registry_sql_recipe_counts_every_dataset_once(tmp_path: Path, m
     assert sum(expected.values()) == commits + (5 if finish == "tail" else 0)
 
     # The case is the one named: what the checkpoints, the tail and compaction left in the bucket.
-    from objbutler.registry import finish_folds
-
     assert finish_folds(timeout=60)  # background folds: the bucket stops changing
     checkpoints = sorted((root / "manifest/checkpoints").glob("*.parquet"))
     listed = [(int(p.parent.name), int(p.stem)) for p in (root / "manifest/log").glob("[0-9][0-9][0-9]/*.json")]
