@@ -788,9 +788,9 @@ class Registry:
         if position - self._checkpointed >= 2 * self.checkpoint_interval:
             # A boundary's checkpoint is missing here (its writer failed, or this view predates it):
             # one listing tells which; write one at this position only if none is recent enough.
-            newest = [key[len(CHECKPOINT_PREFIX):-len(".parquet")] for key in self._checkpoint_keys()[:1]]
-            if newest and newest[0].isdigit():
-                self._checkpointed = max(self._checkpointed, int(newest[0]))
+            newest = [_checkpoint_number(key) for key in self._checkpoint_keys()[:1]]
+            if newest and newest[0] is not None:
+                self._checkpointed = max(self._checkpointed, newest[0])
             if position - self._checkpointed >= 2 * self.checkpoint_interval:
                 self._write_checkpoint(state.to_checkpoint(), state.position)
 
@@ -964,7 +964,8 @@ class Registry:
         # newest" counted checkpoints of folds that failed before their marker (and of overlapping folds),
         # deleted the newest marker's checkpoint, and a reader that listed then ignored that marker, kept a
         # view compaction had overtaken and saw nothing (tests/test_compaction_adversary.py).
-        delete_keys(self.store, [key for key in self._checkpoint_keys() if _checkpoint_total(key) < through.total])
+        delete_keys(self.store, [key for key in self._checkpoint_keys()
+                                 if (named := _checkpoint_number(key)) is not None and named < through.total])
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
@@ -1036,10 +1037,14 @@ class Registry:
                       reverse=True)
 
 
-def _checkpoint_total(key: str) -> float:
-    """The commit total a claimed log's checkpoint key names (infinity for any other name: never pruned)."""
+def _checkpoint_number(key: str) -> int | None:
+    """The number a checkpoint's key names: a sequenced log's position, a claimed log's commit total.
+
+    None for any other name (a timestamped position, a stray object): such a checkpoint is never pruned
+    by number.
+    """
     name = key[len(CHECKPOINT_PREFIX):-len(".parquet")]
-    return int(name) if key.startswith(CHECKPOINT_PREFIX) and name.isdigit() else math.inf
+    return int(name) if key.startswith(CHECKPOINT_PREFIX) and name.isdigit() else None
 
 
 def _checkpoint_key(name: str) -> str:
