@@ -20,7 +20,9 @@ tests/test_fold_fuzz.py`` is the full setting (docs/reference/testing.md).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
 import random
 import tempfile
@@ -28,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from registry_helpers import committed
 
 from objbutler.butler import Butler
 from objbutler.errors import CommitOutcomeUnknownError, ObjButlerError
 from objbutler.maintenance import fsck, vacuum
 from objbutler.registry import finish_folds
+from objbutler.registry.log import ShardedLog
 from objbutler.stores.local import LocalStore
 from objbutler.testing.faults import FaultPlan, FaultyStore
 
@@ -57,6 +61,26 @@ def _spec(n: int, i: int) -> tuple[str, dict[str, Any], str]:
 
 def _ids(butler: Butler) -> set[str]:
     return {ref.id for ref in butler.query()}
+
+
+def _explain(uri: str, reader: Butler, missing: set[str]) -> str:
+    """Where the missing datasets' commits are, and what the reader believed (a rare failure names its cause)."""
+    registry = reader.registry
+    store = LocalStore(uri)
+    where = []
+    for meta in store.list("manifest/log/"):
+        with contextlib.suppress(Exception):
+            body = store.get(meta.key).decode()
+            where += [f"{meta.key} ({meta.last_modified})" for dataset_id in missing if dataset_id in body]
+    markers = []
+    for meta in store.list("manifest/log/~/"):
+        with contextlib.suppress(Exception):
+            markers.append(f"{meta.key.rsplit('/', 1)[1]}={json.loads(store.get(meta.key))}")
+    slots = ShardedLog(store, registry.shards.shards).list_live().slots if registry.shards is not None else {}
+    checkpoints = [meta.key.rsplit("/", 1)[1] for meta in store.list("manifest/checkpoints/")]
+    return (f"\n  in: {where or 'no live commit (compacted?)'}\n  reader vector {registry._vector}, deleted "
+            f"{registry._deleted}, markers read {registry._marker_positions}, ignored {registry._ignored_markers}"
+            f"\n  now: slots {slots}\n  markers {markers}\n  checkpoints {checkpoints}")
 
 
 def _run(seed: int, root: Path) -> None:
@@ -95,7 +119,8 @@ def _run(seed: int, root: Path) -> None:
         for lag, reader in lagging.items():
             if n % lag == 0:
                 missing = returned - _ids(reader)
-                assert not missing, f"seed {seed} round {n}: a reader refreshing every {lag} rounds lost {missing}"
+                assert not missing, (f"seed {seed} round {n}: a reader refreshing every {lag} rounds lost {missing}"
+                                     + _explain(uri, reader, missing))
     assert finish_folds(timeout=120)
     for store in stores:
         store.flush_late()
@@ -105,7 +130,7 @@ def _run(seed: int, root: Path) -> None:
     writers[1].registry.write_checkpoint()  # a clean fold after the late writes landed
     fresh = Butler(uri)
     for kind, data_id, run in failed:
-        assert fresh.query(kind, where=data_id, run=run) == [], f"seed {seed}: a put that failed committed"
+        assert committed(fresh, kind, data_id, run) == [], f"seed {seed}: a put that failed committed"
     for reader in (fresh, stale, *lagging.values(), *writers):
         missing = returned - _ids(reader)
         assert not missing, f"seed {seed}: a put that returned is missing from a reader's view: {missing}"
