@@ -992,6 +992,7 @@ def test_proxy_injects_each_kind_as_documented(target: Target) -> None:
 def test_proxy_keeps_swift_clients_behind_it(target: Target) -> None:
     """Swift's auth answer names the upstream: the proxy rewrites it, so storage requests keep coming through."""
     store = SwiftStore(target.base[len("swift://"):], **target.via)
+    assert target.proxy.settle(10)
     before = target.proxy.requests
     store.put("proxy-check", b"x")
     assert store.get("proxy-check") == b"x"
@@ -1000,6 +1001,7 @@ def test_proxy_keeps_swift_clients_behind_it(target: Target) -> None:
         assert connection.url.startswith(target.proxy.url + "/v1/")
     finally:
         store._checkin(connection, True)
+    assert target.proxy.settle(10)  # the GET is booked a moment after its answer reached the client
     assert target.proxy.requests - before >= 3  # auth, PUT, GET all went through the proxy
 
 
