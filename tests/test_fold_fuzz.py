@@ -36,7 +36,8 @@ from objbutler.butler import Butler
 from objbutler.errors import CommitOutcomeUnknownError, ObjButlerError
 from objbutler.maintenance import fsck, vacuum
 from objbutler.registry import finish_folds
-from objbutler.registry.log import ShardedLog
+from objbutler.registry.checkpoint import CHECKPOINT_PREFIX
+from objbutler.registry.log import LOG_PREFIX, MARKER_PREFIX, ShardedLog
 from objbutler.stores.local import LocalStore
 from objbutler.testing.faults import FaultPlan, FaultyStore
 
@@ -68,16 +69,16 @@ def _explain(uri: str, reader: Butler, missing: set[str]) -> str:
     registry = reader.registry
     store = LocalStore(uri)
     where = []
-    for meta in store.list("manifest/log/"):
+    for meta in store.list(LOG_PREFIX):  # every commit, folded or not, and the markers
         with contextlib.suppress(Exception):
             body = store.get(meta.key).decode()
             where += [f"{meta.key} ({meta.last_modified})" for dataset_id in missing if dataset_id in body]
     markers = []
-    for meta in store.list("manifest/log/~/"):
+    for meta in store.list(MARKER_PREFIX):
         with contextlib.suppress(Exception):
             markers.append(f"{meta.key.rsplit('/', 1)[1]}={json.loads(store.get(meta.key))}")
     slots = ShardedLog(store, registry.shards.shards).list_live().slots if registry.shards is not None else {}
-    checkpoints = [meta.key.rsplit("/", 1)[1] for meta in store.list("manifest/checkpoints/")]
+    checkpoints = [meta.key.rsplit("/", 1)[1] for meta in store.list(CHECKPOINT_PREFIX)]
     return (f"\n  in: {where or 'no live commit (compacted?)'}\n  reader vector {registry._vector}, deleted "
             f"{registry._deleted}, markers read {registry._marker_positions}, ignored {registry._ignored_markers}"
             f"\n  now: slots {slots}\n  markers {markers}\n  checkpoints {checkpoints}")
