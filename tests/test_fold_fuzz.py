@@ -11,6 +11,8 @@ puts and folds, folds run in the background and inline, overlap, and are forced 
 that refresh every 1, 2 or 3 rounds and one that never refreshed check after every round:
 
 * every put that returned is in every reader's view from the next refresh on;
+* what the markers announce deleting through is one chain (else no checkpoint may cover it: the one
+  miss of the first 1,400 seed runs, reproduced by tests/test_compaction_chain.py);
 * a put that failed (not CommitOutcomeUnknownError) is never in any view;
 * at the end (late writes landed, folds finished) fsck is clean after vacuum.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_helpers import committed
+from registry_helpers import assert_deletions_are_one_chain, committed
 
 from objbutler.butler import Butler
 from objbutler.errors import CommitOutcomeUnknownError, ObjButlerError
@@ -87,7 +89,8 @@ def _explain(uri: str, reader: Butler, missing: set[str]) -> str:
 def _run(seed: int, root: Path) -> None:
     rng = random.Random(seed)
     uri = str(root / "repo")
-    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=rng.choice([1, 2, 4]))
+    shards = rng.choice([1, 2, 4])
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=INTERVAL, log_shards=shards)
     stores: list[FaultyStore] = []
     writers: list[Butler] = []
     for index in range(3):
@@ -117,6 +120,7 @@ def _run(seed: int, root: Path) -> None:
                 pass
             except ObjButlerError:
                 failed.append((kind, data_id, run))
+        assert_deletions_are_one_chain(LocalStore(uri), shards)  # what makes a covering checkpoint exist
         for lag, reader in lagging.items():
             if n % lag == 0:
                 missing = returned - _ids(reader)

@@ -33,7 +33,8 @@ LOG = "manifest/log/"
 
 
 def _log_objects(store: Store) -> int:
-    return sum(1 for meta in store.list(LOG) if meta.key.endswith(".json"))
+    """Commits in the log (not the compaction markers and records under ``~``)."""
+    return sum(1 for meta in store.list(LOG) if meta.key.endswith(".json") and not meta.key.startswith(f"{LOG}~"))
 
 
 def _data_keys(store: Store) -> list[str]:

@@ -21,7 +21,13 @@ a reader's position is a vector of per-shard sequence numbers.
 A sharded log is **compacted**: after a checkpoint folds every commit up to a
 vector, its writer records a *marker* ``manifest/log/~/<total>.json`` (sorted
 after every shard) naming that vector and the older vector it is about to
-delete through, and only then deletes those commits. The live log therefore
+delete through, and only then deletes those commits. Deleting is decided by
+creating the next numbered *compaction record*
+``manifest/log/~compaction/<n>.json`` with ``put_if_absent``, and each deletes
+through at least what the one before did: what markers announce is one chain,
+so the marker announcing the most also covers it all (two folds deleting at
+once through vectors not ordered shard by shard would leave deleted commits
+that no checkpoint holds). The live log therefore
 stays about one checkpoint interval long, and a reader's refresh is **one
 listing** of ``manifest/log/`` whatever the number of shards (see
 :meth:`ShardedLog.list_live` and docs/registry.md for why nothing is missed).
@@ -43,17 +49,20 @@ from typing import Protocol
 from objbutler.errors import FormatError
 from objbutler.stores import ObjectMeta, Store
 
-__all__ = ["LEASE_PREFIX", "LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry", "Marker", "SequencedLog",
-           "ShardedLog", "TimestampedLog", "decode_marker", "decode_vector", "encode_marker", "encode_vector"]
+__all__ = ["COMPACTION_PREFIX", "LEASE_PREFIX", "LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry",
+           "Marker", "SequencedLog", "ShardedLog", "TimestampedLog", "decode_compaction", "decode_marker",
+           "decode_vector", "encode_compaction", "encode_marker", "encode_vector"]
 
 LOG_PREFIX = "manifest/log/"
 VECTOR_PREFIX = "shards:"
 _VECTOR = re.compile(r"shards:\d{1,20}(,\d{1,20}){0,4095}")
 MAX_SHARDS = 1000
 MARKER_PREFIX = f"{LOG_PREFIX}~/"
+"""Compaction markers of a sharded log (``~`` sorts after the shards' digits: a listing reaches them last)."""
+COMPACTION_PREFIX = f"{LOG_PREFIX}~compaction/"
+"""Compaction records: ``<n>.json``, the vector the n-th compaction deletes through (created one after another)."""
 LEASE_PREFIX = f"{LOG_PREFIX}~lease/"
 """Who is folding the commits after a checkpoint: ``<total>-<attempt>.json`` (one folder at a time)."""
-"""Compaction markers of a sharded log (``~`` sorts after the shards' digits: a listing reaches them last)."""
 
 
 def encode_vector(vector: Sequence[int]) -> str:
@@ -278,6 +287,7 @@ class ShardedLog:
         slots: dict[int, list[int]] = {}
         markers: list[Marker] = []
         leases: dict[int, list[dt.datetime | None]] = {}
+        compactions: list[int] = []
         newest: dt.datetime | None = None
         for meta in self.store.list(LOG_PREFIX):
             parsed = self.parse(meta.key)
@@ -289,6 +299,8 @@ class ShardedLog:
                 markers.append(Marker(total, meta.key, meta.last_modified))
             elif meta.key.startswith(LEASE_PREFIX) and meta.key[len(LEASE_PREFIX):][:20].isdigit():
                 leases.setdefault(int(meta.key[len(LEASE_PREFIX):][:20]), []).append(meta.last_modified)
+            elif meta.key.startswith(COMPACTION_PREFIX) and (number := _compaction_number(meta.key)) is not None:
+                compactions.append(number)
             else:
                 continue  # a stray: its time (a copy may carry a skewed clock's) must not age the markers
             if meta.last_modified is not None and (newest is None or meta.last_modified > newest):
@@ -296,12 +308,17 @@ class ShardedLog:
         for sequences in slots.values():
             sequences.sort()
         markers.sort(key=lambda marker: marker.total)
-        return LiveLog(slots, markers, newest, leases)
+        return LiveLog(slots, markers, newest, leases, sorted(compactions))
 
     @staticmethod
     def lease_key(total: int, attempt: int) -> str:
         """Key of the ``attempt``-th lease on folding the commits after the checkpoint covering ``total``."""
         return f"{LEASE_PREFIX}{total:020d}-{attempt}.json"
+
+    @staticmethod
+    def compaction_key(number: int) -> str:
+        """Key of the ``number``-th compaction record (1-based)."""
+        return f"{COMPACTION_PREFIX}{number:020d}.json"
 
     def list_markers(self) -> list[Marker]:
         """The compaction markers only, oldest first (one listing)."""
@@ -345,12 +362,15 @@ class LiveLog:
         than now; stray keys do not count).
     leases : dict
         Checkpoint total -> the modification times of its fold leases.
+    compactions : list of int
+        The numbers of the compaction records listed, ascending.
     """
 
     slots: dict[int, list[int]]
     markers: list[Marker]
     newest_time: dt.datetime | None
     leases: dict[int, list[dt.datetime | None]] = dataclasses.field(default_factory=dict)
+    compactions: list[int] = dataclasses.field(default_factory=list)
 
 
 def encode_marker(position: str, deletes: str | None) -> bytes:
@@ -373,6 +393,30 @@ def decode_marker(data: bytes, shards: int, where: str) -> tuple[list[int], list
     except (ValueError, TypeError, KeyError) as exc:
         raise FormatError(f"{where} is not a compaction marker: {exc}") from None
     return position, deletes
+
+
+def encode_compaction(deletes: str) -> bytes:
+    """The body of a compaction record: the vector that compaction deletes through."""
+    return json.dumps({"v": 1, "deletes": deletes}, sort_keys=True).encode()
+
+
+def decode_compaction(data: bytes, shards: int, where: str) -> list[int]:
+    """The vector a compaction record deletes through.
+
+    Raises
+    ------
+    FormatError
+        If the body is not a compaction record of a log with ``shards`` shards.
+    """
+    try:
+        return decode_vector(json.loads(data)["deletes"], shards)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FormatError(f"{where} is not a compaction record: {exc}") from None
+
+
+def _compaction_number(key: str) -> int | None:
+    stem = key[len(COMPACTION_PREFIX):-len(".json")] if key.endswith(".json") else ""
+    return int(stem) if stem.isdigit() and len(stem) == 20 else None
 
 
 def _marker_total(key: str) -> int | None:

@@ -77,8 +77,10 @@ from objbutler.registry.log import (
     SequencedLog,
     ShardedLog,
     TimestampedLog,
+    decode_compaction,
     decode_marker,
     decode_vector,
+    encode_compaction,
     encode_marker,
     encode_vector,
 )
@@ -926,11 +928,13 @@ class Registry:
         return key if other is None else None
 
     def _checkpoint_and_compact(self) -> None:
-        """Write a checkpoint of the view, its marker, then delete what an old enough marker folded.
+        """Write a checkpoint of the view, decide a deletion, write the marker, then delete what it announces.
 
         Order matters: a commit is deleted only after a marker that announces
-        the deletion exists, and only if that marker's checkpoint is at least
-        ``compaction_grace`` old (see :meth:`keep_up_with_compaction`).
+        the deletion exists, and only if the marker deleted through is at least
+        ``compaction_grace`` old (see :meth:`keep_up_with_compaction`); and a
+        deletion is decided by one conditional create
+        (:meth:`_decide_deletion`), so that what markers announce is one chain.
         """
         assert self.shards is not None and self._state is not None and self._live is not None
         live, state, vector = self._live, self._state, list(self._vector)
@@ -946,11 +950,11 @@ class Registry:
                       and (self.compaction_grace <= 0 or (cutoff is not None and m.last_modified is not None
                                                           and m.last_modified <= cutoff))
                       and all(p <= v for p, v in zip(self._marker_positions[m.total], vector, strict=True))]
-        through = old_enough[-1] if old_enough else None
-        deletes = self._marker_positions[through.total] if through is not None else None
-        with contextlib.suppress(AlreadyExistsError):
-            announced = None if deletes is None else encode_vector(deletes)
-            self.store.put_if_absent(self.shards.marker_key(total), encode_marker(encode_vector(vector), announced))
+        decided = self._decide_deletion(live, old_enough)
+        through, deletes = decided if decided is not None else (None, None)
+        marker = encode_marker(encode_vector(vector), None if deletes is None else encode_vector(deletes))
+        if decide_create(self.store, self.shards.marker_key(total), marker, lambda held: held == marker) is not None:
+            return  # a marker of that total that is not ours (a stray): it does not announce our deletion
         if through is None or deletes is None:
             return
         doomed = [self.shards.key(shard, sequence) for shard, sequences in live.slots.items()
@@ -958,6 +962,7 @@ class Registry:
         doomed += [m.key for m in live.markers if m.total < through.total]
         doomed += [self.shards.lease_key(total, n + 1) for total, times in live.leases.items() if total < through.total
                    for n in range(len(times))]
+        doomed += [self.shards.compaction_key(n) for n in live.compactions[:-1]]
         delete_keys(self.store, doomed)
         # Retention, last: only checkpoints below the marker deleted through (their markers are gone now, or
         # they never had one). Any newer one may belong to the newest marker a reader lists; "keep the three
@@ -966,6 +971,50 @@ class Registry:
         # view compaction had overtaken and saw nothing (tests/test_compaction_adversary.py).
         delete_keys(self.store, [key for key in self._checkpoint_keys()
                                  if (named := _checkpoint_number(key)) is not None and named < through.total])
+
+    def _decide_deletion(self, live: LiveLog, candidates: Sequence[Marker]) -> tuple[Marker, list[int]] | None:
+        """The marker to delete through and its vector, or None: nothing to delete, or another fold decides.
+
+        Compactions are decided one after another: the n-th creates the
+        compaction record ``n`` (``put_if_absent``) naming a vector at least the
+        record ``n - 1``'s and everything the markers this view read announce.
+        So the vectors markers announce deleting through are one chain, and a
+        reader's greatest is covered by the marker that announced it. Without
+        this, two folds deleting at once through markers whose vectors are not
+        ordered shard by shard deleted commits that no checkpoint holds
+        (tests/test_compaction_chain.py). Deleting through the newest decided
+        vector again (what a fold that died mid-deletion left) needs no new
+        record.
+        """
+        assert self.shards is not None
+        newest = live.compactions[-1] if live.compactions else 0
+        floor = list(self._deleted)
+        if newest:
+            key = self.shards.compaction_key(newest)
+            try:
+                decided = decode_compaction(self.store.get(key), self.shards.shards, key)
+            except NotFoundError:
+                return None  # a later compaction removed it since the listing: that one decides
+            except FormatError as exc:
+                log.warning("not compacting: %s", exc)
+                return None
+            floor = [max(a, b) for a, b in zip(floor, decided, strict=True)]
+        eligible = [m for m in candidates
+                    if all(p >= f for p, f in zip(self._marker_positions[m.total], floor, strict=True))]
+        if not eligible:
+            return None
+        through = eligible[-1]
+        deletes = self._marker_positions[through.total]
+        if deletes == floor:
+            return through, deletes  # decided before; announcing it again keeps the chain
+        record = encode_compaction(encode_vector(deletes))
+        try:
+            if decide_create(self.store, self.shards.compaction_key(newest + 1), record,
+                             lambda held: held == record) is not None:
+                return None  # another fold decided the next compaction
+        except CommitOutcomeUnknownError:
+            return None  # maybe decided: the next fold deletes through at least this
+        return through, deletes
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
@@ -981,16 +1030,21 @@ class Registry:
         self._write_checkpoint(state.to_checkpoint(), settled[-1][0].position.split("|", 1)[0])
 
     def write_empty_checkpoint(self) -> None:
-        """Claimed protocol, at create: the checkpoint of no commits (every shard at 0).
+        """Claimed protocol, at create: the checkpoint of no commits (every shard at 0) and its marker.
 
-        A claimed repository then always has a checkpoint, so the stock-tools
-        recipe of docs/registry.md (newest checkpoint plus the commits above its
-        vector) works from the first put on. Other protocols: nothing.
+        A claimed repository then always has a checkpoint and a marker, so the
+        stock-tools recipe of docs/registry.md (a marker's checkpoint plus the
+        commits above its vector) works from the first put on. Other
+        protocols: nothing.
         """
         if self.shards is None:
             return
-        empty = dataclasses.replace(empty_checkpoint(), position=encode_vector([0] * self.shards.shards))
-        self._write_checkpoint(empty, f"{0:020d}")
+        nothing = encode_vector([0] * self.shards.shards)
+        self._write_checkpoint(dataclasses.replace(empty_checkpoint(), position=nothing), f"{0:020d}")
+        # Its marker too: a claimed repository then always lists a marker, and the recipe reads them to
+        # choose the checkpoint that covers what compaction deleted.
+        with contextlib.suppress(AlreadyExistsError):
+            self.store.put_if_absent(self.shards.marker_key(0), encode_marker(nothing, None))
 
     def write_checkpoint(self) -> None:
         """Write a checkpoint of everything visible now (sequenced) or settled (timestamped)."""
