@@ -120,3 +120,20 @@ def test_concurrent_compactions_through_unordered_markers_lose_nothing(tmp_path:
     assert_deletions_are_one_chain(plain, 2)
     assert {ref.id for ref in Butler(uri).query()} == returned
     assert _stock_tools_count(uri) == len(returned)
+
+
+def test_a_reader_restarts_at_a_gap_a_checkpoint_holds_though_no_marker_announced_it(tmp_path: Path) -> None:
+    """A deletion whose announcement a reader never reads (its marker removed by a delete that landed late,
+    or a writer of an older version) must not hide the rest of the shard from it: a slot is taken only
+    right after one known taken, so a missing slot that a checkpoint holds was deleted."""
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=1000, log_shards=1)
+    writer, reader = Butler(uri), Butler(uri)
+    put = [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(2)]
+    assert {ref.id for ref in reader.query()} == set(put)  # the reader's view: slots 1 and 2
+    put += [writer.put({"n": n}, "metric", {"visit": n}, run="r").id for n in range(2, 5)]
+    writer.registry.write_checkpoint()  # holds slots 1 to 5 and deletes nothing (within the grace)
+    put.append(writer.put({"n": 5}, "metric", {"visit": 5}, run="r").id)
+    LocalStore(uri).delete(ShardedLog.key(0, 3))  # deleted, and no marker says so
+    assert {ref.id for ref in reader.query()} == set(put)
+    assert {ref.id for ref in Butler(uri).query()} == set(put)

@@ -81,8 +81,11 @@ def _explain(uri: str, reader: Butler, missing: set[str]) -> str:
             markers.append(f"{meta.key.rsplit('/', 1)[1]}={json.loads(store.get(meta.key))}")
     slots = ShardedLog(store, registry.shards.shards).list_live().slots if registry.shards is not None else {}
     checkpoints = [meta.key.rsplit("/", 1)[1] for meta in store.list(CHECKPOINT_PREFIX)]
+    listed = registry._live
+    last = "none" if listed is None else f"slots {listed.slots}, markers {[m.total for m in listed.markers]}"
     return (f"\n  in: {where or 'no live commit (compacted?)'}\n  reader vector {registry._vector}, deleted "
             f"{registry._deleted}, markers read {registry._marker_positions}, ignored {registry._ignored_markers}"
+            f"\n  the reader's last listing: {last}"
             f"\n  now: slots {slots}\n  markers {markers}\n  checkpoints {checkpoints}")
 
 

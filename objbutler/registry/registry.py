@@ -298,6 +298,8 @@ class Registry:
         live, started = listed
         self._read_markers(live.markers, started)
         self._live = live
+        if self._state is not None:
+            self._note_unannounced_deletions(live)
         if self._state is not None and any(d > v for d, v in zip(self._deleted, self._vector, strict=True)):
             self._state = None
         if rebase_if_behind and self._state is not None and max(self._marker_positions, default=0) > sum(self._vector):
@@ -326,6 +328,29 @@ class Registry:
         if self.writer is not None:
             self.writer.learn(self._vector)
         return state
+
+    def _note_unannounced_deletions(self, live: LiveLog) -> None:
+        """Count as deleted a missing slot right above this view that a checkpoint holds and later slots follow.
+
+        A slot is taken only right after one known taken, so a slot missing
+        below listed ones was deleted (or never a commit: a stray past a gap).
+        Compaction announces its deletions in its marker first, but an
+        announcement can be lost to this view: its marker removed by a delete
+        that landed late, or written by a version that did not chain its
+        deletions. If a live marker's checkpoint holds the missing slot, the
+        view restarts from a checkpoint holding it instead of stopping at the
+        gap (which hid every later commit of the shard).
+        """
+        for shard, sequences in live.slots.items():
+            expected = self._vector[shard] + 1
+            following = [sequence for sequence in sequences if sequence >= expected]
+            if not following or following[0] == expected or expected <= self._deleted[shard]:
+                continue
+            held = max((position[shard] for position in self._marker_positions.values()), default=0)
+            if held >= expected:
+                log.info("slots %d to %d of shard %d are gone though no marker this view read announced it; "
+                         "restarting from a checkpoint that holds them", expected, following[0] - 1, shard)
+                self._deleted[shard] = min(following[0] - 1, held)
 
     def _read_markers(self, markers: Sequence[Marker], listed_at: float) -> None:
         """Read the bodies of markers not read yet: what compaction deleted, and where checkpoints are."""
@@ -1012,8 +1037,9 @@ class Registry:
             if decide_create(self.store, self.shards.compaction_key(newest + 1), record,
                              lambda held: held == record) is not None:
                 return None  # another fold decided the next compaction
-        except CommitOutcomeUnknownError:
-            return None  # maybe decided: the next fold deletes through at least this
+        except ObjButlerError as exc:  # undecided (the next fold deletes through at least this) or refused
+            log.info("not compacting: the compaction record was not created (%s)", exc)
+            return None
         return through, deletes
 
     def _maybe_checkpoint_timestamped(self) -> None:
