@@ -1009,11 +1009,12 @@ class Registry:
         ordered shard by shard deleted commits that no checkpoint holds
         (tests/test_compaction_chain.py). Deleting through the newest decided
         vector again (what a fold that died mid-deletion left) needs no new
-        record.
+        record; any other vector does (even one no greater than this view's
+        deletions: those may come from gaps it saw, not from a decision).
         """
         assert self.shards is not None
         newest = live.compactions[-1] if live.compactions else 0
-        floor = list(self._deleted)
+        decided: list[int] | None = None
         if newest:
             key = self.shards.compaction_key(newest)
             try:
@@ -1023,15 +1024,15 @@ class Registry:
             except FormatError as exc:
                 log.warning("not compacting: %s", exc)
                 return None
-            floor = [max(a, b) for a, b in zip(floor, decided, strict=True)]
+        floor = self._deleted if decided is None else [max(a, b) for a, b in zip(self._deleted, decided, strict=True)]
         eligible = [m for m in candidates
                     if all(p >= f for p, f in zip(self._marker_positions[m.total], floor, strict=True))]
         if not eligible:
             return None
         through = eligible[-1]
         deletes = self._marker_positions[through.total]
-        if deletes == floor:
-            return through, deletes  # decided before; announcing it again keeps the chain
+        if deletes == decided:
+            return through, deletes  # the newest decision again: announcing it keeps the chain
         record = encode_compaction(encode_vector(deletes))
         try:
             if decide_create(self.store, self.shards.compaction_key(newest + 1), record,
