@@ -295,11 +295,11 @@ class ShardedLog:
                 if parsed[0] >= self.shards:
                     continue
                 slots.setdefault(parsed[0], []).append(parsed[1])
-            elif meta.key.startswith(MARKER_PREFIX) and (total := _marker_total(meta.key)) is not None:
+            elif (total := _numbered(meta.key, MARKER_PREFIX)) is not None:
                 markers.append(Marker(total, meta.key, meta.last_modified))
             elif meta.key.startswith(LEASE_PREFIX) and meta.key[len(LEASE_PREFIX):][:20].isdigit():
                 leases.setdefault(int(meta.key[len(LEASE_PREFIX):][:20]), []).append(meta.last_modified)
-            elif meta.key.startswith(COMPACTION_PREFIX) and (number := _compaction_number(meta.key)) is not None:
+            elif (number := _numbered(meta.key, COMPACTION_PREFIX)) is not None:
                 compactions.append(number)
             else:
                 continue  # a stray: its time (a copy may carry a skewed clock's) must not age the markers
@@ -323,7 +323,7 @@ class ShardedLog:
     def list_markers(self) -> list[Marker]:
         """The compaction markers only, oldest first (one listing)."""
         markers = [Marker(total, meta.key, meta.last_modified) for meta in self.store.list(MARKER_PREFIX)
-                   if (total := _marker_total(meta.key)) is not None]
+                   if (total := _numbered(meta.key, MARKER_PREFIX)) is not None]
         return sorted(markers, key=lambda marker: marker.total)
 
 
@@ -414,12 +414,7 @@ def decode_compaction(data: bytes, shards: int, where: str) -> list[int]:
         raise FormatError(f"{where} is not a compaction record: {exc}") from None
 
 
-def _compaction_number(key: str) -> int | None:
-    stem = key[len(COMPACTION_PREFIX):-len(".json")] if key.endswith(".json") else ""
-    return int(stem) if stem.isdigit() and len(stem) == 20 else None
-
-
-def _marker_total(key: str) -> int | None:
-    name = key[len(MARKER_PREFIX):]
-    stem = name[:-len(".json")] if name.endswith(".json") else ""
+def _numbered(key: str, prefix: str) -> int | None:
+    """The number a ``<prefix><20 digits>.json`` key names (a marker's total, a compaction record's number)."""
+    stem = key[len(prefix):-len(".json")] if key.startswith(prefix) and key.endswith(".json") else ""
     return int(stem) if stem.isdigit() and len(stem) == 20 else None
