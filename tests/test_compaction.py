@@ -294,7 +294,7 @@ def test_two_folds_reaching_the_same_total_with_other_commits_announce_only_thei
     fold_a.registry.write_checkpoint()
     store = LocalStore(uri)
     for marker in ShardedLog(store, 2).list_markers():
-        position, _ = decode_marker(store.get(marker.key), 2, marker.key)
+        position = decode_marker(store.get(marker.key), 2, marker.key).position
         key = f"{CHECKPOINT_PREFIX}{marker.total:020d}.parquet"
         held = decode_checkpoint(store.get(key), key).position
         assert held is not None and decode_vector(held, 2) == position, f"marker {marker.total} is not its checkpoint's"

@@ -704,6 +704,25 @@ def test_a_marker_announcing_deletions_past_its_own_position_is_ignored(tmp_path
         assert _ids(reader) == set(ids)
 
 
+@pytest.mark.parametrize("record", ["7", True, 0, -3, 2.5, [1]])
+def test_a_marker_naming_no_compaction_record_is_ignored_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, record: object) -> None:
+    """A marker names the compaction record that decided its deletion, so that readers know the newest
+    record's vector without a GET. A record field that names no record (its checkpoint there) makes
+    the marker no marker: ignored with a warning, never a crash, nothing lost, compaction goes on."""
+    uri, writers, ids = _hostile_repo(tmp_path)
+    store = LocalStore(uri)
+    newest = _keys(uri, MARKER_PREFIX)[-1]
+    document = json.loads(store.get(newest))
+    store.put(newest, json.dumps({**document, "record": record}).encode())
+    _carry_on(writers, ids, rounds=20)
+    assert "is not a compaction marker" in caplog.text
+    for reader in (Butler(uri), *writers):
+        assert _ids(reader) == set(ids)
+    live = [m.key for m in store.list(LOG_PREFIX) if ShardedLog.parse(m.key) is not None]
+    assert len(live) < len(ids) // 2, f"compaction stopped: {len(live)} live commits of {len(ids)}"
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_an_unreadable_checkpoint_is_skipped_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:

@@ -44,13 +44,13 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from objbutler.errors import FormatError
 from objbutler.stores import ObjectMeta, Store
 
 __all__ = ["COMPACTION_PREFIX", "LEASE_PREFIX", "LOG_PREFIX", "MARKER_PREFIX", "CommitLog", "LiveLog", "LogEntry",
-           "Marker", "SequencedLog", "ShardedLog", "TimestampedLog", "decode_compaction", "decode_marker",
+           "Marker", "MarkerBody", "SequencedLog", "ShardedLog", "TimestampedLog", "decode_compaction", "decode_marker",
            "decode_vector", "encode_compaction", "encode_marker", "encode_vector"]
 
 LOG_PREFIX = "manifest/log/"
@@ -373,13 +373,37 @@ class LiveLog:
     compactions: list[int] = dataclasses.field(default_factory=list)
 
 
-def encode_marker(position: str, deletes: str | None) -> bytes:
-    """The body of a compaction marker: the checkpoint's vector, and the vector deleted through (or None)."""
-    return json.dumps({"v": 1, "position": position, "deletes": deletes}, sort_keys=True).encode()
+class MarkerBody(NamedTuple):
+    """What a compaction marker announces.
+
+    Attributes
+    ----------
+    position : list of int
+        The vector its checkpoint holds the commits through.
+    deletes : list of int
+        The vector its fold deleted through (all zeros when none).
+    record : int or None
+        The compaction record that decided ``deletes`` (None when the fold deleted nothing, or the
+        marker predates records). A reader that read this marker knows that record's vector
+        without a GET.
+    """
+
+    position: list[int]
+    deletes: list[int]
+    record: int | None
 
 
-def decode_marker(data: bytes, shards: int, where: str) -> tuple[list[int], list[int]]:
-    """``(position, deletes)`` vectors of a marker body (``deletes`` all zeros when none).
+def encode_marker(position: str, deletes: str | None, record: int | None = None) -> bytes:
+    """The body of a compaction marker: the checkpoint's vector, the vector deleted through (or None) and
+    the compaction record that decided it (or None)."""
+    document: dict[str, object] = {"v": 1, "position": position, "deletes": deletes}
+    if record is not None:
+        document["record"] = record
+    return json.dumps(document, sort_keys=True).encode()
+
+
+def decode_marker(data: bytes, shards: int, where: str) -> MarkerBody:
+    """The vectors of a marker body and the record that decided its deletion.
 
     Raises
     ------
@@ -390,9 +414,12 @@ def decode_marker(data: bytes, shards: int, where: str) -> tuple[list[int], list
         document = json.loads(data)
         position = decode_vector(document["position"], shards)
         deletes = decode_vector(document.get("deletes"), shards)
+        record = document.get("record")
+        if record is not None and (type(record) is not int or record < 1):
+            raise ValueError(f"record {record!r} is not a compaction record's number")
     except (ValueError, TypeError, KeyError) as exc:
         raise FormatError(f"{where} is not a compaction marker: {exc}") from None
-    return position, deletes
+    return MarkerBody(position, deletes, record)
 
 
 def encode_compaction(deletes: str) -> bytes:

@@ -231,6 +231,7 @@ class Registry:
         self.compaction_grace = compaction_grace
         self._marker_positions: dict[int, list[int]] = {}  # claimed: live markers read, total -> position
         self._deleted: list[int] = [0] * log_shards  # claimed: compaction announced deleting through this
+        self._known_decision: tuple[int, list[int]] | None = None  # claimed: newest compaction record known
         self._ignored_markers: set[str] = set()  # claimed: listed marker keys that are no marker (warned once)
         self._markers_at = -math.inf  # claimed: monotonic time the markers were last listed
         self._live: LiveLog | None = None  # claimed: the last listing of the log
@@ -359,7 +360,8 @@ class Registry:
                if marker.total not in self._marker_positions and marker.key not in self._ignored_markers]
         for marker in new:
             try:
-                position, deletes = decode_marker(self.store.get(marker.key), self.shards.shards, marker.key)
+                position, deletes, record = decode_marker(self.store.get(marker.key), self.shards.shards,
+                                                          marker.key)
                 if sum(position) != marker.total:
                     raise FormatError(f"{marker.key} is not a compaction marker: its position "
                                       f"{encode_vector(position)} does not add up to {marker.total}")
@@ -385,6 +387,8 @@ class Registry:
                 continue
             self._marker_positions[marker.total] = position
             self._deleted = [max(a, b) for a, b in zip(self._deleted, deletes, strict=True)]
+            if record is not None:
+                self._know_decision(record, deletes)
             if self.writer is not None:
                 self.writer.learn(position)
         listed = {marker.total for marker in markers}
@@ -976,8 +980,8 @@ class Registry:
                                                           and m.last_modified <= cutoff))
                       and all(p <= v for p, v in zip(self._marker_positions[m.total], vector, strict=True))]
         decided = self._decide_deletion(live, old_enough)
-        through, deletes = decided if decided is not None else (None, None)
-        marker = encode_marker(encode_vector(vector), None if deletes is None else encode_vector(deletes))
+        through, deletes, record = decided if decided is not None else (None, None, None)
+        marker = encode_marker(encode_vector(vector), None if deletes is None else encode_vector(deletes), record)
         if decide_create(self.store, self.shards.marker_key(total), marker, lambda held: held == marker) is not None:
             return  # a marker of that total that is not ours (a stray): it does not announce our deletion
         if through is None or deletes is None:
@@ -997,8 +1001,15 @@ class Registry:
         delete_keys(self.store, [key for key in self._checkpoint_keys()
                                  if (named := _checkpoint_number(key)) is not None and named < through.total])
 
-    def _decide_deletion(self, live: LiveLog, candidates: Sequence[Marker]) -> tuple[Marker, list[int]] | None:
-        """The marker to delete through and its vector, or None: nothing to delete, or another fold decides.
+    def _know_decision(self, record: int, deletes: list[int]) -> None:
+        """Remember compaction record ``record``'s vector if it is the newest known (records never change)."""
+        if self._known_decision is None or record > self._known_decision[0]:
+            self._known_decision = (record, list(deletes))
+
+    def _decide_deletion(self, live: LiveLog,
+                         candidates: Sequence[Marker]) -> tuple[Marker, list[int], int] | None:
+        """The marker to delete through, its vector and the record deciding it; None: nothing to delete, or
+        another fold decides.
 
         Compactions are decided one after another: the n-th creates the
         compaction record ``n`` (``put_if_absent``) naming a vector at least the
@@ -1011,11 +1022,15 @@ class Registry:
         vector again (what a fold that died mid-deletion left) needs no new
         record; any other vector does (even one no greater than this view's
         deletions: those may come from gaps it saw, not from a decision).
+        The newest record's vector is read from a marker naming it when this
+        view read one (the usual case), else with one GET.
         """
         assert self.shards is not None
         newest = live.compactions[-1] if live.compactions else 0
         decided: list[int] | None = None
-        if newest:
+        if newest and self._known_decision is not None and self._known_decision[0] == newest:
+            decided = self._known_decision[1]
+        elif newest:
             key = self.shards.compaction_key(newest)
             try:
                 decided = decode_compaction(self.store.get(key), self.shards.shards, key)
@@ -1024,6 +1039,7 @@ class Registry:
             except FormatError as exc:
                 log.warning("not compacting: %s", exc)
                 return None
+            self._know_decision(newest, decided)
         floor = self._deleted if decided is None else [max(a, b) for a, b in zip(self._deleted, decided, strict=True)]
         eligible = [m for m in candidates
                     if all(p >= f for p, f in zip(self._marker_positions[m.total], floor, strict=True))]
@@ -1032,7 +1048,7 @@ class Registry:
         through = eligible[-1]
         deletes = self._marker_positions[through.total]
         if deletes == decided:
-            return through, deletes  # the newest decision again: announcing it keeps the chain
+            return through, deletes, newest  # the newest decision again: announcing it keeps the chain
         record = encode_compaction(encode_vector(deletes))
         try:
             if decide_create(self.store, self.shards.compaction_key(newest + 1), record,
@@ -1041,7 +1057,8 @@ class Registry:
         except ObjButlerError as exc:  # undecided (the next fold deletes through at least this) or refused
             log.info("not compacting: the compaction record was not created (%s)", exc)
             return None
-        return through, deletes
+        self._know_decision(newest + 1, deletes)
+        return through, deletes, newest + 1
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
