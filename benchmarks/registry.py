@@ -273,9 +273,60 @@ def _per_put(stats: dict[str, Any] | None, returned: int) -> tuple[float | None,
             round(stats["by_method"].get("GET", 0) / returned, 2))
 
 
+_OBJECT_KINDS = (  # (key prefix, name), most specific first: where a repository's requests go
+    ("manifest/log/~compaction/", "compaction records"), ("manifest/log/~lease/", "fold leases"),
+    ("manifest/log/~/", "markers"), ("manifest/log/", "log slots"), ("manifest/claims/", "claims"),
+    ("manifest/checkpoints/", "checkpoints"), ("manifest/types/", "registrations"),
+    ("manifest/dimensions/", "registrations"), ("manifest/", "other manifest"), ("objbutler.json", "config"),
+)
+
+
+def object_kind(key: str) -> str:
+    """What part of a repository an object key (or a listing's prefix) is: ``"data"`` outside the manifest."""
+    return next((name for prefix, name in _OBJECT_KINDS if key.startswith(prefix)), "data" if key else "bucket")
+
+
+def _repository_key(path: str) -> str:
+    """The key inside the repository of a request path (``/<bucket>/<repository prefix>/<key>``)."""
+    for anchor in ("/manifest/", "/objbutler.json"):
+        at = path.find(anchor)
+        if at >= 0:
+            return path[at + 1:]
+    bucket_and_key = path.strip("/").split("/", 1)
+    return bucket_and_key[1] if len(bucket_and_key) > 1 else ""  # data (or "": the bucket itself)
+
+
+def requests_by_object(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """Count S3 path-style requests (the proxy's log) by kind and object: ``{"put-if-absent claims": 640, ...}``.
+
+    A listing counts under the kind of its ``prefix=``; a DeleteObjects (``POST ?delete``) under
+    ``"post bucket"``.
+    """
+    counts: dict[str, int] = {}
+    for entry in entries:
+        path = entry["path"]
+        if entry["kind"] == "list":
+            fields = dict(part.split("=", 1) for part in entry["query"].split("&") if "=" in part)
+            path = "/" + fields.get("prefix", "")
+        label = f"{entry['kind']} {object_kind(_repository_key(path))}"
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def _by_object_per_put(stats: dict[str, Any] | None, returned: int) -> dict[str, float] | None:
+    """Requests per returned put by kind and object (those at least 0.01 a put)."""
+    if stats is None or not returned or "by_object" not in stats:
+        return None
+    return {label: round(count / returned, 2) for label, count in stats["by_object"].items()
+            if count / returned >= 0.01}
+
+
 def _run_measured(where: Target, uri: str, mode: str, writers: int, settings: RegistrySettings,
                   floor: bool) -> tuple[Any, dict[str, Any] | None, dict[str, float]]:
-    """Run the writers (or the floor's); their outcome, the proxy's stats and the CPU used, from the release on."""
+    """Run the writers (or the floor's); their outcome, the proxy's stats and the CPU used, from the release on.
+
+    The stats hold ``by_object`` too: the requests counted by :func:`requests_by_object`.
+    """
     from benchmarks.registry_writers import run_writers
 
     meter = CpuMeter(_parties(where))
@@ -290,6 +341,8 @@ def _run_measured(where: Target, uri: str, mode: str, writers: int, settings: Re
                           run="writers", timeout=settings.writers_timeout, on_ready=ready, floor=floor)
     after = meter.snapshot()
     stats = where.proxy.stats() if where.proxy is not None else None
+    if stats is not None and where.proxy is not None:
+        stats["by_object"] = requests_by_object(where.proxy.log())
     return outcome, stats, {name: after[name] - before.get(name, after[name]) for name in after}
 
 
@@ -334,7 +387,7 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
     label = "objbutler" if requested is None else f"objbutler ({protocol})"
     log(f"  writers-{writers} {mode} [{where.profile}, {protocol}]: {len(returned)}/{expected} returned, "
         f"{len(returned - visible)} lost, {failed} failed, {rate} puts/s ({settled_rate} to the end of the folds), "
-        f"{requests} requests/put, "
+        f"{requests} requests/put ({_by_object_per_put(stats, len(returned))}), "
         f"{gets} GETs/put, p50 {_ms(_percentile(latencies, 50))} ms, worst "
         f"{_ms(max(latencies) if latencies else None)} ms; CPU s: writers {outcome.cpu_seconds:.1f}, "
         f"server {cpu.get('server', 0):.1f}, proxy {cpu.get('proxy', 0):.1f} over {outcome.wall:.1f} s"
@@ -354,6 +407,7 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
                       "proxy_cpu_s": round(cpu.get("proxy", 0), 2), "wall_s": round(outcome.wall, 3),
                       "settled_wall_s": round(outcome.settled_wall, 3),
                       "peak_in_flight": (stats or {}).get("peak_in_flight"),
+                      "requests_by_object_per_put": _by_object_per_put(stats, len(returned)),
                       "requests_unit": "per returned put (opens and warm-up puts excluded)"})
 
 

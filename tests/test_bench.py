@@ -136,6 +136,9 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
             assert row["requests_per_put"] > 0 and row["gets_per_put"] is not None, row
             assert row["p50_ms"] <= row["p99_ms"] <= row["worst_ms"]
             assert row["peak_in_flight"] >= 1
+            by_object = row["requests_by_object_per_put"]  # where the requests went: they add up
+            assert abs(sum(by_object.values()) - row["requests_per_put"]) <= 0.25, (by_object, row)
+            assert sum(v for k, v in by_object.items() if k.endswith(" data")) >= 1.0, by_object
         many = [r for r in rows if r["profile"] == profile and r["workload"].startswith("put_many")]
         floor = next(r for r in many if r["method"].endswith("(floor)"))
         assert floor["committed"] == floor["n"] and floor["requests"] >= 1  # one counted PUT per object at least
@@ -150,6 +153,23 @@ def test_registry_quick_on_loopback_and_cloud_profiles(localstack_server: Any, t
 
 
 # -- the counting proxy: a FaultProxy with latency, a bandwidth cap and in-flight counts ------------------
+
+
+def test_requests_are_counted_by_the_part_of_the_repository_they_touch() -> None:
+    from benchmarks.registry import requests_by_object
+
+    log = [{"path": "/b/repo/manifest/claims/ab/cd.json", "query": "", "kind": "put-if-absent"},
+           {"path": "/b/manifest/log/007/00000000000000000003.json", "query": "", "kind": "put-if-absent"},
+           {"path": "/b", "query": "list-type=2&prefix=repo/manifest/log/007/", "kind": "list"},
+           {"path": "/b/objbutler.json", "query": "", "kind": "get"},
+           {"path": "/b/manifest/log/~/00000000000000000400.json", "query": "", "kind": "get"},
+           {"path": "/b/manifest/log/~compaction/00000000000000000002.json", "query": "", "kind": "get"},
+           {"path": "/b/raw/r/metric/visit=1.fits", "query": "", "kind": "put"},
+           {"path": "/b/raw/r/metric/visit=2.fits", "query": "", "kind": "put"},
+           {"path": "/b", "query": "delete=", "kind": "post"}]
+    assert requests_by_object(log) == {"put data": 2, "put-if-absent claims": 1, "put-if-absent log slots": 1,
+                                       "list log slots": 1, "get markers": 1, "get compaction records": 1,
+                                       "post bucket": 1, "get config": 1}
 
 
 def test_pacer_schedule_spends_n_over_rate_seconds() -> None:

@@ -19,6 +19,7 @@ is one chain and the marker announcing the most covers it all.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -62,6 +63,18 @@ class StaleListing(StoreWrapper):
         old = [meta for frozen, entries in self.frozen.items() for meta in entries
                if meta.key.startswith(prefix) and (start_after is None or meta.key > start_after)]
         return iter(sorted(live + old, key=lambda meta: meta.key))
+
+
+class StalledAfterListing(StaleListing):
+    """A fold that stalled right after its listing of the log: that listing is the frozen one, later ones
+    are live."""
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectMeta]:
+        """The frozen ranges in a listing of the whole log; then everything live from that one on."""
+        answer = super().list(prefix, start_after)
+        if prefix == LOG_PREFIX:
+            self.thaw()
+        return answer
 
 
 def _stock_tools_count(uri: str) -> int:
@@ -160,6 +173,43 @@ def test_a_reader_restarts_at_a_gap_a_checkpoint_holds_though_no_marker_announce
     LocalStore(uri).delete(ShardedLog.key(0, 3))  # deleted, and no marker says so
     assert {ref.id for ref in reader.query()} == set(put)
     assert {ref.id for ref in Butler(uri).query()} == set(put)
+
+
+def test_a_fold_whose_view_is_compactions_old_never_decides_under_a_reused_record_number(tmp_path: Path) -> None:
+    """A compaction record's number is decided once. Compaction deletes the records below the newest, so
+    a fold that listed the log, then stalled while later folds created and deleted the next records, finds
+    the number after its newest free again: creating it would decide a deletion out of the chain's order.
+    Such a fold must delete nothing (its marker announces no deletion)."""
+    uri = str(tmp_path / "repo")
+    Butler.create(uri, commit_protocol="claimed", checkpoint_interval=1000, log_shards=2)
+    plain, writer = LocalStore(uri), Butler(uri)
+    writer.registry.writer.shard = 1  # type: ignore[union-attr]
+
+    def fold(store: Store) -> Butler:
+        butler = Butler(uri, store=store)
+        butler.registry.compaction_grace = 0.0
+        butler.registry.write_checkpoint()
+        return butler
+
+    ids = []
+    for n in range(2):  # two folds: compaction records 1 and 2
+        ids.append(writer.put({"n": n}, "metric", {"visit": n}, run="r").id)
+        fold(plain)
+    ids.append(writer.put({"n": 2}, "metric", {"visit": 2}, run="r").id)
+    stale = StalledAfterListing(LocalStore(uri))
+    slow = Butler(uri, store=stale)
+    slow.registry.compaction_grace = 0.0
+    slow.registry.refresh()  # its view: slot 3 of shard 1; the newest record it knows of: 2
+    stale.freeze(LOG_PREFIX, list(plain.list(LOG_PREFIX)))  # the listing it makes next, then it stalls
+    for n in range(3, 7):  # meanwhile, folds decide records 3 to 6 and delete all but the newest two
+        ids.append(writer.put({"n": n}, "metric", {"visit": n}, run="r").id)
+        fold(plain)
+    assert [m.key for m in plain.list(f"{LOG_PREFIX}~compaction/")] == [ShardedLog.compaction_key(n) for n in (5, 6)]
+    slow.registry.write_checkpoint()  # it folds 3 commits and lists record 2 as the newest: 3 is free again
+    assert json.loads(plain.get(ShardedLog.marker_key(3)))["deletes"] is None, \
+        "a fold decided a deletion under a reused record number"
+    assert_deletions_are_one_chain(plain, 2)
+    assert {ref.id for ref in Butler(uri).query()} == set(ids)
 
 
 @pytest.mark.parametrize("chunk", range(2))

@@ -69,6 +69,7 @@ from objbutler.registry.checkpoint import (
 )
 from objbutler.registry.commits import Commit, decode_commit, encode_commit, new_commit
 from objbutler.registry.log import (
+    COMPACTION_PREFIX,
     LOG_PREFIX,
     CommitLog,
     LiveLog,
@@ -1057,8 +1058,31 @@ class Registry:
         except ObjButlerError as exc:  # undecided (the next fold deletes through at least this) or refused
             log.info("not compacting: the compaction record was not created (%s)", exc)
             return None
+        if self._record_number_was_reused(newest + 1):
+            return None
         self._know_decision(newest + 1, deletes)
         return through, deletes, newest + 1
+
+    def _record_number_was_reused(self, number: int) -> bool:
+        """True if a compaction record above ``number`` exists: ``number`` was decided before, and deleted.
+
+        Compaction deletes the records below the newest, so a fold whose
+        listing is compactions old (it stalled after listing) can create the
+        number after its newest again. That record, decided out of the
+        chain's order, is left for the next compaction to delete: this fold
+        deletes nothing. One listing per compaction decided.
+        """
+        assert self.shards is not None
+        try:
+            later = next(iter(self.store.list(COMPACTION_PREFIX, start_after=self.shards.compaction_key(number))),
+                         None)
+        except ObjButlerError as exc:
+            log.info("not compacting: could not list the compaction records (%s)", exc)
+            return True
+        if later is not None:
+            log.info("not compacting: compaction record %d was decided before (%s exists); this fold's view is "
+                     "too old", number, later.key)
+        return later is not None
 
     def _maybe_checkpoint_timestamped(self) -> None:
         if len(self._tail) < self.checkpoint_interval:
