@@ -325,7 +325,7 @@ def _run_measured(where: Target, uri: str, mode: str, writers: int, settings: Re
                   floor: bool) -> tuple[Any, dict[str, Any] | None, dict[str, float]]:
     """Run the writers (or the floor's); their outcome, the proxy's stats and the CPU used, from the release on.
 
-    The stats hold ``by_object`` too: the requests counted by :func:`requests_by_object`.
+    The writers' stats hold ``by_object`` too: the requests counted by :func:`requests_by_object`.
     """
     from benchmarks.registry_writers import run_writers
 
@@ -341,7 +341,7 @@ def _run_measured(where: Target, uri: str, mode: str, writers: int, settings: Re
                           run="writers", timeout=settings.writers_timeout, on_ready=ready, floor=floor)
     after = meter.snapshot()
     stats = where.proxy.stats() if where.proxy is not None else None
-    if stats is not None and where.proxy is not None:
+    if stats is not None and where.proxy is not None and not floor:  # the floor's two writes need no breakdown
         stats["by_object"] = requests_by_object(where.proxy.log())
     return outcome, stats, {name: after[name] - before.get(name, after[name]) for name in after}
 
@@ -381,13 +381,14 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
     failed = sum(r.failures for r in outcome.results) + outcome.missing * settings.puts_per_writer
     messages = [m for r in outcome.results for m in r.messages][:3]
     requests, gets = _per_put(stats, len(returned))
+    by_object = _by_object_per_put(stats, len(returned))
     wall = outcome.wall or None
     rate = round(len(returned) / outcome.wall, 1) if outcome.wall else None
     settled_rate = round(len(returned) / outcome.settled_wall, 1) if outcome.settled_wall else None
     label = "objbutler" if requested is None else f"objbutler ({protocol})"
     log(f"  writers-{writers} {mode} [{where.profile}, {protocol}]: {len(returned)}/{expected} returned, "
         f"{len(returned - visible)} lost, {failed} failed, {rate} puts/s ({settled_rate} to the end of the folds), "
-        f"{requests} requests/put ({_by_object_per_put(stats, len(returned))}), "
+        f"{requests} requests/put ({by_object}), "
         f"{gets} GETs/put, p50 {_ms(_percentile(latencies, 50))} ms, worst "
         f"{_ms(max(latencies) if latencies else None)} ms; CPU s: writers {outcome.cpu_seconds:.1f}, "
         f"server {cpu.get('server', 0):.1f}, proxy {cpu.get('proxy', 0):.1f} over {outcome.wall:.1f} s"
@@ -407,7 +408,7 @@ def _writer_row(where: Target, mode: str, writers: int, settings: RegistrySettin
                       "proxy_cpu_s": round(cpu.get("proxy", 0), 2), "wall_s": round(outcome.wall, 3),
                       "settled_wall_s": round(outcome.settled_wall, 3),
                       "peak_in_flight": (stats or {}).get("peak_in_flight"),
-                      "requests_by_object_per_put": _by_object_per_put(stats, len(returned)),
+                      "requests_by_object_per_put": by_object,
                       "requests_unit": "per returned put (opens and warm-up puts excluded)"})
 
 

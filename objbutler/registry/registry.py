@@ -1074,8 +1074,7 @@ class Registry:
         """
         assert self.shards is not None
         try:
-            later = next(iter(self.store.list(COMPACTION_PREFIX, start_after=self.shards.compaction_key(number))),
-                         None)
+            later = next(self.store.list(COMPACTION_PREFIX, start_after=self.shards.compaction_key(number)), None)
         except ObjButlerError as exc:
             log.info("not compacting: could not list the compaction records (%s)", exc)
             return True
