@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import NDData
 from astropy.wcs import WCS
@@ -154,8 +155,11 @@ def user_cards(header: fits.Header) -> fits.Header:
     return kept
 
 
+_WCS_HINTS = ("CTYPE1", "CRPIX1", "CRVAL1", "CD1_1", "PC1_1")
+
+
 def _has_wcs(header: fits.Header) -> bool:
-    return any(key in header for key in ("CTYPE1", "CRPIX1", "CRVAL1", "CD1_1", "PC1_1"))
+    return any(key in header for key in _WCS_HINTS)
 
 
 def _wcs_from(header: fits.Header) -> WCS | None:
@@ -216,6 +220,9 @@ def _as_image(obj: Any) -> Image:
         return _from_hdu(obj)
     if isinstance(obj, NDData):
         return _from_nddata(obj)
+    if isinstance(obj, np.ma.MaskedArray):  # an ndarray too: its mask must travel (as an NDData's does)
+        mask = np.ma.getmaskarray(obj) if obj.mask is not np.ma.nomask else None
+        return Image(np.ma.getdata(obj), fits.Header(), None, mask=mask, nddata_class="NDData")
     if isinstance(obj, np.ndarray):
         return Image(obj, fits.Header(), None)
     raise FormatError(
@@ -290,7 +297,15 @@ def _raw_scaling(hdu: Any, data: np.ndarray) -> RawScaling | None:
 
 def _from_nddata(obj: NDData) -> Image:
     meta = obj.meta
-    header = fits.Header(meta) if not isinstance(meta, fits.Header) else meta
+    try:
+        header = fits.Header(meta) if not isinstance(meta, fits.Header) else meta
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"the NDData's meta cannot be stored as FITS header cards: {exc}") from None
+    if obj.wcs is None and _has_wcs(header) and "CTYPE1" not in header:
+        present = [key for key in _WCS_HINTS if key in header]
+        raise FormatError(f"the NDData has no WCS but its meta holds WCS cards ({', '.join(present)}) without "
+                          "CTYPE1: FITS readers would read them back as a WCS it did not have; pass wcs= or "
+                          "drop the cards")
     wcs = obj.wcs if isinstance(obj.wcs, WCS) else _wcs_from(header)
     try:
         data = np.asarray(obj.data)
@@ -300,6 +315,12 @@ def _from_nddata(obj: NDData) -> Image:
     image = Image(data, user_cards(header), wcs, nddata_class=kind if kind in _ND_CLASSES else "NDData")
     if obj.psf is not None:
         raise FormatError("cannot store an NDData's psf; store it as a dataset of its own")
+    if getattr(obj, "flags", None) is not None:
+        raise FormatError("cannot store a CCDData's flags (CCDData.write cannot either); store them as a dataset "
+                          "of their own")
+    if obj.unit is not None and "BUNIT" in header and u.Unit(str(header["BUNIT"]), parse_strict="silent") != obj.unit:
+        raise FormatError(f"the NDData's unit {obj.unit} and its meta's BUNIT {header['BUNIT']!r} disagree; "
+                          "a stored image has one BUNIT: drop or fix the card")
     if obj.unit is not None:
         image.unit = obj.unit.to_string()
     if obj.mask is not None:
@@ -351,11 +372,10 @@ def to_nddata(image: Image) -> NDData:
     if image.data.ndim == 0:
         raise FormatError("decoded image has no pixels")
     from astropy import nddata
-    from astropy import units as u
 
     kind = image.nddata_class if image.nddata_class in _ND_CLASSES else "NDData"
     cls = getattr(nddata, kind)
-    unit = u.Unit(image.unit) if image.unit is not None else None
+    unit = u.Unit(image.unit, parse_strict="silent") if image.unit is not None else None
     uncertainty = None
     if image.uncertainty is not None and image.uncertainty_class in UNCERTAINTY_CLASSES:
         uncertainty = getattr(nddata, str(image.uncertainty_class))(image.uncertainty)

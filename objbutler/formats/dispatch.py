@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import yaml
 
 from objbutler.errors import FormatError, NotFoundError, NotSupportedError
 from objbutler.formats._image import Image, as_image, to_nddata
@@ -161,7 +162,28 @@ def _encode_image_as(image: Image, fmt: str, options: dict[str, Any]) -> Encoded
     return EncodedDataset("image", fmt, objects, f"sha256:{zarr_checksum(objects)}", zarr_layout(objects), sky)
 
 
+_MAX_JSON_DEPTH = 256
+
+
+def _check_json_exact(value: Any, path: str = "$", depth: int = 0) -> None:
+    """Refuse what JSON would change silently: non-string keys (read back as strings), tuples (as lists)."""
+    if depth > _MAX_JSON_DEPTH:
+        raise FormatError(f"metadata datasets may nest at most {_MAX_JSON_DEPTH} levels; {path} is deeper")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise FormatError(f"metadata keys must be strings: {path} has the key {key!r} "
+                                  f"({type(key).__name__}), which JSON would read back as a string")
+            _check_json_exact(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, tuple):
+        raise FormatError(f"{path} is a tuple, which JSON reads back as a list: pass a list")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_exact(item, f"{path}[{index}]", depth + 1)
+
+
 def _encode_metadata(obj: dict[str, Any]) -> bytes:
+    _check_json_exact(obj)
     try:
         return json.dumps(obj, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
@@ -170,44 +192,120 @@ def _encode_metadata(obj: dict[str, Any]) -> bytes:
 
 def _encode_table(table: Any, fmt: str) -> bytes:
     if fmt == "ecsv":
+        from astropy.time import Time
+
+        _check_ecsv_strings(table)
         text = io.StringIO()
-        table.write(text, format="ascii.ecsv")
+        try:  # Time as two float64 (jd1, jd2): exact, where the formatted value is cut at .precision digits
+            table.write(text, format="ascii.ecsv", serialize_method={Time: "jd1_jd2"})
+        except Exception as exc:  # yaml.RepresenterError and friends: meta ECSV cannot hold
+            raise FormatError(f"cannot store this table as ecsv: {type(exc).__name__}: {exc}") from None
         return text.getvalue().encode("utf-8")
     return _table_to_parquet(table)
 
 
+def _check_ecsv_strings(table: Any) -> None:
+    """Refuse what astropy's ECSV reader gives back changed: "" (read as masked), edge whitespace (stripped)."""
+    for name in table.colnames:
+        if "\n" in name or "\r" in name or name != name.strip():
+            raise FormatError(f"ECSV cannot hold the column name {name!r} (line breaks, edge whitespace); use parquet")
+        column = table[name]
+        if getattr(column, "dtype", None) is None or column.dtype.kind not in "US":
+            continue
+        if column.dtype.kind == "S":
+            raise FormatError(f"column {name!r}: ECSV reads bytes back as str; decode them first or use parquet")
+        values = np.asarray(column)
+        mask = np.ma.getmaskarray(column) if hasattr(column, "mask") else np.zeros(values.shape, bool)
+        shown = values[~mask]
+        if shown.size and ((shown == "").any() or (np.char.strip(shown) != shown).any()):
+            raise FormatError(f"column {name!r} holds empty strings or strings with leading/trailing whitespace, "
+                              "which ECSV reads back as masked or stripped; use parquet")
+
+
+EXACT_TIME_SUFFIX = ".jd1_jd2"
+"""A Parquet Time column ``t`` (float64 MJD, for stock tools) is followed by ``t.jd1_jd2``, its exact form."""
+_STORED_DTYPE_KINDS = "biufUSmM"
+_MAX_STORED_ITEMSIZE = 1 << 20
+
+
 def _table_to_parquet(table: Any) -> bytes:
-    """Parquet with pyarrow alone: units and Time scales in field metadata, table meta as JSON."""
+    """Parquet with pyarrow alone: units, dtypes, masks (as nulls) and Time in field metadata, table meta as YAML.
+
+    Refuses (FormatError) what Parquet columns cannot hold exactly: multidimensional, complex or
+    object columns, mixins other than Quantity and Time, a Time with a location (ECSV holds them).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from astropy.io.misc import yaml as astropy_yaml
+    from astropy.table import Column
     from astropy.time import Time
+    from astropy.units import Quantity
+    from astropy.utils.masked import Masked
 
     fields, arrays = [], []
     for name in table.colnames:
         column = table[name]
         meta: dict[str, str] = {}
+        mask = getattr(column, "mask", None)
+        mask = np.array(np.broadcast_to(mask, column.shape)) if mask is not None and np.any(mask) else None
         if isinstance(column, Time):
-            values = column.mjd  # float64 MJD: about 1 microsecond resolution at present epochs
+            if column.location is not None:
+                raise FormatError(f"column {name!r}: parquet does not keep a Time's location; use ecsv")
+            values = np.ma.getdata(column.mjd)  # float64 MJD for stock tools; jd1/jd2 below make it exact
             meta = {"astropy_time_scale": column.scale, "astropy_time_format": "mjd",
-                    "astropy_time_shown_as": column.format}
+                    "astropy_time_shown_as": column.format, "astropy_time_precision": str(column.precision)}
+        elif not isinstance(column, Column | Quantity):
+            raise FormatError(f"column {name!r}: parquet cannot hold a {type(column).__name__} column; use ecsv")
         else:
-            values = np.asarray(column)
+            if isinstance(column, Masked):
+                column = column.unmasked
+            values = np.asarray(column.data if isinstance(column, np.ma.MaskedArray) else column)
+            if values.ndim != 1 or values.dtype.kind in "cOV":
+                raise FormatError(f"column {name!r} of dtype {values.dtype} and shape {values.shape[1:]} per row: "
+                                  "parquet holds one-dimensional numbers, strings, bytes, bools and datetimes; "
+                                  "use ecsv")
+            values = values.astype(values.dtype.newbyteorder("="), copy=False)
+            meta["numpy_dtype"] = values.dtype.str
             unit = getattr(column, "unit", None)
             if unit is not None:
                 meta["unit"] = unit.to_string()
-        if column.info.description:
-            meta["description"] = str(column.info.description)
-        array = pa.array(values)
+        for attr in ("description", "format"):
+            if getattr(column.info, attr, None):
+                meta[attr] = str(getattr(column.info, attr))
+        if getattr(column.info, "meta", None):
+            meta["meta_yaml"] = _yaml_dump(astropy_yaml, dict(column.info.meta), f"column {name!r} meta")
+        array = pa.array(values, mask=mask)
         fields.append(pa.field(name, array.type, metadata=meta or None))
         arrays.append(array)
-    try:
-        table_meta = json.dumps(dict(table.meta))
-    except (TypeError, ValueError):
-        table_meta = "{}"
-    schema = pa.schema(fields, metadata={"astropy_meta": table_meta})
+        if isinstance(column, Time):  # the exact two-double form, in a struct column after the MJD one
+            jd1, jd2 = (np.ma.getdata(part) for part in (column.jd1, column.jd2))
+            exact = pa.StructArray.from_arrays([pa.array(jd1), pa.array(jd2)], ["jd1", "jd2"])
+            exact_name = f"{name}{EXACT_TIME_SUFFIX}"
+            if exact_name in table.colnames:
+                raise FormatError(f"column {exact_name!r} would collide with the exact form of Time column "
+                                  f"{name!r}; rename it")
+            fields.append(pa.field(exact_name, exact.type, metadata={"astropy_time_exact_of": name}))
+            arrays.append(exact)
+    schema = pa.schema(fields, metadata={"astropy_meta_yaml": _yaml_dump(astropy_yaml, dict(table.meta),
+                                                                         "table meta")})
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_arrays(arrays, schema=schema), sink, compression="zstd")
     return sink.getvalue()
+
+
+def _stored_dtype(text: str) -> np.dtype[Any]:
+    """The numpy dtype a Parquet field's metadata names (ValueError unless a plain one of bounded size)."""
+    dtype = np.dtype(text)
+    if dtype.kind not in _STORED_DTYPE_KINDS or dtype.itemsize > _MAX_STORED_ITEMSIZE:
+        raise ValueError(f"a column names the dtype {text!r}, which objbutler does not write")
+    return dtype
+
+
+def _yaml_dump(yaml: Any, value: Any, what: str) -> str:
+    try:
+        return yaml.dump(value)
+    except Exception as exc:  # yaml.RepresenterError: a value astropy's YAML cannot write
+        raise FormatError(f"cannot store the {what}: {type(exc).__name__}: {exc}") from None
 
 
 def read_table_file(path: str | os.PathLike[str]) -> Any:
@@ -232,27 +330,58 @@ def read_table_file(path: str | os.PathLike[str]) -> Any:
 def _parquet_to_table(data: bytes) -> Any:
     import pyarrow as pa
     from astropy import units as u
-    from astropy.table import Table
+    from astropy.io.misc import yaml as astropy_yaml
+    from astropy.table import Column, MaskedColumn, Table
     from astropy.time import Time
 
     from objbutler.parquet_reads import read_parquet
 
     arrow = read_parquet(data)
-    table = Table(meta=json.loads((arrow.schema.metadata or {}).get(b"astropy_meta", b"{}")))
+    schema_meta = arrow.schema.metadata or {}
+    if b"astropy_meta_yaml" in schema_meta:
+        table = Table(meta=astropy_yaml.load(schema_meta[b"astropy_meta_yaml"].decode()))
+    else:
+        table = Table(meta=json.loads(schema_meta.get(b"astropy_meta", b"{}")))
+    exact = {f.metadata[b"astropy_time_exact_of"].decode(): c for f, c in zip(arrow.schema, arrow.columns, strict=True)
+             if f.metadata and b"astropy_time_exact_of" in f.metadata}
     for field, column in zip(arrow.schema, arrow.columns, strict=True):
         meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+        if "astropy_time_exact_of" in meta:
+            continue
+        nulls = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+        if nulls is not None:
+            column = column.fill_null(pa.scalar("", column.type) if pa.types.is_string(column.type)
+                                      else pa.scalar(0, column.type) if not pa.types.is_boolean(column.type)
+                                      else pa.scalar(False))
         values = column.to_numpy(zero_copy_only=False)
-        if (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) and column.null_count == 0:
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
             values = values.astype(str)
+        if "numpy_dtype" in meta:
+            values = values.astype(_stored_dtype(meta["numpy_dtype"]))
         if "astropy_time_scale" in meta:
-            table[field.name] = Time(values, format="mjd", scale=meta["astropy_time_scale"])
+            if field.name in exact:
+                pair = exact[field.name].combine_chunks()
+                time = Time(pair.field("jd1").to_numpy(), pair.field("jd2").to_numpy(), format="jd",
+                            scale=meta["astropy_time_scale"])
+            else:
+                time = Time(values, format="mjd", scale=meta["astropy_time_scale"])
             with contextlib.suppress(ValueError):
-                table[field.name].format = meta.get("astropy_time_shown_as", "mjd")
-        elif "unit" in meta:
-            table[field.name] = values * u.Unit(meta["unit"])
+                time.format = meta.get("astropy_time_shown_as", "mjd")
+            if "astropy_time_precision" in meta:
+                time.precision = int(meta["astropy_time_precision"])
+            if nulls is not None:
+                time[nulls] = np.ma.masked
+            table[field.name] = time
         else:
-            table[field.name] = values
-        table[field.name].info.description = meta.get("description")
+            unit = u.Unit(meta["unit"], parse_strict="silent") if "unit" in meta else None
+            table[field.name] = Column(values, unit=unit) if nulls is None else MaskedColumn(values, mask=nulls,
+                                                                                             unit=unit)
+        info = table[field.name].info
+        info.description = meta.get("description")
+        if "format" in meta:
+            info.format = meta["format"]
+        if "meta_yaml" in meta:
+            info.meta = astropy_yaml.load(meta["meta_yaml"])
     return table
 
 
@@ -413,8 +542,8 @@ def _decode_table(data: bytes, fmt: str, key: str) -> Any:
         if fmt == "ecsv":
             return Table.read(data.decode("utf-8"), format="ascii.ecsv")
         return _parquet_to_table(data)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise FormatError(f"table dataset {key} is corrupt: {exc}") from None
+    except (ValueError, OSError, TypeError, KeyError, AttributeError, NotImplementedError, yaml.YAMLError) as exc:
+        raise FormatError(f"table dataset {key} is corrupt: {type(exc).__name__}: {exc}") from None
 
 
 def dataset_objects(store: Store, key: str, fmt: str) -> list[str]:

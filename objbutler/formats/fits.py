@@ -40,6 +40,9 @@ _LOSSLESS_FLOAT = ("GZIP_1", "GZIP_2")
 
 # --------------------------------------------------------------------- writing
 
+UNITLESS_CARD = "NDDNOUNI"
+"""Primary-header card set when an NDData without a unit had a BUNIT card in its meta."""
+
 KEEP = "keep"
 """``compression`` default: keep the image's own tile compression (a CompImageHDU's), none for others."""
 
@@ -79,10 +82,12 @@ def encode_fits(image: Image, compression: str | None = KEEP, tile_shape: tuple[
     if compression is not None and compression != KEEP and compression not in COMPRESSION_TYPES:
         raise ValueError(f"compression must be {KEEP!r}, None or one of {COMPRESSION_TYPES}, got {compression!r}")
     header = image.full_header()
-    if image.unit is not None and image.unit != "":
-        header["BUNIT"] = image.unit
+    if image.unit is not None and (image.unit != "" or image.nddata_class != "CCDData"):
+        header["BUNIT"] = image.unit  # CCDData.write leaves a dimensionless unit out; NDData needs it to tell
     if image.nddata_class is not None:
         header[NDDATA_CARD] = (image.nddata_class, "objbutler: the astropy.nddata class put")
+        if image.unit is None and "BUNIT" in header:
+            header[UNITLESS_CARD] = (True, "objbutler: BUNIT is a card, the NDData had no unit")
     hdus: list[Any] = []
     if image.primary_header is not None:
         hdus.append(fits.PrimaryHDU(header=image.primary_header))
@@ -228,8 +233,11 @@ def _native(image: Image) -> Image:
 def _attach_nddata(image: Image, hdus: fits.HDUList, data: bytes, key: str) -> None:
     """Unit, mask and uncertainty of an image put as NDData (the ``CCDData.write`` layout)."""
     image.nddata_class = str(image.header.pop(NDDATA_CARD))
-    unit = image.header.pop("BUNIT", None)
-    image.unit = None if unit is None else str(unit)
+    if image.header.pop(UNITLESS_CARD, False):
+        image.unit = None
+    else:
+        unit = image.header.pop("BUNIT", None)
+        image.unit = None if unit is None else str(unit)
     names = [h.name for h in hdus]
     if "MASK" in names:
         check_fits_bytes(data, "MASK", key)
