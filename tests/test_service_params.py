@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 
+from objbutler.cutouts import Box
 from objbutler.service.params import (
     Circle,
     Limits,
@@ -73,7 +75,25 @@ def test_boxes_outside_the_image_or_over_the_pixel_limit_are_refused() -> None:
         stencil_boxes([Circle(150.0, 2.0, 0.001)], _wcs(), None, Limits(max_pixels=100))
 
 
-@pytest.mark.parametrize("value", ["CIRCLE 1 2", "CIRCLE 1 2 0", "CIRCLE 1 2 -1", "CIRCLE 1 2 nan", "CIRCLE 1 2 2",
+@pytest.mark.parametrize("stencil", [Circle(150.0, 2.0, 2.0), Range(140.0, 160.0, -8.0, 12.0),
+                                     Polygon(((145.0, -3.0), (155.0, -3.0), (150.0, 7.0)))])
+def test_stencils_larger_than_the_limit_are_reduced_to_a_known_image_else_refused(stencil: Any) -> None:
+    """SODA 1.0 3.3: values beyond the dataset are reduced to it; without its shape, the radius limit holds."""
+    (box,) = stencil_boxes([stencil], _wcs(), (100, 100), LIMITS)
+    assert box.intersection(Box(0, 0, 100, 100)) == Box(0, 0, 100, 100)
+    with pytest.raises(_SodaError, match="over this service's limit"):
+        stencil_boxes([stencil], _wcs(), None, LIMITS)
+
+
+def test_a_stencil_behind_the_projection_is_reduced_to_the_image_it_holds() -> None:
+    """A circle of 120 degrees has boundary points behind the TAN plane; its box is the image."""
+    (box,) = stencil_boxes([Circle(150.0, 2.0, 120.0)], _wcs(), (100, 100), LIMITS)
+    assert (box.x0, box.y0, box.x1, box.y1) == (0, 0, 100, 100)
+    with pytest.raises(_SodaError, match="does not overlap"):  # the far side of the sky: no pixel
+        stencil_boxes([Circle(330.0, -2.0, 80.0)], _wcs(), (100, 100), LIMITS)
+
+
+@pytest.mark.parametrize("value", ["CIRCLE 1 2", "CIRCLE 1 2 0", "CIRCLE 1 2 -1", "CIRCLE 1 2 nan", "CIRCLE 1 2 181",
                                    "CIRCLE 1 -91 0.1", "RANGE 2 1 0 1", "RANGE 1 2 1 0", "POLYGON 1 2 3 4",
                                    "POLYGON 1 2 3 4 5", "POLYGON 1 0 1.1 0 1.2 0", "BOX 1 2 3 4", "CIRCLE"])
 def test_bad_stencils(value: str) -> None:

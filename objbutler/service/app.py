@@ -44,18 +44,30 @@ from objbutler.errors import (
     ObjButlerError,
     TransientStoreError,
 )
-from objbutler.service.cutouts import Answer, CutoutService
+from objbutler.service.cutouts import Answer, CutoutService, datalink_fault
+from objbutler.service.encode import datalink_error_votable
 from objbutler.service.metrics import Metrics
 from objbutler.service.page import PAGE
-from objbutler.service.params import Limits, Params, _SodaError, response_format
+from objbutler.service.params import (
+    Limits,
+    Params,
+    _NoOverlapError,
+    _SodaError,
+    requested_media_type,
+    response_format,
+)
+from objbutler.service.vosi import vosi_availability, vosi_capabilities
 
 __all__ = ["create_app", "serve"]
 
 access_log = logging.getLogger("objbutler.service.access")
 error_log = logging.getLogger("objbutler.service")
 _MAX_BODY = 64 * 1024
-_OPEN = ("/health",)
-_EXTENSIONS = {"application/fits": "fits", "image/png": "png"}
+_VOSI = ("/api/cutout/capabilities", "/api/cutout/availability", "/api/datalink/capabilities",
+         "/api/datalink/availability")
+_OPEN = ("/health", *_VOSI)
+_EXTENSIONS = {"application/fits": "fits", "image/fits": "fits", "image/png": "png"}
+_DATALINK = "application/x-votable+xml;content=datalink"
 
 
 def error_response(error: _SodaError, request_id: str) -> PlainTextResponse:
@@ -66,19 +78,26 @@ def error_response(error: _SodaError, request_id: str) -> PlainTextResponse:
     return PlainTextResponse(f"{error.kind}: {error}\n\nrequest id: {request_id}\n", error.status, headers=headers)
 
 
+def datalink_error_response(error: _SodaError, request_id: str) -> Response:
+    """A DataLink error document: a VOTable whose QUERY_STATUS says ERROR and the fault (DataLink 1.1 3.4)."""
+    body = datalink_error_votable(f"{datalink_fault(error)}: {error} (request id: {request_id})")
+    return Response(body, error.status, media_type="application/x-votable+xml",
+                    headers={"X-Request-ID": request_id})
+
+
 def as_soda_error(exc: Exception) -> _SodaError:
     """The SODA error an exception from the library means (input problems 4xx, faults 5xx)."""
     if isinstance(exc, _SodaError):
         return exc
     if isinstance(exc, NotFoundError):
-        return _SodaError(str(exc), 404, "NotFoundError")
+        return _SodaError(str(exc), 404, "UsageError")
     if isinstance(exc, InvalidKeyError | InvalidCutoutError | NotSupportedError):
         return _SodaError(str(exc))
     if isinstance(exc, TransientStoreError):
-        return _SodaError(f"the object store is unavailable, try again: {exc}", 503, "TransientFault")
+        return _SodaError(f"the object store is unavailable, try again: {exc}", 503, "ServiceUnavailable")
     if isinstance(exc, ObjButlerError):
-        return _SodaError(f"{type(exc).__name__}: {exc}", 500, "DefaultFault")
-    return _SodaError(f"internal error ({type(exc).__name__})", 500, "DefaultFault")
+        return _SodaError(f"{type(exc).__name__}: {exc}", 500, "Error")
+    return _SodaError(f"internal error ({type(exc).__name__})", 500, "Error")
 
 
 class _Guard(BaseHTTPMiddleware):
@@ -139,17 +158,20 @@ async def _params(request: Request) -> Params:
 Handler = Callable[[Request, Params], Awaitable[Answer]]
 
 
-def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Parse the parameters, run the handler, and turn every refusal into a SODA error document."""
+def _endpoint(handler: Handler, errors: Callable[[_SodaError, str], Response] = error_response,
+              ) -> Callable[[Request], Awaitable[Response]]:
+    """Parse the parameters, run the handler, and turn every refusal into an error document (``errors``)."""
 
     async def endpoint(request: Request) -> Response:
         try:
             body, media_type = await handler(request, await _params(request))
+        except _NoOverlapError:
+            return Response(status_code=204)  # SODA 1.0 5.1: no pixels -> 204, no body
         except Exception as exc:
             error = as_soda_error(exc)
             if error.status >= 500:
                 error_log.exception("request %s failed", request.state.request_id)
-            return error_response(error, request.state.request_id)
+            return errors(error, request.state.request_id)
         headers = {}
         extension = _EXTENSIONS.get(media_type)
         if extension is not None:
@@ -180,10 +202,23 @@ def create_app(butler: Butler, *, token: str | None = None, limits: Limits | Non
 
     async def sync(request: Request, params: Params) -> Answer:
         fmt = response_format(params, ("fits", "png"))
-        return await run_in_threadpool(service.sync, params, fmt)
+        body, media_type = await run_in_threadpool(service.sync, params, fmt)
+        return body, requested_media_type(params, media_type)  # DALI 3.4.3: the type asked for, if one was
 
     async def links(request: Request, params: Params) -> Answer:
-        return await run_in_threadpool(service.links, params, base(request))
+        response_format(params, ("votable",))
+        return await run_in_threadpool(service.links, params, base(request), requested_media_type(params, _DATALINK))
+
+    async def capabilities(request: Request) -> Response:
+        return Response(vosi_capabilities(base(request)), media_type="text/xml")
+
+    async def availability(request: Request) -> Response:
+        try:
+            await run_in_threadpool(service.registry_state)
+            note = None
+        except Exception as exc:  # the service runs but cannot read its repository
+            note = f"the repository cannot be read: {type(exc).__name__}: {exc}"
+        return Response(vosi_availability(note), media_type="text/xml")
 
     async def sky(request: Request, params: Params) -> Answer:
         fmt = response_format(params, ("fits", "json"))
@@ -203,7 +238,7 @@ def create_app(butler: Butler, *, token: str | None = None, limits: Limits | Non
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        kind = "NotFoundError" if status == 404 else "UsageError" if status < 500 else "DefaultFault"
+        kind = "UsageError" if status < 500 else "Error"
         return error_response(_SodaError(f"{request.method} {request.url.path}: "
                                         f"{getattr(exc, 'detail', 'error')}", status, kind),
                               getattr(request.state, "request_id", "-"))
@@ -213,7 +248,8 @@ def create_app(butler: Butler, *, token: str | None = None, limits: Limits | Non
         Route("/health", health),
         Route("/metrics", metrics_text),
         Route("/api/cutout/sync", _endpoint(sync), methods=["GET", "POST"]),
-        Route("/api/datalink/links", _endpoint(links)),
+        Route("/api/datalink/links", _endpoint(links, datalink_error_response), methods=["GET", "POST"]),
+        *(Route(path, capabilities if path.endswith("capabilities") else availability) for path in _VOSI),
         Route("/api/cutout/sky", _endpoint(sky)),
         Route("/api/datasets/{dataset_id}", _endpoint(dataset)),
     ]

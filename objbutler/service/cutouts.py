@@ -24,7 +24,9 @@ from objbutler.service.params import (
     Limits,
     Params,
     Stencil,
+    _NoOverlapError,
     _SodaError,
+    check_extent,
     not_found,
     parse_id,
     parse_pixels_or_angle,
@@ -37,7 +39,7 @@ from objbutler.service.png import png_bytes
 from objbutler.service.refresh import SharedRefresh
 from objbutler.service.regions import stencil_boxes
 
-__all__ = ["CutoutService", "Answer"]
+__all__ = ["Answer", "CutoutService", "datalink_fault"]
 
 Answer = tuple[bytes, str]
 """A body and its media type."""
@@ -66,6 +68,10 @@ class CutoutService:
 
     def _state(self) -> Any:
         return self._registry.get()
+
+    def registry_state(self) -> Any:
+        """The registry view, refreshed (raises what the store raises: VOSI availability reports it)."""
+        return self._state()
 
     def resolve(self, name: DatasetName) -> DatasetRef:
         """The dataset an ``ID`` names (404 when there is none, 400 when the name is ambiguous or malformed)."""
@@ -129,7 +135,7 @@ class CutoutService:
         if mjd is None:
             raise _SodaError(f"TIME: {ref.dataset_type} {ref.id} has no recorded observation time")
         if not interval[0] <= float(mjd) <= interval[1]:
-            raise _SodaError(f"TIME {interval[0]} {interval[1]} does not hold the image's time (MJD {mjd})")
+            raise _NoOverlapError(f"TIME {interval[0]} {interval[1]} does not hold the image's time (MJD {mjd})")
 
     def sync(self, params: Params, fmt: str) -> Answer:
         """SODA sync: one FITS (one stencil), a multi-extension FITS (several), or a PNG (one)."""
@@ -153,11 +159,23 @@ class CutoutService:
 
     # -- DataLink and downloads ------------------------------------------------
 
-    def links(self, params: Params, base_url: str) -> Answer:
-        """The DataLink ``{links}`` VOTable of one dataset."""
-        ref = self.resolve(parse_id(params.one("ID")))
-        body = encode.datalink_votable(ref, f"{base_url}api/datasets/{ref.id}", f"{base_url}api/cutout/sync")
-        return body, "application/x-votable+xml;content=datalink"
+    def links(self, params: Params, base_url: str, media_type: str) -> Answer:
+        """The DataLink ``{links}`` VOTable of every ``ID`` of the request (none: an empty table).
+
+        An ``ID`` that names no dataset gets a row with its error message (DataLink 1.1 2.1.1).
+        """
+        names = params.all("ID")
+        if len(names) > self.limits.max_link_ids:
+            raise _SodaError(f"{len(names)} ID values in one request; this service takes at most "
+                             f"{self.limits.max_link_ids}")
+        items: list[encode.LinkItem] = []
+        for name in names:
+            try:
+                items.append((name, self.resolve(parse_id(name))))
+            except _SodaError as exc:
+                items.append((name, f"{datalink_fault(exc)}: {exc}"))
+        this_urls = [f"{base_url}api/datasets/{item.id}" if isinstance(item, DatasetRef) else "" for _, item in items]
+        return encode.datalink_votable(items, this_urls, f"{base_url}api/cutout/sync"), media_type
 
     def dataset(self, dataset_id: str) -> Answer:
         """A whole image as FITS: the stored bytes for FITS datasets, a FITS written from a Zarr one."""
@@ -187,8 +205,9 @@ class CutoutService:
             raise _SodaError("POS is required: 'ra dec' or 'CIRCLE ra dec r' (degrees)")
         size_text = params.one("SIZE")
         if pos.upper().startswith("CIRCLE"):
-            stencil = parse_stencil("POS", pos, self.limits)
+            stencil = parse_stencil("POS", pos)
             assert isinstance(stencil, Circle)
+            check_extent(stencil, self.limits)
             ra, dec = stencil.ra, stencil.dec
             size: Any = (2 * stencil.radius * 3600.0, "arcsec")
         else:
@@ -245,6 +264,15 @@ class CutoutService:
             row["dataset_url"] = f"{base_url}api/datasets/{ref.id}"
             stamps.append(row)
         return json.dumps({"ra": ra, "dec": dec, "stamps": stamps}).encode(), "application/json"
+
+
+def datalink_fault(error: _SodaError) -> str:
+    """The DataLink 1.1 (3.4) fault an error is: NotFoundFault, UsageFault, TransientFault or DefaultFault."""
+    if error.status == 404:
+        return "NotFoundFault"
+    if error.status == 503:
+        return "TransientFault"
+    return "UsageFault" if error.status < 500 else "DefaultFault"
 
 
 def _stamp_circle(ra: float, dec: float, stamp: Any) -> Circle:

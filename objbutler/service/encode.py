@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +20,15 @@ from objbutler.service import fitsio
 
 __all__ = [
     "SODA_SYNC_STANDARD",
+    "LinkItem",
+    "datalink_error_votable",
     "datalink_votable",
     "history_fits",
     "history_rows",
     "stamps_fits",
 ]
 
-SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync-1"
+SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync-1.0"
 _SERVICE_DEF = "soda-sync"
 
 
@@ -145,14 +148,13 @@ def history_fits(history: Sequence[tuple[DatasetRef, Cutout]], ra: float, dec: f
     return b"".join(parts)
 
 
-def _char_param(votable: Any, name: str, value: str, ucd: str | None = None, ref: str | None = None) -> Any:
+def _char_param(votable: Any, name: str, value: str, ucd: str | None = None, scope: str = "param") -> Any:
     from astropy.io.votable.tree import Param
 
-    return Param(votable, name=name, ID=f"param_{name}", datatype="char", arraysize="*", value=value, ucd=ucd,
-                 ref=ref)
+    return Param(votable, name=name, ID=f"{scope}_{name}", datatype="char", arraysize="*", value=value, ucd=ucd)
 
 
-def _array_param(votable: Any, name: str, xtype: str, arraysize: str, unit: str, ucd: str) -> Any:
+def _array_param(votable: Any, name: str, xtype: str, arraysize: str, unit: str, ucd: str, scope: str) -> Any:
     """An input parameter the client fills in.
 
     A fixed-size array cannot be written without a value: astropy writes zeros, which pyvo (like
@@ -160,59 +162,104 @@ def _array_param(votable: Any, name: str, xtype: str, arraysize: str, unit: str,
     """
     from astropy.io.votable.tree import Param
 
-    return Param(votable, name=name, ID=f"param_{name}", datatype="double", arraysize=arraysize, xtype=xtype,
+    return Param(votable, name=name, ID=f"{scope}_{name}", datatype="double", arraysize=arraysize, xtype=xtype,
                  unit=unit, value="", ucd=ucd)
 
 
-def datalink_votable(ref: DatasetRef, this_url: str, sync_url: str) -> bytes:
-    """The DataLink ``{links}`` answer for one dataset, with a SODA sync service descriptor.
+def _soda_descriptor(votable: Any, ref: DatasetRef, sync_url: str, resource_id: str) -> Any:
+    """The ``adhoc:service`` resource of the SODA sync endpoint, with ``ID`` fixed to ``ref``'s id."""
+    from astropy.io.votable.tree import Group, Resource
 
-    Rows: ``#this`` (``this_url`` serves the dataset's bytes as FITS) and ``#cutout``, whose
-    ``service_def`` names the ``adhoc:service`` resource describing the SODA endpoint at ``sync_url``
-    (``standardID`` :data:`SODA_SYNC_STANDARD`; input parameters ``ID`` with this dataset's id,
-    ``POS``, ``CIRCLE``, ``POLYGON``, ``TIME``, ``RESPONSEFORMAT``).
+    service = Resource(type="meta", utype="adhoc:service", ID=resource_id)
+    service.params.extend([
+        _char_param(votable, "standardID", SODA_SYNC_STANDARD, scope=resource_id),
+        _char_param(votable, "accessURL", sync_url, scope=resource_id),
+    ])
+    inputs = Group(service, name="inputParams")
+    service.groups.append(inputs)
+    inputs.entries.extend([
+        _char_param(votable, "ID", ref.id, ucd="meta.ref.url;meta.curation", scope=resource_id),
+        _char_param(votable, "POS", "", ucd="pos.outline;obs", scope=resource_id),
+        _array_param(votable, "CIRCLE", "circle", "3", "deg", "pos.outline;obs", resource_id),
+        _array_param(votable, "POLYGON", "polygon", "*", "deg", "pos.outline;obs", resource_id),
+        _array_param(votable, "TIME", "interval", "2", "d", "time.interval;obs.exposure", resource_id),
+        _char_param(votable, "RESPONSEFORMAT", "", scope=resource_id),
+    ])
+    return service
+
+
+LinkItem = tuple[str, "DatasetRef | str"]
+"""One ``ID`` of a DataLink request: the dataset it names, or the error message its row carries."""
+
+_FIELDS_LONG_TEXT = {"datatype": "char", "arraysize": "*"}
+
+
+def datalink_votable(items: Sequence[LinkItem], this_urls: Sequence[str], sync_url: str) -> bytes:
+    """The DataLink ``{links}`` answer for the ``ID`` values of a request, in request order.
+
+    Rows, per ``ID`` (DataLink 1.1 3.2: consecutive): for a dataset, ``#this`` (its URL in
+    ``this_urls``, which serves the dataset's bytes as FITS) and ``#cutout``, whose ``service_def``
+    names an ``adhoc:service`` resource describing the SODA endpoint at ``sync_url`` (``standardID``
+    :data:`SODA_SYNC_STANDARD`; input parameters ``ID`` with the dataset's id, ``POS``, ``CIRCLE``,
+    ``POLYGON``, ``TIME``, ``RESPONSEFORMAT``); for an ``ID`` that names none, one ``#this`` row with
+    its ``error_message`` (``NotFoundFault: ...``, ``UsageFault: ...``). No ``ID``: no rows.
     """
-    from astropy.io.votable.tree import Field, Group, Resource, TableElement, VOTableFile
+    from astropy.io.votable.tree import Field, Info, Resource, TableElement, VOTableFile
 
     votable = VOTableFile(version="1.4")
     results = Resource(type="results")
     votable.resources.append(results)
     table = TableElement(votable, name="links")
     results.tables.append(table)
-    long_text = {"datatype": "char", "arraysize": "*"}
     table.fields.extend([
-        Field(votable, name="ID", ucd="meta.id;meta.main", **long_text),
-        Field(votable, name="access_url", ucd="meta.ref.url", **long_text),
-        Field(votable, name="service_def", ucd="meta.ref", **long_text),
-        Field(votable, name="error_message", ucd="meta.code.error", **long_text),
-        Field(votable, name="semantics", ucd="meta.code", **long_text),
-        Field(votable, name="description", ucd="meta.note", **long_text),
-        Field(votable, name="content_type", ucd="meta.code.mime", **long_text),
+        Field(votable, name="ID", ucd="meta.id;meta.main", **_FIELDS_LONG_TEXT),
+        Field(votable, name="access_url", ucd="meta.ref.url", **_FIELDS_LONG_TEXT),
+        Field(votable, name="service_def", ucd="meta.ref", **_FIELDS_LONG_TEXT),
+        Field(votable, name="error_message", ucd="meta.code.error", **_FIELDS_LONG_TEXT),
+        Field(votable, name="semantics", ucd="meta.code", **_FIELDS_LONG_TEXT),
+        Field(votable, name="description", ucd="meta.note", **_FIELDS_LONG_TEXT),
+        Field(votable, name="content_type", ucd="meta.code.mime", **_FIELDS_LONG_TEXT),
         Field(votable, name="content_length", ucd="phys.size;meta.file", datatype="long", unit="byte"),
     ])
-    table.create_arrays(2)
-    size = ref.size if ref.format == "fits" else 0
-    table.array[0] = (ref.id, this_url, "", "", "#this", f"{ref.dataset_type} {ref.data_id} run {ref.run}",
-                      "application/fits", size)
-    table.array[1] = (ref.id, "", _SERVICE_DEF, "", "#cutout", "SODA cutouts of this image", "application/fits", 0)
-    table.array.mask[1]["content_length"] = True
+    rows: list[tuple[Any, ...]] = []
+    unknown_length: list[int] = []
+    refs: list[DatasetRef] = []
+    for (name, item), this_url in zip(items, this_urls, strict=True):
+        if isinstance(item, str):
+            unknown_length.append(len(rows))
+            rows.append((name, "", "", item, "#this", "", "", 0))
+            continue
+        refs.append(item)
+        service_def = _SERVICE_DEF if len(refs) == 1 else f"{_SERVICE_DEF}-{len(refs)}"
+        size = item.size if item.format == "fits" else 0
+        rows.append((name, this_url, "", "", "#this", f"{item.dataset_type} {item.data_id} run {item.run}",
+                     "application/fits", size))
+        unknown_length.append(len(rows))
+        rows.append((name, "", service_def, "", "#cutout", "SODA cutouts of this image", "application/fits", 0))
+    table.create_arrays(len(rows))
+    for index, row in enumerate(rows):
+        table.array[index] = row
+    for index in unknown_length:
+        table.array.mask[index]["content_length"] = True
+    for number, ref in enumerate(refs, start=1):
+        votable.resources.append(_soda_descriptor(votable, ref, sync_url,
+                                                  _SERVICE_DEF if number == 1 else f"{_SERVICE_DEF}-{number}"))
+    results.infos.append(Info(name="standardID", value="ivo://ivoa.net/std/DataLink#links-1.1"))
+    out = io.BytesIO()
+    votable.to_xml(out)
+    # astropy writes zeros for a fixed-size array PARAM without a value; DataLink 4.3 wants value=""
+    return re.sub(rb'(<PARAM ID="[^"]*_(?:CIRCLE|TIME)"[^>]*?) value="[^"]*"', rb'\1 value=""', out.getvalue())
 
-    service = Resource(type="meta", utype="adhoc:service", ID=_SERVICE_DEF)
-    votable.resources.append(service)
-    service.params.extend([
-        _char_param(votable, "standardID", SODA_SYNC_STANDARD),
-        _char_param(votable, "accessURL", sync_url),
-    ])
-    inputs = Group(service, name="inputParams")
-    service.groups.append(inputs)
-    inputs.entries.extend([
-        _char_param(votable, "ID", ref.id, ucd="meta.id;meta.dataset"),
-        _char_param(votable, "POS", "", ucd="obs.field"),
-        _array_param(votable, "CIRCLE", "circle", "3", "deg", "obs.field"),
-        _array_param(votable, "POLYGON", "polygon", "*", "deg", "obs.field"),
-        _array_param(votable, "TIME", "interval", "2", "d", "time.interval;obs.exposure"),
-        _char_param(votable, "RESPONSEFORMAT", ""),
-    ])
+
+def datalink_error_votable(message: str) -> bytes:
+    """A DataLink error document (DataLink 1.1 3.4, DALI 4.4): ``QUERY_STATUS`` ``ERROR`` and the message,
+    which begins with ``UsageFault``, ``NotFoundFault``, ``TransientFault`` or ``DefaultFault``."""
+    from astropy.io.votable.tree import Info, Resource, VOTableFile
+
+    votable = VOTableFile(version="1.4")
+    results = Resource(type="results")
+    votable.resources.append(results)
+    results.infos.append(Info(name="QUERY_STATUS", value="ERROR", content=message))
     out = io.BytesIO()
     votable.to_xml(out)
     return out.getvalue()

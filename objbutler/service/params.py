@@ -2,14 +2,15 @@
 
 Parameter names are case-insensitive (DALI), values are not. Unknown parameter names are
 ignored, as DALI asks; unsupported *values* of known parameters are errors. Every problem
-raises :class:`_SodaError`, which carries the HTTP status and the SODA error kind
-(``UsageError`` -> 400, ``NotFoundError`` -> 404, ...) that the answer's ``text/plain`` body
-begins with.
+raises :class:`_SodaError`, which carries the HTTP status (400, 404 for an unknown dataset, ...)
+and the SODA 1.0 error code (5.2: ``UsageError``, ``MultiValuedParamNotSupported``, ...) that the
+answer's ``text/plain`` body begins with. Cutout parameters that select no pixel are a
+``_NoOverlapError``: HTTP 204, no body (5.1).
 
 Stencils (each one HDU of the answer, in request order)::
 
     POS=CIRCLE ra dec r          CIRCLE=ra dec r
-    POS=RANGE ra1 ra2 dec1 dec2  (degrees, ICRS; ra1 < ra2, dec1 < dec2, finite)
+    POS=RANGE ra1 ra2 dec1 dec2  (degrees, ICRS; ra1 < ra2, dec1 < dec2; -Inf/+Inf for open ends)
     POS=POLYGON ra1 dec1 ra2 dec2 ra3 dec3 ...      POLYGON=ra1 dec1 ...
 
 Dataset names (``ID``): a dataset UUID, or ``objbutler://TYPE?KEY=VALUE&...&run=RUN``.
@@ -34,12 +35,14 @@ __all__ = [
     "Polygon",
     "Range",
     "Stencil",
+    "check_extent",
     "parse_id",
     "parse_pixels_or_angle",
     "parse_position",
     "parse_stencil",
     "parse_stencils",
     "parse_time",
+    "requested_media_type",
     "response_format",
 ]
 
@@ -58,17 +61,22 @@ class Limits:
     max_stencils : int
         Stencils (POS, CIRCLE, POLYGON values together) in one sync request.
     max_radius_deg : float
-        Largest circle radius, and largest half-extent of a range or polygon, in degrees.
+        Largest circle radius, and largest half-extent of a range or polygon, in degrees, where the
+        image's shape is not known (and for object histories). Where it is known, a larger stencil is
+        reduced to the image (SODA 1.0 3.3) and ``max_pixels`` bounds the answer.
     max_pixels : int
         Pixels of all stamps of one answer together (after clipping to the image).
     max_history_images : int
         Images in one object history.
+    max_link_ids : int
+        ``ID`` values in one DataLink request.
     """
 
     max_stencils: int = 32
     max_radius_deg: float = 1.0
     max_pixels: int = 4096 * 4096
     max_history_images: int = 500
+    max_link_ids: int = 100
 
 
 class _SodaError(Exception):
@@ -81,8 +89,9 @@ class _SodaError(Exception):
     status : int
         The HTTP status (400 unless said otherwise).
     kind : str
-        The DALI error kind that begins the body: ``UsageError``, ``NotFoundError``,
-        ``AuthenticationError``, ``TransientFault``, ``DefaultFault``.
+        The SODA 1.0 (5.2) error code that begins the body: ``UsageError``,
+        ``MultiValuedParamNotSupported``, ``AuthenticationError``, ``ServiceUnavailable``, ``Error``
+        (DataLink answers turn it into a fault: :func:`objbutler.service.cutouts.datalink_fault`).
     """
 
     def __init__(self, message: str, status: int = 400, kind: str = "UsageError") -> None:
@@ -91,9 +100,13 @@ class _SodaError(Exception):
         self.kind = kind
 
 
+class _NoOverlapError(_SodaError):
+    """Cutout parameters that select no pixel of the dataset (SODA 1.0 5.1: HTTP 204, no body)."""
+
+
 def not_found(message: str) -> _SodaError:
-    """A 404 ``NotFoundError``."""
-    return _SodaError(message, 404, "NotFoundError")
+    """A 404 ``UsageError`` (SODA has no code of its own for it; DataLink answers ``NotFoundFault``)."""
+    return _SodaError(message, 404, "UsageError")  # SODA 1.0 5.2 has no NotFound code; the status says it
 
 
 class Params:
@@ -122,7 +135,8 @@ class Params:
         """The single value of ``name`` (``default`` when absent); two values are an error."""
         values = self.all(name)
         if len(values) > 1:
-            raise _SodaError(f"{name} may be given once, got {len(values)} values")
+            raise _SodaError(f"{name} may be given once, got {len(values)} values", 400,
+                             "MultiValuedParamNotSupported")
         return values[0] if values else default
 
     def stencil_values(self) -> list[tuple[str, str]]:
@@ -130,11 +144,13 @@ class Params:
         return [(key, value) for key, value in self.pairs if key in ("POS", "CIRCLE", "POLYGON")]
 
 
-def _numbers(text: str, what: str) -> list[float]:
+def _numbers(text: str, what: str, open_ends: bool = False) -> list[float]:
     try:
         values = [float(word) for word in text.split()]
     except ValueError:
         raise _SodaError(f"{what}: expected numbers, got {text!r}") from None
+    if open_ends and not any(math.isnan(v) for v in values):
+        return values
     if not all(math.isfinite(v) for v in values):
         raise _SodaError(f"{what}: every number must be finite, got {text!r}")
     return values
@@ -172,12 +188,20 @@ class Circle:
 
     def boundary(self) -> tuple[np.ndarray, np.ndarray]:
         """Points on the circle (RA, Dec degrees), densely enough for a pixel bounding box."""
-        theta = np.linspace(0.0, 2 * np.pi, 4 * _SEGMENTS, endpoint=False)
-        d0, r = np.radians(self.dec), np.radians(self.radius)
-        dec = np.arcsin(np.sin(d0) * np.cos(r) + np.cos(d0) * np.sin(r) * np.cos(theta))
-        ra = np.radians(self.ra) + np.arctan2(np.sin(theta) * np.sin(r) * np.cos(d0),
-                                              np.cos(r) - np.sin(d0) * np.sin(dec))
-        return np.degrees(ra) % 360.0, np.degrees(dec)
+        theta = np.linspace(0.0, 2 * np.pi, 4 * _SEGMENTS, endpoint=False)[:, None]
+        centre = _xyz(np.array([self.ra]), np.array([self.dec]))[0]
+        ra0, r = np.radians(self.ra), np.radians(self.radius)
+        east = np.array([-np.sin(ra0), np.cos(ra0), 0.0])  # defined at the poles too
+        north = np.cross(centre, east)
+        return _radec(np.cos(r) * centre + np.sin(r) * (np.cos(theta) * north + np.sin(theta) * east))
+
+    def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Which of these positions (degrees) lie in the cone."""
+        return _separation_deg(ra, dec, np.array(self.ra), np.array(self.dec)) <= self.radius
+
+    def extent_deg(self) -> float:
+        """The radius."""
+        return self.radius
 
     def text(self) -> str:
         """The DALI form."""
@@ -201,6 +225,16 @@ class Range:
         dec = np.concatenate([np.full_like(ras, self.dec1), np.full_like(ras, self.dec2), decs, decs])
         return ra, dec
 
+    def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Which of these positions (degrees) lie in the box."""
+        ra = np.asarray(ra) % 360.0
+        return (ra >= self.ra1) & (ra <= self.ra2) & (dec >= self.dec1) & (dec <= self.dec2)
+
+    def extent_deg(self) -> float:
+        """Half the larger side, RA measured on the sky at the Dec furthest from the equator."""
+        cos_dec = max(math.cos(math.radians(max(abs(self.dec1), abs(self.dec2)))), 1e-6)
+        return max((self.ra2 - self.ra1) * cos_dec, self.dec2 - self.dec1) / 2
+
     def text(self) -> str:
         """The DALI form."""
         return f"RANGE {self.ra1:g} {self.ra2:g} {self.dec1:g} {self.dec2:g}"
@@ -222,6 +256,34 @@ class Polygon:
         points = (a[:, None, :] * (1 - t) + b[:, None, :] * t).reshape(-1, 3)  # chords; normalised below
         return _radec(points)
 
+    def _centre(self) -> np.ndarray:
+        xyz = _xyz(np.array([v[0] for v in self.vertices]), np.array([v[1] for v in self.vertices]))
+        centre = xyz.sum(axis=0)
+        return np.asarray(centre / np.linalg.norm(centre))
+
+    def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Which of these positions (degrees) lie in the polygon (crossing number in its tangent plane)."""
+        from objbutler.sky.geometry import gnomonic, points_in_polygons, tangent_frame
+
+        centre = self._centre()
+        frame = tangent_frame(centre)
+        points = _xyz(np.atleast_1d(ra), np.atleast_1d(dec))
+        front = points @ centre > 0  # the polygon spans less than 90 degrees: its half of the sphere
+        vertices = _xyz(np.array([v[0] for v in self.vertices]), np.array([v[1] for v in self.vertices]))
+        vx, vy, _ = gnomonic(vertices, centre, *frame)
+        with np.errstate(all="ignore"):
+            px, py, _ = gnomonic(points, centre, *frame)
+        inside = points_in_polygons(np.nan_to_num(px), np.nan_to_num(py), np.zeros(len(points), dtype=np.int64),
+                                    vx, vy, np.array([0, len(self.vertices)]))
+        return np.asarray(front & inside)
+
+    def extent_deg(self) -> float:
+        """How far the furthest vertex is from the vertices' centre."""
+        centre_ra, centre_dec = _radec(self._centre())
+        ras = np.array([v[0] for v in self.vertices])
+        decs = np.array([v[1] for v in self.vertices])
+        return float(_separation_deg(ras, decs, centre_ra, centre_dec).max())
+
     def text(self) -> str:
         """The DALI form."""
         return "POLYGON " + " ".join(f"{ra:g} {dec:g}" for ra, dec in self.vertices)
@@ -229,34 +291,40 @@ class Polygon:
 
 Stencil = Circle | Range | Polygon
 
+_MAX_POLYGON_SPREAD_DEG = 89.0  # a polygon lies in one tangent plane (its vertices within this of their centre)
 
-def _circle(values: list[float], limits: Limits, what: str) -> Circle:
+
+def check_extent(stencil: Stencil, limits: Limits) -> None:
+    """Hold a stencil to ``max_radius_deg`` (where no image shape bounds the answer)."""
+    extent = stencil.extent_deg()
+    if extent > limits.max_radius_deg:
+        raise _SodaError(f"{stencil.text()} reaches {extent:.4g} deg from its centre, over this service's limit "
+                         f"of {limits.max_radius_deg} deg")
+
+
+def _circle(values: list[float], what: str) -> Circle:
     if len(values) != 3:
         raise _SodaError(f"{what}: a circle is 'ra dec radius' (3 numbers), got {len(values)}")
     ra, dec, radius = values
     _check_position(ra, dec, what)
-    if radius <= 0:
-        raise _SodaError(f"{what}: the radius must be positive, got {radius}")
-    if radius > limits.max_radius_deg:
-        raise _SodaError(f"{what}: radius {radius} deg is over this service's limit of {limits.max_radius_deg} deg")
+    if not 0 < radius <= 180:
+        raise _SodaError(f"{what}: the radius must be in (0, 180] degrees, got {radius}")
     return Circle(ra, dec, radius)
 
 
-def _range(values: list[float], limits: Limits, what: str) -> Range:
+def _range(values: list[float], what: str) -> Range:
     if len(values) != 4:
         raise _SodaError(f"{what}: a range is 'ra1 ra2 dec1 dec2' (4 numbers), got {len(values)}")
-    ra1, ra2, dec1, dec2 = values
+    ra1, ra2, dec1, dec2 = (min(max(v, low), high) for v, (low, high)  # -Inf/+Inf: open ends (SODA 3.3.1)
+                            in zip(values, ((0, 360), (0, 360), (-90, 90), (-90, 90)), strict=True))
     _check_position(ra1, dec1, what)
     _check_position(ra2, dec2, what)
     if not (ra1 < ra2 and dec1 < dec2):
         raise _SodaError(f"{what}: a range needs ra1 < ra2 and dec1 < dec2, got {values}")
-    cos_dec = max(math.cos(math.radians(max(abs(dec1), abs(dec2)))), 1e-6)
-    if (ra2 - ra1) * cos_dec > 2 * limits.max_radius_deg or dec2 - dec1 > 2 * limits.max_radius_deg:
-        raise _SodaError(f"{what}: the range is wider than this service's limit of {2 * limits.max_radius_deg} deg")
     return Range(ra1, ra2, dec1, dec2)
 
 
-def _polygon(values: list[float], limits: Limits, what: str) -> Polygon:
+def _polygon(values: list[float], what: str) -> Polygon:
     if len(values) < 6 or len(values) % 2:
         raise _SodaError(f"{what}: a polygon is 'ra1 dec1 ra2 dec2 ra3 dec3 ...' (an even count >= 6), "
                         f"got {len(values)} numbers")
@@ -268,9 +336,8 @@ def _polygon(values: list[float], limits: Limits, what: str) -> Polygon:
     if not np.all(np.isfinite([centre_ra, centre_dec])):
         raise _SodaError(f"{what}: the polygon's vertices cancel out (no centre)")
     spread = _separation_deg(ras, decs, centre_ra, centre_dec)
-    if float(spread.max()) > limits.max_radius_deg:
-        raise _SodaError(f"{what}: the polygon reaches further than this service's limit of "
-                        f"{limits.max_radius_deg} deg from its centre")
+    if float(spread.max()) > _MAX_POLYGON_SPREAD_DEG:
+        raise _SodaError(f"{what}: the polygon reaches further than {_MAX_POLYGON_SPREAD_DEG} deg from its centre")
     if _on_one_great_circle(_xyz(ras, decs)):
         raise _SodaError(f"{what}: the polygon has no area (its vertices are on one great circle)")
     return Polygon(vertices)
@@ -300,21 +367,21 @@ def parse_position(text: str, what: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def parse_stencil(name: str, value: str, limits: Limits) -> Stencil:
-    """One ``POS``, ``CIRCLE`` or ``POLYGON`` value as a stencil."""
+def parse_stencil(name: str, value: str) -> Stencil:
+    """One ``POS``, ``CIRCLE`` or ``POLYGON`` value as a stencil (its size is held to the limits later)."""
     what = f"{name}={value!r}"
     if name == "CIRCLE":
-        return _circle(_numbers(value, what), limits, what)
+        return _circle(_numbers(value, what), what)
     if name == "POLYGON":
-        return _polygon(_numbers(value, what), limits, what)
+        return _polygon(_numbers(value, what), what)
     shape, _, rest = value.partition(" ")
     shape = shape.upper()
     if shape == "CIRCLE":
-        return _circle(_numbers(rest, what), limits, what)
+        return _circle(_numbers(rest, what), what)
     if shape == "RANGE":
-        return _range(_numbers(rest, what), limits, what)
+        return _range(_numbers(rest, what, open_ends=True), what)
     if shape == "POLYGON":
-        return _polygon(_numbers(rest, what), limits, what)
+        return _polygon(_numbers(rest, what), what)
     raise _SodaError(f"{what}: POS must begin with CIRCLE, RANGE or POLYGON")
 
 
@@ -325,7 +392,7 @@ def parse_stencils(params: Params, limits: Limits, *, required: bool = True) -> 
         raise _SodaError("give at least one POS, CIRCLE or POLYGON")
     if len(values) > limits.max_stencils:
         raise _SodaError(f"{len(values)} stencils in one request; this service takes at most {limits.max_stencils}")
-    return [parse_stencil(name, value, limits) for name, value in values]
+    return [parse_stencil(name, value) for name, value in values]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +414,10 @@ def parse_id(text: str | None) -> DatasetName:
             return DatasetName(dataset_id=str(uuid.UUID(text)))
         except ValueError:
             raise _SodaError(f"ID {text!r} is neither a dataset UUID nor objbutler://TYPE?KEY=VALUE&...") from None
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise _SodaError(f"ID {text!r} is not a URL: expected objbutler://TYPE?KEY=VALUE&...") from None
     if parts.path not in ("", "/") or parts.fragment or not _ID_TYPE.match(parts.netloc):
         raise _SodaError(f"ID {text!r}: expected objbutler://TYPE?KEY=VALUE&... (a dataset type name, no path)")
     try:
@@ -382,14 +452,21 @@ def parse_time(params: Params) -> tuple[float, float] | None:
     return values[0], values[1]
 
 
+def requested_media_type(params: Params, default: str) -> str:
+    """The media type to answer with: ``RESPONSEFORMAT`` when it is one (DALI 3.4.3), else ``default``."""
+    text = params.one("RESPONSEFORMAT")
+    return text.lower().replace(" ", "") if text is not None and "/" in text else default
+
+
 def response_format(params: Params, allowed: Sequence[str]) -> str:
     """``RESPONSEFORMAT`` as one of ``allowed`` (short names or MIME types), the first by default."""
     mime = {"application/fits": "fits", "image/fits": "fits", "image/png": "png", "application/json": "json",
-            "fits": "fits", "png": "png", "json": "json"}
+            "fits": "fits", "png": "png", "json": "json", "votable": "votable", "application/x-votable+xml":
+            "votable", "application/x-votable+xml;content=datalink": "votable", "text/xml": "votable"}
     text = params.one("RESPONSEFORMAT")
     if text is None:
         return allowed[0]
-    chosen = mime.get(text.lower())
+    chosen = mime.get(text.lower().replace(" ", ""))
     if chosen is None or chosen not in allowed:
         raise _SodaError(f"RESPONSEFORMAT={text!r} is not offered here; use one of {list(allowed)}")
     return chosen
