@@ -561,6 +561,18 @@ def test_a_parquet_catalogue_written_by_pyarrow_is_read_without_pandas(tmp_path:
         read_catalog(garbled)
 
 
+def test_a_null_position_in_a_parquet_catalogue_is_missing_not_zero(tmp_path: Path) -> None:
+    """A Parquet null reads as a masked entry; the catalogue must not take its fill value (0) for a position."""
+    import pyarrow as pa
+
+    from objbutler.sky.catalog import read_catalog
+
+    catalog = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"ra": pa.array([150.1, None]), "dec": pa.array([2.2, 2.3])}), catalog)
+    coords = read_catalog(catalog)
+    assert coords.ra.deg[0] == pytest.approx(150.1) and np.isnan(coords.ra.deg[1])
+
+
 @pytest.mark.parametrize("stamps", [1, 2, 9])
 def test_a_contact_sheets_title_fits_inside_the_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     stamps: int) -> None:

@@ -75,8 +75,9 @@ def read_catalog(path: Path) -> SkyCoord:
     names = {name.lower(): name for name in table.colnames}
     if "ra" not in names or "dec" not in names:
         raise InvalidCutoutError(f"{path}: needs columns ra and dec (degrees); has {table.colnames}")
-    ra = np.asarray(table[names["ra"]], dtype=float)
-    dec = np.asarray(table[names["dec"]], dtype=float)
+    # a missing value (a Parquet null reads as a masked entry) is NaN, never the masked entry's fill value
+    ra = np.ma.filled(np.ma.asarray(table[names["ra"]]).astype(float), np.nan)
+    dec = np.ma.filled(np.ma.asarray(table[names["dec"]]).astype(float), np.nan)
     return SkyCoord(ra * u.deg, dec * u.deg)
 
 
