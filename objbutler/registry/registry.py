@@ -244,6 +244,10 @@ class Registry:
         self._fold_again = False  # claimed: a fold fell due while one was running
         self.read_lanes: int | None = None  # commits read at once (None: the store's max_concurrency)
         self._state: RegistryState | None = None
+        # Threads of one Butler share this view: a refresh (which may replace it and reset the vector) and a
+        # commit's apply to it go one at a time (a fresh Butler's first puts from threads lost commits from it).
+        self._view_lock = threading.RLock()
+        self._view_pid = os.getpid()
         self._bodies: dict[str, Commit] = {}  # immutable commits already fetched, by key
         self._handed: dict[str, bytes] = {}  # claimed: commits this writer placed, by key, for its folder to use
         self._tail: list[tuple[LogEntry, Commit]] = []
@@ -252,6 +256,16 @@ class Registry:
 
     def refresh(self) -> RegistryState:
         """Bring the view up to date with the bucket and return it (cheap when nothing changed)."""
+        with self._view_guard():
+            return self._refresh_view()
+
+    def _view_guard(self) -> threading.RLock:
+        """The lock of the view (a forked child's own: a thread of the parent may have held the parent's)."""
+        if self._view_pid != os.getpid():
+            self._view_pid, self._view_lock = os.getpid(), threading.RLock()
+        return self._view_lock
+
+    def _refresh_view(self) -> RegistryState:
         if self.shards is not None:
             return self._refresh_sharded(self.shards)
         if self._state is None:
@@ -703,12 +717,15 @@ class Registry:
         # The commit point has passed: the commit stands, and nothing below may raise.
         with contextlib.suppress(Exception):
             self._hand_to_folder(self.shards.key(shard, sequence), body)
-        if self._vector and self._vector[shard] + 1 == sequence:
-            with contextlib.suppress(Exception):  # the next refresh reads it anyway
-                state.apply(decode_commit(body, self.shards.key(shard, sequence), self.repository),
-                            f"{shard:03d}/{sequence:020d}")
-                self._vector[shard] = sequence
-                state.position = encode_vector(self._vector)
+        with self._view_guard():
+            # Only onto the view the vector belongs to: a refresh since may have replaced it (then the next
+            # refresh reads this commit, since the vector did not move past it).
+            if state is self._state and self._vector and self._vector[shard] + 1 == sequence:
+                with contextlib.suppress(Exception):  # the next refresh reads it anyway
+                    state.apply(decode_commit(body, self.shards.key(shard, sequence), self.repository),
+                                f"{shard:03d}/{sequence:020d}")
+                    self._vector[shard] = sequence
+                    state.position = encode_vector(self._vector)
         return shard, sequence
 
     @staticmethod

@@ -147,7 +147,10 @@ class ShardedWriter:
         def one(item: tuple[DatasetRef, str, bytes]) -> Claim | ObjButlerError | None:
             ref, key, body = item
             try:
-                other = decide_create(self.store, key, body, lambda raw: decode_claim(raw, key).dataset_id == ref.id)
+                # Ours only if it names this dataset *and* this commit: a claim an earlier attempt made for the same
+                # dataset (a group commit retried after a refusal) was released, and that delete may still land.
+                other = decide_create(self.store, key, body, lambda raw: _is_ours(decode_claim(raw, key), ref,
+                                                                                   commit_id))
                 return None if other is None else decode_claim(other, key)
             except ObjButlerError as exc:
                 return exc
@@ -172,6 +175,13 @@ class ShardedWriter:
         ref, claim = taken[0]
         age = claim_age(claim)
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        if claim.dataset_id == ref.id:
+            return ConflictError(
+                f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} still holds the claim an earlier attempt of "
+                f"this same put made (commit {claim.commit_id or '-'}); its release may not have landed yet, so "
+                f"the claim cannot be used again. Nothing was committed: put it again later{more}",
+                conflicts=[r.id for r, _ in taken],
+            )
         return ConflictError(
             f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is already claimed by dataset {claim.dataset_id} "
             f"({f'commit {claim.commit_id}, ' if claim.commit_id else ''}claimed "
@@ -238,6 +248,10 @@ class ShardedWriter:
             if time.monotonic() > deadline:
                 raise ConflictError(f"found no free log slot in {self.max_place_seconds:.0f} s ({skipped} taken by "
                                     "other writers); nothing was committed")
+
+
+def _is_ours(claim: Claim, ref: DatasetRef, commit_id: str) -> bool:
+    return claim.dataset_id == ref.id and claim.commit_id == commit_id
 
 
 def _same_dimension(key: str, kind: str) -> Callable[[bytes], bool]:
