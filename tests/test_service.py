@@ -26,6 +26,7 @@ from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 from conftest import Backend
 from objbutler_servers import ServerInfo
+from sky_boundaries import circle_points, polygon_points, range_points
 
 from objbutler import Butler
 from objbutler.registry.records import DatasetRef
@@ -75,26 +76,7 @@ def served(repo: tuple[str, list[DatasetRef], list[fits.PrimaryHDU]],
 # ---------------------------------------------------------------- expected stamps (astropy only)
 
 
-def _circle_points(ra: float, dec: float, radius: float) -> SkyCoord:
-    angles = np.linspace(0, 360, 3600, endpoint=False) * u.deg
-    return SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(angles, radius * u.deg)
 
-
-def _polygon_points(vertices: list[tuple[float, float]]) -> SkyCoord:
-    points = []
-    for (ra1, dec1), (ra2, dec2) in zip(vertices, vertices[1:] + vertices[:1], strict=True):
-        a, b = SkyCoord(ra1 * u.deg, dec1 * u.deg), SkyCoord(ra2 * u.deg, dec2 * u.deg)
-        steps = np.linspace(0, 1, 500, endpoint=False) * a.separation(b)
-        points.append(a.directional_offset_by(a.position_angle(b), steps))
-    return SkyCoord(np.concatenate([p.ra.deg for p in points]) * u.deg,
-                    np.concatenate([p.dec.deg for p in points]) * u.deg)
-
-
-def _range_points(ra1: float, ra2: float, dec1: float, dec2: float) -> SkyCoord:
-    ras, decs = np.linspace(ra1, ra2, 1000), np.linspace(dec1, dec2, 1000)
-    ra = np.concatenate([ras, ras, np.full(1000, ra1), np.full(1000, ra2)])
-    dec = np.concatenate([np.full(1000, dec1), np.full(1000, dec2), decs, decs])
-    return SkyCoord(ra * u.deg, dec * u.deg)
 
 
 def _expected(hdu: fits.PrimaryHDU, boundary: SkyCoord) -> Cutout2D:
@@ -119,9 +101,9 @@ def _assert_same(hdu: fits.ImageHDU | fits.PrimaryHDU, expected: Cutout2D) -> No
 
 
 REGIONS = {
-    "circle": ((150.1, 2.2, 0.0012), lambda v: _circle_points(*v)),
-    "polygon": ([(150.0995, 2.1995), (150.1012, 2.2001), (150.1003, 2.2013)], _polygon_points),
-    "range": ((150.0994, 150.1008, 2.1991, 2.2002), lambda v: _range_points(*v)),
+    "circle": ((150.1, 2.2, 0.0012), lambda v: circle_points(*v)),
+    "polygon": ([(150.0995, 2.1995), (150.1012, 2.2001), (150.1003, 2.2013)], polygon_points),
+    "range": ((150.0994, 150.1008, 2.1991, 2.2002), lambda v: range_points(*v)),
 }
 
 
@@ -146,7 +128,7 @@ def test_stamp_at_the_image_edge_is_trimmed_like_cutout2d(served: Served) -> Non
     circle = (float(corner.ra.deg), float(corner.dec.deg), 0.0015)
     query = SodaQuery(f"{served.url}/api/cutout/sync", id=ref.id, circle=circle)
     with fits.open(io.BytesIO(query.execute_stream().read())) as answer:
-        expected = _expected(hdu, _circle_points(*circle))
+        expected = _expected(hdu, circle_points(*circle))
         assert expected.data.shape[0] < 2 * 0.0015 * 3600 / 0.2  # really trimmed
         _assert_same(answer[0], expected)
 
@@ -161,9 +143,9 @@ def test_multi_valued_pos_gives_one_hdu_per_stencil_in_order(served: Served) -> 
         assert len(answer) == 1 + len(circles) + 1
         assert answer[0].header["NSTAMPS"] == len(circles) + 1
         for index, circle in enumerate(circles, start=1):
-            _assert_same(answer[index], _expected(hdu, _circle_points(*circle)))
+            _assert_same(answer[index], _expected(hdu, circle_points(*circle)))
             assert answer[index].header["EXTVER"] == index
-        _assert_same(answer[-1], _expected(hdu, _range_points(*range_)))
+        _assert_same(answer[-1], _expected(hdu, range_points(*range_)))
 
 
 def test_datalink_discovery_end_to_end(served: Served) -> None:
@@ -178,10 +160,10 @@ def test_datalink_discovery_end_to_end(served: Served) -> None:
     assert query["ID"] == ref.id
     query.circle = REGIONS["circle"][0]
     with fits.open(io.BytesIO(query.execute_stream().read())) as answer:
-        _assert_same(answer[0], _expected(hdu, _circle_points(*REGIONS["circle"][0])))
+        _assert_same(answer[0], _expected(hdu, circle_points(*REGIONS["circle"][0])))
     cutout_row = next(iter(links.bysemantics("#cutout", include_narrower=False)))
     with fits.open(io.BytesIO(cutout_row.process(circle=REGIONS["circle"][0]).read())) as answer:
-        _assert_same(answer[0], _expected(hdu, _circle_points(*REGIONS["circle"][0])))
+        _assert_same(answer[0], _expected(hdu, circle_points(*REGIONS["circle"][0])))
 
 
 def test_id_by_data_id_and_png(served: Served) -> None:

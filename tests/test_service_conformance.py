@@ -32,6 +32,7 @@ from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 from astropy.time import Time
 from astropy.wcs import WCS
+from sky_boundaries import circle_points, polygon_points, range_points
 
 from objbutler import Butler
 from objbutler.registry.records import DatasetRef
@@ -91,27 +92,7 @@ def _get(served: Served, path: str, params: Any = None, **kwargs: Any) -> reques
     return requests.get(served.url + path, params=params, timeout=60, **kwargs)
 
 
-def _circle_points(ra: float, dec: float, radius: float) -> SkyCoord:
-    angles = np.linspace(0, 360, 1440, endpoint=False) * u.deg
-    return SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(angles, radius * u.deg)
 
-
-def _polygon_points(values: list[float]) -> SkyCoord:
-    vertices = list(zip(values[::2], values[1::2], strict=True))
-    points = []
-    for (ra1, dec1), (ra2, dec2) in zip(vertices, vertices[1:] + vertices[:1], strict=True):
-        a, b = SkyCoord(ra1 * u.deg, dec1 * u.deg), SkyCoord(ra2 * u.deg, dec2 * u.deg)
-        steps = np.linspace(0, 1, 200, endpoint=False) * a.separation(b)
-        points.append(a.directional_offset_by(a.position_angle(b), steps))
-    return SkyCoord(np.concatenate([p.ra.deg for p in points]) * u.deg,
-                    np.concatenate([p.dec.deg for p in points]) * u.deg)
-
-
-def _range_points(ra1: float, ra2: float, dec1: float, dec2: float) -> SkyCoord:
-    ras, decs = np.linspace(ra1, ra2, 400), np.linspace(dec1, dec2, 400)
-    ra = np.concatenate([ras, ras, np.full(400, ra1), np.full(400, ra2)])
-    dec = np.concatenate([np.full(400, dec1), np.full(400, dec2), decs, decs])
-    return SkyCoord(ra * u.deg, dec * u.deg)
 
 
 def _expected_box(hdu: fits.PrimaryHDU, boundary: SkyCoord) -> tuple[int, int, int, int]:
@@ -172,9 +153,9 @@ def test_pyvo_soda_query_circle_range_polygon_match_astropy(served: Served) -> N
     range_ = (150.0995, 150.1008, 2.1991, 2.2004)
     polygon = [150.0995, 2.1995, 150.1012, 2.2001, 150.1003, 2.2013]
     cases: list[tuple[SodaQuery, SkyCoord]] = [
-        (SodaQuery(served.url + SYNC, id=ref.id, circle=circle), _circle_points(*circle)),
-        (SodaQuery(served.url + SYNC, id=ref.id, range=range_), _range_points(*range_)),
-        (SodaQuery(served.url + SYNC, id=ref.id, polygon=polygon), _polygon_points(polygon)),
+        (SodaQuery(served.url + SYNC, id=ref.id, circle=circle), circle_points(*circle)),
+        (SodaQuery(served.url + SYNC, id=ref.id, range=range_), range_points(*range_)),
+        (SodaQuery(served.url + SYNC, id=ref.id, polygon=polygon), polygon_points(polygon)),
     ]
     for query, boundary in cases:
         with _fits(query.execute_stream().read()) as answer:
@@ -214,8 +195,8 @@ def test_multiple_stencils_answer_one_extension_each_in_order(served: Served) ->
     polygon = [150.0995, 2.1995, 150.1012, 2.2001, 150.1003, 2.2013]
     params = [("ID", ref.id), ("CIRCLE", "150.1 2.2 0.0006"), ("POS", "RANGE 150.0995 150.1008 2.1991 2.2004"),
               ("POLYGON", " ".join(map(str, polygon))), ("pos", "CIRCLE 150.1003 2.2002 0.0004")]
-    boundaries = [_circle_points(150.1, 2.2, 0.0006), _range_points(150.0995, 150.1008, 2.1991, 2.2004),
-                  _polygon_points(polygon), _circle_points(150.1003, 2.2002, 0.0004)]
+    boundaries = [circle_points(150.1, 2.2, 0.0006), range_points(150.0995, 150.1008, 2.1991, 2.2004),
+                  polygon_points(polygon), circle_points(150.1003, 2.2002, 0.0004)]
     answer = _get(served, SYNC, params)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/fits"
     with _fits(answer.content) as hdul:
@@ -229,7 +210,7 @@ def test_polygon_across_ra_zero_in_either_orientation(served: Served) -> None:
     ref, hdu = served.refs["origin"], served.hdus["origin"]
     ccw = [359.9995, -0.0005, 0.0005, -0.0005, 0.0005, 0.0005, 359.9995, 0.0005]
     cw = [359.9995, 0.0005, 0.0005, 0.0005, 0.0005, -0.0005, 359.9995, -0.0005]
-    expected = _expected_box(hdu, _polygon_points(ccw))
+    expected = _expected_box(hdu, polygon_points(ccw))
     for vertices in (ccw, cw):
         answer = _get(served, SYNC, {"ID": ref.id, "POLYGON": " ".join(map(str, vertices))})
         assert answer.status_code == 200, answer.text[:200]
@@ -239,7 +220,7 @@ def test_polygon_across_ra_zero_in_either_orientation(served: Served) -> None:
     at_360 = _get(served, SYNC, {"ID": ref.id, "CIRCLE": "360 0 0.001"})
     assert at_0.status_code == at_360.status_code == 200
     with _fits(at_0.content) as hdul, _fits(at_360.content) as other:
-        _assert_stamp(hdul[0], hdu, _expected_box(hdu, _circle_points(0.0, 0.0, 0.001)))
+        _assert_stamp(hdul[0], hdu, _expected_box(hdu, circle_points(0.0, 0.0, 0.001)))
         np.testing.assert_array_equal(hdul[0].data, other[0].data)
 
 
@@ -252,11 +233,11 @@ def test_range_and_polygon_around_the_pole(served: Served) -> None:
         _assert_stamp(hdul[0], hdu, (0, 0, SHAPE[1], SHAPE[0]))
     cap = _get(served, SYNC, {"ID": ref.id, "POS": "RANGE 0 360 89.99807 90"})
     with _fits(cap.content) as hdul:
-        _assert_stamp(hdul[0], hdu, _expected_box(hdu, _circle_points(0.0, 90.0, 0.00193)))
+        _assert_stamp(hdul[0], hdu, _expected_box(hdu, circle_points(0.0, 90.0, 0.00193)))
     square = [10, 89.99807, 100, 89.99807, 190, 89.99807, 280, 89.99807]
     answer = _get(served, SYNC, {"ID": ref.id, "POLYGON": " ".join(map(str, square))})
     with _fits(answer.content) as hdul:
-        _assert_stamp(hdul[0], hdu, _expected_box(hdu, _polygon_points([float(v) for v in square])))
+        _assert_stamp(hdul[0], hdu, _expected_box(hdu, polygon_points([float(v) for v in square])))
 
 
 def test_time_interval_with_open_ends(served: Served) -> None:
@@ -330,7 +311,7 @@ def test_circle_centred_on_a_pole_cuts_the_whole_circle(served: Served) -> None:
         answer = _get(served, SYNC, {"ID": ref.id, "CIRCLE": f"{ra} 90 0.00193"})
         assert answer.status_code == 200, answer.text[:200]
         with _fits(answer.content) as hdul:
-            expected = _expected_box(hdu, _circle_points(ra, 90.0, 0.00193))
+            expected = _expected_box(hdu, circle_points(ra, 90.0, 0.00193))
             assert hdul[0].data.shape == (expected[3] - expected[1], expected[2] - expected[0]), ra
             _assert_stamp(hdul[0], hdu, expected)
 
@@ -459,14 +440,14 @@ def test_pyvo_datalink_discovery_processed_and_cutout_row(served: Served) -> Non
     cutout = next(iter(links.bysemantics("#cutout", include_narrower=False)))
     assert this.content_type == "application/fits" and cutout.service_def
     circle = (150.1002, 2.1998, 0.0008)
-    expected = _expected_box(hdu, _circle_points(*circle))
+    expected = _expected_box(hdu, circle_points(*circle))
     with _fits(this.processed(circle=circle).read()) as hdul:
         _assert_stamp(hdul[0], hdu, expected)
     with _fits(cutout.process(circle=circle).read()) as hdul:
         _assert_stamp(hdul[0], hdu, expected)
     polygon = [150.0995, 2.1995, 150.1012, 2.2001, 150.1003, 2.2013]
     with _fits(this.processed(polygon=polygon).read()) as hdul:
-        _assert_stamp(hdul[0], hdu, _expected_box(hdu, _polygon_points(polygon)))
+        _assert_stamp(hdul[0], hdu, _expected_box(hdu, polygon_points(polygon)))
 
 
 # ---------------------------------------------------------------- DataLink: bugs
