@@ -266,6 +266,30 @@ def test_table_get_by_ref_and_by_data_id_agree(butler: Butler, fmt: str) -> None
         _assert_tables_equal(got, put, fmt)
 
 
+def test_parquet_tables_written_before_masks_and_yaml_meta_still_read(butler: Butler) -> None:
+    """Tables put by objbutler before 2026-12-01: meta as JSON in ``astropy_meta``, Time as MJD only."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from objbutler.formats.dispatch import read_dataset
+
+    time = pa.field("t", pa.float64(), metadata={"astropy_time_scale": "tai", "astropy_time_format": "mjd",
+                                                  "astropy_time_shown_as": "isot"})
+    flux = pa.field("flux", pa.float64(), metadata={"unit": "Jy", "description": "flux"})
+    old = pa.Table.from_arrays([pa.array([60000.5, 60001.0]), pa.array([1.5, np.nan])],
+                               schema=pa.schema([time, flux], metadata={"astropy_meta": '{"band": "r"}'}))
+    sink = io.BytesIO()
+    pq.write_table(old, sink)
+    butler.store.put("data/old.parquet", sink.getvalue())
+    table = read_dataset(butler.store, "data/old.parquet", "parquet")
+    assert dict(table.meta) == {"band": "r"}
+    assert table["t"].scale == "tai" and table["t"].format == "isot" and table["t"][0].mjd == 60000.5
+    assert table["flux"].unit == u.Jy and table["flux"].info.description == "flux"
+    assert table["flux"][0] == 1.5 and np.isnan(table["flux"][1])
+
+
 # ==================================================================== dicts
 
 _deep: dict[str, Any] = {}
