@@ -482,6 +482,10 @@ def is_angular(size: Any) -> bool:
 def size_in_pixels(size: int | tuple[int, int] | Quantity, wcs: WCS | None = None) -> tuple[int, int]:
     """``(ny, nx)`` of a stamp size given in pixels (an int, ``(ny, nx)``, a pixel Quantity) or as an angle.
 
+    An angle becomes rows with the y axis's pixel scale and columns with the x axis's. Cutout2D swaps
+    the two (astropy issue #11362), so on non-square pixels (TPV or SIP plates: about 1 %) its stamp
+    of the same angular size can be a row or a column different from objbutler's.
+
     Raises
     ------
     InvalidCutoutError

@@ -155,8 +155,9 @@ def _celestial(wcs: WCS) -> tuple[Any, bool]:
 
 def _pixel_positions(coords: SkyCoord, wcs: WCS, radec: tuple[np.ndarray, np.ndarray] | None = None,
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in 0-based parent pixels, as Cutout2D computes them (``skycoord_to_pixel(mode="all")``).
+    """Positions in 0-based parent pixels, as Cutout2D computes them, but never swapped on a transposed WCS.
 
+    As ``skycoord_to_pixel(mode="all")``, except where Cutout2D swaps x and y (Dec on the first axis).
     ``coords`` are ICRS (:func:`as_positions`). For an ICRS WCS in degrees this is exactly what
     ``skycoord_to_pixel`` computes (the frame transform is the identity), without its 1.5 ms of
     SkyCoord and sub-WCS work per call; other frames go through it. ``radec``: the coordinates'
@@ -170,6 +171,11 @@ def _pixel_positions(coords: SkyCoord, wcs: WCS, radec: tuple[np.ndarray, np.nda
         from astropy.wcs.utils import skycoord_to_pixel
 
         x, y = skycoord_to_pixel(coords, wcs, origin=0, mode="all")
+    if wcs.wcs.lng > wcs.wcs.lat:
+        # A transposed WCS (Dec on the first axis, as SDSS frames): both paths go through the celestial sub-WCS,
+        # whose pixel axes follow (longitude, latitude), so they give (y, x). Cutout2D has the same flaw
+        # (astropy issue #10468); get_cutouts and the sky index do not, and neither may this.
+        x, y = y, x
     return np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float))
 
 
