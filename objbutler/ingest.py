@@ -337,6 +337,8 @@ def expand_sources(
 def _expand(location: Location, store: Store) -> list[SourceObject]:
     if not _MAGIC.search(location.key):
         return _expand_one(location, store)
+    if location.scheme == "file" and os.path.lexists("/" + location.key.lstrip("/")):
+        return _expand_one(location, store)  # a file named outright (``r[1].fits``), not a pattern
     if location.scheme == "file":
         return _expand_local_glob(location, store)
     return _expand_glob(location, store)
@@ -929,6 +931,7 @@ def _commit(job: _Job, ready: list[_Prepared], refs: list[DatasetRef], failures:
     """Commit a batch; a data ID taken (or given twice) fails its source alone."""
     chosen: list[_Prepared] = []
     seen: dict[tuple[str, str, str], _Prepared] = {}
+    kinds: dict[str, tuple[str, _Prepared]] = {}  # data ID key -> its kind here, and the first source giving it
     for item in ready:
         ref = item.ref
         try:
@@ -936,12 +939,19 @@ def _commit(job: _Job, ready: list[_Prepared], refs: list[DatasetRef], failures:
             if other is not None:
                 raise ConflictError(f"{ref.dataset_type} {ref.data_id} in run {ref.run!r} is also the data ID of "
                                     f"{other.source.name} in this ingest")
+            for name, kind in dimension_kinds(ref.data_id).items():
+                held = kinds.get(name)
+                if held is not None and held[0] != kind:
+                    raise ConflictError(f"data ID key {name!r} is {held[0]} for {held[1].source.name} in this "
+                                        f"ingest and {kind} here ({ref.data_id[name]!r})")
             job.check(ref.data_id, ref.format)
         except ObjButlerError as exc:
             _discard(job.butler, item)
             failures.append((item.source.name, exc))
             continue
         seen[ref.unique_key] = item
+        for name, kind in dimension_kinds(ref.data_id).items():
+            kinds.setdefault(name, (kind, item))
         chosen.append(item)
     _commit_items(job, chosen, refs, failures)
 

@@ -195,12 +195,16 @@ class HduInfo:
     def padded_data_size(self) -> int:
         """Bytes from :attr:`data_start` to the next HDU (data plus padding)."""
         header = self.header
-        axes = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, header.get("NAXIS", 0) + 1)]
+        naxis = header.get("NAXIS", 0)
+        if not naxis:
+            return 0
+        axes = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
         if self.kind == "random groups":
             axes = axes[1:]
         pixels = math.prod(axes) if axes else 0
+        # FITS 4.0 eq. 2: PCOUNT (a heap) counts whenever NAXIS > 0, also when an axis is 0 (a table of no rows)
         size = abs(header["BITPIX"]) // 8 * header.get("GCOUNT", 1) * (header.get("PCOUNT", 0) + pixels)
-        return -(-size // BLOCK) * BLOCK if pixels else 0
+        return -(-size // BLOCK) * BLOCK
 
     @property
     def extname(self) -> str:
@@ -355,7 +359,7 @@ def check_declared_sizes(info: HduInfo, object_size: int | None, key: str, decod
         raise FormatError(f"{where}: negative NAXISn, GCOUNT or PCOUNT")
     counted = axes[1:] if info.kind == "random groups" else axes
     pixels = math.prod(counted) if counted else 0
-    size = abs(bitpix) // 8 * gcount * (pcount + pixels) if pixels else 0
+    size = abs(bitpix) // 8 * gcount * (pcount + pixels) if naxis else 0  # FITS 4.0 eq. 2
     if object_size is not None and info.data_start + size > object_size:
         raise FormatError(f"{where} declares {size:,} bytes of data from byte {info.data_start:,}, but the "
                           f"object holds {object_size:,} bytes: corrupt, truncated or hostile")

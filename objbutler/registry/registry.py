@@ -88,7 +88,7 @@ from objbutler.registry.log import (
 from objbutler.registry.records import DatasetRef, DatasetType
 from objbutler.registry.sharded import ShardedWriter
 from objbutler.registry.slots import CREATE_ATTEMPTS, decide_create
-from objbutler.registry.state import RegistryState
+from objbutler.registry.state import RegistryState, commit_problem
 from objbutler.stores import Store, budget_of, delete_keys, run_concurrently
 
 __all__ = ["PROTOCOLS", "Registry", "finish_folds"]
@@ -588,6 +588,10 @@ class Registry:
         CommitOutcomeUnknownError
             Whether the commit landed cannot be established: keep the data.
         """
+        problem = commit_problem(new_commit(dataset_types, dimensions, refs, annotations))
+        if problem is not None:  # every reader would ignore it: the datasets would be lost, not committed
+            raise ConflictError(f"this commit would be ignored by every reader ({problem}); nothing was committed",
+                                conflicts=[ref.id for ref in refs])
         placed: tuple[int, int] | None = None
         try:
             if self.protocol == "claimed":

@@ -58,6 +58,8 @@ HOP_AFTER = 1
 MAX_PLACE_SECONDS = 600.0
 """Last resort: a commit that found no free slot for this long (while always skipping ahead) gives up."""
 CLAIM_WORKERS = 16
+MAX_RELEASED_REMEMBERED = 100_000
+"""Claim keys a writer remembers having released (a claim it released is never taken over again)."""
 
 
 class ShardedWriter:
@@ -79,6 +81,7 @@ class ShardedWriter:
         self.max_place_seconds = max_place_seconds
         self.shard = random.randrange(log.shards)
         self.known = [0] * log.shards  # highest slot known taken, per shard
+        self.released: dict[str, None] = {}  # claim keys this process deleted (in order; bounded), see claim()
         self.types: dict[str, DatasetType] = {}  # registrations seen (created or read) by this process
         self.dimensions: dict[str, str] = {}
 
@@ -147,10 +150,8 @@ class ShardedWriter:
         def one(item: tuple[DatasetRef, str, bytes]) -> Claim | ObjButlerError | None:
             ref, key, body = item
             try:
-                # Ours only if it names this dataset *and* this commit: a claim an earlier attempt made for the same
-                # dataset (a group commit retried after a refusal) was released, and that delete may still land.
-                other = decide_create(self.store, key, body, lambda raw: _is_ours(decode_claim(raw, key), ref,
-                                                                                   commit_id))
+                other = decide_create(self.store, key, body, lambda raw: self._is_ours(key, decode_claim(raw, key),
+                                                                                        ref, commit_id))
                 return None if other is None else decode_claim(other, key)
             except ObjButlerError as exc:
                 return exc
@@ -170,6 +171,15 @@ class ShardedWriter:
             raise StoreError(f"a claim of this put could not be decided ({first}); nothing was committed, and a "
                              "claim left behind is removed by objbutler vacuum") from first
         raise first
+
+    def _is_ours(self, key: str, claim: Claim, ref: DatasetRef, commit_id: str) -> bool:
+        """A claim naming our dataset is ours: a create of ours that landed late, or an unfinished claim an
+        earlier run made (a clone or ingest run again keeps its dataset ids) -- unless this process released
+        it. Then the claim is an earlier attempt's (a group commit retried after a refusal) and its delete
+        may still land: taking it over would leave the committed dataset without a claim."""
+        if claim.dataset_id != ref.id:
+            return False
+        return claim.commit_id == commit_id or key not in self.released
 
     def _refusal(self, taken: list[tuple[DatasetRef, Claim]]) -> ConflictError:
         ref, claim = taken[0]
@@ -192,7 +202,11 @@ class ShardedWriter:
         )
 
     def release(self, keys: Sequence[str]) -> None:
-        """Delete claims of this call (best effort: a claim left behind is vacuum's)."""
+        """Delete claims of this call (best effort: a claim left behind is vacuum's); remember their keys."""
+        for key in keys:
+            self.released[key] = None
+        while len(self.released) > MAX_RELEASED_REMEMBERED:
+            self.released.pop(next(iter(self.released)))
         def delete(key: str) -> None:
             try:
                 self.store.delete(key)
@@ -248,10 +262,6 @@ class ShardedWriter:
             if time.monotonic() > deadline:
                 raise ConflictError(f"found no free log slot in {self.max_place_seconds:.0f} s ({skipped} taken by "
                                     "other writers); nothing was committed")
-
-
-def _is_ours(claim: Claim, ref: DatasetRef, commit_id: str) -> bool:
-    return claim.dataset_id == ref.id and claim.commit_id == commit_id
 
 
 def _same_dimension(key: str, kind: str) -> Callable[[bytes], bool]:
