@@ -443,8 +443,10 @@ class _NoSleep:
         """Return at once."""
 
 
-def _run(target: Target, config: settings, skip_backoff: bool = False) -> collections.Counter[str]:
-    """Run the machine; ``skip_backoff``: the registry does not sleep between retries.
+def _run(target: Target, config: settings, skip_backoff: bool = False,
+         machine: type[CommitPointMachine] | None = None) -> collections.Counter[str]:
+    """Run the machine (``machine``: a subclass, e.g. the group-commit model's); ``skip_backoff``: the
+    registry does not sleep between retries.
 
     In the model nothing runs concurrently and late writes land after a number of calls, not of seconds,
     so a backoff only costs time (a put whose every commit write fails sleeps ~3 s). Server targets keep
@@ -455,7 +457,7 @@ def _run(target: Target, config: settings, skip_backoff: bool = False) -> collec
         if skip_backoff:
             patches.enter_context(mock.patch.object(registry_module, "time", _NoSleep()))
             patches.enter_context(mock.patch.object(slots_module, "time", _NoSleep()))
-        run_state_machine_as_test(lambda: CommitPointMachine(target, stats), settings=config)
+        run_state_machine_as_test(lambda: (machine or CommitPointMachine)(target, stats), settings=config)
     print(f"\n{target.name}: {dict(sorted(stats.items()))}")
     return stats
 

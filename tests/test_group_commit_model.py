@@ -71,7 +71,7 @@ import pytest
 from conftest import Backend
 from hypothesis import HealthCheck, Phase, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import invariant, rule
 from test_commit_point_model import (
     FAULT_SPECS,
     PUTS,
@@ -97,6 +97,9 @@ from test_commit_point_model import (
     data_id_for,
     payload,
     to_fault,
+)
+from test_commit_point_model import (
+    _run as _run_machine,
 )
 
 from objbutler import Butler
@@ -392,15 +395,8 @@ def _group_settings(examples: int, steps: int, divisor: int = 1) -> settings:
 
 
 def _run(target: Target, config: settings, skip_backoff: bool = False) -> collections.Counter[str]:
-    """Run the group machine (``skip_backoff``: as in the single-put model, the registry does not sleep)."""
-    stats: collections.Counter[str] = collections.Counter()
-    with contextlib.ExitStack() as patches:
-        if skip_backoff:
-            patches.enter_context(mock.patch.object(registry_module, "time", _NoSleep()))
-            patches.enter_context(mock.patch.object(slots_module, "time", _NoSleep()))
-        run_state_machine_as_test(lambda: GroupCommitMachine(target, stats), settings=config)
-    print(f"\n{target.name}: {dict(sorted(stats.items()))}")
-    return stats
+    """Run the group machine on the single-put model's runner (``skip_backoff``: the registry does not sleep)."""
+    return _run_machine(target, config, skip_backoff, GroupCommitMachine)
 
 
 @pytest.mark.parametrize("protocol", ["claimed", "sequenced", "timestamped"])
